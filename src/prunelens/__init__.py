@@ -1,0 +1,17 @@
+"""prunelens: prune LLMs and measure, across hidden, logit and probability space, when pruning works."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load"]
+
+
+def load(spec: str | None = None, **kwargs):
+    """Load ``(model, tokenizer)`` from a hub id, local directory, ``.gguf`` file, prunelens checkpoint or alias.
+
+    See :func:`prunelens.models.loading.load` for the options.
+    """
+    from prunelens.models.loading import load as _load
+
+    return _load(spec, **kwargs)
