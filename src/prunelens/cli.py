@@ -1,0 +1,306 @@
+"""prunelens command line: thin wrappers that parse arguments, call the library and say where results went.
+
+    prunelens demo --out runs/demo                 # the main job on the embedded model
+    prunelens prune drop [MODEL] --target attn --n 8 --out DIR
+    prunelens prune sparsify [MODEL] --method wanda --sparsity 0.5 --out DIR
+    prunelens info MODEL_OR_DIR
+
+Bad input (unknown model, impossible counts or sparsities, an existing output directory) exits with
+code 2 and a one-line reason, before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="prunelens: prune LLMs and measure when pruning works, and why (hidden → logit → probability space).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+prune_app = typer.Typer(help="Prune a model: drop sublayers/blocks, or sparsify weights.", no_args_is_help=True)
+app.add_typer(prune_app, name="prune")
+out_console = Console()
+err_console = Console(stderr=True)
+
+MODEL_HELP = "Hub id, local checkpoint dir, .gguf file, prunelens dir, or alias (default: smollm2-135m, embedded)."
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _threads(threads: Optional[int]) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+class _Common:
+    """Options shared by the prune commands."""
+
+    calib = typer.Option("c4", "--calib", help="Calibration: c4, c4-heldout, wikitext2, a .txt/.json/.jsonl file, or hub:NAME[:CONFIG[:SPLIT]].")
+    nsamples = typer.Option(64, "--nsamples", help="Number of calibration windows.")
+    seqlen = typer.Option(256, "--seqlen", help="Tokens per calibration window.")
+    seed = typer.Option(0, "--seed", help="Seed for calibration sampling.")
+    dtype = typer.Option("float32", "--dtype", help="Model dtype: float32, bfloat16, float16 or auto.")
+    device = typer.Option("cpu", "--device", help="Device: cpu, cuda, cuda:N, or auto (accelerate device map over all devices).")
+    batch_size = typer.Option(8, "--batch-size", help="Calibration windows per forward pass.")
+    overwrite = typer.Option(False, "--overwrite", help="Replace a non-empty output directory.")
+    threads = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice).")
+
+
+def _load(model: Optional[str], dtype: str, device: str):
+    from prunelens.models.adapter import UnsupportedArchitectureError
+    from prunelens.models.loading import ModelNotFoundError, load
+
+    try:
+        if device == "auto":
+            return load(model, dtype=dtype, device_map="auto", return_plan=True)
+        return load(model, dtype=dtype, device=device, return_plan=True)
+    except (ModelNotFoundError, UnsupportedArchitectureError, ValueError) as exc:
+        _fail(str(exc))
+
+
+def _calibration(tokenizer, calib: str, nsamples: int, seqlen: int, seed: int):
+    from prunelens.data.calibration import CalibrationDataError, get_calibration
+    from prunelens.data.paths import DataNotFoundError
+
+    try:
+        return get_calibration(tokenizer, calib, nsamples, seqlen, seed)
+    except (CalibrationDataError, DataNotFoundError) as exc:
+        _fail(str(exc))
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    from prunelens.utils.io import OutputExistsError, check_output_dir
+
+    try:
+        check_output_dir(out, overwrite)
+    except OutputExistsError as exc:
+        _fail(str(exc))
+
+
+def _print_plan(plan, out: Path, seconds: float) -> None:
+    t = Table(title=f"{plan.name} saved to {out}", show_header=False)
+    t.add_row("method", plan.method + (f" ({plan.target})" if plan.target else ""))
+    t.add_row("parameters", f"{plan.params_before:,} → {plan.params_after:,} "
+              f"({100 * (1 - plan.params_after / plan.params_before):.1f}% fewer)")
+    if plan.dropped_sublayers:
+        t.add_row("dropped", ", ".join(f"{d['sublayer']}@{d['layer']}" for d in plan.dropped_sublayers))
+    if plan.dropped_blocks:
+        t.add_row("dropped blocks", ", ".join(map(str, plan.dropped_blocks)))
+    if "achieved" in plan.sparsity:
+        ach = plan.sparsity["achieved"]
+        t.add_row("sparsity", f"{ach['overall']:.4f} overall; " + ", ".join(f"{k} {v:.3f}" for k, v in ach["by_group"].items()))
+    if plan.calibration:
+        c = plan.calibration
+        t.add_row("calibration", f"{c['source']}: {c['nsamples']}×{c['seqlen']} tokens, seed {c['seed']}")
+    t.add_row("time", f"{seconds:.1f} s")
+    out_console.print(t)
+
+
+@prune_app.command("drop")
+def prune_drop(
+    model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
+    target: str = typer.Option(..., "--target", help="attn | mlp | block | joint (attention and MLP ranked together)."),
+    n: int = typer.Option(..., "--n", help="How many sublayers (or blocks) to drop."),
+    out: Path = typer.Option(..., "--out", help="Output directory for the pruned checkpoint."),
+    iterative: bool = typer.Option(False, "--iterative", help="Re-score after each removal (n scoring passes)."),
+    window: bool = typer.Option(False, "--window", help="block only: drop the best window of n consecutive blocks."),
+    calib: str = _Common.calib, nsamples: int = _Common.nsamples, seqlen: int = _Common.seqlen,
+    seed: int = _Common.seed, dtype: str = _Common.dtype, device: str = _Common.device,
+    batch_size: int = _Common.batch_size, overwrite: bool = _Common.overwrite, threads: Optional[int] = _Common.threads,
+):
+    """Drop the N least important attention/MLP sublayers or blocks (highest input/output cosine similarity)."""
+    from prunelens.prune.drop import PruneConfigError, drop, validate_drop
+    from prunelens.prune.plan import DROP_TARGETS
+    from prunelens.prune.save import save_pruned
+
+    _threads(threads)
+    if target not in DROP_TARGETS:
+        _fail(f"unknown target {target!r}; choose one of {', '.join(DROP_TARGETS)}")
+    if n <= 0:
+        _fail(f"--n must be positive (got {n})")
+    if window and target != "block":
+        _fail("--window only applies to --target block")
+    _check_out(out, overwrite)
+    t0 = time.perf_counter()
+    m, tok, parent_plan = _load(model, dtype, device)
+    if parent_plan is not None:
+        _fail("the model is already pruned; prune its dense parent instead (plans do not stack yet)")
+    from prunelens.models.adapter import Adapter
+
+    try:
+        validate_drop(Adapter(m).num_layers, target, n)
+    except PruneConfigError as exc:
+        _fail(str(exc))
+    cal = _calibration(tok, calib, nsamples, seqlen, seed)
+    plan = drop(m, cal, target=target, n=n, iterative=iterative, window=window, batch_size=batch_size,
+                base_model=model or "smollm2-135m")
+    save_pruned(m, tok, plan, out, overwrite=overwrite)
+    _print_plan(plan, out, time.perf_counter() - t0)
+
+
+@prune_app.command("sparsify")
+def prune_sparsify(
+    model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
+    method: str = typer.Option(..., "--method", help="magnitude | wanda | sparsegpt."),
+    sparsity: Optional[float] = typer.Option(None, "--sparsity", help="Unstructured sparsity in [0, 1), e.g. 0.5."),
+    pattern: Optional[str] = typer.Option(None, "--pattern", help="N:M semi-structured pattern, N kept in every M (e.g. 2:4)."),
+    out: Path = typer.Option(..., "--out", help="Output directory for the pruned checkpoint."),
+    calib: str = _Common.calib, nsamples: int = _Common.nsamples, seqlen: int = _Common.seqlen,
+    seed: int = _Common.seed, dtype: str = _Common.dtype, device: str = _Common.device,
+    batch_size: int = _Common.batch_size, overwrite: bool = _Common.overwrite, threads: Optional[int] = _Common.threads,
+    blocksize: int = typer.Option(128, "--blocksize", help="SparseGPT column block size."),
+    percdamp: float = typer.Option(0.01, "--percdamp", help="SparseGPT Hessian dampening (fraction of mean diagonal)."),
+):
+    """Zero weights of every linear layer in the blocks (layer by layer, calibrated on pruned predecessors)."""
+    from prunelens.prune.sparsify import sparsify, validate_sparsity
+    from prunelens.prune.save import save_pruned
+
+    _threads(threads)
+    try:
+        validate_sparsity(method, sparsity, pattern)
+    except ValueError as exc:
+        _fail(str(exc))
+    _check_out(out, overwrite)
+    t0 = time.perf_counter()
+    exec_device = None
+    if device not in ("cpu", "auto"):
+        exec_device, device = device, "cpu"  # keep weights on the CPU, process one block at a time on the device
+    m, tok, parent_plan = _load(model, dtype, device)
+    if parent_plan is not None:
+        _fail("the model is already pruned; prune its dense parent instead (plans do not stack yet)")
+    cal = None if method == "magnitude" else _calibration(tok, calib, nsamples, seqlen, seed)
+    try:
+        plan = sparsify(m, cal, method=method, sparsity=sparsity, pattern=pattern, batch_size=batch_size,
+                        blocksize=blocksize, percdamp=percdamp, device=exec_device, base_model=model or "smollm2-135m")
+    except ValueError as exc:
+        _fail(str(exc))
+    save_pruned(m, tok, plan, out, overwrite=overwrite)
+    _print_plan(plan, out, time.perf_counter() - t0)
+
+
+@app.command()
+def info(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
+         as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")):
+    """Parameters, layers, family, and the prune plan if the model was pruned by prunelens."""
+    from prunelens.models.adapter import Adapter, param_count
+
+    m, _, plan = _load(model, "auto", "cpu")
+    a = Adapter(m)
+    data = {
+        "model": model or "smollm2-135m",
+        "family": a.spec.family,
+        "class": type(m).__name__,
+        "parameters": param_count(m),
+        "layers": a.num_layers,
+        "dropped_attention": [i for i in range(a.num_layers) if a.is_dropped(i, "attn")],
+        "dropped_mlp": [i for i in range(a.num_layers) if a.is_dropped(i, "mlp")],
+        "hidden_size": m.config.hidden_size,
+        "vocab_size": m.config.vocab_size,
+        "dtype": str(next(m.parameters()).dtype).replace("torch.", ""),
+        "plan": plan.to_dict() if plan is not None else None,
+    }
+    if as_json:
+        out_console.print_json(json.dumps(data))
+        return
+    t = Table(title=f"{data['model']}", show_header=False)
+    for key in ("family", "class", "parameters", "layers", "hidden_size", "vocab_size", "dtype"):
+        v = data[key]
+        t.add_row(key, f"{v:,}" if isinstance(v, int) else str(v))
+    if plan is not None:
+        t.add_row("pruned", f"{plan.name} (from {plan.base_model}, {plan.params_before:,} params before)")
+        if data["dropped_attention"]:
+            t.add_row("dropped attention", ", ".join(map(str, data["dropped_attention"])))
+        if data["dropped_mlp"]:
+            t.add_row("dropped MLP", ", ".join(map(str, data["dropped_mlp"])))
+        if plan.dropped_blocks:
+            t.add_row("dropped blocks", ", ".join(map(str, plan.dropped_blocks)))
+        if "achieved" in plan.sparsity:
+            t.add_row("sparsity", f"{plan.sparsity['achieved']['overall']:.4f}")
+    else:
+        t.add_row("pruned", "no (no prune_plan.json)")
+    out_console.print(t)
+
+
+DEMO_PROMPT = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?"
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo-drop8a"), "--out", help="Where the pruned checkpoint and summary go."),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
+    n: int = typer.Option(8, "--n", help="Attention sublayers to drop."),
+    nsamples: int = typer.Option(32, "--nsamples", help="Calibration windows (C4 sample, 256 tokens each)."),
+    ppl_windows: int = typer.Option(16, "--ppl-windows", help="256-token windows of held-out C4 for perplexity."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
+    threads: Optional[int] = _Common.threads,
+):
+    """The main job (until `prunelens study` lands): drop the N least important attention sublayers of the
+    embedded model, save it, and print a before/after summary (parameters, perplexity on held-out C4,
+    one greedy generation from each)."""
+    from prunelens.data.calibration import load_texts, token_stream
+    from prunelens.evaluate.generation import generate
+    from prunelens.evaluate.perplexity import perplexity
+    from prunelens.models.adapter import param_count
+    from prunelens.prune.drop import drop
+    from prunelens.prune.save import save_pruned
+    from prunelens.utils.io import atomic_write_json
+
+    _threads(threads)
+    _check_out(out, overwrite)
+    t0 = time.perf_counter()
+    m, tok, _ = _load(model, "float32", "cpu")
+    err_console.print(f"loaded {model or 'smollm2-135m'} ({param_count(m):,} parameters)")
+    stream = token_stream(tok, load_texts("c4-heldout"))
+    before_ppl = perplexity(m, stream, seqlen=256, max_windows=ppl_windows, desc="perplexity (dense)")
+    before_gen = generate(m, tok, [DEMO_PROMPT], max_new_tokens=max_new_tokens)[0]
+    params_before = param_count(m)
+    cal = _calibration(tok, "c4", nsamples, 256, 0)
+    plan = drop(m, cal, target="attn", n=n, base_model=model or "smollm2-135m")
+    after_ppl = perplexity(m, stream, seqlen=256, max_windows=ppl_windows, desc=f"perplexity ({plan.name})")
+    after_gen = generate(m, tok, [DEMO_PROMPT], max_new_tokens=max_new_tokens)[0]
+    save_pruned(m, tok, plan, out, overwrite=overwrite)
+    summary = {
+        "model": model or "smollm2-135m", "variant": plan.name,
+        "dropped": plan.dropped_sublayers,
+        "parameters": {"dense": params_before, "pruned": plan.params_after},
+        "perplexity_c4_heldout": {"dense": before_ppl.to_dict(), "pruned": after_ppl.to_dict()},
+        "generation": {"prompt": DEMO_PROMPT, "dense": before_gen, "pruned": after_gen,
+                       "max_new_tokens": max_new_tokens, "decoding": "greedy, chat template"},
+        "seconds": time.perf_counter() - t0,
+    }
+    atomic_write_json(out / "demo_summary.json", summary)
+    t = Table(title=f"{summary['model']}: dense vs {plan.name}")
+    t.add_column("")
+    t.add_column("dense")
+    t.add_column(plan.name)
+    t.add_row("parameters", f"{params_before:,}", f"{plan.params_after:,}")
+    t.add_row("layers dropped", "—", ", ".join(f"attn@{d['layer']}" for d in plan.dropped_sublayers))
+    t.add_row("perplexity (held-out C4)", f"{before_ppl.ppl:.2f}", f"{after_ppl.ppl:.2f}")
+    t.add_row("greedy answer", before_gen, after_gen)
+    out_console.print(t)
+    out_console.print(f"pruned checkpoint: {out}  (reload with prunelens.load({str(out)!r}))")
+    out_console.print(f"summary: {out / 'demo_summary.json'}   time: {summary['seconds']:.0f} s")
+
+
+def main() -> None:  # pragma: no cover
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,185 @@
+"""Calibration text: named sources, local files or hub datasets → N seeded windows of L tokens.
+
+Sources (``--calib``):
+
+* ``c4`` — the C4 sample (``c4/c4_demo.json`` under the data root: a JSON array of ``{"text": ...}``),
+  documents 0–249; ``c4-heldout`` is documents 250–299, kept apart for evaluation. Offline without the
+  file, and with the hub reachable, the first shard of ``allenai/c4`` (``en``, validation) is used.
+* ``wikitext2`` — WikiText-2 test (``wikitext2_tokens/test.txt`` under the data root, or the hub's
+  ``wikitext-2-raw-v1``).
+* a local ``.txt`` (one document), ``.json`` (a list of strings or of objects with ``"text"``) or
+  ``.jsonl`` (one string or ``{"text": ...}`` per line) file;
+* ``hub:NAME[:CONFIG[:SPLIT]]`` — any hub dataset with a ``text`` column (needs ``datasets``).
+
+Windows are drawn from one token stream (documents joined by the tokenizer's EOS token) at offsets
+drawn by ``random.Random(seed)``, so the same seed gives the same windows on every machine.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from prunelens.data.paths import DataNotFoundError, find_data_file
+
+C4_CALIB_DOCS = 250
+
+
+class CalibrationDataError(ValueError):
+    """Calibration data is empty, unreadable or too short."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Token windows plus where they came from (recorded in prune plans)."""
+
+    input_ids: torch.Tensor  # (nsamples, seqlen) int64
+    source: str
+    seed: int
+    num_tokens_available: int
+
+    @property
+    def nsamples(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def seqlen(self) -> int:
+        return self.input_ids.shape[1]
+
+    def describe(self) -> dict:
+        return {"source": self.source, "nsamples": self.nsamples, "seqlen": self.seqlen, "seed": self.seed,
+                "tokens_available": self.num_tokens_available}
+
+
+def _texts_from_json_obj(obj) -> list[str]:
+    if isinstance(obj, dict) and "text" in obj:
+        obj = obj["text"]
+        if isinstance(obj, str):
+            return [obj]
+    if not isinstance(obj, list):
+        raise CalibrationDataError("JSON calibration data must be a list of strings or of objects with 'text'")
+    out = []
+    for item in obj:
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, dict) and isinstance(item.get("text"), str):
+            out.append(item["text"])
+        else:
+            raise CalibrationDataError(f"unreadable calibration record (need a string or {{'text': str}}): {str(item)[:80]}")
+    return out
+
+
+def read_text_file(path: str | Path) -> list[str]:
+    """Documents from a local ``.txt``, ``.json`` or ``.jsonl`` file."""
+    path = Path(path)
+    if not path.exists():
+        raise CalibrationDataError(f"calibration file {path} does not exist")
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CalibrationDataError(f"cannot read calibration file {path}: {exc}") from exc
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            return _texts_from_json_obj(json.loads(raw))
+        if suffix == ".jsonl":
+            docs = []
+            for line in raw.splitlines():
+                if line.strip():
+                    rec = json.loads(line)
+                    docs.extend(_texts_from_json_obj([rec]))
+            return docs
+    except json.JSONDecodeError as exc:
+        raise CalibrationDataError(f"calibration file {path} is not valid {suffix[1:].upper()}: {exc}") from exc
+    if suffix in (".txt", ".text", ".tokens", ""):
+        return [raw]
+    raise CalibrationDataError(f"unsupported calibration file type {suffix!r} (use .txt, .json or .jsonl)")
+
+
+def _hub_texts(name: str, config: str | None, split: str, limit: int | None = None) -> list[str]:
+    try:
+        import datasets  # noqa: PLC0415
+    except ImportError as exc:
+        raise CalibrationDataError(
+            f"loading {name!r} from the hub needs the 'datasets' package (pip install 'prunelens[hub]')"
+        ) from exc
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as exc:  # datasets raises many types when offline or unknown
+        raise CalibrationDataError(f"could not load hub dataset {name!r} ({config}, {split}): {exc}") from exc
+    if "text" not in ds.column_names:
+        raise CalibrationDataError(f"hub dataset {name!r} has no 'text' column (columns: {ds.column_names})")
+    texts = ds["text"] if limit is None else ds.select(range(min(limit, len(ds))))["text"]
+    return [t for t in texts if t]
+
+
+def load_texts(source: str) -> list[str]:
+    """Documents of a calibration source (see the module docstring for the names)."""
+    if source in ("c4", "c4-heldout"):
+        try:
+            docs = _texts_from_json_obj(json.loads(find_data_file("c4/c4_demo.json").read_text()))
+        except DataNotFoundError as exc:
+            try:
+                docs = _hub_texts("allenai/c4", "en", "validation", limit=300)
+            except CalibrationDataError as hub_exc:
+                raise CalibrationDataError(f"{exc}\nThe hub fallback failed too: {hub_exc}") from exc
+        return docs[:C4_CALIB_DOCS] if source == "c4" else docs[C4_CALIB_DOCS:]
+    if source == "wikitext2":
+        try:
+            return ["\n".join(find_data_file("wikitext2_tokens/test.txt").read_text().splitlines())]
+        except DataNotFoundError as exc:
+            try:
+                return ["\n\n".join(_hub_texts("wikitext", "wikitext-2-raw-v1", "test"))]
+            except CalibrationDataError as hub_exc:
+                raise CalibrationDataError(f"{exc}\nThe hub fallback failed too: {hub_exc}") from exc
+    if source.startswith("hub:"):
+        parts = source[4:].split(":")
+        name, config, split = parts[0], (parts[1] or None) if len(parts) > 1 else None, parts[2] if len(parts) > 2 else "train"
+        return _hub_texts(name, config, split)
+    path = Path(source).expanduser()
+    if path.exists() or path.suffix:
+        return read_text_file(path)
+    raise CalibrationDataError(
+        f"unknown calibration source {source!r}: use c4, c4-heldout, wikitext2, a .txt/.json/.jsonl file, "
+        "or hub:NAME[:CONFIG[:SPLIT]]"
+    )
+
+
+def token_stream(tokenizer, docs: list[str]) -> torch.Tensor:
+    """Tokenise documents and join them with the EOS token into one 1-D stream."""
+    docs = [d for d in docs if d and d.strip()]
+    if not docs:
+        raise CalibrationDataError("calibration data is empty (no non-blank document)")
+    enc = tokenizer(docs, add_special_tokens=False)["input_ids"]
+    sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    flat: list[int] = []
+    for i, ids in enumerate(enc):
+        if i:
+            flat.extend(sep)
+        flat.extend(ids)
+    return torch.tensor(flat, dtype=torch.long)
+
+
+def sample_windows(stream: torch.Tensor, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
+    """``nsamples`` windows of ``seqlen`` tokens at seeded random offsets in ``stream``."""
+    if nsamples <= 0 or seqlen <= 0:
+        raise CalibrationDataError(f"nsamples and seqlen must be positive (got {nsamples}, {seqlen})")
+    n = int(stream.numel())
+    if n < seqlen:
+        raise CalibrationDataError(
+            f"calibration data too short: found {n} tokens, need at least seqlen={seqlen} "
+            f"(and ideally nsamples×seqlen = {nsamples * seqlen})"
+        )
+    rng = random.Random(seed)
+    starts = [rng.randint(0, n - seqlen) for _ in range(nsamples)]
+    return torch.stack([stream[s : s + seqlen] for s in starts])
+
+
+def get_calibration(tokenizer, source: str = "c4", nsamples: int = 64, seqlen: int = 256, seed: int = 0) -> Calibration:
+    """Seeded calibration windows from ``source`` for ``tokenizer``."""
+    stream = token_stream(tokenizer, load_texts(source))
+    return Calibration(sample_windows(stream, nsamples, seqlen, seed), source, seed, int(stream.numel()))

@@ -1,0 +1,89 @@
+"""Perplexity of a causal LM over a token stream, with non-overlapping or sliding windows.
+
+``ppl = exp( Σ_t −log p(x_t | x_<t) / N )`` over the scored tokens. With ``stride < seqlen`` each
+window re-reads ``seqlen − stride`` tokens of context and scores only the tokens not scored before
+(the sliding-window evaluation of the transformers perplexity guide); ``stride = seqlen`` gives the
+non-overlapping windows of the SparseGPT/Wanda papers. Log-probabilities are taken in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from prunelens.utils.progress import progress_bar
+
+
+@dataclass
+class PerplexityResult:
+    ppl: float
+    nll: float  # mean negative log-likelihood per scored token (nats)
+    tokens: int
+    windows: int
+
+    def to_dict(self) -> dict:
+        return {"ppl": self.ppl, "nll": self.nll, "tokens": self.tokens, "windows": self.windows}
+
+
+def _windows(n: int, seqlen: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored position) for each window over a stream of ``n`` tokens."""
+    out = []
+    prev_end = 0
+    for begin in range(0, n - 1, stride):
+        end = min(begin + seqlen, n)
+        first = max(prev_end, begin + 1) - begin  # never score position 0 of a window (no context)
+        if end - begin >= 2 and first < end - begin:
+            out.append((begin, end, first))
+        prev_end = end
+        if end == n:
+            break
+    return out
+
+
+@torch.no_grad()
+def perplexity(
+    model,
+    stream: torch.Tensor,
+    *,
+    seqlen: int = 256,
+    stride: int | None = None,
+    batch_size: int = 4,
+    max_windows: int | None = None,
+    desc: str = "perplexity",
+) -> PerplexityResult:
+    """Perplexity of ``model`` on the 1-D token ``stream``."""
+    stride = stride or seqlen
+    if not 0 < stride <= seqlen:
+        raise ValueError(f"stride must be in (0, seqlen={seqlen}]; got {stride}")
+    stream = stream.reshape(-1)
+    wins = _windows(int(stream.numel()), seqlen, stride)
+    # windows of full length batch together; a shorter tail window runs on its own
+    if max_windows is not None:
+        wins = wins[:max_windows]
+    if not wins:
+        raise ValueError(f"token stream too short for perplexity: {stream.numel()} tokens")
+    device = next(model.parameters()).device
+    total_nll, total_tok = 0.0, 0
+    groups: list[list[tuple[int, int, int]]] = []
+    for w in wins:
+        if groups and len(groups[-1]) < batch_size and (groups[-1][0][1] - groups[-1][0][0]) == (w[1] - w[0]):
+            groups[-1].append(w)
+        else:
+            groups.append([w])
+    with progress_bar(desc, total=len(wins)) as bar:
+        for group in groups:
+            ids = torch.stack([stream[b:e] for b, e, _ in group]).to(device)
+            logits = model(ids, use_cache=False).logits[:, :-1].float()
+            targets = ids[:, 1:]
+            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+            nll = nll.view(len(group), -1)
+            for row, (_, _, first) in enumerate(group):
+                scored = nll[row, first - 1 :]
+                total_nll += float(scored.sum())
+                total_tok += scored.numel()
+            bar.advance(len(group))
+    mean = total_nll / total_tok
+    return PerplexityResult(math.exp(mean), mean, total_tok, len(wins))

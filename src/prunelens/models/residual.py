@@ -1,0 +1,76 @@
+"""Read the residual stream at every block without a second model: hooks on the adapter's modules.
+
+For block ``l`` the recorder sees ``resid_pre`` (block input), ``Δ_attn`` and ``Δ_mlp`` (the sublayers'
+contributions, read from the adapter's ``attn_out`` / ``mlp_out`` modules) and ``resid_post`` (block
+output). Sequential blocks have ``resid_mid = resid_pre + Δ_attn`` and ``resid_post = resid_mid + Δ_mlp``;
+parallel blocks (GPT-NeoX) have both sublayers reading ``resid_pre``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from prunelens.models.adapter import Adapter, block_output
+
+
+@dataclass
+class BlockStates:
+    layer: int
+    pre: torch.Tensor
+    d_attn: torch.Tensor
+    d_mlp: torch.Tensor
+    post: torch.Tensor
+    parallel: bool
+
+    @property
+    def mid(self) -> torch.Tensor:
+        """Residual stream after attention (for parallel blocks, the MLP reads ``pre`` instead)."""
+        return self.pre + self.d_attn
+
+    @property
+    def mlp_input_stream(self) -> torch.Tensor:
+        return self.pre if self.parallel else self.mid
+
+
+def _first(out) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@contextmanager
+def record_blocks(
+    adapter: Adapter, callback: Callable[[BlockStates], None], layers: list[int] | None = None
+) -> Iterator[None]:
+    """Call ``callback(BlockStates)`` after each block's forward while the context is open."""
+    handles = []
+    parallel = adapter.parallel
+    todo = range(adapter.num_layers) if layers is None else layers
+    for i in todo:
+        block = adapter.layers[i]
+        store: dict[str, torch.Tensor] = {}
+
+        def pre_hook(mod, args, kwargs, store=store):
+            store["pre"] = args[0] if args else kwargs["hidden_states"]
+
+        def attn_hook(mod, args, out, store=store):
+            store["attn"] = _first(out)
+
+        def mlp_hook(mod, args, out, store=store):
+            store["mlp"] = _first(out)
+
+        def post_hook(mod, args, kwargs, out, store=store, i=i):
+            states = BlockStates(i, store.pop("pre"), store.pop("attn"), store.pop("mlp"), block_output(out), parallel)
+            callback(states)
+
+        handles.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        handles.append(adapter.sublayer_out(i, "attn").register_forward_hook(attn_hook))
+        handles.append(adapter.sublayer_out(i, "mlp").register_forward_hook(mlp_hook))
+        handles.append(block.register_forward_hook(post_hook, with_kwargs=True))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,226 @@
+"""Intra-layer pruning, block by block: magnitude, Wanda and SparseGPT, unstructured or N:M.
+
+Layer-wise calibration as in the SparseGPT and Wanda papers: the inputs of block 0 are captured once
+(a forward pre-hook keeps *all* its keyword arguments — masks, rotary embeddings, positions — and
+stops the forward), then each block in turn
+
+1. runs on the current inputs with hooks on its linear layers that accumulate the statistics the
+   method needs (Wanda: ``Σ_t x_tj²``; SparseGPT: ``H = 2XᵀX/n``), in float32;
+2. has its linear layers pruned;
+3. runs again to produce the inputs of the next block, so each block is calibrated on the outputs of
+   the already-pruned blocks before it.
+
+Only one block's statistics and two activation buffers (``nsamples × seqlen × hidden``) are alive
+at a time; with ``device=`` a block is moved to that device only while it is processed, so a model
+kept on the CPU can be pruned on one GPU. Embeddings and the unembedding stay dense.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunelens.data.calibration import Calibration
+from prunelens.models.adapter import Adapter, block_output, param_count
+from prunelens.prune.plan import SPARSE_METHODS, PrunePlan
+from prunelens.prune.sparse_math import magnitude_scores, parse_pattern, score_mask, sparsegpt_prune, wanda_scores
+from prunelens.utils.progress import progress_bar
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _to(obj: Any, device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_to(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+def validate_sparsity(method: str, sparsity: float | None, pattern: str | None) -> tuple[float | None, tuple[int, int] | None]:
+    if method not in SPARSE_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(SPARSE_METHODS)}")
+    if (sparsity is None) == (pattern is None):
+        raise ValueError("give exactly one of sparsity (unstructured) or pattern (N:M)")
+    if pattern is not None:
+        return None, parse_pattern(pattern)
+    if not 0.0 <= float(sparsity) < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1); got {sparsity}")
+    return float(sparsity), None
+
+
+@torch.no_grad()
+def capture_block_inputs(model, adapter: Adapter, input_ids: torch.Tensor, batch_size: int, device) -> tuple[torch.Tensor, list[dict]]:
+    """Inputs of block 0 for every calibration window, and every block's forward kwargs.
+
+    The kwargs are captured from one single-sample forward (they broadcast over the batch); the
+    block-0 inputs from forwards stopped at block 0, so no block runs on the whole calibration set.
+    """
+    layers = adapter.layers
+    per_layer: list[dict] = [{} for _ in range(len(layers))]
+    handles = []
+
+    def make_hook(i):
+        def hook(mod, args, kwargs):
+            per_layer[i] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        return hook
+
+    for i, block in enumerate(layers):
+        handles.append(block.register_forward_pre_hook(make_hook(i), with_kwargs=True))
+    embed_device = adapter.embed.weight.device
+    try:
+        model(input_ids[:1].to(embed_device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+
+    captured: list[torch.Tensor] = []
+
+    def stop_hook(mod, args, kwargs):
+        captured.append((args[0] if args else kwargs["hidden_states"]).to(device))
+        raise _StopForward
+
+    h = layers[0].register_forward_pre_hook(stop_hook, with_kwargs=True)
+    try:
+        for i in range(0, input_ids.shape[0], batch_size):
+            try:
+                model(input_ids[i : i + batch_size].to(embed_device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        h.remove()
+    kwargs = [_to({k: v for k, v in kw.items() if k not in ("past_key_values", "layer_past")}, device)
+              for kw in per_layer]
+    for kw in kwargs:
+        kw["use_cache"] = False
+    return torch.cat(captured), kwargs
+
+
+def _run_block(block: nn.Module, inps: torch.Tensor, outs: torch.Tensor, kwargs: dict, batch_size: int) -> None:
+    for i in range(0, inps.shape[0], batch_size):
+        outs[i : i + batch_size] = block_output(block(inps[i : i + batch_size], **kwargs))
+
+
+class _Stats:
+    """Running input statistics of one linear layer (float32)."""
+
+    def __init__(self, cols: int, device, hessian: bool):
+        self.n = 0
+        self.sq = torch.zeros(cols, device=device, dtype=torch.float32)
+        self.H = torch.zeros(cols, cols, device=device, dtype=torch.float32) if hessian else None
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        t = x.shape[0]
+        self.sq += (x * x).sum(0)
+        if self.H is not None:
+            self.H *= self.n / (self.n + t)
+            xs = x * (2.0 / (self.n + t)) ** 0.5
+            self.H += xs.T @ xs
+        self.n += t
+
+
+def _sparsity_report(adapter: Adapter) -> dict:
+    groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    by_layer = []
+    total_z = total_n = 0
+    for i in range(adapter.num_layers):
+        lz = ln = 0
+        for name, lin in adapter.block_linears(i).items():
+            z = int((lin.weight == 0).sum())
+            n = lin.weight.numel()
+            key = name.rsplit(".", 1)[-1]
+            groups[key][0] += z
+            groups[key][1] += n
+            lz, ln = lz + z, ln + n
+        by_layer.append(lz / ln if ln else 0.0)
+        total_z, total_n = total_z + lz, total_n + ln
+    return {"overall": total_z / total_n if total_n else 0.0,
+            "by_group": {k: z / n for k, (z, n) in groups.items()},
+            "by_layer": by_layer}
+
+
+@torch.no_grad()
+def sparsify(
+    model,
+    calibration: Calibration | None,
+    *,
+    method: str,
+    sparsity: float | None = None,
+    pattern: str | None = None,
+    batch_size: int = 8,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    device: str | torch.device | None = None,
+    base_model: str = "",
+) -> PrunePlan:
+    """Sparsify every linear layer inside the blocks of ``model`` in place; return the plan.
+
+    ``magnitude`` needs no calibration (``calibration`` may be None); Wanda and SparseGPT do.
+    """
+    ratio, nm = validate_sparsity(method, sparsity, pattern)
+    adapter = Adapter(model)
+    if method != "magnitude" and calibration is None:
+        raise ValueError(f"{method} needs calibration data")
+    plan = PrunePlan(method=method, base_model=base_model, family=adapter.spec.family,
+                     sparsity={"sparsity": ratio} if nm is None else {"pattern": pattern, "sparsity": 1 - nm[0] / nm[1]},
+                     calibration=calibration.describe() if (calibration is not None and method != "magnitude") else {},
+                     seed=calibration.seed if calibration is not None else None, params_before=param_count(model),
+                     num_layers_before=adapter.num_layers,
+                     options={"scope": "all nn.Linear inside decoder blocks; embeddings and unembedding dense",
+                              "compare": "per matrix" if method == "magnitude" else
+                              ("per output row" if method == "wanda" else "per 128-column block (adaptive)"),
+                              **({"blocksize": blocksize, "percdamp": percdamp} if method == "sparsegpt" else {}),
+                              "nm_convention": "N kept in every M" if nm else None})
+
+    if method == "magnitude":
+        with progress_bar("magnitude", total=adapter.num_layers) as bar:
+            for i in range(adapter.num_layers):
+                for lin in adapter.block_linears(i).values():
+                    mask = score_mask(magnitude_scores(lin.weight), sparsity=ratio, nm=nm, per_row=False)
+                    lin.weight.masked_fill_(mask.to(lin.weight.device), 0)
+                bar.advance()
+    else:
+        work_device = torch.device(device) if device is not None else adapter.embed.weight.device
+        inps, kwargs = capture_block_inputs(model, adapter, calibration.input_ids, batch_size, work_device)
+        outs = torch.empty_like(inps)
+        with progress_bar(method, total=adapter.num_layers) as bar:
+            for i in range(adapter.num_layers):
+                block = adapter.layers[i]
+                home = next(block.parameters()).device
+                block.to(work_device)
+                linears = adapter.block_linears(i)
+                stats = {name: _Stats(lin.in_features, work_device, method == "sparsegpt") for name, lin in linears.items()}
+                handles = [lin.register_forward_hook(lambda m, a, o, s=stats[name]: s.add(a[0]))
+                           for name, lin in linears.items()]
+                try:
+                    _run_block(block, inps, outs, kwargs[i], batch_size)
+                finally:
+                    for h in handles:
+                        h.remove()
+                for name, lin in linears.items():
+                    st = stats[name]
+                    if method == "wanda":
+                        mask = score_mask(wanda_scores(lin.weight, st.sq), sparsity=ratio, nm=nm, per_row=True)
+                        lin.weight.masked_fill_(mask, 0)
+                    else:
+                        new_w, _ = sparsegpt_prune(lin.weight, st.H, sparsity=ratio, nm=nm,
+                                                   blocksize=blocksize, percdamp=percdamp)
+                        lin.weight.copy_(new_w)
+                del stats
+                _run_block(block, inps, outs, kwargs[i], batch_size)
+                block.to(home)
+                inps, outs = outs, inps
+                bar.advance()
+    plan.sparsity["achieved"] = _sparsity_report(adapter)
+    plan.params_after = param_count(model)
+    return plan
