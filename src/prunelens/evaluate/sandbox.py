@@ -10,52 +10,68 @@ applies, in this order:
 
    * A new **network namespace** has only a loopback interface, and it is down: no connection can be made,
      not even to ``127.0.0.1`` of the host.
-   * A new **user namespace** (own uid/gid mapped to itself) removes every capability in the host's namespace,
-     including root's: no ``CAP_DAC_OVERRIDE``, and ``RLIMIT_NPROC`` is enforced even for root.
+   * A new **user namespace** (own uid/gid mapped to itself) lets an unprivileged user create the other two,
+     and leaves the program no capability in the host's namespace (root included: it keeps uid 0, hence
+     owner access to root's files, but loses ``CAP_DAC_OVERRIDE``, ``CAP_SYS_ADMIN``...).
    * A new **mount namespace** (propagation made private first, so nothing leaks to the host) is used to
      remount every mount point **read-only** except the sandbox directory, on which a size-limited ``tmpfs``
-     is mounted (``disk_mb``). The program can then not write, delete or rename anything outside its directory,
-     and not fill the disk.
+     is mounted (``disk_mb``). The program can then not write, delete or rename anything outside its
+     directory, and not fill the disk. A second, nested user+mount namespace then *locks* the read-only flags,
+     so even code that reaches ``mount(2)`` cannot make them writable again.
 
-2. **Resource limits** (``setrlimit``): ``RLIMIT_CPU`` (soft ``cpu_s``: the kernel sends SIGXCPU, hard one second
-   later: SIGKILL), ``RLIMIT_AS`` (``memory_mb``: large allocations raise ``MemoryError``), ``RLIMIT_FSIZE``
-   (``max_file_mb``, also bounds the captured stdout/stderr files), ``RLIMIT_CORE = 0`` and ``RLIMIT_NPROC``
-   (``max_processes``). Outside a user namespace the kernel does not enforce ``RLIMIT_NPROC`` for root.
+2. **Resource limits** (``setrlimit``): ``RLIMIT_CPU`` (soft ``cpu_s``: the kernel sends SIGXCPU, hard one
+   second later: SIGKILL), ``RLIMIT_AS`` (``memory_mb``: large allocations raise ``MemoryError``),
+   ``RLIMIT_FSIZE`` (``max_file_mb``, also bounds the captured stdout/stderr files), ``RLIMIT_CORE = 0`` and
+   ``RLIMIT_NPROC`` (``max_processes``; counted per user namespace since Linux 5.14, else over all the user's
+   processes, which the launcher adds to the limit). The kernel never enforces ``RLIMIT_NPROC`` for uid 0, not
+   even inside a user namespace, so **for root, fork loops are stopped by the guard below** (and the
+   process-group kill and the CPU/wall-clock limits), not by the kernel.
 
 3. **A Python-level guard** (``guard=True``, the default) that replaces destructive functions with ones that
    raise ``PermissionError``: process creation and signals (``os.fork``, ``os.forkpty``, ``os.system``,
    ``os.popen``, ``os.exec*``, ``os.posix_spawn*``, ``os.kill``, ``os.killpg``, ``subprocess`` through
    ``_posixsubprocess.fork_exec``), ``resource.setrlimit``/``prlimit``, socket creation and name resolution
-   (``_socket.socket``, ``socketpair``, ``getaddrinfo``...), ``ctypes`` imports, and **writes outside the sandbox
-   directory**: ``open``/``io.open``/``os.open`` in a write mode, ``os.remove``/``unlink``/``rmdir``/``rename``/
-   ``replace``/``mkdir``/``link``/``symlink``/``truncate``/``chmod``/``chown``/``utime``... (paths are resolved,
-   symlinks and ``dir_fd`` included, so ``shutil.rmtree``, ``shutil.move`` and ``pathlib`` are covered too).
-   ``/dev/null`` stays writable.
+   (``_socket.socket``, ``socketpair``, ``getaddrinfo``...), ``ctypes`` imports, and **writes outside the
+   sandbox directory**: ``open``/``io.open``/``os.open`` in a write mode, ``os.remove``, ``unlink``,
+   ``rmdir``, ``rename``, ``replace``, ``mkdir``, ``link``, ``symlink``, ``truncate``, ``chmod``, ``chown``,
+   ``utime``... Paths are resolved, symlinks and ``dir_fd`` included, so ``shutil.rmtree``, ``shutil.move``
+   and ``pathlib`` are covered too. ``/dev/null`` stays writable.
 
-The process runs with a minimal environment (``PATH``, ``HOME``/``TMPDIR`` pointing into its throwaway working
-directory, ``LANG``; nothing of the parent's environment, no secrets, no ``PYTHONPATH``), in isolated mode
-(``-I``) and by default without ``site`` (``-S``: only the standard library is importable), with stdin at EOF.
-The parent enforces the wall-clock limit (``timeout_s``) and, after the program ends or times out, kills the
-whole process group with SIGKILL and checks that no live member is left (``ExecResult.leftover_processes``).
-The working directory is deleted afterwards.
+The process runs with a minimal environment (``PATH``, ``HOME``/``TMPDIR`` pointing into its throwaway
+working directory, ``LANG``; nothing of the parent's environment, no secrets, no ``PYTHONPATH``), in isolated
+mode (``-I``) and by default without ``site`` (``-S``: only the standard library is importable), with stdin
+at EOF. The parent enforces the wall-clock limit (``timeout_s``) and, after the program ends or times out,
+kills the whole process group with SIGKILL and checks that no live member is left
+(``ExecResult.leftover_processes``). The working directory is deleted afterwards.
 
-The program is executed with ``__name__ == "__sandbox__"`` (like the reference harnesses, which ``exec`` it), so
-an ``if __name__ == "__main__":`` block in generated code does not run. A program that calls ``sys.exit()``
-before it finishes, or ends the process by other means, is not counted as passed.
+The program is executed with ``__name__ == "__sandbox__"`` (like the reference harnesses, which ``exec``
+it), so an ``if __name__ == "__main__":`` block in generated code does not run. A program that calls
+``sys.exit()`` before it finishes, or ends the process by other means, is not counted as passed.
 
 **What is and is not guaranteed.** This is *not* a security boundary against a determined attacker: it
 contains the usual accidents of generated code (infinite loops, huge allocations, fork loops, deleting or
 overwriting files, network calls, flooding output). The Python guard can be bypassed by code that means to
 (the original functions stay reachable through closures, ``gc``, ``_io.FileIO``...). The kernel-level
-protections (rlimits, namespaces, read-only remount, process-group kill) do not depend on the guard, but the
-namespaces are only *best effort*: where user namespaces are disabled and the process is not privileged,
-the network and filesystem protections fall back to the Python guard alone. ``ExecResult.protections`` and
-:func:`sandbox_protections` report which protections were active. Other known limits: reading files outside
-the sandbox is allowed (the program's only output channel is its captured stdout/stderr); a forked child
-that deliberately calls ``setsid()`` (possible only once the guard is bypassed) escapes the process-group
-kill, bounded by ``RLIMIT_NPROC`` and ``RLIMIT_CPU``; without the mount namespace the program may still fill
-its own directory, up to ``max_file_mb`` per file, until ``timeout_s``. Linux is the target; elsewhere only the
-rlimits, the guard and the timeout apply.
+protections (rlimits, namespaces, locked read-only remount, process-group kill) do not depend on the guard,
+but the namespaces are only *best effort*: where user namespaces are disabled (some distributions and
+containers) and the process is not privileged, the network and filesystem protections fall back to the
+Python guard alone. ``ExecResult.protections`` and :func:`sandbox_protections` report which protections
+were active.
+
+Other known limits:
+
+* reading files outside the sandbox is allowed (the program's only output channel is its captured output);
+* the kernel does not apply ``RLIMIT_NPROC`` to root, so as root a fork loop is only stopped by the guard;
+* a forked child that deliberately calls ``setsid()`` (possible only once the guard is bypassed) escapes the
+  process-group kill (there is no PID namespace); it stays bounded by ``RLIMIT_CPU`` and, if not root,
+  ``RLIMIT_NPROC``;
+* without the mount namespace the program can still fill its own directory, ``max_file_mb`` per file, until
+  ``timeout_s``; with it, the ``tmpfs`` (``disk_mb``) uses memory, not disk;
+* memory is limited per process (``RLIMIT_AS``, virtual memory), not per process tree;
+* the program could write to the launcher's result pipe and forge a pass; generated code does not do that
+  by accident.
+
+Linux is the target; elsewhere only the rlimits, the guard and the timeout apply.
 """
 
 from __future__ import annotations
@@ -99,14 +115,20 @@ class ExecResult:
 
     * ``"passed"``: the program ran to its end and the process exited with code 0;
     * ``"failed"``: the program raised ``AssertionError`` (a benchmark test failed);
-    * ``"error"``: any other exception (``SyntaxError``, ``MemoryError``, ``PermissionError`` from the guard...),
-      ``sys.exit()`` before the end, or the process ending without the launcher's completion record;
+    * ``"error"``: any other exception (``SyntaxError``, ``MemoryError``, ``PermissionError`` from the
+      guard...), ``sys.exit()`` before the end, or the process ending without the launcher's completion
+      record;
     * ``"timeout"``: the wall-clock limit was reached and the process group was killed;
     * ``"killed"``: the process died from a signal it got before the wall-clock limit (SIGXCPU at the CPU-time
       limit, SIGKILL at the hard CPU-time limit or from the out-of-memory killer, SIGSEGV...).
 
-    ``stdout``/``stderr`` hold at most ``max_output_bytes`` bytes each (decoded as UTF-8, invalid bytes replaced);
-    ``*_truncated`` says whether more was written.
+    ``stdout``/``stderr`` hold at most ``max_output_bytes`` bytes each (decoded as UTF-8, invalid bytes
+    replaced); ``*_truncated`` says whether more was written. ``exception`` is the class name of the exception
+    that ended the program (``"AssertionError"``, ``"SyntaxError"``, ``"SystemExit"``...), ``detail`` a
+    one-line explanation, ``cpu_s`` the CPU time of the program's main process, ``protections`` what the
+    launcher set up (see :func:`sandbox_protections`; empty if the process died before reporting), ``pid`` the
+    process (and process group) id, and ``leftover_processes`` how many live processes of its group remained
+    after the final kill (expected 0).
     """
 
     status: str
@@ -128,20 +150,21 @@ class ExecResult:
         return self.status == "passed"
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Program assembly
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def humaneval_program(prompt: str, completion: str, test: str, entry_point: str) -> str:
-    """The program the reference HumanEval harness runs: ``prompt + completion``, the ``test`` code (which defines
-    ``check(candidate)``), then ``check(entry_point)``."""
+    """The program the reference HumanEval harness runs: ``prompt + completion``, the ``test`` code (which
+    defines ``check(candidate)``), then ``check(entry_point)``."""
     return prompt + completion + "\n" + test + "\n" + f"check({entry_point})"
 
 
 def mbpp_program(code: str, test_list: Sequence[str], test_setup_code: str = "") -> str:
-    """The MBPP program: the solution ``code``, then ``test_setup_code`` (it may use names the code defines, e.g.
-    MBPP task 367 builds a tree of the solution's ``Node``), then the ``assert`` lines of ``test_list``."""
+    """The MBPP program: the solution ``code``, then ``test_setup_code`` (it may use names the code defines,
+    e.g. MBPP task 367 builds a tree of the solution's ``Node``), then the ``assert`` lines of
+    ``test_list``."""
     if isinstance(test_list, str):
         test_list = [test_list]
     parts = [code]
@@ -151,12 +174,14 @@ def mbpp_program(code: str, test_list: Sequence[str], test_setup_code: str = "")
     return "\n".join(parts) + "\n"
 
 
-def check_program(program: str, test_code: str, entry_point: str | None = None, **run_kwargs: Any) -> ExecResult:
+def check_program(
+    program: str, test_code: str, entry_point: str | None = None, **run_kwargs: Any
+) -> ExecResult:
     """Run ``program`` followed by ``test_code`` in the sandbox.
 
-    With ``entry_point`` (HumanEval form) ``test_code`` must define ``check(candidate)`` and the program ends with
-    ``check(entry_point)``; without it (MBPP form) ``test_code`` is the assert lines themselves. Keyword arguments
-    go to :func:`run_program`.
+    With ``entry_point`` (HumanEval form) ``test_code`` must define ``check(candidate)`` and the program ends
+    with ``check(entry_point)``; without it (MBPP form) ``test_code`` is the assert lines themselves. Keyword
+    arguments go to :func:`run_program`.
     """
     source = program + "\n" + test_code + "\n"
     if entry_point is not None:
@@ -166,10 +191,10 @@ def check_program(program: str, test_code: str, entry_point: str | None = None, 
     return run_program(source, **run_kwargs)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # The launcher: runs inside the child, before the program. Standard library only, and only cheap imports
 # (it is passed with -c; a few ms of start-up per program matter when thousands are run).
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 _LAUNCHER = r'''
 import os, sys, json, resource
@@ -197,12 +222,28 @@ def unescape_mount_path(s):
     return "".join(out)
 
 
+NEWNS, NEWUSER, NEWNET = 0x00020000, 0x10000000, 0x40000000
+
+
+def write_id_maps(uid, gid):
+    for path, data in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", "%d %d 1" % (uid, uid)),
+                       ("/proc/self/gid_map", "%d %d 1" % (gid, gid))):
+        with open(path, "w") as f:
+            f.write(data)
+
+
 def enter_namespaces(prot):
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
     libc.unshare.argtypes = [ctypes.c_int]
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-    NEWNS, NEWUSER, NEWNET = 0x00020000, 0x10000000, 0x40000000
+
+    def mount(src, target, fstype, flags, data):
+        enc = lambda s: None if s is None else os.fsencode(s)
+        if libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), target)
+
     uid, gid = os.getuid(), os.getgid()
     chosen = 0
     for flags in (NEWUSER | NEWNS | NEWNET, NEWUSER | NEWNET, NEWNS | NEWNET, NEWNET):
@@ -216,29 +257,13 @@ def enter_namespaces(prot):
     prot["user_namespace"] = bool(chosen & NEWUSER)
     if chosen & NEWUSER:
         try:
-            for path, data in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", "%d %d 1" % (uid, uid)),
-                               ("/proc/self/gid_map", "%d %d 1" % (gid, gid))):
-                with open(path, "w") as f:
-                    f.write(data)
+            write_id_maps(uid, gid)
             prot["uid_map"] = True
         except OSError as e:
             prot["notes"].append("uid/gid map not written: %s" % e)
-    if chosen & NEWNS:
-        readonly_mounts(libc, ctypes, prot)
-
-
-def readonly_mounts(libc, ctypes, prot):
-    MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_NOSYMFOLLOW = 1, 2, 4, 8, 256
-    MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC = 32, 1024, 2048, 4096, 16384
-    MS_PRIVATE, MS_RELATIME, MS_STRICTATIME = 1 << 18, 1 << 21, 1 << 24
+    if not chosen & NEWNS:
+        return
     sandbox = CFG["sandbox"]
-
-    def mount(src, target, fstype, flags, data):
-        enc = lambda s: None if s is None else os.fsencode(s)
-        if libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), target)
-
     try:
         # Private propagation first: nothing done below may reach the host's mount table.
         mount(None, "/", None, MS_REC | MS_PRIVATE, None)
@@ -247,6 +272,41 @@ def readonly_mounts(libc, ctypes, prot):
         prot["notes"].append("mount namespace unusable: %s" % e)
         return
     prot["mount_namespace"] = True
+    is_proc = lambda mp: mp == "/proc" or mp.startswith("/proc/")
+    failed = remount_readonly(mount, lambda mp: not is_proc(mp))
+    prot["readonly_filesystem"] = "/" not in failed
+    disk_mb = CFG["disk_mb"]
+    if disk_mb and (prot["uid_map"] or not prot["user_namespace"]):
+        try:
+            mount("tmpfs", sandbox, "tmpfs", MS_NOSUID | MS_NODEV, "size=%dm,mode=700" % disk_mb)
+            prot["sandbox_tmpfs_mb"] = disk_mb
+        except OSError as e:
+            prot["notes"].append("no tmpfs on the sandbox directory: %s" % e)
+    if prot["readonly_filesystem"]:
+        # Lock the read-only flags: mounts copied into a mount namespace owned by a less privileged user
+        # namespace cannot be made writable again (nor the tmpfs unmounted), even by code reaching mount(2).
+        # /proc is still writable here (the id maps are written there); it is made read-only just after.
+        if libc.unshare(NEWUSER | NEWNS) == 0:
+            try:
+                write_id_maps(uid, gid)
+                prot["mounts_locked"] = True
+            except OSError as e:
+                prot["notes"].append("inner uid/gid map not written: %s" % e)
+        else:
+            prot["notes"].append("read-only mounts not locked: " + os.strerror(ctypes.get_errno()))
+    failed += remount_readonly(mount, is_proc)
+    if failed:
+        prot["notes"].append("not remounted read-only: " + ", ".join(failed[:8]))
+
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_NOSYMFOLLOW = 1, 2, 4, 8, 256
+MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC = 32, 1024, 2048, 4096, 16384
+MS_PRIVATE, MS_RELATIME, MS_STRICTATIME = 1 << 18, 1 << 21, 1 << 24
+
+
+def remount_readonly(mount, select):
+    """Remount read-only each mount point (but the sandbox) for which ``select(path)``; return failures."""
+    sandbox = CFG["sandbox"]
     failed, seen = [], set()
     with open("/proc/self/mountinfo") as f:
         lines = f.read().splitlines()
@@ -255,7 +315,7 @@ def readonly_mounts(libc, ctypes, prot):
         if len(fields) < 6:
             continue
         mp = unescape_mount_path(fields[4])
-        if mp in seen or mp == sandbox or mp.startswith(sandbox + "/"):
+        if mp in seen or mp == sandbox or mp.startswith(sandbox + "/") or not select(mp):
             continue
         seen.add(mp)
         opts = fields[5].split(",")
@@ -271,16 +331,7 @@ def readonly_mounts(libc, ctypes, prot):
             mount(None, mp, None, flags, None)
         except OSError:
             failed.append(mp)
-    prot["readonly_filesystem"] = "/" in seen and "/" not in failed
-    if failed:
-        prot["notes"].append("not remounted read-only: " + ", ".join(failed[:8]))
-    disk_mb = CFG["disk_mb"]
-    if disk_mb and (prot["uid_map"] or not prot["user_namespace"]):
-        try:
-            mount("tmpfs", sandbox, "tmpfs", MS_NOSUID | MS_NODEV, "size=%dm,mode=700" % disk_mb)
-            prot["sandbox_tmpfs_mb"] = disk_mb
-        except OSError as e:
-            prot["notes"].append("no tmpfs on the sandbox directory: %s" % e)
+    return failed
 
 
 def count_user_tasks(uid):
@@ -301,7 +352,7 @@ def count_user_tasks(uid):
     return total
 
 
-def set_limits(prot):
+def set_limits(prot, host_uid):
     def setlim(name, soft, hard=None):
         res = getattr(resource, name, None)
         if res is None:
@@ -333,17 +384,17 @@ def set_limits(prot):
             kernel = (0, 0)
         if prot["user_namespace"] and kernel >= (5, 14):
             limit = n  # RLIMIT_NPROC is counted per user namespace since Linux 5.14
-        elif os.geteuid() == 0 and not prot["user_namespace"]:
-            limit = n  # not enforced for root outside a user namespace; set anyway
+        elif host_uid == 0:
+            limit = n  # not enforced for uid 0; set anyway
         else:
-            limit = count_user_tasks(os.getuid()) + n  # counted over all the user's processes
+            limit = count_user_tasks(host_uid) + n  # counted over all the user's processes
         prot["rlimit_nproc"] = setlim("RLIMIT_NPROC", limit)
-        prot["nproc_enforced"] = prot["rlimit_nproc"] is not None and (
-            prot["user_namespace"] or os.geteuid() != 0)
+        # the kernel exempts uid 0 (even inside a user namespace) and holders of CAP_SYS_RESOURCE/ADMIN
+        prot["nproc_enforced"] = prot["rlimit_nproc"] is not None and host_uid != 0
 
 
 def install_guard(root):
-    import builtins, errno, io, _io, posix, _posixsubprocess, _socket
+    import builtins, errno, io, _io, posix, _socket
     realpath, join, split, isabs = os.path.realpath, os.path.join, os.path.split, os.path.isabs
     getcwd, readlink, fsdecode, fspath = os.getcwd, os.readlink, os.fsdecode, os.fspath
     root = realpath(root)
@@ -420,7 +471,8 @@ def install_guard(root):
 
     for name in ("remove", "unlink", "rmdir", "mkdir", "mkfifo", "mknod", "removexattr"):
         one_path(name, follow=False)
-    for name in ("truncate", "chmod", "lchmod", "chown", "lchown", "utime", "setxattr", "chflags", "lchflags"):
+    for name in ("truncate", "chmod", "lchmod", "chown", "lchown", "utime", "setxattr", "chflags",
+                 "lchflags"):
         one_path(name, follow=True)
 
     def two_paths(name, check_src):
@@ -431,7 +483,7 @@ def install_guard(root):
         def wrapper(src, dst, *args, **kwargs):
             if check_src:
                 check("os." + name, src, kwargs.get("src_dir_fd"), False)
-            check("os." + name, dst, kwargs.get("dst_dir_fd") or kwargs.get("dir_fd"), False)
+            check("os." + name, dst, kwargs.get("dst_dir_fd", kwargs.get("dir_fd")), False)
             return fn(src, dst, *args, **kwargs)
         wrapper.__name__ = name
         patch(name, wrapper)
@@ -445,10 +497,15 @@ def install_guard(root):
                  "posix_spawn", "posix_spawnp", "chroot"):
         if hasattr(os, name) or hasattr(posix, name):
             patch(name, blocked("os." + name))
-    _posixsubprocess.fork_exec = blocked("subprocess", "starting a process (subprocess)")
+    fork_exec = blocked("subprocess", "starting a process (subprocess)")
+    try:
+        import _posixsubprocess
+        _posixsubprocess.fork_exec = fork_exec  # read by subprocess when it is imported
+    except ImportError:
+        pass
     sub = sys.modules.get("subprocess")
     if sub is not None:
-        sub._fork_exec = _posixsubprocess.fork_exec
+        sub._fork_exec = fork_exec
         sub._USE_POSIX_SPAWN = False
     try:
         import signal as _signal
@@ -479,17 +536,20 @@ def install_guard(root):
 
 
 def main():
+    host_uid = os.getuid()
     prot = {"user_namespace": False, "uid_map": False, "network_namespace": False, "mount_namespace": False,
-            "readonly_filesystem": False, "sandbox_tmpfs_mb": None, "rlimit_cpu_s": None, "rlimit_as_mb": None,
-            "rlimit_fsize_mb": None, "rlimit_nproc": None, "nproc_enforced": False, "python_guard": False,
-            "notes": []}
+            "readonly_filesystem": False, "sandbox_tmpfs_mb": None, "rlimit_cpu_s": None,
+            "rlimit_as_mb": None, "rlimit_fsize_mb": None, "rlimit_nproc": None, "nproc_enforced": False,
+            "python_guard": False,
+            "mounts_locked": False, "uid": None, "notes": []}
     if CFG["namespaces"] and sys.platform.startswith("linux"):
         try:
             enter_namespaces(prot)
         except Exception as e:
             prot["notes"].append("namespace setup failed: %r" % (e,))
+    prot["uid"] = host_uid
     os.chdir(CFG["sandbox"])  # again: a tmpfs may now be mounted over it
-    set_limits(prot)
+    set_limits(prot, host_uid)
     path = CFG["program"]
     with open(path, encoding="utf-8") as f:
         source = f.read()
@@ -542,9 +602,9 @@ main()
 '''
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Parent side
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def _exited(pid: int) -> bool:
@@ -669,10 +729,11 @@ def run_program(
 ) -> ExecResult:
     """Run the Python program ``source`` in a sandboxed child process and report how it ended.
 
-    ``timeout_s``: wall-clock limit. ``cpu_s``: CPU-time limit (default: ``timeout_s``, at least 1 s, rounded up).
-    ``memory_mb``: address-space limit (``None``: none). ``max_processes``: ``RLIMIT_NPROC``. ``max_output_bytes``:
-    how much of stdout and of stderr is kept. ``max_file_mb``: largest file the program may write (stdout/stderr
-    included). ``disk_mb``: size of the tmpfs mounted on the working directory when a mount namespace is available.
+    ``timeout_s``: wall-clock limit. ``cpu_s``: CPU-time limit (default: ``timeout_s``, at least 1 s, rounded
+    up). ``memory_mb``: address-space limit (``None``: none). ``max_processes``: ``RLIMIT_NPROC``.
+    ``max_output_bytes``: how much of stdout and of stderr is kept. ``max_file_mb``: largest file the program
+    may write (stdout/stderr included). ``disk_mb``: size of the tmpfs mounted on the working directory when a
+    mount namespace is available.
     ``namespaces``/``guard``: switch the namespace protections / the Python guard off (for tests of the other
     layers). ``allow_site_packages``: let the program import the interpreter's site-packages (not only the
     standard library). ``python``: interpreter to use (default: ``sys.executable``).
@@ -755,21 +816,24 @@ def run_program(
                             timed_out = True
                     wall = time.monotonic() - t0
                 finally:
-                    # Kill the whole group (on timeout, and any straggler otherwise) before reaping the
-                    # leader, whose zombie keeps the group id from being reused meanwhile.
-                    _killpg(proc.pid)
-                    if proc.returncode is None:
-                        _, status_word, rusage = os.wait4(proc.pid, 0)
-                        proc.returncode = os.waitstatus_to_exitcode(status_word)
                     if not wall:
                         wall = time.monotonic() - t0
-            deadline = time.monotonic() + 1.0
-            while True:
-                leftover = _live_group_members(proc.pid)
-                if not leftover or time.monotonic() > deadline:
-                    break
-                _killpg(proc.pid)
-                time.sleep(0.01)
+                    # Kill the whole group (on timeout, and any straggler otherwise), and make sure no member
+                    # is left, all before reaping the leader: its zombie keeps the group id from being reused.
+                    _killpg(proc.pid)
+                    if proc.returncode is None and not hasattr(os, "waitid"):
+                        proc.wait()
+                    if proc.returncode is None:
+                        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+                        deadline = time.monotonic() + 1.0
+                        while True:
+                            leftover = _live_group_members(proc.pid)
+                            if not leftover or time.monotonic() > deadline:
+                                break
+                            _killpg(proc.pid)
+                            time.sleep(0.01)
+                        _, status_word, rusage = os.wait4(proc.pid, 0)
+                        proc.returncode = os.waitstatus_to_exitcode(status_word)
             events = _read_report(report_r)
         finally:
             os.close(report_r)
@@ -800,7 +864,10 @@ def run_program(
     elif end is None:
         status, detail = "error", f"the process ended (exit code {rc}) before the program finished"
     elif end.get("outcome") == "ok":
-        status, detail = ("passed", "") if rc == 0 else ("error", f"exit code {rc} after the program finished")
+        if rc == 0:
+            status, detail = "passed", ""
+        else:
+            status, detail = "error", f"exit code {rc} after the program finished"
     elif end.get("outcome") == "exit":
         status, detail = "error", f"the program called sys.exit({end.get('code')}) before it finished"
         exception = "SystemExit"
@@ -858,6 +925,7 @@ def sandbox_protections(*, namespaces: bool = True, guard: bool = True) -> dict[
 
     Keys: ``user_namespace``, ``network_namespace``, ``mount_namespace``, ``readonly_filesystem``,
     ``sandbox_tmpfs_mb``, ``rlimit_cpu_s``, ``rlimit_as_mb``, ``rlimit_fsize_mb``, ``rlimit_nproc``,
-    ``nproc_enforced``, ``python_guard``, ``uid_map`` and ``notes`` (why something is missing).
+    ``nproc_enforced``, ``python_guard``, ``uid_map``, ``mounts_locked``, ``uid`` (the program's uid on the
+    host) and ``notes`` (why something is missing).
     """
     return {k: list(v) if isinstance(v, tuple) else v for k, v in _probe(namespaces, guard)}
