@@ -297,6 +297,9 @@ def demo(
     out_console.print(f"summary: {out / 'demo_summary.json'}   time: {summary['seconds']:.0f} s")
 
 
+from prunelens.analysis.cli import analyze as _analyze; app.command("analyze")(_analyze)  # noqa: E402,E702
+
+
 def main() -> None:  # pragma: no cover
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()

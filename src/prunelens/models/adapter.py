@@ -23,8 +23,6 @@ identity for every family.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
 from torch import nn
 
@@ -83,7 +81,6 @@ FAMILIES: dict[str, ArchSpec] = {
         layers="gpt_neox.layers",
         embed="gpt_neox.embed_in",
         final_norm="gpt_neox.final_layer_norm",
-        unembed="embed_out",
         attn="attention",
         attn_out="attention",
         parallel_attr="use_parallel_residual",
@@ -297,8 +294,6 @@ def param_count(model: nn.Module) -> int:
 
 
 def block_output(out) -> torch.Tensor:
-    """A decoder block returns a tensor in recent transformers and a tuple in older ones."""
+    """The hidden states of a block's or sublayer's output (a tensor, or the first item of a tuple)."""
     return out[0] if isinstance(out, (tuple, list)) else out
 
-
-HookFn = Callable[..., None]

@@ -137,39 +137,32 @@ def is_prunelens_dir(path: Path) -> bool:
 
 
 def _load_pruned_dir(path: Path, dtype, device_kwargs: dict):
-    """Load a prunelens checkpoint: rebuild the dense skeleton, re-apply the plan, then load weights."""
-    from accelerate import init_empty_weights
-    from safetensors.torch import load_file
+    """Load a prunelens checkpoint and re-apply its plan's structure.
+
+    Block-dropped and sparsified checkpoints are plain transformers checkpoints. For sublayer drops the
+    dense skeleton is built by ``from_pretrained`` (which also applies each family's own checkpoint key
+    conventions); the sublayers the plan removed have no saved weights, so transformers initialises
+    them, and :func:`apply_structure` then replaces them by the parameter-free no-ops.
+    """
+    from transformers.utils import logging as hf_logging
 
     from prunelens.prune.plan import PrunePlan, apply_structure
 
     plan = PrunePlan.load(path)
     if not plan.dropped_sublayers:
-        # Block-dropped and sparsified checkpoints are plain transformers checkpoints.
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **device_kwargs)
-        return model, plan
-    config = AutoConfig.from_pretrained(path)
-    with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config)
-    sub_plan = PrunePlan(**{**plan.to_dict(), "dropped_blocks": []})
-    apply_structure(model, sub_plan)
-    index = path / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
-    state: dict[str, torch.Tensor] = {}
-    for name in files:
-        state.update(load_file(path / name))
-    result = model.load_state_dict(state, strict=False, assign=True)
-    if result.unexpected_keys:
-        raise RuntimeError(f"checkpoint {path} has weights the pruned structure lacks: {result.unexpected_keys[:5]}")
-    model.tie_weights()
-    missing = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **device_kwargs), plan
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized weights" warning is expected here
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True, **device_kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    apply_structure(model, PrunePlan(**{**plan.to_dict(), "dropped_blocks": []}))
+    # every weight the pruned structure still has must have come from the checkpoint
+    names = {n for n, _ in model.named_parameters()}
+    missing = sorted(k for k in info.get("missing_keys", []) if k in names)
     if missing:
-        raise RuntimeError(f"checkpoint {path} is missing weights: {missing[:5]}")
-    if dtype is not None:
-        model = model.to(dtype)
-    device = device_kwargs.get("device_map")
-    if isinstance(device, str) and device != "auto":
-        model = model.to(device)
+        raise RuntimeError(f"checkpoint {path} is missing weights of the pruned model: {missing[:5]}")
     return model, plan
 
 

@@ -36,10 +36,6 @@ class BlockStates:
         return self.pre if self.parallel else self.mid
 
 
-def _first(out) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 @contextmanager
 def record_blocks(
     adapter: Adapter, callback: Callable[[BlockStates], None], layers: list[int] | None = None
@@ -56,10 +52,10 @@ def record_blocks(
             store["pre"] = args[0] if args else kwargs["hidden_states"]
 
         def attn_hook(mod, args, out, store=store):
-            store["attn"] = _first(out)
+            store["attn"] = block_output(out)
 
         def mlp_hook(mod, args, out, store=store):
-            store["mlp"] = _first(out)
+            store["mlp"] = block_output(out)
 
         def post_hook(mod, args, kwargs, out, store=store, i=i):
             states = BlockStates(i, store.pop("pre"), store.pop("attn"), store.pop("mlp"), block_output(out), parallel)

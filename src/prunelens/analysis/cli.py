@@ -1,0 +1,235 @@
+"""``prunelens analyze``: where a pruning perturbation lives — hidden, logit or probability space.
+
+    prunelens analyze smollm2-135m drop-8a drop-8m --out runs/analysis
+    prunelens analyze DENSE runs/drop8a --out DIR --prompts prompts.txt -T 1 -T 0.7 --max-new-tokens 64
+    prunelens analyze DENSE runs/wanda50 --out DIR --mc mmlu --mc-limit 100 --analyses transitions,subspace
+
+DENSE is a model spec as elsewhere (alias, local dir, .gguf, hub id). Each PRUNED is a prunelens
+checkpoint directory, a ``prune_plan.json`` (applied to DENSE on the fly, no second copy of the
+weights), any other checkpoint of the same architecture and vocabulary, or a shorthand ``drop-NX``
+(X = a attention, m MLP, j joint, b blocks) that scores DENSE on calibration text and drops the N most
+redundant units as ``prunelens prune drop`` would. Bad input (non-positive temperature, an existing
+output directory without ``--overwrite``, mismatched models, unknown data) exits with code 2 and a
+one-line reason before any work.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def _csv_list(value: Optional[str]) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        return f"{v:.4f}" if 1e-3 <= abs(v) < 1e4 else f"{v:.2e}"
+    if isinstance(v, list):
+        return ",".join("—" if x is None else str(x) for x in v)
+    return str(v)
+
+
+def analyze(
+    dense: str = typer.Argument(..., help="Dense model: alias (smollm2-135m), local dir, .gguf file or hub id."),
+    pruned: List[str] = typer.Argument(..., help="Pruned side(s): prunelens dir, prune_plan.json, checkpoint of the "
+                                                 "same architecture, or drop-N{a,m,j,b} (e.g. drop-8a)."),
+    out: Path = typer.Option(..., "--out", help="Output directory (tables, figures, config.json, summary.json)."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompt file (.txt/.json/.jsonl) or task name "
+                                                                  "(default: 8 GSM8K questions + 4 open questions)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N prompts."),
+    temperature: List[float] = typer.Option([1.0], "--temperature", "-T", help="Softmax temperature(s) for p; repeat."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Tokens decoded per prompt."),
+    mc: Optional[str] = typer.Option(None, "--mc", help="Multiple-choice task for the option subspace (arc_easy, "
+                                                        "arc_challenge, openbookqa, mmlu, ...) or 'none'. Default: "
+                                                        "arc_easy when its data is available."),
+    mc_limit: int = typer.Option(32, "--mc-limit", help="Multiple-choice questions (seeded subset)."),
+    option_labels: Optional[str] = typer.Option(None, "--option-labels", help="Comma-separated option labels "
+                                                                              "(default A,B,C,...)."),
+    analyses: str = typer.Option("transitions,trajectories,subspace", "--analyses", help="Comma-separated subset."),
+    scope: str = typer.Option("all", "--scope", help="Transitions: 'all' layers (drop-each counterfactual where the "
+                                                     "variant keeps a sublayer) or only the 'variant' sublayers."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layer indices (default: all)."),
+    positions: str = typer.Option("all", "--positions", help="Transitions over all, prompt or generated tokens."),
+    no_final_norm: bool = typer.Option(False, "--no-final-norm", help="Logit lens without the final norm (the seed "
+                                                                      "scripts' convention) for intermediate states."),
+    sample: bool = typer.Option(False, "--sample", help="Sample (Gumbel-max, shared noise) instead of greedy decoding."),
+    sample_temperature: float = typer.Option(1.0, "--sample-temperature", help="Sampling temperature with --sample."),
+    seed: int = typer.Option(0, "--seed", help="Seed for sampling, prompt and question subsets."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Prompts per forward pass."),
+    chunk_tokens: int = typer.Option(32, "--chunk-tokens", help="Tokens per logit-lens chunk (memory ~ chunk × vocab)."),
+    exact: bool = typer.Option(False, "--exact", help="Reference metrics (prunelens.analysis.metrics) instead of the "
+                                                      "fast streaming path (slower; KL exact below ~1e-8)."),
+    calib: str = typer.Option("c4", "--calib", help="Calibration source for drop-N shorthands."),
+    nsamples: int = typer.Option(32, "--nsamples", help="Calibration windows for drop-N shorthands."),
+    seqlen: int = typer.Option(256, "--seqlen", help="Tokens per calibration window."),
+    dtype: str = typer.Option("float32", "--dtype", help="Model dtype."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+    no_csv: bool = typer.Option(False, "--no-csv", help="Write Parquet only."),
+    no_figures: bool = typer.Option(False, "--no-figures", help="Skip the figures."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
+):
+    """Measure a pruning perturbation in hidden, logit and probability space: sublayer transitions, decoding
+    trajectories (teacher-forced and free-running) and the multiple-choice option subspace."""
+    import math
+
+    from prunelens.analysis.pipeline import ANALYSES, AnalysisConfig
+
+    # ---- validate everything cheap before loading anything
+    for t in list(temperature) + [sample_temperature]:
+        if not (t > 0) or not math.isfinite(t):
+            _fail(f"temperatures must be positive and finite (got {t})")
+    chosen = _csv_list(analyses)
+    bad = [a for a in chosen if a not in ANALYSES]
+    if bad or not chosen:
+        _fail(f"unknown analyses {bad or analyses!r}; choose from {', '.join(ANALYSES)}")
+    if scope not in ("all", "variant"):
+        _fail(f"--scope must be 'all' or 'variant' (got {scope!r})")
+    if positions not in ("all", "prompt", "generated"):
+        _fail(f"--positions must be all, prompt or generated (got {positions!r})")
+    for name, val in (("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size),
+                      ("--chunk-tokens", chunk_tokens), ("--mc-limit", mc_limit), ("--nsamples", nsamples),
+                      ("--seqlen", seqlen)):
+        if val < 1:
+            _fail(f"{name} must be positive (got {val})")
+    if limit is not None and limit < 1:
+        _fail(f"--limit must be positive (got {limit})")
+    try:
+        layer_list = tuple(int(x) for x in _csv_list(layers)) or None
+    except ValueError:
+        _fail(f"--layers must be comma-separated integers (got {layers!r})")
+    from prunelens.utils.io import OutputExistsError, check_output_dir
+
+    try:
+        check_output_dir(out, overwrite)
+    except OutputExistsError as exc:
+        _fail(str(exc))
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        config = AnalysisConfig(
+            temperatures=tuple(temperature), max_new_tokens=max_new_tokens, analyses=tuple(chosen), scope=scope,
+            final_norm=not no_final_norm, sample=sample, sample_temperature=sample_temperature, seed=seed,
+            positions=positions, batch_size=batch_size, chunk_tokens=chunk_tokens, exact=exact, layers=layer_list,
+            option_labels=tuple(_csv_list(option_labels)) or None, csv=not no_csv, figures=not no_figures)
+    except ValueError as exc:
+        _fail(str(exc))
+
+    t0 = time.perf_counter()
+    # ---- dense model
+    from prunelens.models.adapter import UnsupportedArchitectureError
+    from prunelens.models.loading import ModelNotFoundError, load
+
+    try:
+        model, tok, dense_plan = load(dense, dtype=dtype, device=device, return_plan=True)
+    except (ModelNotFoundError, UnsupportedArchitectureError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    if dense_plan is not None:
+        err_console.print(f"note: the dense side {dense} is itself pruned ({dense_plan.name})")
+    err_console.print(f"loaded {dense} ({sum(p.numel() for p in model.parameters()):,} parameters)")
+
+    # ---- prompts and multiple-choice questions
+    from prunelens.analysis.prompts import PromptError, load_prompts
+    from prunelens.data.paths import DataNotFoundError
+
+    try:
+        prompt_set, notes = load_prompts(prompts, limit=limit, seed=seed)
+    except (PromptError, DataNotFoundError, OSError) as exc:
+        _fail(str(exc))
+    mc_examples, mc_task = None, None
+    if "subspace" in chosen and (mc or "").lower() != "none":
+        from prunelens.analysis.subspace import DEFAULT_LABELS, OptionTokenError, option_token_ids
+        from prunelens.data.tasks import TASKS, load_task
+
+        task = mc or "arc_easy"
+        if task not in TASKS or TASKS[task].kind != "mc":
+            _fail(f"--mc {task!r} is not a multiple-choice task "
+                  f"({', '.join(sorted(k for k, s in TASKS.items() if s.kind == 'mc'))})")
+        try:
+            mc_examples = load_task(task, limit=mc_limit, seed=seed)
+            mc_task = task
+        except (DataNotFoundError, OSError) as exc:
+            if mc:
+                _fail(str(exc).splitlines()[0])
+            notes.append(f"option subspace skipped: {task} data not available")
+            mc_examples = None
+        if mc_examples:
+            try:
+                n_opts = max(len(e.choices) for e in mc_examples)
+                option_token_ids(tok, list(config.option_labels or DEFAULT_LABELS)[:n_opts])
+            except OptionTokenError as exc:
+                _fail(str(exc))
+
+    # ---- variants
+    from prunelens.analysis.variants import VariantMismatchError, resolve_variant
+
+    cal_cache: dict = {}
+
+    def calibration():
+        if "cal" not in cal_cache:
+            from prunelens.data.calibration import CalibrationDataError, get_calibration
+
+            try:
+                cal_cache["cal"] = get_calibration(tok, calib, nsamples, seqlen, seed)
+            except (CalibrationDataError, DataNotFoundError) as exc:
+                _fail(str(exc))
+        return cal_cache["cal"]
+
+    sims_cache: dict = {}
+    variants = []
+    for spec in pruned:
+        try:
+            v = resolve_variant(model, spec, tokenizer=tok, base_model=dense, calibration_factory=calibration,
+                                sims_cache=sims_cache)
+        except (VariantMismatchError, ModelNotFoundError, UnsupportedArchitectureError, ValueError, OSError) as exc:
+            _fail(f"{spec}: {exc}")
+        if any(v.name == w.name for w in variants):
+            v.name = f"{v.name}#{len(variants)}"
+        variants.append(v)
+        err_console.print(f"variant {v.name}: {len(v.drops)} dropped sublayers, {len(v.overrides)} overridden tensors "
+                          f"({v.override_bytes / 2**20:.1f} MiB held twice)")
+
+    # ---- run
+    from prunelens.analysis.pipeline import headline, run_analysis
+
+    report = run_analysis(model, tok, variants, prompt_set, config, out=out, overwrite=overwrite, dense_name=dense,
+                          mc_examples=mc_examples, mc_task=mc_task, notes=notes,
+                          log=lambda m: err_console.print(m))
+    rows = headline(report.summary)
+    if rows:
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        t = Table(title=f"{dense}: median over tokens (T={config.temperatures[0]:g}); "
+                        "transitions over each variant's own sublayers")
+        for c in cols:
+            t.add_column(c)
+        for r in rows:
+            t.add_row(*[_fmt(r.get(c)) for c in cols])
+        out_console.print(t)
+    for n in report.summary.get("notes", []):
+        err_console.print(f"note: {n}")
+    mem = report.summary["memory"]
+    out_console.print(f"results: {out}  (tables/, figures/, summary.json, config.json)   "
+                      f"time: {time.perf_counter() - t0:.0f} s   peak memory: {mem['peak_rss_bytes'] / 2**30:.2f} GiB")

@@ -1,0 +1,251 @@
+"""Figures that tell the representation-hierarchy story for one analysed model (matplotlib, PNG + SVG).
+
+Each function takes the tidy tables of :mod:`prunelens.analysis.tables` and writes ``name.png`` and
+``name.svg`` into a directory, returning the paths:
+
+* :func:`layerwise` — per layer, for attention and MLP: median cosine of dense vs pruned in ``h``, ``z``
+  (raw and centred) and ``p`` (interquartile band), and the KL divergence; the variant's own sublayers
+  are marked (the other layers show the drop-each counterfactual);
+* :func:`estimate_vs_real` — Theorem 1 (h and z), Theorem 2 (``1 − cos p``) and Theorem 3 (KL): estimate
+  against the exact value per token, log–log, with the ``y = x`` line;
+* :func:`decoding_steps` — cosine per space and KL along decoding steps, teacher-forced and free-running
+  (median over prompts with interquartile band), first divergence steps marked;
+* :func:`option_subspace` — option subspace versus full vocabulary: KL and ``1 − cos p`` per question,
+  and how often the chosen option changes;
+* :func:`top_tokens` — the dense model's top tokens at the answer position with their dense and pruned
+  probabilities, for a few questions.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["layerwise", "estimate_vs_real", "decoding_steps", "option_subspace", "top_tokens", "save", "slug"]
+
+_SPACE_STYLE = {"h": ("#1f77b4", "h (hidden)"), "z": ("#2ca02c", "z (logits)"), "zc": ("#98df8a", "z centred"),
+                "p": ("#d62728", "p (probabilities)")}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_") or "variant"
+
+
+def save(fig, directory: str | Path, name: str) -> list[Path]:
+    """Write ``fig`` as PNG and SVG; close it."""
+    plt = _plt()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "svg"):
+        p = directory / f"{name}.{ext}"
+        fig.savefig(p, dpi=120 if ext == "png" else None, bbox_inches="tight")
+        paths.append(p)
+    plt.close(fig)
+    return paths
+
+
+def _t0(df: pd.DataFrame) -> float | None:
+    t = df["temperature"].dropna().unique() if "temperature" in df else []
+    return float(sorted(t)[0]) if len(t) else None
+
+
+def layerwise(summary: pd.DataFrame, directory, variant: str, T: float | None = None) -> list[Path]:
+    """``summary``: the ``summary_transitions`` table (one row per variant × layer × sublayer × space × metric)."""
+    plt = _plt()
+    s = summary[summary["variant"] == variant]
+    T = _t0(s) if T is None else T
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7), sharex=True)
+    for col, kind in enumerate(("attn", "mlp")):
+        k = s[s["sublayer"] == kind]
+        ax = axes[0, col]
+        for space, metric in (("h", "cos"), ("z", "cos"), ("zc", "centered_cos"), ("p", "cos")):
+            sp = "z" if space == "zc" else space
+            g = k[(k["space"] == sp) & (k["metric"] == metric)]
+            if sp == "p":
+                g = g[np.isclose(g["temperature"], T)]
+            g = g.sort_values("layer")
+            if g.empty:
+                continue
+            color, label = _SPACE_STYLE[space]
+            ax.plot(g["layer"], g["median"], "-o", ms=3, color=color, label=label)
+            ax.fill_between(g["layer"], g["q25"], g["q75"], color=color, alpha=0.15)
+            inv = g[g["in_variant"].astype(bool)]
+            if len(inv) and len(inv) < len(g):
+                ax.scatter(inv["layer"], inv["median"], s=60, facecolors="none", edgecolors="k", zorder=5)
+        ax.set_title(f"{'attention' if kind == 'attn' else 'MLP'}: dense vs pruned after the sublayer")
+        ax.set_ylabel("cosine (median, IQR band)")
+        ax.grid(alpha=0.3)
+        ax = axes[1, col]
+        for metric, color, label in (("kl", "#d62728", "KL(p‖p′)"), ("theorem3", "#ff9896", "Theorem 3 estimate")):
+            g = k[(k["space"] == "p") & (k["metric"] == metric) & np.isclose(k["temperature"], T)].sort_values("layer")
+            if g.empty:
+                continue
+            ax.plot(g["layer"], g["median"].clip(lower=1e-12), "-o", ms=3, color=color, label=label)
+            ax.fill_between(g["layer"], g["q25"].clip(lower=1e-12), g["q75"].clip(lower=1e-12), color=color, alpha=0.15)
+        ax.set_yscale("log")
+        ax.set_xlabel("layer")
+        ax.set_ylabel(f"KL at T={T:g} (median, IQR)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].legend(fontsize=8, loc="lower left")
+    axes[1, 0].legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"{variant}: similarity in hidden, logit and probability space per layer "
+                 "(circles: sublayers the variant prunes; others: drop-each)", fontsize=10)
+    return save(fig, directory, f"layerwise_{slug(variant)}")
+
+
+def _pairs(df: pd.DataFrame, space: str, est: str, real: str, T, max_points: int, seed: int = 0):
+    d = df[df["space"] == space]
+    if space == "p":
+        d = d[np.isclose(d["temperature"], T)]
+    key = ["prompt", "position", "layer", "sublayer"] if "layer" in d.columns else ["prompt", "step", "regime"]
+    a = d[d["metric"] == est].set_index(key)["value"]
+    b = d[d["metric"] == real].set_index(key)["value"]
+    j = pd.concat([a.rename("est"), b.rename("real")], axis=1, join="inner").dropna()
+    j = j[(j["est"] > 0) & (j["real"] > 0) & np.isfinite(j["est"]) & np.isfinite(j["real"])]
+    if len(j) > max_points:
+        j = j.sample(max_points, random_state=seed)
+    return j["real"].to_numpy(), j["est"].to_numpy()
+
+
+def estimate_vs_real(transitions: pd.DataFrame, directory, variant: str, T: float | None = None,
+                     max_points: int = 4000) -> list[Path]:
+    """Per-token estimates against exact values (``transitions`` long table, or ``trajectories``)."""
+    plt = _plt()
+    d = transitions[transitions["variant"] == variant]
+    T = _t0(d) if T is None else T
+    panels = [("h", "theorem1", "one_minus_cos", "Theorem 1, h: ‖Δh⊥‖²/2‖h‖² vs 1 − cos"),
+              ("z", "theorem1", "one_minus_cos", "Theorem 1, z: ‖Δz⊥‖²/2‖z‖² vs 1 − cos"),
+              ("p", "theorem2", "one_minus_cos", f"Theorem 2: Var_r(Δz)/2T² vs 1 − cos(p) (T={T:g})"),
+              ("p", "theorem3", "kl", f"Theorem 3: Var_p(Δz)/2T² vs KL(p‖p′) (T={T:g})")]
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.5))
+    for ax, (space, est, real, title) in zip(axes, panels):
+        x, y = _pairs(d, space, est, real, T, max_points)
+        if len(x):
+            ax.scatter(x, y, s=4, alpha=0.3)
+            lo, hi = min(x.min(), y.min()), max(x.max(), y.max())
+            ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ratio = np.median(y / x)
+            ax.legend(title=f"median est/real {ratio:.3g}", fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("exact")
+        ax.set_ylabel("estimate")
+        ax.grid(alpha=0.3, which="both")
+    fig.suptitle(f"{variant}: second-order estimates against exact values (per token and sublayer)", fontsize=10)
+    return save(fig, directory, f"estimate_vs_real_{slug(variant)}")
+
+
+def decoding_steps(summary_steps: pd.DataFrame, divergence: pd.DataFrame, directory, variant: str,
+                   T: float | None = None) -> list[Path]:
+    """``summary_steps``: ``summary_trajectory_steps`` (per variant × regime × step × space × metric)."""
+    plt = _plt()
+    s = summary_steps[summary_steps["variant"] == variant]
+    T = _t0(s) if T is None else T
+    regimes = [r for r in ("teacher_forced", "free_running") if r in set(s["regime"])]
+    fig, axes = plt.subplots(2, max(1, len(regimes)), figsize=(6 * max(1, len(regimes)), 7), squeeze=False)
+    for col, regime in enumerate(regimes):
+        g = s[s["regime"] == regime]
+        ax = axes[0, col]
+        for space in ("h", "z", "p"):
+            d = g[(g["space"] == space) & (g["metric"] == "cos")]
+            if space == "p":
+                d = d[np.isclose(d["temperature"], T)]
+            d = d.sort_values("step")
+            if d.empty:
+                continue
+            color, label = _SPACE_STYLE[space]
+            ax.plot(d["step"], d["median"], color=color, label=label)
+            ax.fill_between(d["step"], d["q25"], d["q75"], color=color, alpha=0.15)
+        ax.set_title(f"{regime.replace('_', '-')}: dense vs pruned final outputs")
+        ax.set_ylabel("cosine (median over prompts, IQR)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+        ax = axes[1, col]
+        d = g[(g["space"] == "p") & (g["metric"] == "kl") & np.isclose(g["temperature"], T)].sort_values("step")
+        if not d.empty:
+            ax.plot(d["step"], d["median"].clip(lower=1e-12), color="#d62728", label="KL median")
+            ax.fill_between(d["step"], d["q25"].clip(lower=1e-12), d["q75"].clip(lower=1e-12), color="#d62728", alpha=0.15)
+            ax.plot(d["step"], d["q95"].clip(lower=1e-12), ":", color="#d62728", label="KL q95")
+        ax.set_yscale("log")
+        ax.set_xlabel("decoding step")
+        ax.set_ylabel(f"KL(p‖p′) at T={T:g}")
+        ax.grid(alpha=0.3, which="both")
+        dv = divergence[(divergence["variant"] == variant) & (divergence["regime"] == regime)]
+        steps = dv["first_divergence_step"].dropna().astype(int).tolist()
+        for st in steps:
+            for r in (0, 1):
+                axes[r, col].axvline(st, color="grey", lw=0.6, alpha=0.5)
+        if steps:
+            ax.legend(title=f"first divergence (grey): median step {int(np.median(steps))}", fontsize=8)
+        else:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"{variant}: the gap along decoding", fontsize=10)
+    return save(fig, directory, f"decoding_steps_{slug(variant)}")
+
+
+def option_subspace(subspace: pd.DataFrame, choices: pd.DataFrame, directory, variant: str,
+                    T: float | None = None) -> list[Path]:
+    plt = _plt()
+    d = subspace[subspace["variant"] == variant]
+    T = _t0(d) if T is None else T
+    d = d[np.isclose(d["temperature"], T)]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, metric, label in ((axes[0], "kl", "KL(p‖p′)"), (axes[1], "one_minus_cos", "1 − cos(p, p′)")):
+        w = d[d["metric"] == metric].pivot_table(index="example", columns="space", values="value", observed=True)
+        if {"p_full", "p_options"} <= set(w.columns):
+            x, y = w["p_full"].clip(lower=1e-12), w["p_options"].clip(lower=1e-12)
+            ax.scatter(x, y, s=10, alpha=0.6)
+            lo, hi = min(x.min(), y.min()), max(x.max(), y.max())
+            ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.legend(fontsize=8, title=f"medians: full {x.median():.3g}, options {y.median():.3g}")
+        ax.set_xlabel(f"full vocabulary {label}")
+        ax.set_ylabel(f"option subspace {label}")
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    c = choices[(choices["variant"] == variant) & np.isclose(choices["temperature"], T)]
+    ax = axes[2]
+    if len(c):
+        vals = [c["changed"].mean(), c["dense_correct"].mean(), c["pruned_correct"].mean()]
+        ax.bar(["chosen option\nchanged", "dense\naccuracy", "pruned\naccuracy"], vals,
+               color=["#d62728", "#1f77b4", "#ff7f0e"])
+        for i, v in enumerate(vals):
+            ax.text(i, v + 0.01, f"{v:.2f}", ha="center", fontsize=9)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{len(c)} questions", fontsize=9)
+    fig.suptitle(f"{variant}: answer-option subspace versus full vocabulary (T={T:g})", fontsize=10)
+    return save(fig, directory, f"option_subspace_{slug(variant)}")
+
+
+def top_tokens(top: pd.DataFrame, directory, variant: str, n_examples: int = 4) -> list[Path]:
+    plt = _plt()
+    t = top[top["variant"] == variant]
+    examples = list(dict.fromkeys(t["example"]))[:n_examples]
+    fig, axes = plt.subplots(1, max(1, len(examples)), figsize=(5 * max(1, len(examples)), 4.5), squeeze=False)
+    for ax, ex in zip(axes[0], examples):
+        g = t[t["example"] == ex].sort_values("rank")
+        x = np.arange(len(g))
+        ax.bar(x - 0.2, g["p_dense"], 0.4, label="dense")
+        ax.bar(x + 0.2, g["p_pruned"], 0.4, label="pruned")
+        ax.set_xticks(x)
+        ax.set_xticklabels([repr(s)[1:-1][:12] for s in g["token"]], rotation=60, fontsize=7)
+        ax.set_title(str(ex)[:40], fontsize=9)
+        ax.set_ylabel("probability")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{variant}: dense top tokens at the answer position, dense vs pruned probability", fontsize=10)
+    return save(fig, directory, f"top_tokens_{slug(variant)}")

@@ -1,0 +1,329 @@
+"""Counterfactual tracing: one forward pass of the dense model, dense *and* pruned sublayer outputs.
+
+At block ``l`` and for each sublayer ``s ∈ {attn, mlp}`` the trace holds three residual stream states
+(DESIGN.md §1, "sublayer transitions"):
+
+* ``before`` — the residual stream the sublayer adds to: ``resid_pre`` for attention, ``resid_mid =
+  resid_pre + Δ_attn`` for the MLP;
+* ``dense``  — after the dense sublayer: ``before + Δ_s``;
+* ``pruned`` — after the pruned sublayer applied to the *same* input: ``before + Δ'_s``.
+
+``Δ'`` is the counterfactual contribution:
+
+* ``"drop"`` — the sublayer is removed, ``Δ' = 0``, so ``pruned = before``: no extra compute, no weights;
+* ``"override"`` — the sublayer with other parameters (a sparsified or otherwise different checkpoint):
+  the sublayer module is re-run on the very arguments the dense forward passed it (captured by a forward
+  hook with ``with_kwargs=True``: hidden states, attention mask, rotary embeddings, ...) through
+  :func:`torch.func.functional_call` with the pruned parameters — only those tensors are held twice;
+  embeddings, unembedding and every unchanged parameter are shared. When the pruned checkpoint also
+  changes the sublayer's own norms, the pre-norm is re-applied to ``before`` and the post-norm (Gemma's
+  ``post_*_layernorm``, through which the contribution reaches the residual) to the output.
+
+Parallel blocks (GPT-NeoX ``use_parallel_residual``): both sublayers read ``resid_pre``; their
+contributions are accounted in the order attention then MLP (``before`` of the MLP is ``resid_pre +
+Δ_attn``), so that ``pruned`` of the MLP is exactly the block output with the MLP removed.
+
+States are kept as references to the tensors the model computed (no copies); ``resid_pre`` of block
+``l`` is the very tensor ``resid_post`` of block ``l − 1``, which the analyses use to unembed each
+distinct state once. Padding: pass the attention mask; the trace keeps it, and analyses read valid
+positions only. The forward uses ``use_cache=False`` and explicit position ids (``cumsum(mask) − 1``),
+so a left-padded prompt gives the same states as the prompt alone.
+"""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from prunelens.models.adapter import SUBLAYERS, Adapter, block_output
+
+__all__ = ["SublayerTrace", "Trace", "Counterfactual", "plan_counterfactuals", "trace", "position_ids",
+           "forward_final_hidden", "peak_rss_bytes"]
+
+
+@dataclass
+class Counterfactual:
+    """How the pruned side of one sublayer is obtained: ``kind`` is ``"drop"`` or ``"override"``.
+
+    ``params`` / ``pre_norm`` / ``post_norm``: overriding parameters relative to the sublayer module, its
+    pre-norm and its post-norm (only for ``"override"``). ``in_variant``: the variant itself prunes this
+    sublayer (False for the *drop-each* counterfactual of a sublayer the variant leaves intact).
+    """
+
+    kind: str
+    in_variant: bool = True
+    params: dict[str, Tensor] = field(default_factory=dict)
+    pre_norm: dict[str, Tensor] = field(default_factory=dict)
+    post_norm: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class SublayerTrace:
+    layer: int
+    kind: str  # "attn" | "mlp"
+    counterfactual: str  # "drop" | "override"
+    in_variant: bool
+    before: Tensor  # (B, S, d)
+    dense: Tensor
+    pruned: Tensor
+
+
+@dataclass
+class Trace:
+    """Result of :func:`trace`: per-sublayer states, the attention mask and the final hidden states ``h_L``."""
+
+    sublayers: list[SublayerTrace]
+    attention_mask: Tensor  # (B, S) bool
+    final_hidden: Tensor  # (B, S, d): input of the final norm
+    notes: list[str] = field(default_factory=list)
+
+    def get(self, layer: int, kind: str) -> SublayerTrace:
+        for s in self.sublayers:
+            if s.layer == layer and s.kind == kind:
+                return s
+        raise KeyError((layer, kind))
+
+    def unique_states(self) -> list[Tensor]:
+        """Distinct state tensors in first-use order (each unembedded once by the analyses)."""
+        seen: dict[int, Tensor] = {}
+        for s in self.sublayers:
+            for t in (s.before, s.dense, s.pruned):
+                seen.setdefault(id(t), t)
+        return list(seen.values())
+
+    @property
+    def state_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.unique_states())
+
+
+def position_ids(mask: Tensor) -> Tensor:
+    """Positions of the valid tokens, ``cumsum(mask) − 1`` (0 at padding); left or right padding."""
+    return (mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far (Linux ``ru_maxrss``), in bytes."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _split_overrides(adapter: Adapter, overrides: dict[str, Tensor]) -> tuple[dict, list[str]]:
+    """Partition override names by ``(layer, kind)`` → (sublayer, pre-norm, post-norm) relative params."""
+    spec = adapter.spec
+    out: dict[tuple[int, str], Counterfactual] = {}
+    left: list[str] = []
+    prefix = spec.layers + "."
+    for name, t in overrides.items():
+        if not name.startswith(prefix):
+            left.append(name)
+            continue
+        idx, _, rel = name[len(prefix):].partition(".")
+        if not idx.isdigit():
+            left.append(name)
+            continue
+        layer = int(idx)
+        placed = False
+        for kind in SUBLAYERS:
+            sub = adapter._path(kind) + "."
+            out_path = spec.attn_out if kind == "attn" else spec.mlp_out
+            norms = adapter.sublayer_norms(kind)
+            pre = norms[0] + "." if norms and norms[0] != out_path else None
+            cf = out.setdefault((layer, kind), Counterfactual("override"))
+            if rel.startswith(sub):
+                cf.params[rel[len(sub):]] = t
+                placed = True
+            elif pre and rel.startswith(pre):
+                cf.pre_norm[rel[len(pre):]] = t
+                placed = True
+            elif out_path != adapter._path(kind) and rel.startswith(out_path + "."):
+                cf.post_norm[rel[len(out_path) + 1:]] = t
+                placed = True
+            if placed:
+                break
+        if not placed:
+            left.append(name)
+    out = {k: v for k, v in out.items() if v.params or v.pre_norm or v.post_norm}
+    return out, left
+
+
+def plan_counterfactuals(adapter: Adapter, variant=None, *, scope: str = "all", layers=None,
+                         kinds=SUBLAYERS) -> tuple[dict[tuple[int, str], Counterfactual], list[str]]:
+    """Which counterfactual to trace at each ``(layer, kind)``; returns ``(plan, notes)``.
+
+    ``scope="variant"``: only the sublayers the variant prunes. ``scope="all"``: every layer × kind; the
+    sublayers the variant leaves intact get the *drop* counterfactual ("what if this sublayer alone were
+    removed?"), flagged ``in_variant=False`` — the paper's layer-wise picture, for any plan.
+    ``variant=None`` is the drop-each analysis of the dense model.
+    """
+    if scope not in ("all", "variant"):
+        raise ValueError(f"scope must be 'all' or 'variant', got {scope!r}")
+    n = adapter.num_layers
+    todo = list(range(n)) if layers is None else sorted(set(int(i) for i in layers))
+    bad = [i for i in todo if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"layers {bad} out of range for a model with {n} layers")
+    notes: list[str] = []
+    by_sub: dict[tuple[int, str], Counterfactual] = {}
+    if variant is not None:
+        by_sub, left = _split_overrides(adapter, variant.overrides)
+        if left:
+            notes.append(
+                f"{len(left)} overridden tensors outside the attention/MLP sublayers and their norms "
+                f"(e.g. {left[:3]}) are shared with the dense model in the counterfactual transitions "
+                "(they are included in the trajectories and the option subspace)")
+        for d in variant.drops:
+            by_sub[d] = Counterfactual("drop")
+    plan: dict[tuple[int, str], Counterfactual] = {}
+    for layer in todo:
+        for kind in kinds:
+            if adapter.is_dropped(layer, kind):
+                continue  # nothing to compare: the dense model has no such sublayer
+            cf = by_sub.get((layer, kind))
+            if cf is not None:
+                plan[(layer, kind)] = cf
+            elif scope == "all":
+                plan[(layer, kind)] = Counterfactual("drop", in_variant=variant is None)
+    return plan, notes
+
+
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _model_forward(model, input_ids: Tensor, mask: Tensor, **kw):
+    pos = position_ids(mask)
+    try:
+        return model(input_ids=input_ids, attention_mask=mask.long(), position_ids=pos, use_cache=False,
+                     logits_to_keep=1, **kw)
+    except TypeError:
+        return model(input_ids=input_ids, attention_mask=mask.long(), position_ids=pos, use_cache=False, **kw)
+
+
+@torch.no_grad()
+def trace(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None, *,
+          counterfactuals: dict[tuple[int, str], Counterfactual] | None = None) -> Trace:
+    """One dense forward pass recording, per planned sublayer, ``before`` / ``dense`` / ``pruned`` states.
+
+    ``counterfactuals``: from :func:`plan_counterfactuals` (default: drop-each for every sublayer).
+    """
+    adapter = Adapter(model)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+    mask = attention_mask.bool()
+    if counterfactuals is None:
+        counterfactuals, _ = plan_counterfactuals(adapter)
+    parallel = adapter.parallel
+    spec = adapter.spec
+    busy = [False]
+    store: dict[int, dict[str, Any]] = {}
+    entries: list[SublayerTrace] = []
+    final: dict[str, Tensor] = {}
+    handles = []
+
+    def rerun(layer: int, kind: str, module: nn.Module, args, kwargs) -> Tensor:
+        cf = counterfactuals[(layer, kind)]
+        kw = dict(kwargs)
+        for key in ("past_key_values", "past_key_value", "layer_past"):
+            if key in kw:
+                kw[key] = None
+        if "use_cache" in kw:
+            kw["use_cache"] = False
+        args = list(args)
+        if cf.pre_norm:
+            st = store[layer]
+            x_in = st["pre"] if (kind == "attn" or parallel) else st["pre"] + st["d_attn"]
+            norm_mod = adapter.layers[layer].get_submodule(adapter.sublayer_norms(kind)[0])
+            normed = functional_call(norm_mod, cf.pre_norm, (x_in,), strict=False)
+            if args:
+                args[0] = normed
+            else:
+                kw["hidden_states"] = normed
+        busy[0] = True
+        try:
+            out = _first(functional_call(module, cf.params, tuple(args), kw, strict=False))
+            out_mod = adapter.sublayer_out(layer, kind)
+            if out_mod is not module:
+                out = functional_call(out_mod, cf.post_norm, (out,), strict=False)
+        finally:
+            busy[0] = False
+        return out
+
+    for i in range(adapter.num_layers):
+        block = adapter.layers[i]
+        planned = {k for k in SUBLAYERS if (i, k) in counterfactuals}
+        if not planned:
+            continue
+        store[i] = {}
+
+        def pre_hook(mod, args, kwargs, i=i):
+            if not busy[0]:
+                store[i]["pre"] = args[0] if args else kwargs["hidden_states"]
+
+        def out_hook(mod, args, out, i=i, kind=None):
+            if not busy[0]:
+                store[i]["d_" + kind] = _first(out)
+
+        def sub_hook(mod, args, kwargs, out, i=i, kind=None):
+            if not busy[0]:
+                store[i]["cf_" + kind] = rerun(i, kind, mod, args, kwargs)
+
+        def post_hook(mod, args, kwargs, out, i=i):
+            if busy[0]:
+                return
+            st = store[i]
+            pre = st.pop("pre")
+            d_attn, d_mlp = st.pop("d_attn"), st.pop("d_mlp")
+            post = block_output(out)
+            mid = pre + d_attn
+            for kind, before, dense in (("attn", pre, mid), ("mlp", mid, post)):
+                cf = counterfactuals.get((i, kind))
+                if cf is None:
+                    continue
+                if cf.kind == "drop":
+                    pruned = before
+                else:
+                    pruned = before + st.pop("cf_" + kind)
+                entries.append(SublayerTrace(i, kind, cf.kind, cf.in_variant, before, dense, pruned))
+            st.clear()
+
+        handles.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        for kind in SUBLAYERS:
+            handles.append(adapter.sublayer_out(i, kind).register_forward_hook(
+                lambda m, a, o, i=i, kind=kind: out_hook(m, a, o, i=i, kind=kind)))
+            cf = counterfactuals.get((i, kind))
+            if cf is not None and cf.kind == "override":
+                handles.append(adapter.sublayer(i, kind).register_forward_hook(
+                    lambda m, a, k, o, i=i, kind=kind: sub_hook(m, a, k, o, i=i, kind=kind), with_kwargs=True))
+        handles.append(block.register_forward_hook(post_hook, with_kwargs=True))
+
+    def final_hook(mod, args):
+        if not busy[0]:
+            final["h"] = args[0]
+
+    handles.append(adapter.final_norm.register_forward_pre_hook(final_hook))
+    try:
+        _model_forward(model, input_ids, mask)
+    finally:
+        for h in handles:
+            h.remove()
+    entries.sort(key=lambda e: (e.layer, SUBLAYERS.index(e.kind)))
+    return Trace(entries, mask, final["h"])
+
+
+@torch.no_grad()
+def forward_final_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """``h_L`` (the input of the final norm) at every position, from one causal forward pass."""
+    adapter = Adapter(model)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+    got: dict[str, Tensor] = {}
+    h = adapter.final_norm.register_forward_pre_hook(lambda m, a: got.__setitem__("h", a[0]))
+    try:
+        _model_forward(model, input_ids, attention_mask.bool())
+    finally:
+        h.remove()
+    return got["h"]

@@ -1,0 +1,278 @@
+"""Sublayer transitions: every layer × {attn, mlp} × {h, z, p}, per analysed token.
+
+For each traced sublayer (:mod:`prunelens.analysis.tracing`) and each valid token the dense and the
+pruned residual stream after the sublayer are compared in the three spaces of DESIGN.md §1:
+
+* ``h``: :func:`metrics.perturbation_stats` of ``h' = h + Δh`` — ``cos``, ``one_minus_cos``,
+  ``rel_norm``, ``rel_par``, ``rel_perp``, ``par_perp_ratio``, ``alpha`` and Theorem 1
+  ``theorem1 = ‖Δh_⊥‖²/(2‖h‖²)`` with ``theorem1_ratio = theorem1 / (1 − cos)``;
+* ``z``: the logit lens ``z = W·N(h)`` (final norm ``N``, unembedding ``W``, the model's own logit
+  soft-cap; ``final_norm=False`` gives the seed scripts' ``z = W·h``): the same geometry, the centred
+  cosine (``cos(z − z̄, z' − z̄')``), top-1 agreement, top-k overlap and rank shift;
+* ``p = softmax(z/T)`` for each temperature: ``cos``/``one_minus_cos`` of ``p``, ``kl = KL(p‖p')``,
+  ``kl_reverse``, Theorem 2 ``theorem2 = Var_r(Δz)/(2T²)`` (``r ∝ p²``) with its ratio to
+  ``1 − cos(p, p')`` and the split ``var_r_par``/``var_r_perp``/``var_r_cross``, Theorem 3
+  ``theorem3 = Var_p(Δz)/(2T²)`` with its ratio to the KL, and ``var_p``/``var_uniform``/``var_top{k}``.
+
+Memory: probabilities are never materialised for more than one chunk of tokens × a few states. Each
+distinct residual state is unembedded once per chunk (``resid_pre`` of a block is ``resid_post`` of the
+previous one) and only per-token scalars are kept. The z/p statistics come from
+:mod:`prunelens.analysis.pairstats` (same definitions as :func:`metrics.logit_space_stats`, which
+``exact=True`` uses instead).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from prunelens.analysis import metrics as M
+from prunelens.analysis.pairstats import DEFAULT_KS, LogitState, p_keys, pair_stats, z_keys
+from prunelens.analysis.tracing import plan_counterfactuals, trace
+from prunelens.models.adapter import Adapter
+from prunelens.utils.progress import progress_bar
+
+__all__ = ["H_METRICS", "TransitionsResult", "transitions", "logit_lens", "Sequences", "stats_rows"]
+
+H_METRICS = ["cos", "one_minus_cos", "rel_norm", "rel_par", "rel_perp", "par_perp_ratio", "alpha", "theorem1",
+             "theorem1_ratio"]
+
+#: metric names in the tables: probability-space keys lose their ``prob_`` prefix (space is a column)
+P_RENAME = {"prob_cos": "cos", "prob_one_minus_cos": "one_minus_cos"}
+
+
+def logit_lens(adapter: Adapter, h: Tensor, final_norm: bool = True) -> Tensor:
+    """``z = W · N(h)`` (or ``W · h`` with ``final_norm=False``), soft-capped as the model does, float32."""
+    z = adapter.logits_from_hidden(h, apply_final_norm=final_norm)
+    return z if z.dtype in (torch.float32, torch.float64) else z.float()
+
+
+@dataclass
+class Sequences:
+    """Token sequences to analyse: ``prompt`` tokens followed by ``generated`` tokens, per prompt."""
+
+    prompt_ids: list[list[int]]
+    generated_ids: list[list[int]]
+    labels: list[str] | None = None  # a name per prompt (defaults to its index)
+
+    def __post_init__(self):
+        if len(self.prompt_ids) != len(self.generated_ids):
+            raise ValueError("prompt_ids and generated_ids must have one entry per prompt")
+        if any(len(p) == 0 for p in self.prompt_ids):
+            raise ValueError("every prompt needs at least one token")
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    def full(self, i: int) -> list[int]:
+        return list(self.prompt_ids[i]) + list(self.generated_ids[i])
+
+    def batch(self, idx: list[int], pad_id: int, side: str = "right") -> tuple[Tensor, Tensor]:
+        """``(input_ids, mask)`` of prompts ``idx`` padded to a common length (mask True on tokens)."""
+        seqs = [self.full(i) for i in idx]
+        L = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), L), int(pad_id), dtype=torch.long)
+        mask = torch.zeros((len(seqs), L), dtype=torch.bool)
+        for r, s in enumerate(seqs):
+            if side == "right":
+                ids[r, : len(s)] = torch.tensor(s)
+                mask[r, : len(s)] = True
+            else:
+                ids[r, L - len(s):] = torch.tensor(s)
+                mask[r, L - len(s):] = True
+        return ids, mask
+
+
+@dataclass
+class TransitionsResult:
+    """Per-token transition statistics of one variant.
+
+    ``tokens``: per analysed token ``prompt`` (index), ``position`` (0-based in its sequence),
+    ``position_kind`` ("prompt" | "generated"), ``token_id``. ``entries``: per traced sublayer
+    ``(layer, sublayer, counterfactual, in_variant)``. ``values[(space, metric, T)]``: float32 array
+    ``(n_entries, n_tokens)``; ``T`` is None for the temperature-independent spaces h and z.
+    """
+
+    variant: str
+    tokens: dict[str, np.ndarray]
+    entries: list[tuple[int, str, str, bool]]
+    values: dict[tuple[str, str, float | None], np.ndarray]
+    temperatures: tuple[float, ...]
+    final_norm: bool
+    notes: list[str] = field(default_factory=list)
+    state_bytes: int = 0
+    unembeddings: int = 0  # logit-lens projections computed (distinct states × tokens / tokens)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens["prompt"])
+
+    def frame(self):
+        """The long table: one row per token × sublayer × space × metric (× temperature)."""
+        from prunelens.analysis.tables import transitions_frame
+
+        return transitions_frame(self)
+
+    def select(self, space: str, metric: str, T: float | None = None, *, in_variant: bool | None = None,
+               kind: str | None = None) -> np.ndarray:
+        """Values of one metric, rows = entries (filtered), columns = tokens."""
+        if space == "p" and T is None:
+            T = self.temperatures[0]
+        v = self.values[(space, metric, T if space == "p" else None)]
+        keep = [j for j, e in enumerate(self.entries)
+                if (in_variant is None or e[3] == in_variant) and (kind is None or e[1] == kind)]
+        return v[keep]
+
+
+def stats_rows(dense: LogitState, pruned: LogitState, temps, ks, *, exact: bool = False,
+               z_dense: Tensor | None = None, z_pruned: Tensor | None = None) -> dict[tuple[str, str, float | None], Tensor]:
+    """z- and p-space statistics of one pair for all temperatures, keyed ``(space, metric, T)``."""
+    out: dict[tuple[str, str, float | None], Tensor] = {}
+    zk, pk = z_keys(ks), p_keys(ks)
+    for j, T in enumerate(temps):
+        if exact:
+            st = M.logit_space_stats(dense.z if z_dense is None else z_dense,
+                                     pruned.z if z_pruned is None else z_pruned, T, ks)
+        else:
+            st = pair_stats(dense, pruned, T, ks, want_z=(j == 0))
+        if j == 0:
+            for k in zk:
+                out[("z", k, None)] = st[k]
+        for k in pk:
+            out[("p", P_RENAME.get(k, k), float(T))] = st[k]
+    return out
+
+
+def _check_temps(temperatures) -> tuple[float, ...]:
+    temps = tuple(float(M._check_T(t)) for t in (temperatures if isinstance(temperatures, (list, tuple)) else [temperatures]))
+    if not temps:
+        raise ValueError("at least one temperature is needed")
+    return temps
+
+
+@torch.no_grad()
+def transitions(model, sequences: Sequences, variant=None, *, temperatures=(1.0,), scope: str = "all",
+                layers=None, final_norm: bool = True, batch_size: int = 4, chunk_tokens: int = 32,
+                ks=DEFAULT_KS, exact: bool = False, positions: str = "all", pad_id: int = 0,
+                desc: str = "transitions") -> TransitionsResult:
+    """Trace ``sequences`` through the dense model and measure every planned sublayer transition.
+
+    ``variant``: a :class:`~prunelens.analysis.variants.Variant` (None: drop-each of the dense model);
+    ``scope``: see :func:`~prunelens.analysis.tracing.plan_counterfactuals`; ``positions``: ``all``,
+    ``prompt`` or ``generated`` tokens; ``chunk_tokens``: tokens per logit-lens chunk (memory ~
+    ``chunk_tokens × vocab × 4 B`` × a dozen buffers).
+    """
+    temps = _check_temps(temperatures)
+    if positions not in ("all", "prompt", "generated"):
+        raise ValueError(f"positions must be all, prompt or generated, got {positions!r}")
+    if batch_size < 1 or chunk_tokens < 1:
+        raise ValueError("batch_size and chunk_tokens must be positive")
+    adapter = Adapter(model)
+    plan, notes = plan_counterfactuals(adapter, variant, scope=scope, layers=layers)
+    if not plan:
+        raise ValueError("nothing to analyse: the variant prunes no sublayer in the selected layers")
+    entries_key = sorted(plan, key=lambda k: (k[0], 0 if k[1] == "attn" else 1))
+    entries = [(l, k, plan[(l, k)].kind, plan[(l, k)].in_variant) for l, k in entries_key]
+    index = {(l, k): j for j, (l, k, _, _) in enumerate(entries)}
+    V = adapter.unembed.weight.shape[0]
+    for k in ks:
+        M._check_k(k, V)
+    K = min(V, max(16, 2 * max(ks, default=1)))
+
+    chunks_vals: dict[tuple, list[np.ndarray]] = {}
+    tok_cols: dict[str, list[np.ndarray]] = {"prompt": [], "position": [], "position_kind": [], "token_id": []}
+    state_bytes = 0
+    n_unembed = 0
+    order = list(range(len(sequences)))
+    with progress_bar(desc, total=len(order)) as bar:
+        for b0 in range(0, len(order), batch_size):
+            idx = order[b0 : b0 + batch_size]
+            ids, mask = sequences.batch(idx, pad_id, side="right")
+            ids = ids.to(adapter.embed.weight.device)
+            mask = mask.to(ids.device)
+            tr = trace(model, ids, mask, counterfactuals=plan)
+            notes = list(dict.fromkeys(notes + tr.notes))
+            state_bytes = max(state_bytes, tr.state_bytes)
+            # analysed tokens of this batch
+            sel = mask.clone()
+            for r, i in enumerate(idx):
+                P = len(sequences.prompt_ids[i])
+                n = len(sequences.full(i))
+                if positions == "prompt":
+                    sel[r, P:n] = False
+                elif positions == "generated":
+                    sel[r, :P] = False
+            flat = sel.flatten().nonzero().flatten()
+            if flat.numel() == 0:
+                bar.advance(len(idx))
+                continue
+            rows, cols = flat // ids.shape[1], flat % ids.shape[1]
+            pidx = torch.tensor(idx)[rows.cpu()]
+            plen = torch.tensor([len(sequences.prompt_ids[i]) for i in idx])[rows.cpu()]
+            tok_cols["prompt"].append(pidx.numpy().astype(np.int32))
+            tok_cols["position"].append(cols.cpu().numpy().astype(np.int32))
+            tok_cols["position_kind"].append(np.where(cols.cpu().numpy() < plen.numpy(), "prompt", "generated"))
+            tok_cols["token_id"].append(ids[rows, cols].cpu().numpy().astype(np.int32))
+            d = ids.shape[1]
+            flat_states = {}
+
+            def rows_of(t: Tensor, c0: int, c1: int) -> Tensor:
+                key = id(t)
+                ft = flat_states.get(key)
+                if ft is None:
+                    ft = flat_states[key] = t.reshape(-1, t.shape[-1])
+                return ft.index_select(0, flat[c0:c1])
+
+            n_tok = flat.numel()
+            buf = {key: np.empty((len(entries), n_tok), dtype=np.float32)
+                   for key in [("h", m, None) for m in H_METRICS]}
+            for c0 in range(0, n_tok, chunk_tokens):
+                c1 = min(n_tok, c0 + chunk_tokens)
+                cache: dict[int, LogitState] = {}
+                zraw: dict[int, Tensor] = {}
+                live_order: list[int] = []
+                for st in tr.sublayers:
+                    j = index[(st.layer, st.kind)]
+                    hd, hp = rows_of(st.dense, c0, c1), rows_of(st.pruned, c0, c1)
+                    hs = M.perturbation_stats(hd, hp)
+                    for m in H_METRICS:
+                        buf[("h", m, None)][j, c0:c1] = hs[m].float().cpu().numpy()
+                    states = []
+                    for t, h in ((st.dense, hd), (st.pruned, hp)):
+                        key = id(t)
+                        if key not in cache:
+                            z = logit_lens(adapter, h, final_norm)
+                            n_unembed += 1
+                            cache[key] = LogitState(z, K)
+                            if exact:
+                                zraw[key] = z
+                            live_order.append(key)
+                        states.append(cache[key])
+                    res = stats_rows(states[0], states[1], temps, ks, exact=exact,
+                                     z_dense=zraw.get(id(st.dense)), z_pruned=zraw.get(id(st.pruned)))
+                    for key, v in res.items():
+                        arr = buf.get(key)
+                        if arr is None:
+                            arr = buf[key] = np.empty((len(entries), n_tok), dtype=np.float32)
+                        arr[j, c0:c1] = v.float().cpu().numpy()
+                    # states of earlier layers are not needed again: keep the two most recent
+                    while len(live_order) > 3:
+                        old = live_order.pop(0)
+                        cache.pop(old).release()
+                        zraw.pop(old, None)
+                for s in cache.values():
+                    s.release()
+            # entries not traced in this batch cannot happen (same plan for every batch)
+            for key, arr in buf.items():
+                chunks_vals.setdefault(key, []).append(arr)
+            del tr, flat_states
+            bar.advance(len(idx))
+    if not tok_cols["prompt"]:
+        raise ValueError("no token to analyse (empty sequences or positions filter)")
+    tokens = {k: np.concatenate(v) for k, v in tok_cols.items()}
+    values = {k: np.concatenate(v, axis=1) for k, v in chunks_vals.items()}
+    name = variant.name if variant is not None else "drop-each"
+    return TransitionsResult(name, tokens, entries, values, temps, final_norm, notes, state_bytes, n_unembed)

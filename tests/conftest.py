@@ -1,0 +1,52 @@
+"""Shared fixtures. Tests never reach a hub: HF_HUB_OFFLINE is set before transformers is imported."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("PRUNELENS_QUIET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def tiny_tokenizer(vocab_size: int = 256):
+    """A real (fast) Hugging Face tokenizer over a word-level vocabulary ``w0 … wN``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>"]
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for i in range(vocab_size - len(specials)):
+        vocab[f"w{i}"] = len(vocab)
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="</s>")
+
+
+@pytest.fixture
+def tok():
+    return tiny_tokenizer()
+
+
+def random_text(n_words: int, seed: int = 0, vocab: int = 250) -> str:
+    g = torch.Generator().manual_seed(seed)
+    return " ".join(f"w{int(i)}" for i in torch.randint(0, vocab, (n_words,), generator=g))
+
+
+def need_data(rel: str):
+    """Path of a shared data file; fail (CI) or skip (elsewhere) when it is missing."""
+    from prunelens.data.paths import DataNotFoundError, find_data_file
+
+    try:
+        return find_data_file(rel)
+    except DataNotFoundError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"required data missing in CI: {exc}")
+        pytest.skip(str(exc))

@@ -1,0 +1,104 @@
+"""The command line on a tiny checkpoint: success paths, and refusals with exit code 2 that write nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from prunelens.cli import app
+from prunelens.models.tiny import tiny_model
+from prunelens.prune.plan import PLAN_FILE
+
+from conftest import random_text
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from conftest import tiny_tokenizer
+
+    d = tmp_path_factory.mktemp("tiny")
+    tiny_model("llama").save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    (d.parent / "calib.txt").write_text(random_text(2000, 5))
+    return d
+
+
+def _common(model_dir):
+    return ["--calib", str(model_dir.parent / "calib.txt"), "--nsamples", "4", "--seqlen", "16"]
+
+
+def test_help_explains():
+    res = runner.invoke(app, ["prune", "drop", "--help"])
+    assert res.exit_code == 0
+    for word in ("--target", "--n", "--calib", "--nsamples", "--seqlen", "--seed", "--dtype", "--device", "--overwrite"):
+        assert word in res.output
+
+
+def test_drop_then_info(model_dir, tmp_path):
+    out = tmp_path / "drop"
+    res = runner.invoke(app, ["prune", "drop", str(model_dir), "--target", "attn", "--n", "2", "--out", str(out),
+                              *_common(model_dir)])
+    assert res.exit_code == 0, res.output
+    assert "Drop-2A" in res.output
+    plan = json.loads((out / PLAN_FILE).read_text())
+    assert plan["calibration"] == {"source": str(model_dir.parent / "calib.txt"), "nsamples": 4, "seqlen": 16,
+                                   "seed": 0, "tokens_available": 2000}
+    res = runner.invoke(app, ["info", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert info["layers"] == 4 and len(info["dropped_attention"]) == 2 and info["plan"]["target"] == "attn"
+
+
+@pytest.mark.parametrize("args", [["--method", "wanda", "--sparsity", "0.5"], ["--method", "sparsegpt", "--pattern", "2:4"],
+                                  ["--method", "magnitude", "--sparsity", "0.3"]])
+def test_sparsify(model_dir, tmp_path, args):
+    out = tmp_path / "sp"
+    res = runner.invoke(app, ["prune", "sparsify", str(model_dir), *args, "--out", str(out), *_common(model_dir)])
+    assert res.exit_code == 0, res.output
+    assert (out / "model.safetensors").exists() and (out / PLAN_FILE).exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["prune", "drop", "--target", "attn", "--n", "4"], "n must be between 1 and 3"),
+    (["prune", "drop", "--target", "attn", "--n", "0"], "must be positive"),
+    (["prune", "drop", "--target", "heads", "--n", "1"], "unknown target"),
+    (["prune", "drop", "--target", "mlp", "--n", "1", "--window"], "--window only applies"),
+    (["prune", "sparsify", "--method", "wanda", "--sparsity", "1.0"], "[0, 1)"),
+    (["prune", "sparsify", "--method", "wanda", "--sparsity", "-0.2"], "[0, 1)"),
+    (["prune", "sparsify", "--method", "wanda", "--pattern", "4:4"], "0 < N < M"),
+    (["prune", "sparsify", "--method", "wanda", "--pattern", "2:4", "--sparsity", "0.5"], "exactly one"),
+])
+def test_refusals_exit_2_and_write_nothing(model_dir, tmp_path, args, message):
+    out = tmp_path / "out"
+    cmd = args[:2] + [str(model_dir)] + args[2:] + ["--out", str(out), *_common(model_dir)]
+    res = runner.invoke(app, cmd)
+    assert res.exit_code == 2, res.output
+    assert message in " ".join(res.output.split())
+    assert not out.exists()
+
+
+def test_existing_output_and_unknown_model(model_dir, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "x").write_text("keep")
+    res = runner.invoke(app, ["prune", "drop", str(model_dir), "--target", "attn", "--n", "1", "--out", str(out),
+                              *_common(model_dir)])
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    assert (out / "x").read_text() == "keep"
+    res = runner.invoke(app, ["prune", "drop", "nobody/nothing-here", "--target", "attn", "--n", "1",
+                              "--out", str(tmp_path / "n")])
+    assert res.exit_code == 2 and "unknown model" in res.output
+    assert not (tmp_path / "n").exists()
+
+
+def test_too_short_calibration_is_refused(model_dir, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text(random_text(5))
+    res = runner.invoke(app, ["prune", "drop", str(model_dir), "--target", "attn", "--n", "1", "--out",
+                              str(tmp_path / "o"), "--calib", str(short), "--seqlen", "16"])
+    assert res.exit_code == 2 and "found 5 tokens" in " ".join(res.output.split())
+    assert not (tmp_path / "o").exists()
