@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from prunelens.data.paths import DataNotFoundError, find_data_file
+from prunelens.data.paths import DataNotFoundError
 
 C4_CALIB_DOCS = 250
 
@@ -119,23 +119,16 @@ def _hub_texts(name: str, config: str | None, split: str, limit: int | None = No
 
 def load_texts(source: str) -> list[str]:
     """Documents of a calibration source (see the module docstring for the names)."""
-    if source in ("c4", "c4-heldout"):
+    if source in ("c4", "c4-heldout", "wikitext2"):
+        from prunelens.data.tasks import load_task  # local file first, then the hub
+
         try:
-            docs = _texts_from_json_obj(json.loads(find_data_file("c4/c4_demo.json").read_text()))
+            data = load_task("wikitext2" if source == "wikitext2" else "c4")
         except DataNotFoundError as exc:
-            try:
-                docs = _hub_texts("allenai/c4", "en", "validation", limit=300)
-            except CalibrationDataError as hub_exc:
-                raise CalibrationDataError(f"{exc}\nThe hub fallback failed too: {hub_exc}") from exc
-        return docs[:C4_CALIB_DOCS] if source == "c4" else docs[C4_CALIB_DOCS:]
-    if source == "wikitext2":
-        try:
-            return ["\n".join(find_data_file("wikitext2_tokens/test.txt").read_text().splitlines())]
-        except DataNotFoundError as exc:
-            try:
-                return ["\n\n".join(_hub_texts("wikitext", "wikitext-2-raw-v1", "test"))]
-            except CalibrationDataError as hub_exc:
-                raise CalibrationDataError(f"{exc}\nThe hub fallback failed too: {hub_exc}") from exc
+            raise CalibrationDataError(str(exc)) from exc
+        if source == "wikitext2":
+            return [data]
+        return data[:C4_CALIB_DOCS] if source == "c4" else data[C4_CALIB_DOCS:]
     if source.startswith("hub:"):
         parts = source[4:].split(":")
         name, config, split = parts[0], (parts[1] or None) if len(parts) > 1 else None, parts[2] if len(parts) > 2 else "train"
