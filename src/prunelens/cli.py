@@ -297,6 +297,103 @@ def demo(
     out_console.print(f"summary: {out / 'demo_summary.json'}   time: {summary['seconds']:.0f} s")
 
 
+def _model_info(spec: Optional[str], model, plan) -> dict:
+    from prunelens.models.adapter import param_count
+
+    name = plan.name if plan is not None else ("dense" if spec in (None, "smollm2-135m") else Path(str(spec)).name)
+    return {"spec": spec or "smollm2-135m", "name": name, "parameters": param_count(model),
+            "plan": plan.to_dict() if plan is not None else None}
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
+    tasks: str = typer.Option(..., "--tasks", help="Comma-separated tasks, e.g. arc_easy,boolq,piqa,gsm8k,nq_open,humaneval,mbpp,wikitext2,boolq_retrieval."),
+    out: Path = typer.Option(..., "--out", help="Output directory (re-running resumes finished tasks)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Seeded deterministic subset of N examples per task (perplexity: N windows)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for subsets, few-shot examples and sampling."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    max_new_tokens: int = typer.Option(192, "--max-new-tokens", help="Generation budget per example."),
+    num_fewshot: int = typer.Option(0, "--num-fewshot", help="Few-shot examples for generative tasks that support them (GSM8K)."),
+    embedder: Optional[str] = typer.Option(None, "--embedder", help="Retrieval: embedding model (sentence-transformers dir/id); default: the evaluated model with last-token pooling."),
+    dtype: str = _Common.dtype, device: str = _Common.device,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a directory written with other settings."),
+    threads: Optional[int] = _Common.threads,
+):
+    """Evaluate a (pruned) model on non-generative and generative tasks; per-example JSONL + summary JSON."""
+    from prunelens.evaluate.runner import EvalSettings, evaluate_model, task_kind
+    from prunelens.utils.io import OutputExistsError
+
+    _threads(threads)
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        _fail("--tasks is empty")
+    try:
+        for t in names:
+            task_kind(t)
+    except ValueError as exc:
+        _fail(str(exc))
+    if limit is not None and limit <= 0:
+        _fail(f"--limit must be positive (got {limit})")
+    m, tok, plan = _load(model, dtype, device)
+    info = _model_info(model, m, plan)
+    settings = EvalSettings(limit=limit, seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                            num_fewshot=num_fewshot, embedder=embedder)
+
+    def done(result, cached):
+        err_console.print(f"{'[dim]cached[/]' if cached else '[green]done[/]'}  {result.task}: "
+                          f"{result.main_metric} = {result.score:.4f}  (n={result.n}, {result.seconds:.0f} s)")
+
+    try:
+        summary = evaluate_model(m, tok, names, out, settings=settings, model_info=info, overwrite=overwrite,
+                                 on_task_done=done)
+    except OutputExistsError as exc:
+        _fail(str(exc))
+    t = Table(title=f"{info['name']} ({info['parameters']:,} parameters) → {out}")
+    for col in ("task", "metric", "score", "n", "seconds"):
+        t.add_column(col)
+    for name, r in summary["results"].items():
+        t.add_row(name, r["main_metric"], f"{r['score']:.4f}", str(r["n"]), f"{r['seconds']:.0f}")
+    out_console.print(t)
+
+
+@app.command()
+def compare(
+    dirs: list[Path] = typer.Argument(..., help="`prunelens eval` output directories; the first is the reference (dense)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the table as CSV, Markdown and JSON (FILE without suffix)."),
+):
+    """The paper-style table across evaluated models: tasks × models, averages, retained fraction of dense."""
+    from prunelens.evaluate.compare import write_table
+    from prunelens.evaluate.runner import comparison_table, load_summary
+
+    try:
+        table = comparison_table([load_summary(d) for d in dirs])
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    t = Table(title="non-generative vs generative")
+    t.add_column("task")
+    t.add_column("metric")
+    for name in table["models"]:
+        t.add_column(name, justify="right")
+
+    def fmt(v, retained=None):
+        if v is None:
+            return "—"
+        s = f"{v:.2f}" if abs(v) >= 10 else f"{v:.3f}"
+        return s + (f" [dim]({100 * retained:.0f}%)[/]" if retained is not None and retained != 1 else "")
+
+    t.add_row("parameters", "", *[f"{p / 1e6:.1f}M" if p else "—" for p in table["parameters"]])
+    for r in table["rows"]:
+        t.add_row(r["task"], r["metric"], *[fmt(v, k) for v, k in zip(r["scores"], r["retained"])])
+    av = table["averages"]
+    t.add_row("[bold]non-generative avg[/]", "", *[fmt(v, k) for v, k in zip(av["non_generative"], av["non_generative_retained"])])
+    t.add_row("[bold]generative avg[/]", "", *[fmt(v, k) for v, k in zip(av["generative"], av["generative_retained"])])
+    out_console.print(t)
+    if out is not None:
+        for path in write_table(table, out):
+            out_console.print(f"wrote {path}")
+
+
 from prunelens.analysis.cli import analyze as _analyze; app.command("analyze")(_analyze)  # noqa: E402,E702
 
 
