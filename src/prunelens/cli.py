@@ -394,6 +394,79 @@ def compare(
             out_console.print(f"wrote {path}")
 
 
+@app.command()
+def study(
+    config: Optional[Path] = typer.Argument(None, help="Study config (YAML). Default: the built-in study on the embedded model."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Study directory (re-running the same command resumes it)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Override the config's model. " + MODEL_HELP),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the default config (copy, edit, pass back) and exit."),
+    engine: str = typer.Option("local", "--engine", help="local (one process) or ray (variants as Ray tasks; local cluster or --ray-address)."),
+    workers: int = typer.Option(2, "--workers", help="Ray: worker processes of the local cluster."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray: join a running cluster (e.g. auto)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Re-use a directory written with another config (units it changes are re-run)."),
+    threads: Optional[int] = _Common.threads,
+):
+    """The whole study: prune several ways, evaluate every variant on non-generative and generative tasks,
+    analyse the representation hierarchy, and write tables, figures and report.html."""
+    from prunelens.study.config import DEFAULT_CONFIG_YAML, StudyConfigError, load_config
+    from prunelens.study.runner import run_study
+    from prunelens.utils.io import OutputExistsError
+
+    if print_config:
+        typer.echo(DEFAULT_CONFIG_YAML, nl=False)
+        return
+    if out is None:
+        _fail("--out is required (the study directory)")
+    if engine not in ("local", "ray"):
+        _fail(f"unknown engine {engine!r}; choose local or ray")
+    _threads(threads)
+    try:
+        cfg = load_config(config)
+        if model:
+            from prunelens.study.config import parse_config
+
+            raw = cfg.to_dict()
+            raw["variants"] = [v for v in raw["variants"] if v["name"] != "Full"]
+            cfg = parse_config({**raw, "model": model})
+    except StudyConfigError as exc:
+        _fail(str(exc))
+    from prunelens.study.runner import plan_units
+
+    units = plan_units(cfg)
+    t0 = time.perf_counter()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("[bold]study"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                  TimeRemainingColumn(), console=err_console, transient=False) as progress:
+        task = progress.add_task("study", total=len(units))
+
+        def report(unit_id: str, seconds: float, cached: bool) -> None:
+            progress.console.print(f"{'[dim]cached[/]' if cached else '[green]done[/]  '} {unit_id}"
+                                   + ("" if cached else f"  ({seconds:.0f} s)"))
+            progress.advance(task)
+
+        try:
+            timings = run_study(cfg, out, overwrite=overwrite, engine=engine, workers=workers,
+                                ray_address=ray_address, report=report)
+        except OutputExistsError as exc:
+            _fail(str(exc))
+    from prunelens.study.report import build_report
+
+    path = build_report(out)
+    out_console.print(f"study finished in {time.perf_counter() - t0:.0f} s "
+                      f"(unit time {timings['total_unit_seconds']:.0f} s); report: {path}")
+
+
+@app.command()
+def report(study_dir: Path = typer.Argument(..., help="A `prunelens study` output directory.")):
+    """Rebuild tables, figures and report.html from a study's stored results."""
+    from prunelens.study.report import build_report
+
+    if not (study_dir / "study.json").exists():
+        _fail(f"{study_dir} is not a prunelens study directory (no study.json)")
+    out_console.print(f"report: {build_report(study_dir)}")
+
+
 from prunelens.analysis.cli import analyze as _analyze; app.command("analyze")(_analyze)  # noqa: E402,E702
 
 

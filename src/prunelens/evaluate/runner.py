@@ -154,16 +154,22 @@ def evaluate_model(
                 on_task_done(TaskResult(**json.loads(done.read_text())), True)
             continue
         result = run_task(model, tokenizer, name, settings)
-        atomic_write_text(out / "tasks" / f"{name}.jsonl",
-                          "".join(json.dumps(r, default=str) + "\n" for r in result.records))
-        atomic_write_json(done, result.summary())
-        summary["results"][name] = _result_dict(result)
-        atomic_write_json(summary_path, summary)
+        store_task_result(out, result, summary)
         if on_task_done:
             on_task_done(result, False)
     summary["total_seconds"] = sum(r["seconds"] for r in summary["results"].values())
     atomic_write_json(summary_path, summary)
     return summary
+
+
+def store_task_result(out: str | Path, result: TaskResult, summary: dict[str, Any]) -> None:
+    """Write one task's records and summary, then the updated directory summary (each atomically)."""
+    out = Path(out)
+    atomic_write_text(out / "tasks" / f"{result.task}.jsonl",
+                      "".join(json.dumps(r, default=str) + "\n" for r in result.records))
+    atomic_write_json(out / "tasks" / f"{result.task}.json", result.summary())
+    summary.setdefault("results", {})[result.task] = _result_dict(result)
+    atomic_write_json(out / "summary.json", summary)
 
 
 def load_summary(directory: str | Path) -> dict[str, Any]:

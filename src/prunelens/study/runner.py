@@ -1,0 +1,449 @@
+"""Run a study: variants × evaluations × analyses, each a unit stored as soon as it is done.
+
+Units, per variant ``V`` (grouped so one process builds ``V`` once and runs all of its units):
+
+* ``variant/V``     — the prune plan (drops: plan JSON only; sparsity: a saved checkpoint);
+* ``eval/V/TASK``   — one evaluation task (``eval/V/`` has the ``prunelens eval`` layout);
+* ``analysis/V``    — transitions, trajectories and option subspace against the dense model;
+* ``predictor/V``   — the cheap screen: ``Var_p(Δz)/(2T²)`` from one teacher-forced pass;
+* ``case_study/V``  — fixed GSM8K and open questions answered by the variant.
+
+A unit is skipped when ``units/<unit>.json`` holds the fingerprint of the config fields it depends
+on, so re-running resumes, and an edited config re-runs only what it changes. Every file is written
+atomically; a killed run loses at most the unit in progress.
+
+Engines: ``local`` runs the groups one after another in this process; ``ray`` hands each variant group
+to a Ray task (``ray.init()`` starts a local cluster of worker processes, or joins a running cluster
+with ``--ray-address``); a failed group is retried by Ray and skips the units it already stored.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from prunelens import __version__
+from prunelens.study.config import StudyConfig, parse_config
+from prunelens.utils.io import OutputExistsError, atomic_write_json
+
+NON_DENSE_DEPS = ("calibration",)
+
+
+@dataclass(frozen=True)
+class Unit:
+    id: str
+    kind: str
+    variant: str
+    task: str | None
+    fingerprint: str
+
+    @property
+    def filename(self) -> str:
+        return self.id.replace("/", "__").replace(":", "_") + ".json"
+
+
+def plan_units(cfg: StudyConfig) -> list[Unit]:
+    """Every unit of the study, grouped by variant (Full first)."""
+    units: list[Unit] = []
+    for v in cfg.variants:
+        base = ["model", "dtype", "seed", f"variant:{v.name}"] + ([] if v.is_dense else list(NON_DENSE_DEPS))
+        units.append(Unit(f"variant/{v.name}", "variant", v.name, None, cfg.fingerprint(*base)))
+        for t in cfg.tasks:
+            units.append(Unit(f"eval/{v.name}/{t.task}", "eval", v.name, t.task,
+                              cfg.fingerprint(*base, "batch_size", f"task:{t.task}")))
+        if not v.is_dense:
+            units.append(Unit(f"analysis/{v.name}", "analysis", v.name, None, cfg.fingerprint(*base, "analyses")))
+            units.append(Unit(f"predictor/{v.name}", "predictor", v.name, None, cfg.fingerprint(*base, "analyses")))
+        units.append(Unit(f"case_study/{v.name}", "case_study", v.name, None, cfg.fingerprint(*base, "case_study")))
+    return units
+
+
+class Store:
+    """The study directory: unit markers, results, and the study record."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def marker(self, unit: Unit) -> Path:
+        return self.root / "units" / unit.filename
+
+    def done(self, unit: Unit) -> bool:
+        path = self.marker(unit)
+        if not path.exists():
+            return False
+        try:
+            return json.loads(path.read_text()).get("fingerprint") == unit.fingerprint
+        except json.JSONDecodeError:
+            return False
+
+    def mark(self, unit: Unit, seconds: float, **extra: Any) -> None:
+        atomic_write_json(self.marker(unit), {"unit": unit.id, "fingerprint": unit.fingerprint,
+                                               "seconds": seconds, **extra})
+
+    def variant_dir(self, name: str) -> Path:
+        return self.root / "variants" / name
+
+    def eval_dir(self, name: str) -> Path:
+        return self.root / "eval" / name
+
+
+# --- building and loading variants -------------------------------------------------------------------
+
+
+class Workbench:
+    """One process's view of the study: the dense model (loaded once) and the current variant."""
+
+    def __init__(self, cfg: StudyConfig, store: Store):
+        self.cfg = cfg
+        self.store = store
+        self._dense = None
+        self._calibration = None
+
+    @property
+    def dense(self):
+        if self._dense is None:
+            from prunelens.models.loading import load
+
+            kw = {"device_map": "auto"} if self.cfg.device == "auto" else {"device": self.cfg.device}
+            self._dense = load(self.cfg.model, dtype=self.cfg.dtype, **kw)
+        return self._dense
+
+    @property
+    def calibration(self):
+        if self._calibration is None:
+            from prunelens.data.calibration import get_calibration
+
+            c = self.cfg.calibration
+            self._calibration = get_calibration(self.dense[1], c["source"], c["nsamples"], c["seqlen"], self.cfg.seed)
+        return self._calibration
+
+    def build_variant(self, name: str) -> dict[str, Any]:
+        """Prune (or not) and store the variant's plan / checkpoint; return its info."""
+        from prunelens.models.adapter import param_count
+        from prunelens.prune.drop import drop
+        from prunelens.prune.save import save_pruned
+        from prunelens.prune.sparsify import sparsify
+
+        spec = next(v for v in self.cfg.variants if v.name == name)
+        model, tok = self.dense
+        out = self.store.variant_dir(name)
+        out.mkdir(parents=True, exist_ok=True)
+        plan = None
+        if spec.drop is not None:
+            pruned = copy.deepcopy(model)
+            d = spec.drop
+            plan = drop(pruned, self.calibration, target=d["target"], n=d["n"], iterative=d.get("iterative", False),
+                        window=d.get("window", False), batch_size=self.cfg.batch_size, base_model=self.cfg.model)
+            params = plan.params_after
+            plan.save(out)
+            del pruned
+        elif spec.sparsify is not None:
+            pruned = copy.deepcopy(model)
+            s = spec.sparsify
+            plan = sparsify(pruned, self.calibration if s["method"] != "magnitude" else None, method=s["method"],
+                            sparsity=s.get("sparsity"), pattern=s.get("pattern"), batch_size=self.cfg.batch_size,
+                            base_model=self.cfg.model)
+            params = plan.params_after
+            save_pruned(pruned, tok, plan, out / "checkpoint", overwrite=True)
+            del pruned
+        else:
+            params = param_count(model)
+        info = {"name": name, "parameters": params, "plan": plan.to_dict() if plan is not None else None}
+        atomic_write_json(out / "info.json", info)
+        return info
+
+    def variant(self, name: str):
+        """The analysis :class:`~prunelens.analysis.variants.Variant` of ``name`` on the dense weights."""
+        from prunelens.analysis.variants import resolve_variant
+        from prunelens.prune.plan import PrunePlan
+
+        spec = next(v for v in self.cfg.variants if v.name == name)
+        model, tok = self.dense
+        out = self.store.variant_dir(name)
+        if spec.drop is not None:
+            v = resolve_variant(model, PrunePlan.load(out), tokenizer=tok)
+        else:
+            v = resolve_variant(model, str(out / "checkpoint"), tokenizer=tok)
+        v.name = name
+        return v
+
+    @contextmanager
+    def active(self, name: str) -> Iterator[Any]:
+        """The dense model, behaving as variant ``name`` inside the block (dropped sublayers swapped for
+        no-ops, sparsified weights swapped in; a dropped block is both of its sublayers dropped, which is
+        the same computation) and restored afterwards: no second copy of the unchanged weights."""
+        model, _ = self.dense
+        spec = next(v for v in self.cfg.variants if v.name == name)
+        if spec.is_dense:
+            yield model
+            return
+        with self.variant(name).active(model) as m:
+            yield m
+
+    def info(self, name: str) -> dict[str, Any]:
+        return json.loads((self.store.variant_dir(name) / "info.json").read_text())
+
+
+# --- the units ---------------------------------------------------------------------------------------
+
+
+def _run_eval(bench: Workbench, unit: Unit) -> dict[str, Any]:
+    from prunelens.evaluate.runner import EvalSettings, run_task, store_task_result
+
+    cfg = bench.cfg
+    t = next(t for t in cfg.tasks if t.task == unit.task)
+    settings = EvalSettings(limit=t.limit, seed=cfg.seed, batch_size=cfg.batch_size,
+                            max_new_tokens=t.max_new_tokens or 192, num_fewshot=t.num_fewshot)
+    _, tok = bench.dense
+    out = bench.store.eval_dir(unit.variant)
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"results": {}}
+    info = bench.info(unit.variant)
+    summary["model"] = {"spec": cfg.model, "name": unit.variant, "parameters": info["parameters"], "plan": info["plan"]}
+    with bench.active(unit.variant) as m:
+        result = run_task(m, tok, unit.task, settings)
+    store_task_result(out, result, summary)
+    return {"score": result.score, "metric": result.main_metric}
+
+
+def study_prompts(cfg: StudyConfig) -> list[tuple[str, str]]:
+    """The fixed analysed prompt set: N GSM8K questions and N open questions (seeded)."""
+    from prunelens.data.tasks import load_task
+
+    want = (cfg.analyses.get("prompts") or {"gsm8k": 4, "nq_open": 2})
+    prompts: list[tuple[str, str]] = []
+    for task, n in want.items():
+        for ex in load_task(task, limit=int(n), seed=cfg.seed):
+            text = ex.meta.get("question") or ex.prompt
+            prompts.append((f"{task}/{ex.id}", text))
+    return prompts
+
+
+def _run_analysis(bench: Workbench, unit: Unit) -> dict[str, Any]:
+    from prunelens.analysis.pipeline import AnalysisConfig, run_analysis
+    from prunelens.data.tasks import load_task
+
+    cfg = bench.cfg
+    a = cfg.analyses
+    model, tok = bench.dense
+    sub = a.get("subspace") or {}
+    mc_task = sub.get("task", "arc_easy")
+    mc = load_task(mc_task, limit=int(sub.get("limit", 40)), seed=cfg.seed) if "subspace" in a else None
+    analyses = tuple(k for k in ("transitions", "trajectories", "subspace") if k in a) or ("transitions",)
+    acfg = AnalysisConfig(temperatures=tuple((a.get("transitions") or {}).get("temperatures", [1.0])),
+                          max_new_tokens=int((a.get("trajectories") or {}).get("max_new_tokens", 48)),
+                          analyses=analyses, seed=cfg.seed, batch_size=min(cfg.batch_size, 8))
+    report = run_analysis(model, tok, [bench.variant(unit.variant)], study_prompts(cfg), acfg,
+                          out=bench.store.root / "analysis" / unit.variant, overwrite=True,
+                          dense_name="Full", mc_examples=mc, mc_task=mc_task)
+    return {"figures": len(report.figures)}
+
+
+@torch.no_grad()
+def _run_predictor(bench: Workbench, unit: Unit) -> dict[str, Any]:
+    """Median ``Var_{i∼p}(Δz_i)/(2T²)`` (Theorem 3's KL estimate) and the exact KL, one teacher-forced pass.
+
+    The sequences are the analysed prompts followed by the dense model's greedy continuation; both
+    models read the same tokens, so this isolates the per-step perturbation without any decoding by
+    the pruned model — a screen that costs two forward passes per variant.
+    """
+    import numpy as np
+
+    from prunelens.analysis.metrics import kl, theorem3_estimate
+    from prunelens.evaluate.generation import format_prompt
+
+    cfg = bench.cfg
+    model, tok = bench.dense
+    T = float(((cfg.analyses.get("transitions") or {}).get("temperatures") or [1.0])[0])
+    n_new = int((cfg.analyses.get("trajectories") or {}).get("max_new_tokens", 48))
+    device = next(model.parameters()).device
+    seqs = []
+    for _, text in study_prompts(cfg):
+        ids = tok(format_prompt(tok, text), return_tensors="pt", add_special_tokens=False).input_ids.to(device)
+        out = model.generate(ids, max_new_tokens=n_new, do_sample=False, pad_token_id=tok.pad_token_id)
+        seqs.append((out, ids.shape[1]))
+    est, exact = [], []
+    variant = bench.variant(unit.variant)
+    for ids, start in seqs:
+        z_dense = model(ids, use_cache=False).logits[0, start - 1 : -1].float()
+        with variant.active(model):
+            z_pruned = model(ids, use_cache=False).logits[0, start - 1 : -1].float()
+        est.append(theorem3_estimate(z_dense, z_pruned, T).cpu().numpy())
+        exact.append(kl(z_dense, z_pruned, T).cpu().numpy())
+    est_all, kl_all = np.concatenate(est), np.concatenate(exact)
+    result = {"var_p_dz_over_2T2": float(np.median(est_all)), "kl": float(np.median(kl_all)),
+              "mean_estimate": float(est_all.mean()), "mean_kl": float(kl_all.mean()), "steps": int(est_all.size),
+              "temperature": T}
+    atomic_write_json(bench.store.root / "predictor" / f"{unit.variant}.json", result)
+    return result
+
+
+def _run_case_study(bench: Workbench, unit: Unit) -> dict[str, Any]:
+    from prunelens.data.tasks import load_task
+    from prunelens.evaluate.generation import generate
+
+    cfg = bench.cfg
+    cs = cfg.case_study or {}
+    prompts = []
+    for task in ("gsm8k", "nq_open"):
+        for ex in load_task(task, limit=int(cs.get(task, 2)), seed=cfg.seed + 1):
+            question = ex.meta.get("question") or ex.prompt
+            target = ex.target if isinstance(ex.target, str) else " / ".join(ex.target)
+            prompts.append({"id": ex.id, "task": task, "prompt": question, "target": target})
+    model, tok = bench.dense
+    texts = [p["prompt"] for p in prompts]
+    n_new = int(cs.get("max_new_tokens", 128))
+    with bench.active(unit.variant) as m:
+        answers = generate(m, tok, texts, max_new_tokens=n_new)
+    atomic_write_json(bench.store.root / "case_study" / f"{unit.variant}.json",
+                      {"prompts": prompts, "answers": answers, "max_new_tokens": n_new})
+    return {"answers": len(answers)}
+
+
+RUNNERS: dict[str, Callable[[Workbench, Unit], dict[str, Any]]] = {
+    "variant": lambda bench, unit: {"parameters": bench.build_variant(unit.variant)["parameters"]},
+    "eval": _run_eval,
+    "analysis": _run_analysis,
+    "predictor": _run_predictor,
+    "case_study": _run_case_study,
+}
+
+
+def run_group(root: str, cfg_dict: dict[str, Any], variant: str, report: Callable[[str, float, bool], None] | None = None) -> list[str]:
+    """Run every unfinished unit of one variant (in this process); return the ids of units run."""
+    cfg = parse_config({k: v for k, v in cfg_dict.items()})
+    store = Store(root)
+    bench = Workbench(cfg, store)
+    ran = []
+    for unit in [u for u in plan_units(cfg) if u.variant == variant]:
+        if store.done(unit):
+            if report:
+                report(unit.id, 0.0, True)
+            continue
+        t0 = time.perf_counter()
+        extra = RUNNERS[unit.kind](bench, unit)
+        seconds = time.perf_counter() - t0
+        store.mark(unit, seconds, result=extra)
+        ran.append(unit.id)
+        if report:
+            report(unit.id, seconds, False)
+    return ran
+
+
+def collect(root: str | Path, cfg: StudyConfig) -> None:
+    """Assemble the per-unit files into the study-level ones the report reads.
+
+    ``predictor.json`` ({variant: predictor}), ``case_study.json`` (prompts + answers per variant) and
+    ``eval/fidelity.json`` ({variant: {task: metrics}}: every generative task's outputs against Full's,
+    paired by example id — exact match, common token prefix, ROUGE-L, repeated 4-gram rate).
+    """
+    from prunelens.evaluate.fidelity import fidelity
+    from prunelens.evaluate.runner import load_records
+
+    root = Path(root)
+    names = [v.name for v in cfg.variants]
+    predictor = {n: json.loads((root / "predictor" / f"{n}.json").read_text())
+                 for n in names if (root / "predictor" / f"{n}.json").exists()}
+    atomic_write_json(root / "predictor.json", predictor)
+    cases = {n: json.loads((root / "case_study" / f"{n}.json").read_text())
+             for n in names if (root / "case_study" / f"{n}.json").exists()}
+    if "Full" in cases:
+        atomic_write_json(root / "case_study.json", {"prompts": cases["Full"]["prompts"],
+                                                      "answers": {n: c["answers"] for n, c in cases.items()}})
+    gen_tasks = [t.task for t in cfg.tasks if _kind(t.task) == "gen"]
+    fid: dict[str, dict[str, Any]] = {}
+    for task in gen_tasks:
+        dense = load_records(root / "eval" / "Full", task)
+        if not dense:
+            continue
+        for n in names[1:]:
+            pruned = load_records(root / "eval" / n, task)
+            if len(pruned) != len(dense):
+                continue
+            m = fidelity(dense, pruned, task=task).metrics
+            fid.setdefault(n, {})[task] = {**m, "rouge_l": m.get("rouge_l_mean"),
+                                           "prefix_tokens": m.get("prefix_tokens_mean"),
+                                           "repeat_ngram_rate": m.get("pruned_rep4_mean")}
+    atomic_write_json(root / "eval" / "fidelity.json", fid)
+
+
+def _kind(task: str) -> str:
+    from prunelens.evaluate.runner import task_kind
+
+    return task_kind(task)
+
+
+def _config_for_disk(cfg: StudyConfig) -> dict[str, Any]:
+    d = cfg.to_dict()
+    d["variants"] = [v for v in d["variants"] if v["name"] != "Full"]
+    return d
+
+
+def prepare_study_dir(cfg: StudyConfig, out: str | Path, overwrite: bool) -> Store:
+    """Create or reopen a study directory; refuse one written by another config unless ``overwrite``."""
+    out = Path(out)
+    record = out / "study.json"
+    if out.exists() and any(out.iterdir()):
+        if not record.exists():
+            if not overwrite:
+                raise OutputExistsError(f"{out} exists, is not empty and is not a prunelens study (pass --overwrite)")
+        else:
+            old = json.loads(record.read_text()).get("config")
+            if old != _config_for_disk(cfg) and not overwrite:
+                raise OutputExistsError(
+                    f"{out} holds a study with another config; pass --overwrite to re-run what the new config changes "
+                    "(finished units whose inputs are unchanged are kept)")
+    out.mkdir(parents=True, exist_ok=True)
+    import torch as _torch
+    import transformers
+
+    atomic_write_json(record, {"config": _config_for_disk(cfg),
+                               "versions": {"prunelens": __version__, "torch": _torch.__version__,
+                                            "transformers": transformers.__version__},
+                               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+    return Store(out)
+
+
+def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, engine: str = "local", workers: int = 2,
+              ray_address: str | None = None, report: Callable[[str, float, bool], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) the study; returns timings. See the module docstring for the engines."""
+    store = prepare_study_dir(cfg, out, overwrite)
+    t0 = time.perf_counter()
+    cfg_dict = _config_for_disk(cfg)
+    names = [v.name for v in cfg.variants]
+    if engine == "local":
+        # Full first: its evaluations are the reference and its model is the one every variant reuses
+        for name in names:
+            run_group(str(store.root), cfg_dict, name, report)
+    elif engine == "ray":
+        import ray
+
+        ray.init(address=ray_address, num_cpus=None if ray_address else workers, ignore_reinit_error=True,
+                 include_dashboard=False, log_to_driver=False)
+        remote = ray.remote(max_retries=2, retry_exceptions=True)(run_group)
+        refs = {name: remote.remote(str(store.root), cfg_dict, name) for name in names}
+        for name, ref in refs.items():
+            for unit_id in ray.get(ref):
+                if report:
+                    report(unit_id, 0.0, False)
+    else:
+        raise ValueError(f"unknown engine {engine!r}; choose local or ray")
+    units = {}
+    for unit in plan_units(cfg):
+        path = store.marker(unit)
+        if path.exists():
+            units[unit.id] = json.loads(path.read_text()).get("seconds", 0.0)
+    collect(store.root, cfg)
+    record = json.loads((store.root / "study.json").read_text())
+    record["timings"] = {"wall_seconds_this_run": time.perf_counter() - t0, "units": units,
+                         "total_unit_seconds": sum(units.values())}
+    atomic_write_json(store.root / "study.json", record)
+    return record["timings"]

@@ -1,0 +1,66 @@
+"""Study config: defaults, validation errors that name the field, and unit fingerprints."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from prunelens.study.config import DEFAULT_CONFIG_YAML, StudyConfigError, load_config, parse_config
+from prunelens.study.runner import plan_units
+
+
+def test_default_config_is_the_documented_study():
+    cfg = load_config(None)
+    assert [v.name for v in cfg.variants] == ["Full", "Drop-4A", "Drop-8A", "Drop-4M", "Drop-8M", "Drop-4B",
+                                              "Wanda-50%", "SparseGPT-2:4"]
+    kinds = {t.task for t in cfg.tasks}
+    assert {"arc_easy", "piqa", "boolq", "wikitext2", "boolq_retrieval", "gsm8k", "nq_open"} <= kinds
+    assert parse_config(yaml.safe_load(DEFAULT_CONFIG_YAML)).to_dict() == cfg.to_dict()
+
+
+@pytest.mark.parametrize("patch,field,allowed", [
+    ({"variants": [{"name": "X", "drop": {"target": "heads", "n": 2}}]}, "variants[0].drop.target", "attn, mlp, block, joint"),
+    ({"variants": [{"name": "X", "drop": {"target": "attn", "n": 0}}]}, "variants[0].drop.n", "integer ≥ 1"),
+    ({"variants": [{"name": "X", "sparsify": {"method": "obs", "sparsity": 0.5}}]}, "variants[0].sparsify.method", "magnitude, wanda, sparsegpt"),
+    ({"variants": [{"name": "X", "sparsify": {"method": "wanda", "sparsity": 1.5}}]}, "variants[0].sparsify", "[0, 1)"),
+    ({"variants": [{"name": "X", "drop": {"target": "attn", "n": 2}, "sparsify": {"method": "wanda", "sparsity": 0.5}}]}, "variants[0]", "exactly one"),
+    ({"variants": [{"name": "A", "drop": {"target": "attn", "n": 1}}, {"name": "A", "drop": {"target": "mlp", "n": 1}}]}, "variants", "unique"),
+    ({"tasks": [{"task": "arc_hard"}]}, "tasks[0].task", "arc_easy"),
+    ({"tasks": [{"task": "arc_easy", "limit": -3}]}, "tasks[0].limit", "≥ 1"),
+    ({"tasks": [{"task": "arc_easy", "shots": 3}]}, "tasks[0]", "allowed: limit, max_new_tokens, num_fewshot, task"),
+    ({"dtype": "int4"}, "dtype", "float32, bfloat16, float16, auto"),
+    ({"analyses": {"transitions": {"temperatures": [0]}}}, "analyses.transitions.temperatures", "positive"),
+    ({"colour": "blue"}, "(top level)", "allowed:"),
+])
+def test_invalid_configs_name_the_field(patch, field, allowed):
+    with pytest.raises(StudyConfigError) as err:
+        parse_config(patch)
+    msg = str(err.value)
+    assert f"'{field}'" in msg and allowed in msg
+
+
+def test_missing_or_broken_file(tmp_path):
+    with pytest.raises(StudyConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("variants: [\n")
+    with pytest.raises(StudyConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_a_changed_config_invalidates_only_what_it_affects():
+    base = yaml.safe_load(DEFAULT_CONFIG_YAML)
+    before = {u.id: u.fingerprint for u in plan_units(parse_config(base))}
+    changed = yaml.safe_load(DEFAULT_CONFIG_YAML)
+    changed["tasks"][0]["limit"] = 99  # arc_easy only
+    changed["variants"][1]["drop"]["n"] = 7  # Drop-8A only
+    after = {u.id: u.fingerprint for u in plan_units(parse_config(changed))}
+    differ = sorted(k for k in before if before[k] != after.get(k))
+    assert all(k.startswith("eval/") and k.endswith("/arc_easy") or "/Drop-8A" in k for k in differ)
+    assert "eval/Full/arc_easy" in differ and "variant/Drop-8A" in differ and "analysis/Drop-8A" in differ
+    assert "eval/Full/gsm8k" not in differ and "variant/Drop-4A" not in differ
+    # calibration affects every pruned variant but not the dense one
+    changed = yaml.safe_load(DEFAULT_CONFIG_YAML)
+    changed["calibration"]["nsamples"] = 8
+    after = {u.id: u.fingerprint for u in plan_units(parse_config(changed))}
+    assert after["eval/Full/arc_easy"] == before["eval/Full/arc_easy"]
+    assert after["eval/Drop-4A/arc_easy"] != before["eval/Drop-4A/arc_easy"]

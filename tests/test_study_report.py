@@ -1,0 +1,443 @@
+"""The study report: guidance rules and Spearman (pure), tables/figures/HTML from a synthetic study directory,
+missing files, and the page in a real headless Chromium (see tests/browser_check.py)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from prunelens.study import guidance as G
+from prunelens.study.guidance import VariantFacts
+from prunelens.study.report import analysis_numbers, build_report, load_study, rankdata, spearman
+
+# ----------------------------------------------------------------------------------------------------
+# a synthetic study directory in the runner's layout
+
+TASKS = {  # task: (kind, main metric)
+    "arc_easy": ("mc", "acc"), "piqa": ("mc", "acc"), "boolq_retrieval": ("retrieval", "ndcg@10"),
+    "wikitext2": ("ppl", "perplexity"), "gsm8k": ("gen", "exact_match"), "nq_open": ("gen", "exact_match"),
+}
+SCORES = {  # arc, piqa, retrieval, ppl, gsm8k, nq
+    "Full": (0.60, 0.65, 0.70, 20.0, 0.20, 0.10),
+    "Drop-2A": (0.59, 0.64, 0.69, 21.0, 0.20, 0.095),
+    "Drop-2M": (0.48, 0.52, 0.64, 30.0, 0.08, 0.05),
+    "Drop-4M": (0.40, 0.50, 0.60, 45.0, 0.00, 0.01),
+    "Wanda-50%": (0.57, 0.62, 0.68, 25.0, 0.12, 0.07),
+}
+PARAMS = {"Full": 134_515_008, "Drop-2A": 133_000_000, "Drop-2M": 130_000_000, "Drop-4M": 125_000_000,
+          "Wanda-50%": 134_515_008}
+SPECS = [{"name": "Full"}, {"name": "Drop-2A", "drop": {"target": "attn", "n": 2}},
+         {"name": "Drop-2M", "drop": {"target": "mlp", "n": 2}}, {"name": "Drop-4M", "drop": {"target": "mlp", "n": 4}},
+         {"name": "Wanda-50%", "sparsify": {"method": "wanda", "sparsity": 0.5}}]
+EXACT = {"Drop-2A": 0.4, "Drop-2M": 0.2, "Drop-4M": 0.0, "Wanda-50%": 0.3}
+PREDICTOR = {"Drop-2A": 0.01, "Wanda-50%": 0.05, "Drop-2M": 0.2, "Drop-4M": 0.9}
+EVIL = '<script>alert("x")</script> a < b & c'
+
+
+def tiny_png(w: int = 48, h: int = 32, rgb=(40, 90, 160)) -> bytes:
+    """A valid solid-colour PNG, written by hand (no imaging library needed)."""
+    raw = b"".join(b"\0" + bytes(rgb) * w for _ in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _w(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) if not isinstance(data, str) else data)
+
+
+def make_study(root: Path) -> Path:
+    config = {"model": "smollm2-135m", "dtype": "float32", "device": "cpu", "seed": 7,
+              "calibration": {"source": "c4", "nsamples": 32, "seqlen": 256}, "variants": SPECS,
+              "tasks": [{"task": t, "limit": 10, "max_new_tokens": 64 if k == "gen" else None, "num_fewshot": 0}
+                        for t, (k, _) in TASKS.items()],
+              "batch_size": 8, "analyses": {"prompts": {"gsm8k": 2}, "transitions": {"temperatures": [1.0]}},
+              "case_study": {"gsm8k": 1, "nq_open": 1, "max_new_tokens": 64}}
+    _w(root / "study.json", {"config": config, "versions": {"prunelens": "0.1.0", "torch": "2.13.0", "python": "3.11"},
+                             "created": "2026-03-01T12:00:00+00:00",
+                             "timings": {"total_seconds": 1234.5,
+                                         "units": {"eval/Full": 300.0, "eval/Drop-2A": 280.0, "analysis/Drop-2A": 90.0}}})
+    for name, scores in SCORES.items():
+        plan = None if name == "Full" else {"method": "drop", "target": "attn"}
+        _w(root / "variants" / name / "info.json", {"name": name, "parameters": PARAMS[name], "plan": plan})
+        results = {}
+        for (task, (kind, metric)), s in zip(TASKS.items(), scores):
+            results[task] = {"kind": kind, "main_metric": metric, "score": s, "metrics": {metric: s}, "n": 10,
+                             "seconds": 1.0}
+            _w(root / "eval" / name / "tasks" / f"{task}.jsonl",
+               json.dumps({"id": 0, "prompt": "q", "target": "a", "prediction": "a", "score": s}) + "\n")
+        _w(root / "eval" / name / "summary.json",
+           {"model": {"name": f"/some/path/{name}", "parameters": PARAMS[name]}, "results": results})
+    _w(root / "eval" / "fidelity.json",
+       {v: {t: {"exact_match": em, "prefix_tokens": 5.0, "rouge_l": 0.5, "repeat_ngram_rate": 0.1, "distinct_2": 0.8}
+            for t in ("gsm8k", "nq_open")} for v, em in EXACT.items()})
+    short = lambda kl: {"transitions": {"median_cos": {"h": 0.99, "z": 0.97, "p": 0.8}, "median_kl": kl,  # noqa: E731
+                                        "ratio_theorem2": 1.1, "ratio_theorem3": 0.95},
+                        "trajectories": {"teacher_forced": {"median_cos_p": 0.9, "median_kl": kl * 2},
+                                         "free_running": {"median_cos_p": 0.5, "median_kl": kl * 5,
+                                                          "first_divergence_median": 3.0}},
+                        "subspace": {"choice_flip_rate": 0.1, "median_kl_options": 0.01, "median_kl_full": kl}}
+    _w(root / "analysis" / "Drop-2A" / "summary.json", {"variants": {"Drop-2A": short(0.02)}})
+    _w(root / "analysis" / "Drop-4M" / "summary.json", {"variants": {"Drop-4M": short(0.9)}})
+    # Drop-2M in the analysis pipeline's own shape
+    _w(root / "analysis" / "Drop-2M" / "summary.json", {"dense": "smollm2", "variants": {"Drop-2M": {
+        "transitions": {"variant_sublayers": {"median_cos": {"h": 0.98, "z": 0.95, "z_centered": 0.97, "p": 0.6},
+                                              "median_kl": 0.3,
+                                              "median_estimate_ratio": {"theorem2": 1.2, "theorem3": 0.9}}},
+        "trajectories": {"teacher_forced": {"median_cos": {"p": 0.7}, "median_kl": 0.5},
+                         "free_running": {"median_cos": {"p": 0.3}, "median_kl": 1.5, "first_divergence_steps": [2, 6, None]}},
+        "subspace": {"chosen_option_changed": 0.25, "median_kl": {"full": 0.3, "options": 0.05}}}}})
+    for name in ("layerwise_Drop-2A", "decoding_steps_Drop-2A"):
+        p = root / "analysis" / "Drop-2A" / "figures" / f"{name}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(tiny_png())
+    _w(root / "predictor.json", {v: {"var_p_dz_over_2T2": x, "kl": x * 1.1} for v, x in PREDICTOR.items()})
+    prompts = [{"id": "gsm8k-0", "task": "gsm8k", "prompt": "Tom has 3 apples and buys 4 more. How many?", "target": "7"},
+               {"id": "nq-0", "task": "nq_open", "prompt": "who wrote hamlet?", "target": "Shakespeare"}]
+    _w(root / "case_study.json", {"prompts": prompts, "answers": {
+        "Full": ["Tom has 3 + 4 = 7 apples. The answer is 7.", "William Shakespeare"],
+        "Drop-2A": ["3 + 4 = 7. The answer is 7.", "Shakespeare"],
+        "Drop-2M": ["Tom has apples apples apples apples", EVIL],
+        "Drop-4M": ["the the the the the", "the the the"],
+        "Wanda-50%": ["Tom has 7 apples.", "Christopher Marlowe"]}})
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = make_study(tmp_path_factory.mktemp("study") / "study")
+    page = build_report(root)
+    return root, page, page.read_text()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Spearman (pure)
+
+
+def test_rankdata_average_ties():
+    assert rankdata([10, 20, 20, 30]) == [1, 2.5, 2.5, 4]
+    assert rankdata([3, 1, 2]) == [3, 1, 2]
+    assert rankdata([5, 5, 5]) == [2, 2, 2]
+    assert rankdata([]) == []
+
+
+def test_spearman_known_values():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3], [1, 100, 1000]) == pytest.approx(1.0)  # ranks only, not values
+    # ties: x ranks [1, 2.5, 2.5, 4], y ranks [1, 2, 3, 4] → ρ = 4.5 / sqrt(4.5 · 5)
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(4.5 / math.sqrt(4.5 * 5))
+    # classic textbook example (no ties): ρ = 1 − 6 Σd² / (n(n² − 1))
+    x, y = [106, 86, 100, 101, 99, 103, 97, 113, 112, 110], [7, 0, 27, 50, 28, 29, 20, 12, 6, 17]
+    assert spearman(x, y) == pytest.approx(-29 / 165)
+
+
+def test_spearman_degenerate_and_missing():
+    assert spearman([1], [2]) is None
+    assert spearman([1, 1, 1], [1, 2, 3]) is None  # constant side
+    assert spearman([1, 2, None, 3, float("nan")], [1, 2, 5, 3, 4]) == pytest.approx(1.0)  # pairs dropped
+    with pytest.raises(ValueError):
+        spearman([1, 2], [1])
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
+def test_spearman_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    import random
+
+    rng = random.Random(0)
+    for _ in range(50):
+        n = rng.randint(3, 12)
+        x = [rng.choice([0.1, 0.2, 0.3, rng.random()]) for _ in range(n)]
+        y = [rng.choice([1.0, rng.random()]) for _ in range(n)]
+        ref = stats.spearmanr(x, y).statistic
+        got = spearman(x, y)
+        if math.isnan(ref):
+            assert got is None
+        else:
+            assert got == pytest.approx(ref, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------
+# guidance (pure)
+
+
+def test_score_verdict_thresholds():
+    assert G.score_verdict(G.SAFE_RETAINED) == G.SAFE
+    assert G.score_verdict(1.2) == G.SAFE
+    assert G.score_verdict(G.SAFE_RETAINED - 1e-9) == G.CARE
+    assert G.score_verdict(G.CARE_RETAINED) == G.CARE
+    assert G.score_verdict(G.CARE_RETAINED - 1e-9) == G.UNSAFE
+    assert G.score_verdict(None) == G.NOT_MEASURED
+    assert G.score_verdict(float("nan")) == G.NOT_MEASURED
+
+
+def test_generative_verdict_fidelity_lowers_never_raises():
+    f = VariantFacts("V", retained_gen=0.99, dense_gen=0.3)
+    assert G.generative_verdict(f).verdict == G.SAFE
+    f.exact_match = G.FIDELITY_CARE_EXACT_MATCH - 0.01
+    v = G.generative_verdict(f)
+    assert v.verdict == G.CARE and any("lowers" in r for r in v.reasons)
+    f.exact_match = G.FIDELITY_UNSAFE_EXACT_MATCH - 0.01
+    assert G.generative_verdict(f).verdict == G.UNSAFE
+    bad = VariantFacts("W", retained_gen=0.5, dense_gen=0.3, exact_match=1.0)
+    assert G.generative_verdict(bad).verdict == G.UNSAFE  # perfect fidelity does not rescue a lost score
+    only_fid = VariantFacts("X", retained_gen=None, exact_match=0.9)
+    assert G.generative_verdict(only_fid).verdict == G.SAFE
+    assert G.generative_verdict(VariantFacts("Y")).verdict == G.NOT_MEASURED
+
+
+def test_tiny_dense_score_is_not_judged():
+    f = VariantFacts("V", retained_nongen=0.5, dense_nongen=G.MIN_DENSE_SCORE / 2)
+    v = G.non_generative_verdict(f)
+    assert v.verdict == G.NOT_MEASURED and "mean nothing" in v.reasons[0]
+
+
+def test_rule_text_is_written_from_the_constants(monkeypatch):
+    text = " ".join(G.rule_text())
+    assert "95%" in text and "85%" in text and "50%" in text and "10%" in text
+    monkeypatch.setattr(G, "SAFE_RETAINED", 0.9)
+    monkeypatch.setattr(G, "FIDELITY_UNSAFE_EXACT_MATCH", 0.2)
+    text = " ".join(G.rule_text())
+    assert "90%" in text and "20%" in text and "95%" not in text
+    assert G.score_verdict(0.92) == G.SAFE  # the verdicts use the same constants
+
+
+def _facts(**over):
+    base = [VariantFacts("Full", group="dense"),
+            VariantFacts("Drop-8A", group="attn", n=8, retained_nongen=0.99, retained_gen=0.7,
+                         retained_by_kind={"mc": 0.99}, kl_transitions=0.05),
+            VariantFacts("Drop-8M", group="mlp", n=8, retained_nongen=0.97, retained_gen=0.1,
+                         retained_by_kind={"mc": 0.96}, kl_transitions=0.8)]
+    for f in base:
+        for k, v in over.get(f.name, {}).items():
+            setattr(f, k, v)
+    return base
+
+
+def test_answer_agrees_with_the_paper():
+    text = G.answer_for_model("tiny", _facts())
+    assert text.startswith("On tiny, attention drops (Drop-8A) keep 99% of the non-generative and 70% of the generative")
+    assert "As the paper claims, every pruned variant loses more on generation" in text
+    assert "As in the paper, dropping attention is gentler" in text
+    assert "Unlike" not in text
+    assert "largest for Drop-8M (0.8)" in text
+
+
+def test_answer_says_plainly_where_the_model_differs():
+    text = G.answer_for_model("tiny", _facts(**{"Drop-8M": {"retained_nongen": 0.6, "retained_by_kind": {"mc": 0.55},
+                                                             "retained_gen": 0.6},
+                                               "Drop-8A": {"retained_gen": 0.3}}))
+    assert "Unlike the paper's claim that non-generative scores survive pruning" in text
+    assert "MLP drops hurt multiple choice too" in text and "55% on multiple choice" in text
+    assert "Unlike the paper, dropping attention hurts generation more" in text
+    assert "Drop-8M loses no more on generation" in text
+
+
+def test_answer_warns_when_the_dense_generative_score_is_tiny():
+    facts = _facts()
+    for f in facts:
+        f.dense_gen = 0.01
+    assert "Caution: the dense model's generative score (0.010)" in G.answer_for_model("tiny", facts)
+
+
+def test_answer_without_results():
+    assert "nothing to answer" in G.answer_for_model("m", [VariantFacts("Full", group="dense")])
+
+
+def test_analysis_numbers_reads_both_shapes():
+    a = analysis_numbers({"transitions": {"median_cos": {"h": 0.9, "z": 0.8, "p": 0.1}, "median_kl": 2.0,
+                                          "ratio_theorem3": 1.0},
+                          "trajectories": {"free_running": {"median_cos_p": 0.2, "median_kl": 3.0,
+                                                            "first_divergence_median": 4}},
+                          "subspace": {"choice_flip_rate": 0.5}})
+    assert (a["cos_p"], a["kl_transitions"], a["fr_kl"], a["first_divergence"], a["choice_flip_rate"]) == (0.1, 2.0, 3.0, 4.0, 0.5)
+    assert a["tf_kl"] is None and a["kl_options"] is None
+    b = analysis_numbers({"transitions": {"variant_sublayers": {"median_cos": {"p": 0.3}, "median_kl": 0.4,
+                                                                "median_estimate_ratio": {"theorem2": 1.5}}},
+                          "trajectories": {"free_running": {"median_cos": {"p": 0.6}, "first_divergence_steps": [1, 5, None]}},
+                          "subspace": {"chosen_option_changed": 0.2, "median_kl": {"options": 0.01, "full": 0.3}}})
+    assert (b["cos_p"], b["kl_transitions"], b["ratio_theorem2"], b["fr_cos_p"], b["first_divergence"]) == (0.3, 0.4, 1.5, 0.6, 3.0)
+    assert (b["choice_flip_rate"], b["kl_options"], b["kl_full"]) == (0.2, 0.01, 0.3)
+    odd = analysis_numbers({"transitions": None, "trajectories": [1], "subspace": "x"})  # tolerated, no crash
+    assert odd["kl_transitions"] is None and odd["fr_kl"] is None and odd["choice_flip_rate"] is None
+
+
+# ----------------------------------------------------------------------------------------------------
+# the report from a synthetic study
+
+
+def test_tables_written(built):
+    root, _, _ = built
+    rows = list(csv.reader((root / "report" / "table.csv").open()))
+    assert rows[0][:7] == ["task", "metric", "Full", "Drop-2A", "Drop-2M", "Drop-4M", "Wanda-50%"]
+    assert rows[1][0] == "parameters" and rows[1][2] == str(PARAMS["Full"])
+    avg = {r[0]: r for r in rows}
+    assert float(avg["non_generative average"][2]) == pytest.approx(0.65)  # mc + retrieval, no perplexity
+    assert float(avg["generative average"][2]) == pytest.approx(0.15)
+    assert float(avg["wikitext2"][7]) == pytest.approx(20 / 21, abs=1e-4)  # retained perplexity = dense / pruned
+    md = (root / "report" / "table.md").read_text()
+    assert md.startswith("| task | metric | Full | Drop-2A") and "non_generative average" in md
+
+
+def test_figures_written(built):
+    root, _, _ = built
+    figs = root / "report" / "figures"
+    for stem in ("retained_and_divergence", "predictor"):
+        for ext in ("png", "svg"):
+            assert (figs / f"{stem}.{ext}").stat().st_size > 1000
+
+
+def test_report_sections_and_self_contained(built):
+    root, page, text = built
+    assert page == root / "report" / "report.html"
+    for sid in ("question", "answer", "missing", "table", "figures", "hierarchy", "case-study", "guidance", "how-run"):
+        assert f'<section id="{sid}">' in text, sid
+    imgs = re.findall(r"<img [^>]*>", text)
+    assert len(imgs) == 4  # summary, predictor, two analysis figures
+    assert all('src="data:image/png;base64,' in i for i in imgs)
+    assert "http://" not in text and "https://" not in text
+    assert not re.search(r'(?:src|href)="(?!data:image/png;base64,|#)', text)
+    assert "<script" not in text and "<link" not in text and "@import" not in text
+    assert "could not be built" not in text
+
+
+def test_report_content_from_data(built):
+    _, _, text = built
+    # answer paragraph
+    assert "On smollm2-135m, attention drops (Drop-2A) keep 98% of the non-generative and 98% of the generative" in text
+    assert "MLP drops hurt multiple choice too" in text
+    # captions written from the data
+    assert "Drop-4M keeps 3% of the generative score (77% of the non-generative) and its median probability-space KL is 0.9" in text
+    assert "Spearman correlation between predictor and degradation across 4 variants is 1.00" in text
+    assert "its median ratio to the measured KL is 0.91" in text  # predictor / measured KL = 1 / 1.1
+    assert "Drop-2A: Cosine in hidden, logit and probability space and KL per layer" in text
+    assert "first greedy divergence at step 3" in text
+    assert text.index("Drop-2A: Cosine in hidden") < text.index("Drop-2A: Similarity and KL along decoding")
+    # the analysis table reads the pipeline's own shape too (Drop-2M: median of [2, 6] first divergences)
+    assert re.search(r"<td class=\"l\">first divergence</td><td>3</td><td>4</td><td>3</td>", text)
+    # what is missing: Wanda has no analysis
+    assert "analysis/Wanda-50%/summary.json is missing" in text
+    # case study, escaped
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; a &lt; b &amp; c" in text
+    assert "Christopher Marlowe" in text and "Reference answer: <b>Shakespeare</b>" in text
+    # how it was run
+    assert "seed <b>7</b>" in text and "model: smollm2-135m" in text and "torch" in text and "eval/Full" in text
+    assert "20.6 min" in text
+
+
+def test_guidance_verdicts(built):
+    root, _, text = built
+    g = {v["variant"]: v for v in json.loads((root / "report" / "guidance.json").read_text())["variants"]}
+    assert set(g) == {"Drop-2A", "Drop-2M", "Drop-4M", "Wanda-50%"}
+    verdict = {k: (v["non_generative"]["verdict"], v["generative"]["verdict"]) for k, v in g.items()}
+    assert verdict == {"Drop-2A": (G.SAFE, G.CARE),  # generative score kept, but only 40% identical generations
+                       "Drop-2M": (G.UNSAFE, G.UNSAFE), "Drop-4M": (G.UNSAFE, G.UNSAFE), "Wanda-50%": (G.SAFE, G.UNSAFE)}
+    for line in G.rule_text():
+        assert line.replace("'", "&#x27;") in text
+
+
+def test_report_rebuild_is_idempotent(built):
+    root, page, _ = built
+    assert build_report(root) == page
+    assert not [p for p in (root / "report").iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_missing_files_never_crash(tmp_path):
+    # an empty directory
+    empty = tmp_path / "empty_study"
+    empty.mkdir()
+    page = build_report(empty)
+    text = page.read_text()
+    assert "study.json is missing" in text and "No evaluation results are stored" in text
+    # only the dense evaluation, one corrupt file, a study.json without a config
+    root = tmp_path / "partial"
+    make_study(root)
+    for p in ("predictor.json", "case_study.json", "eval/fidelity.json"):
+        (root / p).unlink()
+    (root / "eval" / "Drop-2M" / "summary.json").write_text("{not json")
+    (root / "study.json").write_text(json.dumps({"created": "x"}))
+    text = build_report(root).read_text()
+    assert "predictor.json is missing" in text and "case_study.json is missing" in text
+    assert "eval/Drop-2M/summary.json could not be read" in text
+    assert "No case study is stored" in text
+    assert len(re.findall(r"<img ", text)) == 3  # summary figure + two analysis figures, no predictor
+    assert "could not be built" not in text
+    st = load_study(root)
+    assert st.variants[0] == "Full" and "Drop-2M" in st.variants
+
+
+def test_no_study_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_report(tmp_path / "nowhere")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_odd_values_are_tolerated(tmp_path):
+    root = make_study(tmp_path / "odd")
+    s = json.loads((root / "eval" / "Drop-2A" / "summary.json").read_text())
+    s["results"]["gsm8k"]["score"] = None
+    s["results"]["weird"] = "not a dict"
+    (root / "eval" / "Drop-2A" / "summary.json").write_text(json.dumps(s))
+    (root / "case_study.json").write_text(json.dumps({"prompts": ["bare prompt"], "answers": {"Full": "not a list"}}))
+    (root / "predictor.json").write_text(json.dumps({"Drop-2A": "x", "Drop-2M": {"var_p_dz_over_2T2": -1}}))
+    text = build_report(root).read_text()
+    assert '<section id="case-study">' in text and "bare prompt" in text
+
+
+# ----------------------------------------------------------------------------------------------------
+# the page in a real headless browser
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    from browser_check import ensure_chromium
+
+    path, why = ensure_chromium()
+    if path:
+        return path
+    if os.environ.get("CI"):
+        pytest.fail(f"Chromium is required for the browser check in CI and could not be provided: {why}")
+    pytest.skip(why)
+
+
+def test_report_in_headless_chromium(built, chromium, tmp_path):
+    from browser_check import check_page
+
+    _, page, _ = built
+    shot = tmp_path / "report.png"
+    r = check_page(page, shot, chromium=chromium)
+    assert r.problems() == [], r.problems()
+    assert r.console_errors == [] and r.requests == []
+    assert len(r.images) == 4 and all(i["naturalWidth"] > 0 and i["naturalHeight"] > 0 for i in r.images)
+    assert r.title.startswith("prunelens study")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    assert r.page_height > 2000
+
+
+def test_browser_check_catches_problems(chromium, tmp_path):
+    """The checker itself: a console error, a broken image and an external request are all reported."""
+    from browser_check import check_page
+
+    bad = tmp_path / "bad.html"
+    bad.write_text('<!DOCTYPE html><html><head><title>bad</title></head><body><p>x</p>'
+                   '<img src="missing.png"><img src="http://127.0.0.1:9/x.png">'
+                   '<script>console.error("boom"); undefinedFunction();</script></body></html>')
+    r = check_page(bad, tmp_path / "bad.png", chromium=chromium, timeout=30)
+    joined = " ".join(r.problems())
+    assert "boom" in joined and "undefinedFunction" in joined
+    assert len(r.broken_images) == 2
+    assert any(u.startswith("http://127.0.0.1:9/") for u in r.requests)
+    assert any("missing.png" in u for u in r.requests)  # another local file: not self-contained either
