@@ -73,6 +73,26 @@ def evaluate_perplexity(model, tokenizer, task: str, settings: EvalSettings) -> 
                               "windows": res.windows, "text": "c4 documents 250-299" if task == "c4" else "wikitext-2 test"})
 
 
+def evaluate_retrieval_task(model, tokenizer, task: str, settings: EvalSettings) -> TaskResult:
+    """Retrieval on a BEIR-layout task with ``settings.limit`` queries (their passages plus as many
+    distractors, seeded). The embedder is ``settings.embedder`` when given (a sentence-transformers
+    model, not pruned), else the evaluated model itself with last-token pooling (E5-Mistral style), so a
+    pruned model is evaluated as a pruned embedder."""
+    from prunelens.data.tasks import load_task
+    from prunelens.evaluate.retrieval import evaluate_retrieval, subsample
+    from prunelens.models.encoders import DecoderEmbedder, load_embedder
+
+    data = load_task(task)
+    if settings.limit is not None:
+        data = subsample(data, settings.limit, n_distractors=settings.limit, seed=settings.seed)
+    if settings.embedder:
+        embedder = load_embedder(settings.embedder)
+    else:
+        embedder = DecoderEmbedder(model, tokenizer, pooling="last", batch_size=settings.batch_size,
+                                   max_length=256, name="evaluated model (last-token pooling)")
+    return evaluate_retrieval(embedder, data, task=task)
+
+
 def run_task(model, tokenizer, name: str, settings: EvalSettings) -> TaskResult:
     """Evaluate one task (loading its data with the settings' limit and seed)."""
     from prunelens.data.tasks import load_task
@@ -94,8 +114,6 @@ def run_task(model, tokenizer, name: str, settings: EvalSettings) -> TaskResult:
                                      max_new_tokens=settings.max_new_tokens, num_fewshot=settings.num_fewshot,
                                      seed=settings.seed)
     else:
-        from prunelens.evaluate.retrieval import evaluate_retrieval_task
-
         result = evaluate_retrieval_task(model, tokenizer, name, settings)
     if not result.seconds:
         result.seconds = time.perf_counter() - t0

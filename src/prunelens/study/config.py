@@ -45,9 +45,11 @@ tasks:                       # kind is taken from the task registry (mc, retriev
   - {task: nq_open, limit: 16, max_new_tokens: 24}
 batch_size: 8
 analyses:
-  prompts: {gsm8k: 4, nq_open: 2}        # analysed prompt set: this many of each (seeded)
+  prompts: {gsm8k: 3, nq_open: 1}        # analysed prompt set: this many of each (seeded)
+  scope: variant                         # variant: the sublayers each variant prunes | all: every layer
+  positions: generated                   # tokens analysed in transitions: generated | prompt | all
   transitions: {temperatures: [1.0]}
-  trajectories: {max_new_tokens: 48}
+  trajectories: {max_new_tokens: 32}
   subspace: {task: arc_easy, limit: 40}
 case_study: {gsm8k: 2, nq_open: 2, max_new_tokens: 128}
 """
@@ -217,8 +219,13 @@ def parse_config(data: Any) -> StudyConfig:
     cfg.batch_size = _int(merged["batch_size"], "batch_size")
     analyses = merged["analyses"] or {}
     _expect(isinstance(analyses, dict), "analyses", "must be a mapping")
-    unknown = set(analyses) - set(ANALYSES) - {"prompts"}
-    _expect(not unknown, "analyses", f"unknown keys {sorted(unknown)}; allowed: prompts, {', '.join(ANALYSES)}")
+    unknown = set(analyses) - set(ANALYSES) - {"prompts", "scope", "positions"}
+    _expect(not unknown, "analyses",
+            f"unknown keys {sorted(unknown)}; allowed: prompts, scope, positions, {', '.join(ANALYSES)}")
+    _expect(analyses.get("scope", "variant") in ("variant", "all"), "analyses.scope",
+            f"must be variant or all, got {analyses.get('scope')!r}")
+    _expect(analyses.get("positions", "generated") in ("generated", "prompt", "all"), "analyses.positions",
+            f"must be generated, prompt or all, got {analyses.get('positions')!r}")
     temps = (analyses.get("transitions") or {}).get("temperatures", [1.0])
     _expect(isinstance(temps, list) and temps and all(isinstance(t, (int, float)) and t > 0 for t in temps),
             "analyses.transitions.temperatures", f"must be a non-empty list of positive numbers, got {temps!r}")

@@ -240,7 +240,8 @@ def _run_analysis(bench: Workbench, unit: Unit) -> dict[str, Any]:
     analyses = tuple(k for k in ("transitions", "trajectories", "subspace") if k in a) or ("transitions",)
     acfg = AnalysisConfig(temperatures=tuple((a.get("transitions") or {}).get("temperatures", [1.0])),
                           max_new_tokens=int((a.get("trajectories") or {}).get("max_new_tokens", 48)),
-                          analyses=analyses, seed=cfg.seed, batch_size=min(cfg.batch_size, 8))
+                          analyses=analyses, seed=cfg.seed, batch_size=min(cfg.batch_size, 8),
+                          scope=a.get("scope", "variant"), positions=a.get("positions", "generated"))
     report = run_analysis(model, tok, [bench.variant(unit.variant)], study_prompts(cfg), acfg,
                           out=bench.store.root / "analysis" / unit.variant, overwrite=True,
                           dense_name="Full", mc_examples=mc, mc_task=mc_task)
@@ -317,6 +318,21 @@ RUNNERS: dict[str, Callable[[Workbench, Unit], dict[str, Any]]] = {
 }
 
 
+FAULT_ENV = "PRUNELENS_FAULT_ONCE"
+
+
+def _maybe_fail(store: Store, unit: Unit) -> None:
+    """Fault injection for testing retries: ``PRUNELENS_FAULT_ONCE=<unit id>`` fails that unit once."""
+    import os
+
+    if os.environ.get(FAULT_ENV) == unit.id:
+        flag = store.root / "units" / (unit.filename + ".failed-once")
+        if not flag.exists():
+            flag.parent.mkdir(parents=True, exist_ok=True)
+            flag.write_text("injected failure\n")
+            raise RuntimeError(f"injected failure in {unit.id} ({FAULT_ENV})")
+
+
 def run_group(root: str, cfg_dict: dict[str, Any], variant: str, report: Callable[[str, float, bool], None] | None = None) -> list[str]:
     """Run every unfinished unit of one variant (in this process); return the ids of units run."""
     cfg = parse_config({k: v for k, v in cfg_dict.items()})
@@ -328,6 +344,7 @@ def run_group(root: str, cfg_dict: dict[str, Any], variant: str, report: Callabl
             if report:
                 report(unit.id, 0.0, True)
             continue
+        _maybe_fail(store, unit)
         t0 = time.perf_counter()
         extra = RUNNERS[unit.kind](bench, unit)
         seconds = time.perf_counter() - t0
@@ -426,8 +443,13 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, eng
     elif engine == "ray":
         import ray
 
+        import os
+
+        env = {k: os.environ[k] for k in (FAULT_ENV, "HF_HUB_OFFLINE", "PRUNELENS_DATA", "PRUNELENS_CACHE",
+                                          "PRUNELENS_QUIET") if k in os.environ}
         ray.init(address=ray_address, num_cpus=None if ray_address else workers, ignore_reinit_error=True,
-                 include_dashboard=False, log_to_driver=False)
+                 include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env, "working_dir": None}
+                 if env else None)
         remote = ray.remote(max_retries=2, retry_exceptions=True)(run_group)
         refs = {name: remote.remote(str(store.root), cfg_dict, name) for name in names}
         for name, ref in refs.items():

@@ -1,0 +1,105 @@
+"""A whole study on a tiny model: every unit runs, re-running resumes, Ray's local cluster runs the same
+units in worker processes and retries a failed one, and the report is built."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from prunelens.models.tiny import tiny_model
+from prunelens.study.config import parse_config
+from prunelens.study.runner import FAULT_ENV, plan_units, run_study
+from prunelens.utils.io import OutputExistsError
+
+from conftest import need_data
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>", "A", "B", "C", "D", "Answer", ":", "."])}
+    for i in range(256 - len(vocab)):
+        vocab[f"w{i}"] = len(vocab)
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="</s>")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tinymodel")
+    tiny_model("llama").save_pretrained(d)
+    _tokenizer().save_pretrained(d)
+    return d
+
+
+def _config(model_dir):
+    return parse_config({
+        "model": str(model_dir),
+        "calibration": {"source": "c4", "nsamples": 2, "seqlen": 32},
+        "variants": [{"name": "Drop-1A", "drop": {"target": "attn", "n": 1}},
+                     {"name": "Mag-50%", "sparsify": {"method": "magnitude", "sparsity": 0.5}}],
+        "tasks": [{"task": "arc_easy", "limit": 2}, {"task": "wikitext2", "limit": 1},
+                  {"task": "gsm8k", "limit": 2, "max_new_tokens": 4}],
+        "batch_size": 2,
+        "analyses": {"prompts": {"gsm8k": 1, "nq_open": 1}, "transitions": {"temperatures": [1.0]},
+                     "trajectories": {"max_new_tokens": 3}, "subspace": {"task": "arc_easy", "limit": 2}},
+        "case_study": {"gsm8k": 1, "nq_open": 1, "max_new_tokens": 4},
+    })
+
+
+def test_local_study_runs_resumes_and_reports(tiny_dir, tmp_path):
+    need_data("c4/c4_demo.json")
+    cfg = _config(tiny_dir)
+    seen = []
+    run_study(cfg, tmp_path / "s", report=lambda u, s, cached: seen.append((u, cached)))
+    ids = [u.id for u in plan_units(cfg)]
+    assert [u for u, c in seen if not c] == ids
+    for name in ("Full", "Drop-1A", "Mag-50%"):
+        summary = json.loads((tmp_path / f"s/eval/{name}/summary.json").read_text())
+        assert set(summary["results"]) == {"arc_easy", "wikitext2", "gsm8k"}
+    assert (tmp_path / "s/variants/Mag-50%/checkpoint/model.safetensors").exists()
+    assert set(json.loads((tmp_path / "s/predictor.json").read_text())) == {"Drop-1A", "Mag-50%"}
+    assert set(json.loads((tmp_path / "s/eval/fidelity.json").read_text())) == {"Drop-1A", "Mag-50%"}
+    # a second run does nothing but report what is cached
+    seen.clear()
+    run_study(cfg, tmp_path / "s", report=lambda u, s, cached: seen.append((u, cached)))
+    assert all(c for _, c in seen) and len(seen) == len(ids)
+    # another config is refused without --overwrite; with it, only the changed units re-run
+    raw = yaml.safe_load(json.dumps(json.loads((tmp_path / "s/study.json").read_text())["config"]))
+    raw["tasks"][0]["limit"] = 3
+    changed = parse_config(raw)
+    with pytest.raises(OutputExistsError):
+        run_study(changed, tmp_path / "s")
+    seen.clear()
+    run_study(changed, tmp_path / "s", overwrite=True, report=lambda u, s, cached: seen.append((u, cached)))
+    assert sorted(u for u, c in seen if not c) == ["eval/Drop-1A/arc_easy", "eval/Full/arc_easy", "eval/Mag-50%/arc_easy"]
+
+    from prunelens.study.report import build_report
+
+    html = build_report(tmp_path / "s").read_text()
+    assert "Drop-1A" in html and "Mag-50%" in html and "data:image/png;base64," in html
+
+
+def test_ray_local_cluster_runs_units_once_and_retries(tiny_dir, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    need_data("c4/c4_demo.json")
+    cfg = _config(tiny_dir)
+    monkeypatch.setenv(FAULT_ENV, "eval/Drop-1A/gsm8k")
+    ran = []
+    run_study(cfg, tmp_path / "r", engine="ray", workers=2, report=lambda u, s, c: ran.append(u))
+    ids = [u.id for u in plan_units(cfg)]
+    assert (tmp_path / "r/units/eval__Drop-1A__gsm8k.json.failed-once").exists()
+    markers = sorted(p.name for p in (tmp_path / "r/units").glob("*.json"))
+    assert len(markers) == len(ids)  # every unit finished, the failed one after Ray's retry
+    # the retried group skipped what its failed attempt had already stored: no unit ran twice
+    assert len(ran) == len(set(ran)) and "eval/Drop-1A/gsm8k" in ran
+    assert "variant/Drop-1A" not in ran and "eval/Drop-1A/arc_easy" not in ran
+    assert set(ran) | {"variant/Drop-1A", "eval/Drop-1A/arc_easy", "eval/Drop-1A/wikitext2"} == set(ids)
+    import ray
+
+    ray.shutdown()
