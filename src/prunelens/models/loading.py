@@ -149,6 +149,9 @@ def _load_pruned_dir(path: Path, dtype, device_kwargs: dict):
     from prunelens.prune.plan import PrunePlan, apply_structure
 
     plan = PrunePlan.load(path)
+    if plan.options.get("encoder"):
+        raise ModelNotFoundError(f"{path} is a pruned encoder (embedding model), not a causal LM: load it with "
+                                 "prunelens.models.encoders.load_embedder")
     if not plan.dropped_sublayers:
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **device_kwargs), plan
     verbosity = hf_logging.get_verbosity()
