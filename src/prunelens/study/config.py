@@ -18,7 +18,8 @@ from prunelens.prune.plan import DROP_TARGETS, SPARSE_METHODS
 
 DEFAULT_CONFIG_YAML = """\
 # prunelens study config. Every field is optional except where noted; `prunelens study --print-config`
-# prints this default. Limits keep the default study under ~20 minutes on a 2-core CPU.
+# prints this default. The small limits keep the default study short on a 2-core CPU; raise them
+# (and add tasks: humaneval, mbpp, mmlu, hellaswag, ...) for numbers you would publish.
 model: smollm2-135m          # hub id, local dir, .gguf, or alias
 dtype: float32               # float32 | bfloat16 | float16
 device: cpu                  # cpu | cuda | auto (accelerate device map)
@@ -36,22 +37,22 @@ variants:                    # the dense model ("Full") is always included first
   - {name: Wanda-50%, sparsify: {method: wanda, sparsity: 0.5}}
   - {name: SparseGPT-2:4, sparsify: {method: sparsegpt, pattern: "2:4"}}
 tasks:                       # kind is taken from the task registry (mc, retrieval, ppl = non-generative; gen)
-  - {task: arc_easy, limit: 60}
-  - {task: piqa, limit: 60}
-  - {task: boolq, limit: 40}
+  - {task: arc_easy, limit: 40}
+  - {task: piqa, limit: 40}
+  - {task: boolq, limit: 24}
   - {task: wikitext2, limit: 4}          # perplexity: number of 256-token windows
-  - {task: boolq_retrieval, limit: 60}   # embedder: the studied model (last-token pooling), pruned the same way
-  - {task: gsm8k, limit: 12, max_new_tokens: 128}
-  - {task: nq_open, limit: 16, max_new_tokens: 24}
+  - {task: boolq_retrieval, limit: 30}   # embedder: the studied model (last-token pooling), pruned the same way
+  - {task: gsm8k, limit: 8, max_new_tokens: 128}
+  - {task: nq_open, limit: 12, max_new_tokens: 24}
 batch_size: 8
 analyses:
-  prompts: {gsm8k: 3, nq_open: 1}        # analysed prompt set: this many of each (seeded)
+  prompts: {gsm8k: 2, nq_open: 1}        # analysed prompt set: this many of each (seeded)
   scope: variant                         # variant: the sublayers each variant prunes | all: every layer
   positions: generated                   # tokens analysed in transitions: generated | prompt | all
   transitions: {temperatures: [1.0]}
-  trajectories: {max_new_tokens: 32}
-  subspace: {task: arc_easy, limit: 40}
-case_study: {gsm8k: 2, nq_open: 2, max_new_tokens: 128}
+  trajectories: {max_new_tokens: 24}
+  subspace: {task: arc_easy, limit: 24}
+case_study: {gsm8k: 2, nq_open: 2, max_new_tokens: 96}
 """
 
 TASK_FIELDS = {"task", "limit", "max_new_tokens", "num_fewshot"}
