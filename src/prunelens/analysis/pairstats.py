@@ -7,29 +7,31 @@ one residual stream point, for a chunk of tokens) takes part in up to two pairs 
 after attention at layer ``l`` is the *dense* side of the attention transition and the *pruned* side
 of the MLP transition. Everything that depends on one state only (top-k, norms, ``p = softmax(z/T)``,
 the Theorem-2 weights ``r ∝ p²``, log-partition) is computed once per state (:class:`LogitState`), and
-each pair then needs a handful of passes over the vocabulary (:func:`pair_stats`), about 6× fewer
-than the reference — the difference between the analysis costing a multiple of its matrix products
-and costing about as much as them (``benchmarks/bench_analysis.py``).
+each pair then needs about twenty passes over the vocabulary (:func:`pair_stats`), in place where
+possible. Measured on SmolLM2-135M (``benchmarks/bench_analysis.py``, one CPU thread): a transitions
+run costs 1.8× its unavoidable matrix products with this module and 6.7× with the reference.
 
-How the pair quantities are obtained (``Δz = z' − z``, ``Δz_c = Δz − mean(Δz)``, ``x = Δz/T``):
+How the pair quantities are obtained (``Δz = z' − z``, ``α = ⟨Δz, z⟩/‖z‖²``):
 
-* logit geometry from ``⟨z, Δz⟩``, ``‖Δz‖²``, ``‖z‖²``, ``‖z'‖²``: ``α = ⟨Δz, z⟩/‖z‖²`` and
-  ``‖Δz_⊥‖² = ‖Δz‖² − α⟨Δz, z⟩``; the centred cosine the same way from ``z_c`` and ``Δz_c``;
-* ``1 − cos(p, p')`` from ``Δp = p' − p`` exactly as the reference (``sin²θ/(1 + cos θ)``);
+* logit geometry from ``⟨z, Δz⟩``, ``‖z‖²``, ``‖z'‖²`` and the explicit ``Δz_⊥ = Δz − αz``
+  (``‖Δz‖² = ‖Δz_⊥‖² + α⟨Δz, z⟩``); the centred cosine the same way from ``z_c = z − mean(z)`` and
+  ``Δz_c = Δz − mean(Δz)``, with ``Δz_c⊥`` explicit too;
+* ``1 − cos(p, p')`` from ``Δp = p' − p`` and its explicit part orthogonal to ``p``
+  (``sin²θ/(1 + cos θ)``, as the reference);
 * ``KL(p‖p') = log Z' − log Z − E_p[Δz]/T`` and ``KL(p'‖p) = E_{p'}[Δz]/T − (log Z' − log Z)``,
-  with the log-partitions ``log Z = max(z)/T + log Σ exp((z − max z)/T)`` held in float64;
-* variances of ``Δz`` under ``p``, ``r`` and uniform weights from the first two moments of the
-  uniformly centred ``Δz_c`` (the centring removes a shared logit offset, which would otherwise
-  cancel catastrophically in ``E[Δz²] − E[Δz]²``);
-* the Theorem-2 split by the identities ``var_r_par = α² Var_r(z)``,
-  ``var_r_cross = 2α (Cov_r(z, Δz) − α Var_r(z))`` and ``var_r_perp = var_r − var_r_par − var_r_cross``;
-* ranks of the dense top-k tokens in ``z'`` from the pruned state's top-K (exact: a token above the
-  K-th value has all larger tokens inside the top-K), counting over the vocabulary only for tokens
-  that fell out of it.
+  with the log-partitions ``log Z = max(z)/T + log Σ exp((z − max z)/T)`` summed and held in float64;
+* variances of ``Δz`` under ``p`` and ``r`` from the first two moments of ``Δz − Δz[i*]``, ``i*`` the
+  dense top-1 token (the mode of both weightings): neither a shared logit offset nor a distribution
+  concentrated on one token makes ``E[x²] − E[x]²`` cancel; ``var_uniform = ‖Δz_c‖²/V``;
+* the Theorem-2 split ``var_r_par = α² Var_r(z)``, ``var_r_cross = 2α⟨r(z − E_r z), Δz_⊥⟩`` and
+  ``var_r_perp = Var_r(Δz_⊥)`` (explicit, so the three add up to ``var_r`` to rounding);
+* ranks of the dense top-k tokens in ``z'`` from the pruned state's cached top-K (exact: a token at
+  or above the K-th value has every larger token inside the top-K); tokens that fell out of it are
+  counted over the vocabulary.
 
-Precision: float32 like the reference, but the KL divergences are differences of O(|Δz|) terms, so
-their absolute error is about 1e-7 (the reference reaches ~1e-12 with its term-wise form); use
-``exact=True`` in the analyses (which calls the reference) when KLs below ~1e-5 matter.
+Precision: float32 like the reference, except that the KL divergences are differences of
+``O(|Δz|)`` terms: their absolute error is ~1e-8·(1 + |Δz|) (the reference's term-wise form reaches
+~1e-12). Use ``exact=True`` in the analyses (the reference metrics) when KLs below ~1e-6 matter.
 ``tests/test_analysis_pairstats.py`` checks every key against the reference.
 """
 
@@ -42,9 +44,15 @@ from torch import Tensor
 
 from prunelens.analysis import metrics as M
 
-__all__ = ["LogitState", "pair_stats", "logit_stats", "z_keys", "p_keys", "DEFAULT_KS"]
+__all__ = ["LogitState", "pair_stats", "logit_stats", "z_keys", "p_keys", "default_k", "DEFAULT_KS"]
 
 DEFAULT_KS: tuple[int, ...] = (5, 10)
+
+
+def default_k(ks: Sequence[int] = DEFAULT_KS, V: int | None = None) -> int:
+    """Top-K cached per state: at least 64 and twice the largest k (ranks beyond it cost vocabulary passes)."""
+    K = max(64, 2 * max(ks, default=1))
+    return K if V is None else min(K, V)
 
 
 def z_keys(ks: Sequence[int] = DEFAULT_KS) -> list[str]:
@@ -109,8 +117,13 @@ _POOL = _Pool()
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """Row-wise ``⟨a, b⟩`` (last dim) through a reused buffer; ~3× faster than ``linalg.vecdot`` on CPU."""
+    """Row-wise ``⟨a, b⟩`` (last dim) through a reused buffer (a fresh temporary costs page faults on CPU)."""
     return torch.mul(a, b, out=_SCRATCH.get("dot", a)).sum(-1)
+
+
+def _sq(a: Tensor) -> Tensor:
+    """Row-wise ``‖a‖²``: one read pass (a norm reduction), no product written."""
+    return torch.linalg.vector_norm(a, dim=-1).square()
 
 
 def _nz(d: Tensor) -> Tensor:
@@ -132,9 +145,9 @@ class _TState:
         self.lse = s.zmax.double() / T + S.log()  # log Σ exp(z/T), float64
         p = e.div_(S.to(e.dtype).unsqueeze(-1))
         self.p = p
-        self.np2 = _dot(p, p)
+        self.np2 = _sq(p)
         r = torch.mul(p, p, out=_POOL.take(z))
-        r.div_(_nz(r.sum(-1)).unsqueeze(-1))  # r = p² / Σp² (the order-2 escort, Theorem 2)
+        r.div_(_nz(self.np2).unsqueeze(-1))  # r = p² / Σp² (the order-2 escort, Theorem 2)
         self.r = r
         zr = torch.sub(z, _dot(r, z).unsqueeze(-1), out=_SCRATCH.get("zr", z))
         self.rzc = torch.mul(r, zr, out=_POOL.take(z))  # r ⊙ (z − E_r z): Cov_r(z, ·) = ⟨rzc, ·⟩
@@ -152,6 +165,7 @@ class LogitState:
     """
 
     def __init__(self, z: Tensor, K: int = 16):
+        z = z.detach()
         if z.dtype not in (torch.float32, torch.float64):
             z = z.float()
         self.z = z
@@ -162,8 +176,8 @@ class LogitState:
         self.zmax = self.top_vals[..., 0]
         self.mean = z.sum(-1) / V
         self.zc = torch.sub(z, self.mean.unsqueeze(-1), out=_POOL.take(z))
-        self.nz2 = _dot(z, z)
-        self.nzc2 = _dot(self.zc, self.zc)
+        self.nz2 = _sq(z)
+        self.nzc2 = _sq(self.zc)
         self._by_t: dict[float, _TState] = {}
 
     def at(self, T: float) -> _TState:
@@ -186,7 +200,7 @@ class LogitState:
 
 
 def _geometry(nx2: Tensor, ny2: Tensor, xd: Tensor, nd2: Tensor, perp2: Tensor) -> dict[str, Tensor]:
-    """Cosine and 1 − cos of ``y = x + d`` from ``‖x‖², ‖y‖², ⟨x, d⟩, ‖d‖², ‖d_⊥‖²`` (as metrics._geometry)."""
+    """cos and 1 − cos of ``y = x + d`` from ``‖x‖², ‖y‖², ⟨x, d⟩, ‖d‖², ‖d_⊥‖²`` (as metrics._geometry)."""
     zero = (nx2 == 0) | (ny2 == 0)
     nx = nx2.sqrt()
     alpha = xd / _nz(nx2)
@@ -201,9 +215,10 @@ def _ranks_outside(y: Tensor, vals: Tensor, need: Tensor) -> Tensor:
     """Exact ``#{j : y_j > v}`` for every entry of the rows of ``vals`` that have an entry flagged in ``need``."""
     out = torch.zeros(vals.shape, dtype=torch.long, device=vals.device)
     rows = need.any(-1).nonzero().flatten()
-    for i in range(0, len(rows), 8):  # bounded memory: 8 rows × V × k booleans at a time
-        sel = rows[i : i + 8]
-        out[sel] = (y[sel].unsqueeze(-1) > vals[sel].unsqueeze(-2)).sum(-2)
+    if len(rows):
+        ys, vs = y[rows], vals[rows]
+        for j in range(vals.shape[-1]):  # one comparison pass per rank (k passes over the selected rows)
+            out[rows, j] = (ys > vs[:, j : j + 1]).sum(-1)
     return out
 
 
@@ -227,16 +242,41 @@ def pair_stats(dense: LogitState, pruned: LogitState, T: float = 1.0, ks: Sequen
         M._check_k(k, V)
     out: dict[str, Tensor] = {}
     zd, ze = dense.z, pruned.z
-    dz = torch.sub(ze, zd, out=_SCRATCH.get("dz", zd))
-    mdz = dz.sum(-1) / V
-    zdz = _dot(zd, dz)
-    alpha = zdz / _nz(dense.nz2)
-    # Δz_⊥ = Δz − αz, explicit (the algebraic ‖Δz‖² − α⟨Δz, z⟩ cancels when Δz is nearly parallel to z)
-    perp = torch.addcmul(dz, zd, alpha.unsqueeze(-1), value=-1.0, out=_SCRATCH.get("perp", zd))
-    nperp2 = _dot(perp, perp)
-    g = _geometry(dense.nz2, pruned.nz2, zdz, nperp2 + alpha * zdz, perp2=nperp2)
-    top1 = dense.top_idx[..., :1]
+    A = torch.sub(ze, zd, out=_SCRATCH.get("A", zd))  # Δz
+    B = _SCRATCH.get("B", zd)
     tmp = _SCRATCH.get("tmp", zd)
+    mdz = A.sum(-1) / V
+    zdz = _dot(zd, A)
+    alpha = zdz / _nz(dense.nz2)
+    top1 = dense.top_idx[..., :1]
+    ref = A.gather(-1, top1)  # Δz at the dense top-1 token
+    var_top = {}
+    if want_p:
+        for k in ks:  # Var of Δz under p restricted to the dense top-k tokens
+            d = A.gather(-1, dense.top_idx[..., :k])
+            wk = torch.softmax(dense.top_vals[..., :k] / T, -1)
+            m = (wk * d).sum(-1, keepdim=True)
+            var_top[f"var_top{k}"] = (wk * (d - m) ** 2).sum(-1)
+    # centred logits: x = z_c, Δ = Δz_c = Δz − mean(Δz); its part orthogonal to z_c, explicit
+    zcdz = _dot(dense.zc, A)
+    ac = zcdz / _nz(dense.nzc2)
+    perpc = torch.sub(A, mdz.unsqueeze(-1), out=B).addcmul_(dense.zc, ac.unsqueeze(-1), value=-1.0)
+    nperpc2 = _sq(perpc)
+    ndzc2 = nperpc2 + ac * zcdz  # ‖Δz_c‖² = ‖Δz_c⊥‖² + α_c²‖z_c‖²: a sum of squares, no cancellation
+    if want_p:
+        td, te = dense.at(T), pruned.at(T)
+        # moments of Δz around its value at the dense top-1 token (the mode of p and of r): no
+        # cancellation from a shared offset, nor from a distribution concentrated on one token
+        u = torch.sub(A, ref, out=B)
+        ep1 = torch.mul(td.p, u, out=tmp).sum(-1)
+        ep2 = tmp.mul_(u).sum(-1)
+        er1 = torch.mul(td.r, u, out=tmp).sum(-1)
+        er2 = tmp.mul_(u).sum(-1)
+        eq1 = _dot(te.p, u)
+    # Δz_⊥ = Δz − αz, explicit (‖Δz‖² − α⟨Δz, z⟩ would cancel when Δz is nearly parallel to z)
+    perp = A.addcmul_(zd, alpha.unsqueeze(-1), value=-1.0)
+    nperp2 = _sq(perp)
+    g = _geometry(dense.nz2, pruned.nz2, zdz, nperp2 + alpha * zdz, perp2=nperp2)
     if want_z:
         nx_safe = _nz(g["nx"])
         perp_n = nperp2.sqrt()
@@ -247,12 +287,7 @@ def pair_stats(dense: LogitState, pruned: LogitState, T: float = 1.0, ks: Sequen
             "rel_par": par_n / nx_safe, "rel_perp": perp_n / nx_safe, "par_perp_ratio": par_n / perp_n,
             "alpha": alpha, "theorem1": theorem1, "theorem1_ratio": theorem1 / g["omc"],
         })
-        # centred logits: x = z_c, Δ = Δz_c = Δz − mean(Δz); its orthogonal part explicit as above
-        zcdz = _dot(dense.zc, dz)
-        ac = zcdz / _nz(dense.nzc2)
-        perpc = torch.sub(dz, mdz.unsqueeze(-1), out=tmp).addcmul_(dense.zc, ac.unsqueeze(-1), value=-1.0)
-        nperpc2 = _dot(perpc, perpc)
-        gc = _geometry(dense.nzc2, pruned.nzc2, zcdz, nperpc2 + ac * zcdz, perp2=nperpc2)
+        gc = _geometry(dense.nzc2, pruned.nzc2, zcdz, ndzc2, perp2=nperpc2)
         out["centered_cos"], out["centered_one_minus_cos"] = gc["cos"], gc["omc"]
         out["top1_match"] = (dense.top_idx[..., 0] == pruned.top_idx[..., 0]).to(zd.dtype)
         if ks:
@@ -271,30 +306,21 @@ def pair_stats(dense: LogitState, pruned: LogitState, T: float = 1.0, ks: Sequen
                 out[f"top{k}_overlap"] = hit.to(zd.dtype).mean(-1)
                 out[f"top{k}_rank_shift"] = shift[..., :k].mean(-1)
     if want_p:
-        td, te = dense.at(T), pruned.at(T)
-        # moments of Δz around its value at the dense top-1 token (the mode of p and of r): no
-        # cancellation from a shared offset, nor from a distribution concentrated on one token
-        ref = dz.gather(-1, top1)
-        u = torch.sub(dz, ref, out=_SCRATCH.get("u", zd))
-        ep1 = torch.mul(td.p, u, out=tmp).sum(-1)
-        ep2 = tmp.mul_(u).sum(-1)
-        er1 = torch.mul(td.r, u, out=tmp).sum(-1)
-        er2 = tmp.mul_(u).sum(-1)
-        eq1 = _dot(te.p, u)
         var_r = (er2 - er1 * er1).clamp_min(0.0)
         var_p = (ep2 - ep1 * ep1).clamp_min(0.0)
-        # Theorem-2 split: Var_r(Δz_∥) = α² Var_r(z), 2·Cov_r(Δz_∥, Δz_⊥) = 2α⟨r(z − E_r z), Δz_⊥⟩, Var_r(Δz_⊥)
+        # Theorem-2 split: Var_r(Δz_∥) = α² Var_r(z); 2·Cov_r(Δz_∥, Δz_⊥) = 2α⟨r(z − E_r z), Δz_⊥⟩;
+        # Var_r(Δz_⊥) from Δz_⊥ itself (centred at its top-1 value, as above)
         w = perp.sub_(perp.gather(-1, top1))
         cross = 2.0 * alpha * _dot(td.rzc, w)
         vr1 = torch.mul(td.r, w, out=tmp).sum(-1)
         vr2 = tmp.mul_(w).sum(-1)
         var_r_perp = (vr2 - vr1 * vr1).clamp_min(0.0)
         # probability space: Δp and its part orthogonal to p, explicit
-        dp = torch.sub(te.p, td.p, out=u)
+        dp = torch.sub(te.p, td.p, out=B)
         pdp = _dot(td.p, dp)
         ap = pdp / _nz(td.np2)
         perp_p = dp.addcmul_(td.p, ap.unsqueeze(-1), value=-1.0)
-        nperp_p2 = _dot(perp_p, perp_p)
+        nperp_p2 = _sq(perp_p)
         gp = _geometry(td.np2, te.np2, pdp, nperp_p2 + ap * pdp, perp2=nperp_p2)
         out["prob_cos"], out["prob_one_minus_cos"] = gp["cos"], gp["omc"]
         # KL(p‖p') = log Z' − log Z − E_p[Δz]/T ; KL(p'‖p) = E_p'[Δz]/T − (log Z' − log Z)
@@ -311,13 +337,8 @@ def pair_stats(dense: LogitState, pruned: LogitState, T: float = 1.0, ks: Sequen
         out["theorem3"] = var_p / (2.0 * T * T)
         out["theorem3_ratio"] = out["theorem3"] / out["kl"]
         out["var_p"] = var_p
-        dzc = torch.sub(dz, mdz.unsqueeze(-1), out=tmp)
-        out["var_uniform"] = _dot(dzc, dzc) / V
-        for k in ks:
-            d = dz.gather(-1, dense.top_idx[..., :k])
-            wk = torch.softmax(dense.top_vals[..., :k] / T, -1)
-            m = (wk * d).sum(-1, keepdim=True)
-            out[f"var_top{k}"] = (wk * (d - m) ** 2).sum(-1)
+        out["var_uniform"] = ndzc2 / V
+        out.update(var_top)
     return out
 
 
@@ -331,7 +352,7 @@ def logit_stats(z: Tensor, z_pert: Tensor, T: float | Sequence[float] = 1.0, ks:
     if exact:
         res = {float(t): M.logit_space_stats(z, z_pert, t, ks) for t in temps}
     else:
-        K = max(16, 2 * max(ks, default=1))
+        K = default_k(ks)
         a, b = LogitState(z, K), LogitState(z_pert, K)
         res = {float(t): pair_stats(a, b, t, ks) for t in temps}
     return res[float(temps[0])] if isinstance(T, (int, float)) else res

@@ -26,7 +26,7 @@ import torch
 
 from prunelens.analysis import tables as TB
 from prunelens.analysis.pairstats import DEFAULT_KS
-from prunelens.analysis.tracing import peak_rss_bytes
+from prunelens.analysis.tracing import peak_rss_bytes, plan_counterfactuals
 from prunelens.analysis.trajectories import REGIMES, Sampler, decode, eos_ids_of, teacher_forced_hidden, trajectories
 from prunelens.analysis.transitions import Sequences, transitions
 from prunelens.models.adapter import Adapter, param_count
@@ -124,8 +124,8 @@ def headline_transitions(res) -> dict[str, Any]:
         sel = lambda s, m, T=None: res.select(s, m, T, in_variant=inv)  # noqa: E731
         d = {
             "n_sublayers": sum(1 for e in res.entries if inv is None or e[3] == inv),
-            "median_cos": {"h": _s(sel("h", "cos")), "z": _s(sel("z", "cos")), "z_centered": _s(sel("z", "centered_cos")),
-                           "p": _s(sel("p", "cos", T0))},
+            "median_cos": {"h": _s(sel("h", "cos")), "z": _s(sel("z", "cos")),
+                           "z_centered": _s(sel("z", "centered_cos")), "p": _s(sel("p", "cos", T0))},
             "median_one_minus_cos": {"h": _s(sel("h", "one_minus_cos")), "z": _s(sel("z", "one_minus_cos")),
                                      "p": _s(sel("p", "one_minus_cos", T0))},
             "median_kl": _s(sel("p", "kl", T0)),
@@ -134,7 +134,7 @@ def headline_transitions(res) -> dict[str, Any]:
                                       "theorem1_z": _s(sel("z", "theorem1_ratio")),
                                       "theorem2": _s(sel("p", "theorem2_ratio", T0)),
                                       "theorem3": _s(sel("p", "theorem3_ratio", T0))},
-            "top1_agreement": _s(sel("z", "top1_match")),
+            "top1_agreement": _mean(sel("z", "top1_match")),
         }
         for kind in ("attn", "mlp"):
             ent = [e for e in res.entries if e[1] == kind and (inv is None or e[3] == inv)]
@@ -170,8 +170,8 @@ def headline_trajectories(res) -> dict[str, Any]:
         div = res.divergence.get(regime, [])
         out[regime] = {
             "steps": int(sum(len(a) for a in kl_steps)),
-            "median_cos": {"h": _s(cat("h", "cos")), "z": _s(cat("z", "cos")), "z_centered": _s(cat("z", "centered_cos")),
-                           "p": _s(cat("p", "cos", T0))},
+            "median_cos": {"h": _s(cat("h", "cos")), "z": _s(cat("z", "cos")),
+                           "z_centered": _s(cat("z", "centered_cos")), "p": _s(cat("p", "cos", T0))},
             "median_kl": _s(cat("p", "kl", T0)),
             "mean_kl": _mean(cat("p", "kl", T0)),
             "q90_kl": _s(cat("p", "kl", T0), 0.9),
@@ -211,22 +211,30 @@ def headline(summary: dict[str, Any]) -> list[dict[str, Any]]:
     for name, v in summary.get("variants", {}).items():
         t = v.get("transitions", {})
         tv = t.get("variant_sublayers") or t.get("all_sublayers") or {}
-        row = {"variant": name}
+        row: dict[str, Any] = {"variant": name}
         if tv:
-            row.update({"cos h": tv["median_cos"]["h"], "cos z": tv["median_cos"]["z"], "cos p": tv["median_cos"]["p"],
-                        "KL": tv["median_kl"], "T1 est/real (h)": tv["median_estimate_ratio"]["theorem1_h"],
-                        "T2 est/real": tv["median_estimate_ratio"]["theorem2"],
-                        "T3 est/real": tv["median_estimate_ratio"]["theorem3"]})
+            row.update({"cos h": tv["median_cos"]["h"], "cos z": tv["median_cos"]["z"],
+                        "cos z (centred)": tv["median_cos"]["z_centered"], "cos p": tv["median_cos"]["p"],
+                        "KL(p‖p')": tv["median_kl"],
+                        "Thm 1 est/real (h)": tv["median_estimate_ratio"]["theorem1_h"],
+                        "Thm 1 est/real (z)": tv["median_estimate_ratio"]["theorem1_z"],
+                        "Thm 2 est/real": tv["median_estimate_ratio"]["theorem2"],
+                        "Thm 3 est/real": tv["median_estimate_ratio"]["theorem3"]})
         tr = v.get("trajectories", {})
         for regime, short in (("teacher_forced", "TF"), ("free_running", "FR")):
             if regime in tr:
-                row[f"{short} cos p"] = tr[regime]["median_cos"]["p"]
-                row[f"{short} KL"] = tr[regime]["median_kl"]
+                row[f"{short} cos h / z / p"] = " / ".join(
+                    "—" if tr[regime]["median_cos"][s] is None else f"{tr[regime]['median_cos'][s]:.4f}"
+                    for s in ("h", "z", "p"))
+                row[f"{short} KL median / q90"] = " / ".join(
+                    "—" if x is None else f"{x:.3g}" for x in (tr[regime]["median_kl"], tr[regime]["q90_kl"]))
         if "free_running" in tr:
-            row["first divergence"] = tr["free_running"]["first_divergence_steps"]
+            row["first divergence step"] = tr["free_running"]["first_divergence_steps"]
         sub = v.get("subspace")
         if sub:
-            row["MC changed"] = sub["chosen_option_changed"]
+            row["MC option changed"] = sub["chosen_option_changed"]
+            row["MC KL full / options"] = " / ".join(
+                "—" if x is None else f"{x:.3g}" for x in (sub["median_kl"]["full"], sub["median_kl"]["options"]))
         rows.append(row)
     return rows
 
@@ -266,14 +274,24 @@ def run_analysis(model, tokenizer, variants, prompts: list[tuple[str, str]], con
     summary_variants: dict[str, Any] = {}
     memory: dict[str, Any] = {}
     dense_tf = None
+    measured: dict[tuple, Any] = {}  # counterfactual plan -> TransitionsResult (drop plans share drop-each)
     for v in variants:
         vs: dict[str, Any] = {"description": v.describe()}
         if "transitions" in config.analyses:
             t0 = time.perf_counter()
-            res = transitions(model, seqs, v, temperatures=config.temperatures, scope=config.scope,
-                              layers=config.layers, final_norm=config.final_norm, batch_size=config.batch_size,
-                              chunk_tokens=config.chunk_tokens, ks=config.ks, exact=config.exact,
-                              positions=config.positions, pad_id=pad_id, desc=f"transitions ({v.name})")
+            cf_plan, _ = plan_counterfactuals(adapter, v, scope=config.scope, layers=config.layers)
+            signature = tuple(sorted((key, cf.kind, tuple(sorted((n, id(t)) for d in (cf.params, cf.pre_norm,
+                                                                                   cf.post_norm) for n, t in d.items())))
+                                     for key, cf in cf_plan.items()))
+            if signature in measured:
+                res = measured[signature].relabel(v.name, {key: cf.in_variant for key, cf in cf_plan.items()})
+                log(f"{v.name}: transitions shared with an earlier variant (same counterfactuals)")
+            else:
+                res = transitions(model, seqs, v, temperatures=config.temperatures, scope=config.scope,
+                                  layers=config.layers, final_norm=config.final_norm, batch_size=config.batch_size,
+                                  chunk_tokens=config.chunk_tokens, ks=config.ks, exact=config.exact,
+                                  positions=config.positions, pad_id=pad_id, desc=f"transitions ({v.name})")
+                measured[signature] = res
             timings[f"transitions/{v.name}"] = time.perf_counter() - t0
             memory[f"trace_states_bytes/{v.name}"] = res.state_bytes
             frames.setdefault("transitions", []).append(res.frame())
@@ -283,7 +301,6 @@ def run_analysis(model, tokenizer, variants, prompts: list[tuple[str, str]], con
             vs["transitions"]["tokens"] = res.n_tokens
             log(f"{v.name}: transitions over {res.n_tokens} tokens × {len(res.entries)} sublayers "
                 f"in {timings[f'transitions/{v.name}']:.1f} s")
-            del res
         if "trajectories" in config.analyses:
             t0 = time.perf_counter()
             if dense_tf is None:
@@ -319,16 +336,19 @@ def run_analysis(model, tokenizer, variants, prompts: list[tuple[str, str]], con
             t, ["variant", "regime", "space", "metric", "temperature", "step"])
         tables["summary_trajectories"] = TB.summarize_frame(t, ["variant", "regime", "space", "metric", "temperature"])
     if "subspace" in tables and len(tables["subspace"]):
-        tables["summary_subspace"] = TB.summarize_frame(tables["subspace"], ["variant", "space", "metric", "temperature"])
+        tables["summary_subspace"] = TB.summarize_frame(tables["subspace"],
+                                                        ["variant", "space", "metric", "temperature"])
     memory["peak_rss_bytes"] = peak_rss_bytes()
     if torch.cuda.is_available():
         memory["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
     memory["override_bytes"] = {v.name: v.override_bytes for v in variants}
     memory["model_param_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     summary = {
-        "dense": dense_name, "variants": summary_variants, "timings_s": {**timings, "total": time.perf_counter() - t_start},
+        "dense": dense_name, "variants": summary_variants,
+        "timings_s": {**timings, "total": time.perf_counter() - t_start},
         "memory": memory, "notes": notes,
-        "dense_generations": ([{"prompt": labels[i], "text": tokenizer.decode(dense.tokens[i], skip_special_tokens=True)}
+        "dense_generations": ([{"prompt": labels[i],
+                                "text": tokenizer.decode(dense.tokens[i], skip_special_tokens=True)}
                                for i in range(len(labels))] if dense is not None else []),
     }
     config_json = {

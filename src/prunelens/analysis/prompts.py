@@ -49,7 +49,8 @@ def default_prompts(n_gsm8k: int = 8, seed: int = 0) -> tuple[list[tuple[str, st
     return out, notes
 
 
-def load_prompts(spec: str | None = None, *, limit: int | None = None, seed: int = 0) -> tuple[list[tuple[str, str]], list[str]]:
+def load_prompts(spec: str | None = None, *, limit: int | None = None,
+                 seed: int = 0) -> tuple[list[tuple[str, str]], list[str]]:
     """Resolve ``--prompts``: None (default set), a file, or a task name. Returns ``([(label, text)], notes)``."""
     from prunelens.data.tasks import TASKS, GenExample, MCExample, load_task
 

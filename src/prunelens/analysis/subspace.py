@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from prunelens.analysis import metrics as M
-from prunelens.analysis.pairstats import DEFAULT_KS, LogitState, p_keys
+from prunelens.analysis.pairstats import DEFAULT_KS, LogitState, default_k, p_keys
 from prunelens.analysis.tracing import _model_forward
 from prunelens.analysis.transitions import P_RENAME, _check_temps, stats_rows
 from prunelens.models.adapter import Adapter
@@ -173,7 +173,7 @@ def option_subspace(model, tokenizer, variant, examples, *, temperatures=(1.0,),
         arr[idx] = v.float().numpy()
 
     # full vocabulary: probability-space metrics (space p_full)
-    K = min(V, max(16, 2 * max(ks, default=1)))
+    K = default_k(ks, V)
     for c0 in range(0, N, 32):
         sl = slice(c0, min(N, c0 + 32))
         a, b = LogitState(z_d[sl], K), LogitState(z_p[sl], K)
@@ -185,7 +185,6 @@ def option_subspace(model, tokenizer, variant, examples, *, temperatures=(1.0,),
             if space == "p":
                 put(("p_full", metric, T), idx, v)
     # option subspace, per number of options
-    choices: list[dict] = []
     by_k: dict[int, list[int]] = {}
     for j, k in enumerate(n_opts):
         by_k.setdefault(k, []).append(j)
@@ -219,7 +218,7 @@ def option_subspace(model, tokenizer, variant, examples, *, temperatures=(1.0,),
     p_d = torch.softmax(z_d.double() / T0, -1)
     p_p = torch.softmax(z_p.double() / T0, -1)
     kk = min(top_k, V)
-    top_vals, top_idx = z_d.topk(kk, -1)
+    top_idx = z_d.topk(kk, -1).indices
     top_rows = []
     for j in range(N):
         ex = examples[j]

@@ -37,8 +37,8 @@ import pandas as pd
 
 from prunelens.utils.io import atomic_write_json
 
-__all__ = ["TABLE_COLUMNS", "STAT_COLUMNS", "transitions_frame", "trajectories_frames", "subspace_frames", "write_table", "write_tables", "summarize_frame",
-           "summarize_values", "write_json"]
+__all__ = ["TABLE_COLUMNS", "STAT_COLUMNS", "transitions_frame", "trajectories_frames", "subspace_frames",
+           "write_table", "write_tables", "summarize_frame", "summarize_values", "write_json", "concat"]
 
 TABLE_COLUMNS: dict[str, list[str]] = {
     "transitions": ["variant", "prompt", "position", "position_kind", "token_id", "layer", "sublayer",

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from prunelens.analysis import metrics as M
-from prunelens.analysis.pairstats import DEFAULT_KS, LogitState
+from prunelens.analysis.pairstats import DEFAULT_KS, LogitState, default_k
 from prunelens.analysis.tracing import _model_forward, position_ids
 from prunelens.analysis.transitions import H_METRICS, Sequences, _check_temps, logit_lens, stats_rows
 from prunelens.models.adapter import Adapter
@@ -188,7 +188,7 @@ def compare_steps(adapter: Adapter, h_dense: Tensor, h_pruned: Tensor, temps, *,
     if n == 0:
         return out
     V = adapter.unembed.weight.shape[0]
-    K = min(V, max(16, 2 * max(ks, default=1)))
+    K = default_k(ks, V)
     for c0 in range(0, n, chunk):
         hd, hp = h_dense[c0 : c0 + chunk], h_pruned[c0 : c0 + chunk]
         res: dict = {("h", m, None): v for m, v in M.perturbation_stats(hd, hp).items() if m in H_METRICS}
@@ -233,7 +233,8 @@ class TrajectoriesResult:
 def trajectories(model, variant, prompt_ids: list[list[int]], *, dense: Decoded | None = None,
                  max_new_tokens: int = 32, temperatures=(1.0,), sampler: Sampler = Sampler(), eos_ids=(),
                  pad_id: int = 0, batch_size: int = 8, ks=DEFAULT_KS, exact: bool = False,
-                 regimes=REGIMES, labels: list[str] | None = None, dense_hidden_tf: list[Tensor] | None = None) -> TrajectoriesResult:
+                 regimes=REGIMES, labels: list[str] | None = None,
+                 dense_hidden_tf: list[Tensor] | None = None) -> TrajectoriesResult:
     """Teacher-forced and free-running comparison of the dense model and ``variant`` along decoding.
 
     ``dense``: the dense model's own decoding of ``prompt_ids`` (computed if None, with the same sampler).

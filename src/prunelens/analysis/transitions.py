@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from prunelens.analysis import metrics as M
-from prunelens.analysis.pairstats import DEFAULT_KS, LogitState, p_keys, pair_stats, z_keys
+from prunelens.analysis.pairstats import DEFAULT_KS, LogitState, default_k, p_keys, pair_stats, z_keys
 from prunelens.analysis.tracing import plan_counterfactuals, trace
 from prunelens.models.adapter import Adapter
 from prunelens.utils.progress import progress_bar
@@ -116,6 +116,12 @@ class TransitionsResult:
 
         return transitions_frame(self)
 
+    def relabel(self, variant: str, in_variant: dict[tuple[int, str], bool]) -> "TransitionsResult":
+        """The same measurements under another variant name and ``in_variant`` flags (no copy of values)."""
+        entries = [(l, k, cf, in_variant.get((l, k), inv)) for l, k, cf, inv in self.entries]
+        return TransitionsResult(variant, self.tokens, entries, self.values, self.temperatures, self.final_norm,
+                                 list(self.notes), self.state_bytes, self.unembeddings)
+
     def select(self, space: str, metric: str, T: float | None = None, *, in_variant: bool | None = None,
                kind: str | None = None) -> np.ndarray:
         """Values of one metric, rows = entries (filtered), columns = tokens."""
@@ -128,7 +134,8 @@ class TransitionsResult:
 
 
 def stats_rows(dense: LogitState, pruned: LogitState, temps, ks, *, exact: bool = False,
-               z_dense: Tensor | None = None, z_pruned: Tensor | None = None) -> dict[tuple[str, str, float | None], Tensor]:
+               z_dense: Tensor | None = None,
+               z_pruned: Tensor | None = None) -> dict[tuple[str, str, float | None], Tensor]:
     """z- and p-space statistics of one pair for all temperatures, keyed ``(space, metric, T)``."""
     out: dict[tuple[str, str, float | None], Tensor] = {}
     zk, pk = z_keys(ks), p_keys(ks)
@@ -147,7 +154,8 @@ def stats_rows(dense: LogitState, pruned: LogitState, temps, ks, *, exact: bool 
 
 
 def _check_temps(temperatures) -> tuple[float, ...]:
-    temps = tuple(float(M._check_T(t)) for t in (temperatures if isinstance(temperatures, (list, tuple)) else [temperatures]))
+    seq = temperatures if isinstance(temperatures, (list, tuple)) else [temperatures]
+    temps = tuple(float(M._check_T(t)) for t in seq)
     if not temps:
         raise ValueError("at least one temperature is needed")
     return temps
@@ -157,13 +165,14 @@ def _check_temps(temperatures) -> tuple[float, ...]:
 def transitions(model, sequences: Sequences, variant=None, *, temperatures=(1.0,), scope: str = "all",
                 layers=None, final_norm: bool = True, batch_size: int = 4, chunk_tokens: int = 32,
                 ks=DEFAULT_KS, exact: bool = False, positions: str = "all", pad_id: int = 0,
-                desc: str = "transitions") -> TransitionsResult:
+                unembed_rows: int = 256, desc: str = "transitions") -> TransitionsResult:
     """Trace ``sequences`` through the dense model and measure every planned sublayer transition.
 
     ``variant``: a :class:`~prunelens.analysis.variants.Variant` (None: drop-each of the dense model);
     ``scope``: see :func:`~prunelens.analysis.tracing.plan_counterfactuals`; ``positions``: ``all``,
     ``prompt`` or ``generated`` tokens; ``chunk_tokens``: tokens per logit-lens chunk (memory ~
-    ``chunk_tokens × vocab × 4 B`` × a dozen buffers).
+    ``chunk_tokens × vocab × 4 B`` × a dozen buffers); ``unembed_rows``: rows per logit-lens matrix
+    product (several states of a chunk are projected together).
     """
     temps = _check_temps(temperatures)
     if positions not in ("all", "prompt", "generated"):
@@ -180,7 +189,7 @@ def transitions(model, sequences: Sequences, variant=None, *, temperatures=(1.0,
     V = adapter.unembed.weight.shape[0]
     for k in ks:
         M._check_k(k, V)
-    K = min(V, max(16, 2 * max(ks, default=1)))
+    K = default_k(ks, V)
 
     chunks_vals: dict[tuple, list[np.ndarray]] = {}
     tok_cols: dict[str, list[np.ndarray]] = {"prompt": [], "position": [], "position_kind": [], "token_id": []}
@@ -216,7 +225,6 @@ def transitions(model, sequences: Sequences, variant=None, *, temperatures=(1.0,
             tok_cols["position"].append(cols.cpu().numpy().astype(np.int32))
             tok_cols["position_kind"].append(np.where(cols.cpu().numpy() < plen.numpy(), "prompt", "generated"))
             tok_cols["token_id"].append(ids[rows, cols].cpu().numpy().astype(np.int32))
-            d = ids.shape[1]
             flat_states = {}
 
             def rows_of(t: Tensor, c0: int, c1: int) -> Tensor:
@@ -229,42 +237,54 @@ def transitions(model, sequences: Sequences, variant=None, *, temperatures=(1.0,
             n_tok = flat.numel()
             buf = {key: np.empty((len(entries), n_tok), dtype=np.float32)
                    for key in [("h", m, None) for m in H_METRICS]}
+            # distinct states in first-use order, and the last sublayer that needs each
+            state_order: list[Tensor] = []
+            last_use: dict[int, int] = {}
+            for si, st in enumerate(tr.sublayers):
+                for t in (st.dense, st.pruned):
+                    if id(t) not in last_use:
+                        state_order.append(t)
+                    last_use[id(t)] = si
+            group = max(1, unembed_rows // chunk_tokens)
             for c0 in range(0, n_tok, chunk_tokens):
                 c1 = min(n_tok, c0 + chunk_tokens)
                 cache: dict[int, LogitState] = {}
                 zraw: dict[int, Tensor] = {}
-                live_order: list[int] = []
-                for st in tr.sublayers:
+                nxt = 0
+                for si, st in enumerate(tr.sublayers):
                     j = index[(st.layer, st.kind)]
                     hd, hp = rows_of(st.dense, c0, c1), rows_of(st.pruned, c0, c1)
                     hs = M.perturbation_stats(hd, hp)
                     for m in H_METRICS:
                         buf[("h", m, None)][j, c0:c1] = hs[m].float().cpu().numpy()
-                    states = []
-                    for t, h in ((st.dense, hd), (st.pruned, hp)):
-                        key = id(t)
-                        if key not in cache:
-                            z = logit_lens(adapter, h, final_norm)
-                            n_unembed += 1
-                            cache[key] = LogitState(z, K)
-                            if exact:
-                                zraw[key] = z
-                            live_order.append(key)
-                        states.append(cache[key])
-                    res = stats_rows(states[0], states[1], temps, ks, exact=exact,
+                    for t in (st.dense, st.pruned):
+                        if id(t) not in cache:
+                            # unembed the next few states in one matrix product (small products are slow)
+                            todo = state_order[nxt : nxt + group]
+                            nxt += len(todo)
+                            H = torch.cat([rows_of(u, c0, c1) for u in todo])
+                            Z = logit_lens(adapter, H, final_norm)
+                            n_unembed += len(todo)
+                            c = c1 - c0
+                            for g, u in enumerate(todo):
+                                z = Z[g * c : (g + 1) * c]
+                                cache[id(u)] = LogitState(z, K)
+                                if exact:
+                                    zraw[id(u)] = z
+                    sd, sp = cache[id(st.dense)], cache[id(st.pruned)]
+                    res = stats_rows(sd, sp, temps, ks, exact=exact,
                                      z_dense=zraw.get(id(st.dense)), z_pruned=zraw.get(id(st.pruned)))
                     for key, v in res.items():
                         arr = buf.get(key)
                         if arr is None:
                             arr = buf[key] = np.empty((len(entries), n_tok), dtype=np.float32)
                         arr[j, c0:c1] = v.float().cpu().numpy()
-                    # states of earlier layers are not needed again: keep the two most recent
-                    while len(live_order) > 3:
-                        old = live_order.pop(0)
-                        cache.pop(old).release()
-                        zraw.pop(old, None)
-                for s in cache.values():
-                    s.release()
+                    for t in (st.dense, st.pruned):
+                        if last_use[id(t)] == si and id(t) in cache:
+                            cache.pop(id(t)).release()
+                            zraw.pop(id(t), None)
+                for s_ in cache.values():
+                    s_.release()
             # entries not traced in this batch cannot happen (same plan for every batch)
             for key, arr in buf.items():
                 chunks_vals.setdefault(key, []).append(arr)

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from prunelens.models.adapter import SUBLAYERS, Adapter, drop_sublayer, get_submodule, set_submodule, spec_for
-from prunelens.prune.plan import PLAN_FILE, PrunePlan
+from prunelens.prune.plan import PrunePlan
 
 __all__ = [
     "Variant",
@@ -214,10 +214,12 @@ def variant_from_plan(model: nn.Module, plan: PrunePlan, *, source: str = "plan"
     """A drop plan (or a magnitude plan, whose masks follow from the dense weights alone) on ``model``."""
     adapter = Adapter(model)
     if plan.family and plan.family != adapter.spec.family:
-        raise VariantMismatchError(f"the plan is for a {plan.family!r} model, the dense model is {adapter.spec.family!r}")
+        raise VariantMismatchError(
+            f"the plan is for a {plan.family!r} model, the dense model is {adapter.spec.family!r}")
     if plan.num_layers_before is not None and plan.num_layers_before != adapter.num_layers:
         raise VariantMismatchError(
-            f"the plan was made for a model with {plan.num_layers_before} layers; the dense model has {adapter.num_layers}")
+            f"the plan was made for a model with {plan.num_layers_before} layers; "
+            f"the dense model has {adapter.num_layers}")
     if plan.is_drop:
         v = Variant(plan.name, source, tuple(_plan_drops(plan)), {}, plan)
     elif plan.method == "magnitude":
