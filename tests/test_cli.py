@@ -102,3 +102,26 @@ def test_too_short_calibration_is_refused(model_dir, tmp_path):
                               str(tmp_path / "o"), "--calib", str(short), "--seqlen", "16"])
     assert res.exit_code == 2 and "found 5 tokens" in " ".join(res.output.split())
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_and_compare(model_dir, tmp_path):
+    from conftest import need_data
+
+    need_data("wikitext2_tokens/test.txt")
+    dense, pruned = tmp_path / "e-dense", tmp_path / "e-drop"
+    res = runner.invoke(app, ["eval", str(model_dir), "--tasks", "wikitext2,arc_easy", "--limit", "2",
+                              "--out", str(dense)])
+    assert res.exit_code == 0, res.output
+    drop_dir = tmp_path / "drop"
+    assert runner.invoke(app, ["prune", "drop", str(model_dir), "--target", "mlp", "--n", "2", "--out", str(drop_dir),
+                               *_common(model_dir)]).exit_code == 0
+    res = runner.invoke(app, ["eval", str(drop_dir), "--tasks", "wikitext2,arc_easy", "--limit", "2", "--out", str(pruned)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((pruned / "summary.json").read_text())
+    assert summary["model"]["name"] == "Drop-2M" and set(summary["results"]) == {"wikitext2", "arc_easy"}
+    assert len((pruned / "tasks" / "arc_easy.jsonl").read_text().splitlines()) == 2
+    res = runner.invoke(app, ["compare", str(dense), str(pruned), "--out", str(tmp_path / "table")])
+    assert res.exit_code == 0, res.output
+    assert "Drop-2M" in (tmp_path / "table.md").read_text()
+    res = runner.invoke(app, ["eval", str(model_dir), "--tasks", "nope", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "unknown task" in res.output
