@@ -50,3 +50,13 @@ def need_data(rel: str):
         if os.environ.get("CI"):
             pytest.fail(f"required data missing in CI: {exc}")
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``): on a
+    machine whose cores are shared, oversubscribed torch threads make small forward passes far slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

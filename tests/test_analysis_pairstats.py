@@ -11,13 +11,7 @@ from prunelens.analysis import metrics as M
 from prunelens.analysis.pairstats import LogitState, logit_stats, p_keys, pair_stats, z_keys
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the 2 CPU cores are shared, and oversubscribed threads make torch far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 V = 600
 

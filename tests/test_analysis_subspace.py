@@ -17,13 +17,7 @@ from prunelens.models.tiny import tiny_model
 from conftest import tiny_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the 2 CPU cores are shared, and oversubscribed threads make torch far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 LABELS = ("w10", "w11", "w12", "w13")
 

@@ -16,13 +16,7 @@ from prunelens.models.residual import record_blocks
 from prunelens.models.tiny import TINY_FAMILIES, tiny_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the 2 CPU cores are shared, and oversubscribed threads make torch far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ids(seed=0, B=2, S=9):

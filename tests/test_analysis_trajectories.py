@@ -14,13 +14,7 @@ from prunelens.analysis.variants import Variant
 from prunelens.models.tiny import tiny_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the 2 CPU cores are shared, and oversubscribed threads make torch far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
 

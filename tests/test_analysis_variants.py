@@ -20,13 +20,7 @@ from prunelens.prune.sparsify import sparsify
 from conftest import tiny_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the 2 CPU cores are shared, and oversubscribed threads make torch far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 IDS = torch.tensor([[5, 9, 33, 2, 71, 18, 4, 100]])
 

@@ -33,14 +33,7 @@ SIMPLE_TEMPLATE = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models decode step by step: one torch thread is as fast on a free machine, and many times
-    faster when other processes share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

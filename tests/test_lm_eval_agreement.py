@@ -46,14 +46,7 @@ from prunelens.evaluate.lm_eval_bridge import (  # noqa: E402
 NEAR_TIE = 1e-3  # |Δ log-prob| below which two choices count as tied (float noise may flip them)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine a second thread's spin-waiting made the 135M
-    model 5-6x slower (wall) in our measurements; restore the session's setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------------
