@@ -441,16 +441,10 @@ def test_assemblers_layout():
 
 
 def _data_file(*relative: str) -> Path:
-    roots = [Path(p) for p in os.environ.get("PRUNELENS_DATA", "").split(os.pathsep) if p]
-    repo = Path(__file__).resolve().parents[1]
-    roots += [repo / "data", repo.parent / "shared" / "data", Path("/work/shared/data")]
-    for root in roots:
-        if (root.joinpath(*relative)).is_file():
-            return root.joinpath(*relative)
-    msg = f"{'/'.join(relative)} not found under {[str(r) for r in roots]}"
-    if os.environ.get("CI"):
-        pytest.fail(msg)
-    pytest.skip(msg)
+    """A shared data file, found like every loader finds it (fails in CI, skips elsewhere when missing)."""
+    from conftest import need_data
+
+    return need_data("/".join(relative))
 
 
 def _records(path: Path) -> dict:

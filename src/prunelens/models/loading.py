@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prunelens.models.adapter import spec_for
 from prunelens.utils.io import atomic_output_dir
