@@ -283,3 +283,15 @@ class Timer:
 
 def stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def base_parser(doc: str):
+    """The options every benchmark shares: model, layers (llama7b), device, dtype."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2", help=MODEL_CHOICES_HELP)
+    ap.add_argument("--layers", type=int, default=None, help="number of blocks for --model llama7b")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    ap.add_argument("--dtype", default="float32")
+    return ap

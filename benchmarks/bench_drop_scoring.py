@@ -27,12 +27,7 @@ import _bench_common as C  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2", help=C.MODEL_CHOICES_HELP)
-    ap.add_argument("--layers", type=int, default=None, help="number of blocks for --model llama7b")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    ap.add_argument("--dtype", default="float32")
+    ap = C.base_parser(__doc__)
     ap.add_argument("--nsamples", type=int, default=16)
     ap.add_argument("--seqlen", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)

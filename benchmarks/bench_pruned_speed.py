@@ -176,12 +176,7 @@ def run_child(job: dict) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2", help=C.MODEL_CHOICES_HELP)
-    ap.add_argument("--layers", type=int, default=None, help="number of blocks for --model llama7b")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    ap.add_argument("--dtype", default="float32")
+    ap = C.base_parser(__doc__)
     ap.add_argument("--variants", default=DEFAULT_VARIANTS)
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--prompt-len", type=int, default=128)

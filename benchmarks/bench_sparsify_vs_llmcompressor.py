@@ -175,12 +175,7 @@ def spawn(python: str, job: dict, workdir: Path, log) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2", help=C.MODEL_CHOICES_HELP)
-    ap.add_argument("--layers", type=int, default=None, help="number of blocks for --model llama7b")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    ap.add_argument("--dtype", default="float32")
+    ap = C.base_parser(__doc__)
     ap.add_argument("--nsamples", type=int, default=16, help="calibration windows (the issue's figures: 32)")
     ap.add_argument("--seqlen", type=int, default=256, help="tokens per calibration window (the issue's: 512)")
     ap.add_argument("--seed", type=int, default=0)
