@@ -17,9 +17,7 @@ Also: ``--device cuda``, ``--model llama7b [--layers N]`` (random 7B-shaped weig
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
