@@ -58,7 +58,12 @@ def _w(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=1) if not isinstance(data, str) else data)
 
 
-def make_study(root: Path) -> Path:
+ROUGE = {"Drop-2A": 0.8, "Drop-2M": 0.3, "Drop-4M": 0.1, "Wanda-50%": 0.5}
+
+
+def make_study(root: Path, dense_generates: bool = True) -> Path:
+    """``dense_generates=False``: every generative score is 0 (as for the 135M embedded model), so the report
+    must fall back to fidelity (ROUGE-L against the dense outputs) for its generative axis."""
     config = {"model": "smollm2-135m", "dtype": "float32", "device": "cpu", "seed": 7,
               "calibration": {"source": "c4", "nsamples": 32, "seqlen": 256}, "variants": SPECS,
               "tasks": [{"task": t, "limit": 10, "max_new_tokens": 64 if k == "gen" else None, "num_fewshot": 0}
@@ -74,6 +79,7 @@ def make_study(root: Path) -> Path:
         _w(root / "variants" / name / "info.json", {"name": name, "parameters": PARAMS[name], "plan": plan})
         results = {}
         for (task, (kind, metric)), s in zip(TASKS.items(), scores):
+            s = s if dense_generates or kind != "gen" else 0.0
             results[task] = {"kind": kind, "main_metric": metric, "score": s, "metrics": {metric: s}, "n": 10,
                              "seconds": 1.0}
             _w(root / "eval" / name / "tasks" / f"{task}.jsonl",
@@ -81,7 +87,8 @@ def make_study(root: Path) -> Path:
         _w(root / "eval" / name / "summary.json",
            {"model": {"name": f"/some/path/{name}", "parameters": PARAMS[name]}, "results": results})
     _w(root / "eval" / "fidelity.json",
-       {v: {t: {"exact_match": em, "prefix_tokens": 5.0, "rouge_l": 0.5, "repeat_ngram_rate": 0.1, "distinct_2": 0.8}
+       {v: {t: {"exact_match": em, "prefix_tokens": 5.0, "rouge_l": ROUGE[v], "repeat_ngram_rate": 0.1,
+                "distinct_2": 0.8}
             for t in ("gsm8k", "nq_open")} for v, em in EXACT.items()})
     short = lambda kl: {"transitions": {"median_cos": {"h": 0.99, "z": 0.97, "p": 0.8}, "median_kl": kl,  # noqa: E731
                                         "ratio_theorem2": 1.1, "ratio_theorem3": 0.95},
@@ -253,6 +260,48 @@ def test_answer_warns_when_the_dense_generative_score_is_tiny():
     assert "Caution: the dense model's generative score (0.010)" in G.answer_for_model("tiny", facts)
 
 
+def test_generative_axis_prefers_scores_then_fidelity():
+    facts = _facts()
+    for f in facts:
+        f.dense_gen = 0.3
+    ax = G.generative_axis(facts)
+    assert ax.kind == "score" and ax.value(facts[1]) == 0.7 and ax.value(facts[0]) == 1.0
+    for f in facts:  # the dense model answers (almost) nothing: a retained fraction means nothing ...
+        f.dense_gen = 0.01
+    assert G.generative_axis(facts).kind == "none"
+    facts[1].rouge_l, facts[2].rouge_l = 0.4, 0.05  # ... but fidelity to the dense outputs was measured
+    ax = G.generative_axis(facts)
+    assert ax.kind == "fidelity" and ax.value(facts[1]) == 0.4 and ax.value(facts[0]) == 1.0
+    assert "0.010" in ax.reason and "ROUGE-L" in ax.label
+    facts[1].rouge_l = float("nan")
+    assert ax.value(facts[1]) is None
+
+
+def test_answer_uses_fidelity_when_the_dense_model_cannot_answer():
+    facts = _facts(**{"Drop-8A": {"rouge_l": 0.41}, "Drop-8M": {"rouge_l": 0.08}})
+    for f in facts:
+        f.dense_gen = 0.0
+    text = G.answer_for_model("tiny", facts)
+    assert "attention drops (Drop-8A) keep 99% of the dense model's non-generative score and reach a ROUGE-L of 0.41" in text
+    assert "judged instead by the fidelity to the dense generations" in text
+    assert "dropping attention is gentler on generation than dropping as many MLPs (Drop-8A ROUGE-L 0.41 vs Drop-8M ROUGE-L 0.08)" in text
+    assert "70%" not in text  # the meaningless retained generative fraction is not quoted
+
+
+def test_report_falls_back_to_fidelity(tmp_path):
+    root = make_study(tmp_path / "study", dense_generates=False)
+    text = build_report(root).read_text()
+    g = json.loads((root / "report" / "guidance.json").read_text())
+    assert g["generative_measure"]["kind"] == "fidelity"
+    # predictor vs 1 − ROUGE-L: predictor order 2A < Wanda < 2M < 4M, ROUGE-L order 0.8 > 0.5 > 0.3 > 0.1
+    assert g["predictor_spearman"] == {"rho": pytest.approx(1.0), "variants": 4}
+    assert "degradation (1 − ROUGE-L against the dense generations) across 4 variants is 1.00" in text
+    assert "Generation is measured as fidelity to the dense outputs because the dense model" in text
+    assert "Drop-4M&#x27;s generations reach a ROUGE-L of 0.10 against the dense ones" in text
+    assert len(re.findall(r"<img [^>]*>", text)) == 4  # the summary and predictor figures are both drawn
+    assert (root / "report" / "figures" / "predictor.png").stat().st_size > 1000
+
+
 def test_answer_without_results():
     assert "nothing to answer" in G.answer_for_model("m", [VariantFacts("Full", group="dense")])
 
@@ -320,8 +369,9 @@ def test_report_content_from_data(built):
     assert "On smollm2-135m, attention drops (Drop-2A) keep 98% of the non-generative and 98% of the generative" in text
     assert "MLP drops hurt multiple choice too" in text
     # captions written from the data
-    assert "Drop-4M keeps 3% of the generative score (77% of the non-generative) and its median probability-space KL is 0.9" in text
-    assert "Spearman correlation between predictor and degradation across 4 variants is 1.00" in text
+    assert ("Drop-4M keeps 3% of the generative score (77% of the non-generative score kept) and its median "
+            "probability-space KL is 0.9") in text
+    assert "Spearman correlation between predictor and degradation (1 − retained generative score) across 4 variants is 1.00" in text
     assert "its median ratio to the measured KL is 0.91" in text  # predictor / measured KL = 1 / 1.1
     assert "Drop-2A: Cosine in hidden, logit and probability space and KL per layer" in text
     assert "first greedy divergence at step 3" in text

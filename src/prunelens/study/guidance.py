@@ -28,7 +28,7 @@ __all__ = [
     "SAFE_RETAINED", "CARE_RETAINED", "FIDELITY_CARE_EXACT_MATCH", "FIDELITY_UNSAFE_EXACT_MATCH", "MIN_DENSE_SCORE",
     "GAP_MARGIN", "SAFE", "CARE", "UNSAFE", "NOT_MEASURED", "VariantFacts", "Verdict", "VariantGuidance",
     "score_verdict", "non_generative_verdict", "generative_verdict", "guidance", "rule_text", "answer_for_model",
-    "pct", "GROUP_LABELS",
+    "pct", "GROUP_LABELS", "GenerativeAxis", "generative_axis",
 ]
 
 #: retained fraction of the dense score at or above which a variant is "safe"
@@ -85,6 +85,48 @@ class VariantFacts:
             if _ok(v):
                 return v
         return None
+
+
+@dataclass(frozen=True)
+class GenerativeAxis:
+    """How a study measures "what generation keeps", one choice for all variants.
+
+    ``score``: the retained generative task score (pruned / dense), when the dense model scores at least
+    ``MIN_DENSE_SCORE``. ``fidelity``: the mean ROUGE-L F1 of the pruned greedy outputs against the dense
+    ones (the dense model has fidelity 1 by definition), used when the dense score is too small for a
+    retained fraction to mean anything — small models often answer no GSM8K question right, yet the
+    way their generations drift from the dense ones is still measured. ``none``: neither is measured.
+    """
+
+    kind: str  # "score" | "fidelity" | "none"
+    label: str  # axis label
+    short: str  # a few words for sentences ("of the generative score")
+    reason: str  # why this measure was chosen, one sentence
+
+    def value(self, f: VariantFacts) -> float | None:
+        if f.is_dense:
+            return 1.0 if self.kind != "none" else None
+        v = f.retained_gen if self.kind == "score" else f.rouge_l if self.kind == "fidelity" else None
+        return v if _ok(v) else None
+
+
+def generative_axis(facts: Iterable[VariantFacts]) -> GenerativeAxis:
+    """Pick the study-wide generative measure: the retained score where the dense model scores enough,
+    otherwise fidelity to the dense generations (ROUGE-L), otherwise ``none``."""
+    facts = list(facts)
+    pruned = [f for f in facts if not f.is_dense]
+    dense_gen = next((f.dense_gen for f in facts if _ok(f.dense_gen)), None)
+    if any(_ok(f.retained_gen) for f in pruned) and not (_ok(dense_gen) and dense_gen < MIN_DENSE_SCORE):
+        return GenerativeAxis("score", "retained generative score (pruned / dense)", "of the generative score",
+                              "generation is measured by the generative task scores, as a fraction of the dense score")
+    if any(_ok(f.rouge_l) for f in pruned):
+        why = (f"the dense model's generative score ({dense_gen:.3f}) is below {MIN_DENSE_SCORE}"
+               if _ok(dense_gen) else "no generative score is measured")
+        return GenerativeAxis("fidelity", "fidelity to the dense generations (ROUGE-L F1)",
+                              "fidelity to the dense generations (ROUGE-L)",
+                              f"{why}, so generation is measured by how closely the pruned greedy outputs follow "
+                              "the dense ones (mean ROUGE-L F1; the dense model has 1)")
+    return GenerativeAxis("none", "generative measure", "of the generative score", "no generative result is measured")
 
 
 @dataclass
@@ -191,6 +233,11 @@ def _range(vals: list[float]) -> str:
     return pct(lo) if round(100 * lo) == round(100 * hi) else f"{pct(lo)[:-1]}–{pct(hi)}"
 
 
+def _rouge_range(vals: list[float]) -> str:
+    lo, hi = min(vals), max(vals)
+    return f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}–{hi:.2f}"
+
+
 def _cap(s: str) -> str:
     return s[:1].upper() + s[1:]
 
@@ -209,6 +256,8 @@ def answer_for_model(model: str, facts: list[VariantFacts]) -> str:
     and, plainly, where it does not.
     """
     pruned = [f for f in facts if not f.is_dense]
+    ax = generative_axis(facts)
+    fid = ax.kind == "fidelity"
     if not pruned:
         return f"No pruned variant of {model} has results yet, so there is nothing to answer."
     parts: list[str] = []
@@ -218,34 +267,46 @@ def answer_for_model(model: str, facts: list[VariantFacts]) -> str:
     first = True
     for g, fs in groups.items():
         ng = [f.retained_nongen for f in fs if _ok(f.retained_nongen)]
-        gen = [f.retained_gen for f in fs if _ok(f.retained_gen)]
+        gen = [v for f in fs if (v := ax.value(f)) is not None]
         if not ng and not gen:
             parts.append(f"{_cap(GROUP_LABELS.get(g, g))} ({_names(fs)}) have no scores yet.")
             continue
-        bits = []
-        if ng:
-            bits.append(f"{_range(ng)} of the non-generative")
-        if gen:
-            bits.append(f"{_range(gen)} of the generative")
         label = GROUP_LABELS.get(g, g)
         lead = f"On {model}, {label}" if first else _cap(label)
-        parts.append(f"{lead} ({_names(fs)}) keep {' and '.join(bits)} score{'s' if len(bits) > 1 else ''} of the dense model.")
+        if fid:
+            bits = [f"keep {_range(ng)} of the dense model's non-generative score"] if ng else []
+            if gen:
+                bits.append(f"reach a ROUGE-L of {_rouge_range(gen)} against the dense generations")
+            parts.append(f"{lead} ({_names(fs)}) {' and '.join(bits)}.")
+        else:
+            bits = []
+            if ng:
+                bits.append(f"{_range(ng)} of the non-generative")
+            if gen:
+                bits.append(f"{_range(gen)} of the generative")
+            parts.append(f"{lead} ({_names(fs)}) keep {' and '.join(bits)} score{'s' if len(bits) > 1 else ''} "
+                         "of the dense model.")
         first = False
 
     dense_gen = next((f.dense_gen for f in facts if _ok(f.dense_gen)), None)
     if _ok(dense_gen) and dense_gen < MIN_DENSE_SCORE:
         parts.append(f"Caution: the dense model's generative score ({dense_gen:.3f}) is below {MIN_DENSE_SCORE}, so "
-                     "retained generative fractions say little here; the fidelity to the dense generations and the "
-                     "probability-space divergence are the better evidence.")
-    both = [f for f in pruned if _ok(f.retained_nongen) and _ok(f.retained_gen)]
+                     "retained generative fractions say little here; "
+                     + ("generation is judged instead by the fidelity to the dense generations (ROUGE-L, 1 = identical), "
+                        "with the probability-space divergence as the mechanism." if fid else
+                        "the probability-space divergence is the better evidence."))
+    both = [f for f in pruned if _ok(f.retained_nongen) and ax.value(f) is not None]
+    gen_of = {f.name: ax.value(f) for f in both}
     if both:
-        gap = [f for f in both if f.retained_gen < f.retained_nongen - GAP_MARGIN]
+        gap = [f for f in both if gen_of[f.name] < f.retained_nongen - GAP_MARGIN]
         nogap = [f for f in both if f not in gap]
+        on_gen = ("generation (their ROUGE-L against the dense outputs is lower than their retained "
+                  "non-generative score)") if fid else "generation"
         if gap and not nogap:
-            parts.append("As the paper claims, every pruned variant loses more on generation than on the "
+            parts.append(f"As the paper claims, every pruned variant loses more on {on_gen} than on the "
                          "non-generative tasks.")
         elif gap:
-            parts.append(f"As the paper claims, {_names(gap)} lose{'s' if len(gap) == 1 else ''} more on generation "
+            parts.append(f"As the paper claims, {_names(gap)} lose{'s' if len(gap) == 1 else ''} more on {on_gen} "
                          f"than on the non-generative tasks; unlike the paper's claim, {_names(nogap)} "
                          f"lose{'s' if len(nogap) == 1 else ''} no more on generation (gap under "
                          f"{round(100 * GAP_MARGIN)} points).")
@@ -269,19 +330,21 @@ def answer_for_model(model: str, facts: list[VariantFacts]) -> str:
                      "non-generative score.")
 
     # attention versus MLP drops of the same size (the paper: dropping attention is gentler on generation)
-    attn = {f.n: f for f in groups.get("attn", []) if _ok(f.retained_gen)}
-    mlp = {f.n: f for f in groups.get("mlp", []) if _ok(f.retained_gen)}
+    gv = {f.name: ax.value(f) for f in pruned}
+    attn = {f.n: f for f in groups.get("attn", []) if gv[f.name] is not None}
+    mlp = {f.n: f for f in groups.get("mlp", []) if gv[f.name] is not None}
+    show = (lambda v: f"ROUGE-L {v:.2f}") if fid else pct
     pairs = [(attn[n], mlp[n]) for n in sorted(set(attn) & set(mlp), key=lambda x: (x is None, x or 0))]
     if pairs:
-        agree = [(a, m) for a, m in pairs if a.retained_gen >= m.retained_gen]
-        disagree = [(a, m) for a, m in pairs if a.retained_gen < m.retained_gen]
+        agree = [(a, m) for a, m in pairs if gv[a.name] >= gv[m.name]]
+        disagree = [(a, m) for a, m in pairs if gv[a.name] < gv[m.name]]
         if agree:
             parts.append("As in the paper, dropping attention is gentler on generation than dropping as many MLPs ("
-                         + "; ".join(f"{a.name} {pct(a.retained_gen)} vs {m.name} {pct(m.retained_gen)}" for a, m in agree)
+                         + "; ".join(f"{a.name} {show(gv[a.name])} vs {m.name} {show(gv[m.name])}" for a, m in agree)
                          + ").")
         if disagree:
             parts.append("Unlike the paper, dropping attention hurts generation more than dropping as many MLPs ("
-                         + "; ".join(f"{a.name} {pct(a.retained_gen)} vs {m.name} {pct(m.retained_gen)}"
+                         + "; ".join(f"{a.name} {show(gv[a.name])} vs {m.name} {show(gv[m.name])}"
                                      for a, m in disagree) + ").")
 
     kl = [f for f in pruned if _ok(f.kl)]

@@ -362,15 +362,18 @@ _COLORS = {"dense": "#222222", "attn": "#1f77b4", "mlp": "#d62728", "block": "#9
            "sparse": "#2ca02c", "other": "#7f7f7f"}
 
 
-def story_figure(facts: list[VariantFacts], directory: str | Path) -> list[Path]:
-    """Left: retained non-generative (x) vs retained generative (y) score per variant, ``y = x``, dense at (1, 1).
-    Right: median probability-space KL per variant (sublayer transitions, teacher-forced, free-running)."""
+def story_figure(facts: list[VariantFacts], directory: str | Path, axis: G.GenerativeAxis | None = None) -> list[Path]:
+    """Left: retained non-generative (x) vs the generative measure (y, see :func:`generative_axis`) per variant,
+    ``y = x``, dense at (1, 1). Right: median probability-space KL per variant (sublayer transitions,
+    teacher-forced, free-running)."""
     from prunelens.analysis.figures import _plt, save
 
+    axis = axis or G.generative_axis(facts)
     plt = _plt()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1, 1.25]})
-    pts = [f for f in facts if not f.is_dense and _finite(f.retained_nongen) and _finite(f.retained_gen)]
-    vals = [v for f in pts for v in (f.retained_nongen, f.retained_gen)] + [1.0]
+    gen = {f.name: axis.value(f) for f in facts}
+    pts = [f for f in facts if not f.is_dense and _finite(f.retained_nongen) and gen[f.name] is not None]
+    vals = [v for f in pts for v in (f.retained_nongen, gen[f.name])] + [1.0]
     lo, hi = min(0.0, min(vals) - 0.05), max(1.08, max(vals) + 0.06)
     ax.plot([lo, hi], [lo, hi], "--", color="#999", lw=1, label="y = x (no extra loss on generation)")
     ax.fill_between([lo, hi], [lo, lo], [lo, hi], color="#d62728", alpha=0.05)
@@ -379,14 +382,14 @@ def story_figure(facts: list[VariantFacts], directory: str | Path) -> list[Path]
     for f in pts:
         lab = G.GROUP_LABELS.get(f.group, f.group) if f.group not in seen else None
         seen.add(f.group)
-        ax.scatter([f.retained_nongen], [f.retained_gen], s=60, color=_COLORS.get(f.group, "#7f7f7f"), zorder=4,
+        ax.scatter([f.retained_nongen], [gen[f.name]], s=60, color=_COLORS.get(f.group, "#7f7f7f"), zorder=4,
                    label=lab, edgecolors="white", linewidths=0.8)
-        ax.annotate(f.name, (f.retained_nongen, f.retained_gen), xytext=(5, 4), textcoords="offset points", fontsize=8.5)
+        ax.annotate(f.name, (f.retained_nongen, gen[f.name]), xytext=(5, 4), textcoords="offset points", fontsize=8.5)
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_aspect("equal", adjustable="box")
     ax.set_xlabel("retained non-generative score (pruned / dense)")
-    ax.set_ylabel("retained generative score (pruned / dense)")
+    ax.set_ylabel(axis.label)
     ax.set_title("What pruning keeps: non-generative vs generative", fontsize=10.5)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7.5, loc="upper left")
@@ -421,29 +424,33 @@ def story_figure(facts: list[VariantFacts], directory: str | Path) -> list[Path]
     return save(fig, directory, "retained_and_divergence")
 
 
-def predictor_figure(facts: list[VariantFacts], directory: str | Path) -> tuple[list[Path], float | None, int]:
-    """The one-pass predictor ``Var_p(Δz)/(2T²)`` (x, log) against ``1 − retained generative score`` (y).
+def predictor_figure(facts: list[VariantFacts], directory: str | Path,
+                     axis: G.GenerativeAxis | None = None) -> tuple[list[Path], float | None, int]:
+    """The one-pass predictor ``Var_p(Δz)/(2T²)`` (x, log) against generative degradation
+    ``1 − the generative measure`` (y: retained score, or ROUGE-L fidelity to dense; see :func:`generative_axis`).
 
     Returns ``(paths, spearman ρ, number of variants)``; no figure when no variant has both numbers.
     """
     from prunelens.analysis.figures import _plt, save
 
-    pts = [f for f in facts if not f.is_dense and _finite(f.predictor) and f.predictor > 0 and _finite(f.retained_gen)]
+    axis = axis or G.generative_axis(facts)
+    loss = {f.name: 1 - v for f in facts if (v := axis.value(f)) is not None}
+    pts = [f for f in facts if not f.is_dense and _finite(f.predictor) and f.predictor > 0 and f.name in loss]
     if not pts:
         return [], None, 0
-    rho = spearman([f.predictor for f in pts], [1 - f.retained_gen for f in pts])
+    rho = spearman([f.predictor for f in pts], [loss[f.name] for f in pts])
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for f in pts:
-        ax.scatter([f.predictor], [1 - f.retained_gen], s=60, color=_COLORS.get(f.group, "#7f7f7f"), zorder=4,
+        ax.scatter([f.predictor], [loss[f.name]], s=60, color=_COLORS.get(f.group, "#7f7f7f"), zorder=4,
                    edgecolors="white", linewidths=0.8)
-        ax.annotate(f.name, (f.predictor, 1 - f.retained_gen), xytext=(5, 4), textcoords="offset points", fontsize=8.5)
+        ax.annotate(f.name, (f.predictor, loss[f.name]), xytext=(5, 4), textcoords="offset points", fontsize=8.5)
     ax.set_xscale("log")
     xs = [f.predictor for f in pts]
     ax.set_xlim(min(xs) / 2, max(xs) * 2)
     ax.axhline(0, color="#999", lw=1, ls="--")
     ax.set_xlabel("predictor Var_p(Δz) / (2T²)  (one teacher-forced pass)")
-    ax.set_ylabel("generative degradation (1 − retained score)")
+    ax.set_ylabel("generative degradation (1 − " + ("ROUGE-L vs dense" if axis.kind == "fidelity" else "retained score") + ")")
     rtxt = f"Spearman ρ = {rho:.2f}" if rho is not None and len(pts) >= 3 else "too few variants for a correlation"
     ax.set_title(f"Cheap predictor vs measured degradation — {rtxt} (n = {len(pts)})", fontsize=10)
     ax.grid(alpha=0.3, which="both")
@@ -455,35 +462,43 @@ def predictor_figure(facts: list[VariantFacts], directory: str | Path) -> tuple[
 # captions (one sentence from the data)
 
 
-def story_caption(facts: list[VariantFacts]) -> str:
-    pts = [f for f in facts if not f.is_dense and _finite(f.retained_gen)]
+def story_caption(facts: list[VariantFacts], axis: G.GenerativeAxis | None = None) -> str:
+    axis = axis or G.generative_axis(facts)
+    gen = {f.name: axis.value(f) for f in facts}
+    pts = [f for f in facts if not f.is_dense and gen[f.name] is not None]
     if not pts:
-        return "No pruned variant has a generative score yet, so the retained scores cannot be compared."
-    worst = min(pts, key=lambda f: f.retained_gen)
-    best = max(pts, key=lambda f: f.retained_gen)
+        return "No pruned variant has a generative score or fidelity yet, so generation cannot be compared."
+    worst = min(pts, key=lambda f: gen[f.name])
+    best = max(pts, key=lambda f: gen[f.name])
+    fid = axis.kind == "fidelity"
 
     def say(f: VariantFacts) -> str:
-        s = f"{f.name} keeps {pct(f.retained_gen)} of the generative score"
+        s = (f"{f.name}'s generations reach a ROUGE-L of {gen[f.name]:.2f} against the dense ones" if fid
+             else f"{f.name} keeps {pct(gen[f.name])} of the generative score")
         if _finite(f.retained_nongen):
-            s += f" ({pct(f.retained_nongen)} of the non-generative)"
+            s += f" ({pct(f.retained_nongen)} of the non-generative score kept)"
         s += f" and its median probability-space KL is {f.kl:.3g}" if _finite(f.kl) else " (no KL measured)"
         return s
 
     both = [f for f in pts if _finite(f.retained_nongen)]
-    below = sum(1 for f in both if f.retained_gen < f.retained_nongen)
+    below = sum(1 for f in both if gen[f.name] < f.retained_nongen)
     tail = f"; {below} of {len(both)} variants lie below y = x, losing more on generation" if both else ""
+    lead = (f"Generation is measured as fidelity to the dense outputs because {axis.reason.split(', so')[0]}. "
+            if fid else "")
     if best is worst:
-        return f"{say(worst)}{tail}."
-    return f"{say(worst)}, while {say(best)}{tail}."
+        return f"{lead}{say(worst)}{tail}."
+    return f"{lead}{say(worst)}, while {say(best)}{tail}."
 
 
 def predictor_caption(facts: list[VariantFacts], rho: float | None, n: int,
-                      predictor: dict[str, Any] | None = None) -> str:
+                      predictor: dict[str, Any] | None = None, axis: G.GenerativeAxis | None = None) -> str:
     if n == 0:
         return ""
-    pts = sorted((f for f in facts if not f.is_dense and _finite(f.predictor) and _finite(f.retained_gen)),
+    axis = axis or G.generative_axis(facts)
+    pts = sorted((f for f in facts if not f.is_dense and _finite(f.predictor) and axis.value(f) is not None),
                  key=lambda f: f.predictor)
-    rtxt = (f"the Spearman correlation between predictor and degradation across {n} variants is {rho:.2f}"
+    what = "1 − ROUGE-L against the dense generations" if axis.kind == "fidelity" else "1 − retained generative score"
+    rtxt = (f"the Spearman correlation between predictor and degradation ({what}) across {n} variants is {rho:.2f}"
             if rho is not None and n >= 3 else f"with {n} variant{'s' if n != 1 else ''} no correlation is computed")
     ratios = []
     for f in pts:
@@ -882,27 +897,31 @@ def build_report(study_dir: str | Path) -> Path:
     except Exception as exc:  # noqa: BLE001
         problems.append(f"the table could not be built ({type(exc).__name__}: {exc})")
     facts = variant_facts(st, table)
+    axis = G.generative_axis(facts)
     figures: list[tuple[Path, str, str]] = []
+    rho, n_rho = None, 0
     if table is not None:
         try:
-            paths = story_figure(facts, out / "figures")
-            figures.append((paths[0], "Retained non-generative vs generative score per variant, and median KL",
-                            story_caption(facts)))
+            paths = story_figure(facts, out / "figures", axis)
+            figures.append((paths[0], f"Retained non-generative score vs {axis.label} per variant, and median KL",
+                            story_caption(facts, axis)))
         except Exception as exc:  # noqa: BLE001
             problems.append(f"the summary figure could not be drawn ({type(exc).__name__}: {exc})")
         try:
-            paths, rho, n = predictor_figure(facts, out / "figures")
+            paths, rho, n_rho = predictor_figure(facts, out / "figures", axis)
             if paths:
                 figures.append((paths[0], "Predictor Var_p(dz)/(2T^2) vs generative degradation",
-                                predictor_caption(facts, rho, n, st.predictor)))
+                                predictor_caption(facts, rho, n_rho, st.predictor, axis)))
             elif st.predictor is not None:
-                problems.append("no variant has both a predictor value and a generative score: the predictor "
-                                "figure is not drawn")
+                problems.append("no variant has both a predictor value and a generative score or fidelity: the "
+                                "predictor figure is not drawn")
         except Exception as exc:  # noqa: BLE001
             problems.append(f"the predictor figure could not be drawn ({type(exc).__name__}: {exc})")
     try:
         atomic_write_json(out / "guidance.json", {"rule": G.rule_text(),
                                                   "answer": G.answer_for_model(st.model, facts),
+                                                  "generative_measure": {"kind": axis.kind, "reason": axis.reason},
+                                                  "predictor_spearman": {"rho": rho, "variants": n_rho},
                                                   "variants": [g.to_dict() for g in G.guidance(facts)]})
     except Exception as exc:  # noqa: BLE001
         problems.append(f"guidance.json could not be written ({type(exc).__name__}: {exc})")
