@@ -64,3 +64,17 @@ def test_a_changed_config_invalidates_only_what_it_affects():
     after = {u.id: u.fingerprint for u in plan_units(parse_config(changed))}
     assert after["eval/Full/arc_easy"] == before["eval/Full/arc_easy"]
     assert after["eval/Drop-4A/arc_easy"] != before["eval/Drop-4A/arc_easy"]
+
+
+def test_study_command_overrides_model_dtype_and_device(tmp_path):
+    from typer.testing import CliRunner
+
+    from prunelens.cli import app
+
+    out = tmp_path / "s"
+    res = CliRunner().invoke(app, ["study", "--out", str(out), "--device", "gpu"])
+    assert res.exit_code == 2 and "device" in res.output and "cuda:N" in res.output and not out.exists()
+    res = CliRunner().invoke(app, ["study", "--out", str(out), "--dtype", "int8"])
+    assert res.exit_code == 2 and "dtype" in res.output and "bfloat16" in res.output and not out.exists()
+    cfg = parse_config({**yaml.safe_load(DEFAULT_CONFIG_YAML), "device": "cuda:1", "dtype": "bfloat16"})
+    assert (cfg.device, cfg.dtype) == ("cuda:1", "bfloat16")

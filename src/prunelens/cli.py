@@ -399,6 +399,8 @@ def study(
     config: Optional[Path] = typer.Argument(None, help="Study config (YAML). Default: the built-in study on the embedded model."),
     out: Optional[Path] = typer.Option(None, "--out", help="Study directory (re-running the same command resumes it)."),
     model: Optional[str] = typer.Option(None, "--model", help="Override the config's model. " + MODEL_HELP),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Override the config's dtype: float32, bfloat16 or float16."),
+    device: Optional[str] = typer.Option(None, "--device", help="Override the config's device: cpu, cuda, cuda:N or auto."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the default config (copy, edit, pass back) and exit."),
     engine: str = typer.Option("local", "--engine", help="local (one process) or ray (variants as Ray tasks; local cluster or --ray-address)."),
     workers: int = typer.Option(2, "--workers", help="Ray: worker processes of the local cluster."),
@@ -422,12 +424,13 @@ def study(
     _threads(threads)
     try:
         cfg = load_config(config)
-        if model:
+        override = {k: v for k, v in (("model", model), ("dtype", dtype), ("device", device)) if v}
+        if override:
             from prunelens.study.config import parse_config
 
             raw = cfg.to_dict()
             raw["variants"] = [v for v in raw["variants"] if v["name"] != "Full"]
-            cfg = parse_config({**raw, "model": model})
+            cfg = parse_config({**raw, **override})
     except StudyConfigError as exc:
         _fail(str(exc))
     from prunelens.study.runner import plan_units

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ DEFAULT_CONFIG_YAML = """\
 # (and add tasks: humaneval, mbpp, mmlu, hellaswag, ...) for numbers you would publish.
 model: smollm2-135m          # hub id, local dir, .gguf, or alias
 dtype: float32               # float32 | bfloat16 | float16
-device: cpu                  # cpu | cuda | auto (accelerate device map)
+device: cpu                  # cpu | cuda | cuda:N | mps | auto (accelerate device map)
 seed: 0
 calibration:                 # used to score drops and to calibrate Wanda / SparseGPT
   source: c4                 # c4 | wikitext2 | a .txt/.json/.jsonl file | hub:NAME[:CONFIG[:SPLIT]]
@@ -198,7 +199,8 @@ def parse_config(data: Any) -> StudyConfig:
     _expect(merged["dtype"] in ("float32", "bfloat16", "float16", "auto"), "dtype",
             f"must be one of float32, bfloat16, float16, auto; got {merged['dtype']!r}")
     cfg.dtype = merged["dtype"]
-    _expect(isinstance(merged["device"], str), "device", "must be cpu, cuda, cuda:N or auto")
+    _expect(isinstance(merged["device"], str) and re.fullmatch(r"cpu|cuda(:\d+)?|mps|auto", merged["device"]) is not None,
+            "device", f"must be cpu, cuda, cuda:N, mps or auto; got {merged['device']!r}")
     cfg.device = merged["device"]
     cfg.seed = _int(merged["seed"], "seed", minimum=0)
     cal = {**default["calibration"], **(merged["calibration"] or {})}
