@@ -103,3 +103,25 @@ def test_ray_local_cluster_runs_units_once_and_retries(tiny_dir, tmp_path, monke
     import ray
 
     ray.shutdown()
+
+
+def test_impossible_drops_and_unknown_models_are_refused_before_anything_is_written(tiny_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from prunelens.cli import app
+    from prunelens.prune.drop import PruneConfigError
+
+    raw = _config(tiny_dir).to_dict()
+    raw["variants"] = [{"name": "Drop-9A", "drop": {"target": "attn", "n": 9}}]  # the tiny model has 2 layers
+    with pytest.raises(PruneConfigError, match="variant Drop-9A: cannot drop 9"):
+        run_study(parse_config(raw), tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(PruneConfigError, match="variant Drop-9A"):  # the Ray engine reads the config only
+        run_study(parse_config(raw), tmp_path / "s", engine="ray")
+    assert not (tmp_path / "s").exists()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    res = CliRunner().invoke(app, ["study", str(cfg), "--out", str(tmp_path / "s")])
+    assert res.exit_code == 2 and "variant Drop-9A" in res.output and not (tmp_path / "s").exists()
+    res = CliRunner().invoke(app, ["study", str(cfg), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "s")])
+    assert res.exit_code == 2 and "no such model" in res.output and not (tmp_path / "s").exists()

@@ -411,6 +411,9 @@ def study(
     """The whole study: prune several ways, evaluate every variant on non-generative and generative tasks,
     analyse the representation hierarchy, and write tables, figures and report.html."""
     from prunelens.study.config import DEFAULT_CONFIG_YAML, StudyConfigError, load_config
+    from prunelens.models.adapter import UnsupportedArchitectureError
+    from prunelens.models.loading import ModelNotFoundError
+    from prunelens.prune.drop import PruneConfigError
     from prunelens.study.runner import run_study
     from prunelens.utils.io import OutputExistsError
 
@@ -436,6 +439,9 @@ def study(
     from prunelens.study.runner import plan_units
 
     units = plan_units(cfg)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one overall bar; transformers' per-load bars would interleave with it
     t0 = time.perf_counter()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -451,7 +457,7 @@ def study(
         try:
             timings = run_study(cfg, out, overwrite=overwrite, engine=engine, workers=workers,
                                 ray_address=ray_address, report=report)
-        except OutputExistsError as exc:
+        except (OutputExistsError, PruneConfigError, ModelNotFoundError, UnsupportedArchitectureError) as exc:
             _fail(str(exc))
     from prunelens.study.report import build_report
 

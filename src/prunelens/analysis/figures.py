@@ -100,8 +100,10 @@ def layerwise(summary: pd.DataFrame, directory, variant: str, T: float | None = 
         ax.set_xlabel("layer")
         ax.set_ylabel(f"KL at T={T:g} (median, IQR)")
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=8, loc="lower left")
-    axes[1, 0].legend(fontsize=8, loc="upper left")
+    for row, loc in ((0, "lower left"), (1, "upper left")):  # the first panel of each row that has curves
+        ax = next((a for a in axes[row] if a.get_legend_handles_labels()[0]), None)
+        if ax is not None:
+            ax.legend(fontsize=8, loc=loc)
     fig.suptitle(f"{variant}: similarity in hidden, logit and probability space per layer "
                  "(circles: sublayers the variant prunes; others: drop-each)", fontsize=10)
     return save(fig, directory, f"layerwise_{slug(variant)}")

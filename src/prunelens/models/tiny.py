@@ -54,10 +54,11 @@ def tiny_model(family: str, seed: int = 0, **overrides):
     return model.eval()
 
 
-def llama_7b_config(num_hidden_layers: int = 32):
-    """A Llama-2-7B-shaped config (random weights are enough to time pruning)."""
+def llama_7b_config(num_hidden_layers: int = 32, vocab_size: int = 32000):
+    """A Llama-2-7B-shaped config (random weights are enough to time pruning). ``vocab_size``: match the
+    tokenizer that will feed it (e.g. the embedded one's 49152) when real text goes through the model."""
     return AutoConfig.for_model(
-        "llama", vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+        "llama", vocab_size=vocab_size, hidden_size=4096, intermediate_size=11008,
         num_hidden_layers=num_hidden_layers, num_attention_heads=32, num_key_value_heads=32,
         max_position_embeddings=4096,
     )

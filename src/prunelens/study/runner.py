@@ -333,11 +333,13 @@ def _maybe_fail(store: Store, unit: Unit) -> None:
             raise RuntimeError(f"injected failure in {unit.id} ({FAULT_ENV})")
 
 
-def run_group(root: str, cfg_dict: dict[str, Any], variant: str, report: Callable[[str, float, bool], None] | None = None) -> list[str]:
-    """Run every unfinished unit of one variant (in this process); return the ids of units run."""
+def run_group(root: str, cfg_dict: dict[str, Any], variant: str, report: Callable[[str, float, bool], None] | None = None,
+              bench: Workbench | None = None) -> list[str]:
+    """Run every unfinished unit of one variant (in this process); return the ids of units run. ``bench``:
+    a workbench to share between groups run in one process (the dense model and calibration load once)."""
     cfg = parse_config({k: v for k, v in cfg_dict.items()})
     store = Store(root)
-    bench = Workbench(cfg, store)
+    bench = bench or Workbench(cfg, store)
     ran = []
     for unit in [u for u in plan_units(cfg) if u.variant == variant]:
         if store.done(unit):
@@ -429,17 +431,57 @@ def prepare_study_dir(cfg: StudyConfig, out: str | Path, overwrite: bool) -> Sto
     return Store(out)
 
 
+def _num_layers_from_config(spec: str) -> int | None:
+    """The model's number of blocks without loading weights (``None`` when it cannot be read that way, e.g.
+    a GGUF file: the units then check for themselves)."""
+    from transformers import AutoConfig
+
+    from prunelens.models.loading import ALIASES, embedded_checkpoint
+
+    try:
+        path = embedded_checkpoint(spec) if spec in ALIASES else spec
+        return int(AutoConfig.from_pretrained(path).num_hidden_layers)
+    except Exception:  # noqa: BLE001 — best effort; the units validate again
+        return None
+
+
+def check_variants(cfg: StudyConfig, num_layers: int | None) -> None:
+    """Refuse drop counts the model cannot satisfy before any unit runs (:class:`PruneConfigError`, naming
+    the variant). ``num_layers=None`` (not known without loading the model) checks nothing."""
+    from prunelens.prune.drop import PruneConfigError, validate_drop
+
+    if not num_layers:
+        return
+    for v in cfg.variants:
+        if v.drop is not None:
+            try:
+                validate_drop(int(num_layers), v.drop["target"], int(v.drop["n"]))
+            except PruneConfigError as exc:
+                raise PruneConfigError(f"variant {v.name}: {exc}") from None
+
+
 def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, engine: str = "local", workers: int = 2,
               ray_address: str | None = None, report: Callable[[str, float, bool], None] | None = None) -> dict[str, Any]:
     """Run (or resume) the study; returns timings. See the module docstring for the engines."""
-    store = prepare_study_dir(cfg, out, overwrite)
+    if engine not in ("local", "ray"):
+        raise ValueError(f"unknown engine {engine!r}; choose local or ray")
     t0 = time.perf_counter()
+    bench = None
+    if engine == "local":  # load the model before anything is written: impossible drops are refused first
+        from prunelens.models.adapter import Adapter
+
+        bench = Workbench(cfg, None)  # type: ignore[arg-type]
+        check_variants(cfg, Adapter(bench.dense[0]).num_layers)
+    else:
+        check_variants(cfg, _num_layers_from_config(cfg.model))
+    store = prepare_study_dir(cfg, out, overwrite)
     cfg_dict = _config_for_disk(cfg)
     names = [v.name for v in cfg.variants]
     if engine == "local":
+        bench.store = store
         # Full first: its evaluations are the reference and its model is the one every variant reuses
         for name in names:
-            run_group(str(store.root), cfg_dict, name, report)
+            run_group(str(store.root), cfg_dict, name, report, bench=bench)
     elif engine == "ray":
         import ray
 
@@ -456,8 +498,6 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, eng
             for unit_id in ray.get(ref):
                 if report:
                     report(unit_id, 0.0, False)
-    else:
-        raise ValueError(f"unknown engine {engine!r}; choose local or ray")
     units = {}
     for unit in plan_units(cfg):
         path = store.marker(unit)

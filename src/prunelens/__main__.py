@@ -1,0 +1,5 @@
+"""``python -m prunelens`` is the ``prunelens`` command."""
+
+from prunelens.cli import app
+
+app(prog_name="prunelens")
