@@ -11,7 +11,7 @@ from prunelens.data.calibration import Calibration
 from prunelens.models.adapter import Adapter
 from prunelens.models.residual import record_blocks
 from prunelens.models.tiny import TINY_FAMILIES, tiny_model
-from prunelens.prune.sparsify import _run_block, capture_block_inputs, sparsify, validate_sparsity
+from prunelens.prune.sparsify import _run_block, _SharedStats, _Stats, capture_block_inputs, sparsify, validate_sparsity
 
 IDS = torch.randint(3, 256, (6, 16), generator=torch.Generator().manual_seed(1))
 CAL = Calibration(IDS, "random", 0, IDS.numel())
@@ -103,3 +103,45 @@ def test_sparsegpt_is_deterministic():
 def test_validate_sparsity_refuses(args, match):
     with pytest.raises(ValueError, match=match):
         validate_sparsity(*args)
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_linears_reading_one_tensor_share_their_statistics(family):
+    """q/k/v (and gate/up) read the same tensor: one accumulator, equal to what each would compute alone."""
+    model = tiny_model(family)
+    adapter = Adapter(model)
+    inps, kwargs = capture_block_inputs(model, adapter, IDS, batch_size=4, device=torch.device("cpu"))
+    block, linears = adapter.layers[0], adapter.block_linears(0)
+    shared = _SharedStats(linears, "cpu", hessian=True)
+    alone = {n: _Stats(lin.in_features, "cpu", True) for n, lin in linears.items()}
+    def both(n, x):
+        shared.add(n, x)
+        alone[n].add(x)
+
+    hooks = [lin.register_forward_pre_hook(lambda m, a, n=n: both(n, a[0])) for n, lin in linears.items()]
+    hooks.append(block.register_forward_pre_hook(lambda m, a: shared.new_call()))
+    with torch.no_grad():
+        _run_block(block, inps, torch.empty_like(inps), kwargs[0], batch_size=2)  # 3 calls
+    for h in hooks:
+        h.remove()
+    for n in linears:
+        torch.testing.assert_close(shared[n].H, alone[n].H)
+        torch.testing.assert_close(shared[n].sq, alone[n].sq)
+    owners = {n: shared._owner[n] for n in linears}
+    fused = any(n.endswith("qkv_proj") or n.endswith("query_key_value") for n in linears)
+    if not fused:  # separate q/k/v projections share one accumulator
+        q = next(n for n in linears if n.endswith("q_proj"))
+        assert owners[q.replace("q_proj", "k_proj")] == owners[q.replace("q_proj", "v_proj")] == q
+    else:  # fused projections (Phi-3, GPT-NeoX): every linear reads its own tensor
+        assert all(owners[n] == n for n in linears)
+
+
+def test_shared_statistics_refuse_a_changed_sharing():
+    st = _SharedStats({}, "cpu", hessian=False)
+    x, y = torch.randn(2, 3), torch.randn(2, 3)
+    st.add("a", x)
+    st.add("b", x)  # b shares a's input in the first call
+    st.new_call()
+    st.add("a", x)
+    with pytest.raises(RuntimeError, match="shared its input with a"):
+        st.add("b", y)

@@ -75,27 +75,6 @@ def score_mask(scores: torch.Tensor, *, sparsity: float | None = None, nm: tuple
     return unstructured_mask(scores, float(sparsity or 0.0), per_row)
 
 
-def _solve_block_errors(w: torch.Tensor, u: torch.Tensor, mask: torch.Tensor, row_chunk: int = 1024) -> torch.Tensor:
-    """Errors ``E`` of the sequential OBS updates over a column block, in one batched triangular solve.
-
-    SparseGPT visits the columns ``i`` of a block in order: ``err_i = m_i · w_i / U_ii`` where ``w_i`` is
-    column ``i`` after the updates of the columns before it, ``w_i = W_i − Σ_{j<i} err_j U_ji``, and
-    ``U`` is the upper Cholesky factor of ``H⁻¹`` on the block. For each row this is the triangular
-    system ``Σ_{j≤i} err_j U_ji = W_i`` on pruned columns and ``err_i = 0`` elsewhere, i.e.
-    ``E · A_r = m ⊙ W`` with ``A_r`` = ``U`` whose unpruned columns are replaced by unit vectors.
-    Solving it for all rows at once gives the same numbers as the column loop without the loop.
-    """
-    rows, c = w.shape
-    eye = torch.eye(c, dtype=w.dtype, device=w.device)
-    out = torch.empty_like(w)
-    for r0 in range(0, rows, row_chunk):
-        m = mask[r0 : r0 + row_chunk]
-        a = torch.where(m.unsqueeze(1), u.unsqueeze(0), eye.unsqueeze(0))
-        b = (w[r0 : r0 + row_chunk] * m).unsqueeze(1)
-        out[r0 : r0 + row_chunk] = torch.linalg.solve_triangular(a, b, upper=True, left=False).squeeze(1)
-    return out
-
-
 @torch.no_grad()
 def sparsegpt_prune(
     weight: torch.Tensor,
@@ -111,9 +90,11 @@ def sparsegpt_prune(
     ``hessian`` is ``2XᵀX/n`` over the calibration inputs (cols × cols). Dead inputs (zero diagonal) are
     pruned outright. ``percdamp`` adds ``percdamp · mean(diag H)`` to the diagonal before inversion.
     Unstructured masks are chosen per column block by ``w²/U_jj²`` (adaptive mask selection); N:M masks
-    per group of ``M`` columns on the weights as updated so far. Within a block the sequential
-    column updates are computed by batched triangular solves (:func:`_solve_block_errors`), one per
-    block (unstructured) or per group of ``M`` columns (N:M), instead of a Python loop over columns.
+    per group of ``M`` columns on the weights as updated so far. Within a block the optimal-brain-surgeon
+    updates run column by column as rank-1 updates of the block (``O(rows · blocksize²)``), and the rest
+    of the matrix is updated once per block by a matrix product (the paper's lazy batch updates).
+    Measured on a 2-core CPU, this loop is 1.5–3× faster than solving each block's updates as one
+    batched triangular system (``O(rows · blocksize³)``, tried and dropped).
     """
     if nm is None and not 0.0 <= float(sparsity or 0.0) < 1.0:
         raise ValueError(f"sparsity must be in [0, 1); got {sparsity}")
@@ -134,30 +115,27 @@ def sparsegpt_prune(
     mask = torch.zeros_like(W, dtype=torch.bool)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
-        W1 = W[:, i1:i2]
+        W1 = W[:, i1:i2].clone()
         U = Hinv[i1:i2, i1:i2]
         d = torch.diag(U)
+        E = torch.zeros_like(W1)
+        mask1 = torch.zeros_like(W1, dtype=torch.bool)
         if nm is None:
             tmp = W1**2 / d.unsqueeze(0) ** 2
             k = int(tmp.numel() * float(sparsity or 0.0))
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
             if k:
                 mask1.view(-1)[torch.topk(tmp.reshape(-1), k, largest=False).indices] = True
-            E = _solve_block_errors(W1, U, mask1)
-        else:
-            n_keep, m = nm
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
-            E = torch.zeros_like(W1)
-            for g in range(0, i2 - i1, m):
-                cur = W1[:, g : g + m] - E[:, :g] @ U[:g, g : g + m]
-                tmp = cur**2 / d[g : g + m].unsqueeze(0) ** 2
-                idx = torch.topk(tmp, m - n_keep, dim=1, largest=False).indices
-                mask1[:, g : g + m].scatter_(1, idx, True)
-                E[:, g : g + m] = _solve_block_errors(cur, U[g : g + m, g : g + m], mask1[:, g : g + m])
-        # unpruned weights end as W − E·U (E_i = 0 on them); pruned ones are zero
-        W[:, i1:i2] = (W1 - E @ U).masked_fill(mask1, 0.0)
+        for i in range(i2 - i1):
+            if nm is not None and i % nm[1] == 0:  # N:M: choose the group's mask on the weights updated so far
+                n_keep, m = nm
+                tmp = W1[:, i : i + m] ** 2 / d[i : i + m].unsqueeze(0) ** 2
+                mask1[:, i : i + m].scatter_(1, torch.topk(tmp, m - n_keep, dim=1, largest=False).indices, True)
+            err = W1[:, i].masked_fill(~mask1[:, i], 0.0) / d[i]
+            W1[:, i:].addr_(err, U[i, i:], alpha=-1.0)
+            E[:, i] = err
+        W[:, i1:i2] = W1.masked_fill(mask1, 0.0)
         mask[:, i1:i2] = mask1
-        W[:, i2:] -= E @ Hinv[i1:i2, i2:]
+        W[:, i2:].addmm_(E, Hinv[i1:i2, i2:], alpha=-1.0)
     mask |= dead.unsqueeze(0)
     W[mask] = 0.0
     return W.to(weight.dtype), mask

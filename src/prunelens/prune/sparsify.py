@@ -129,6 +129,45 @@ class _Stats:
         self.n += t
 
 
+class _SharedStats:
+    """:class:`_Stats` per linear layer, accumulated once per distinct input tensor.
+
+    Linears that read the same tensor (q/k/v read the normed hidden states, gate/up the normed residual)
+    share one accumulator, so their Hessian ``XᵀX`` — the costliest statistic — is computed once. The
+    sharing is found from the tensors themselves (same storage, shape and strides within one forward call;
+    the tensors are held until the call ends so no address is reused), so it needs no per-family table;
+    a linear that later sees a different tensor than its partner is an error, never a silent mix.
+    """
+
+    def __init__(self, linears: dict[str, nn.Module], device, hessian: bool):
+        self._make = lambda cols: _Stats(cols, device, hessian)
+        self.stats: dict[str, _Stats] = {}
+        self._owner: dict[str, str] = {}  # linear -> the linear whose accumulator it shares
+        self._seen: dict[tuple, tuple[str, torch.Tensor]] = {}  # this call's inputs -> (first reader, tensor)
+
+    def new_call(self) -> None:
+        self._seen.clear()
+
+    def add(self, name: str, x: torch.Tensor) -> None:
+        key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype)
+        first = self._seen.get(key)
+        if name not in self._owner:  # the first call decides who shares with whom
+            self._owner[name] = first[0] if first is not None else name
+            if first is None:
+                self.stats[name] = self._make(x.shape[-1])
+        owner = self._owner[name]
+        if owner == name:
+            if first is not None and first[0] != name:
+                raise RuntimeError(f"{name} read the input of {first[0]} in a later call but not in the first")
+            self.stats[name].add(x)
+            self._seen[key] = (name, x)
+        elif first is None or first[0] != owner:
+            raise RuntimeError(f"{name} shared its input with {owner} in the first call but not in a later one")
+
+    def __getitem__(self, name: str) -> _Stats:
+        return self.stats[self._owner[name]]
+
+
 def _sparsity_report(adapter: Adapter) -> dict:
     groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     by_layer = []
@@ -199,14 +238,16 @@ def sparsify(
                 home = next(block.parameters()).device
                 block.to(work_device)
                 linears = adapter.block_linears(i)
-                stats = {name: _Stats(lin.in_features, work_device, method == "sparsegpt") for name, lin in linears.items()}
-                handles = [lin.register_forward_hook(lambda m, a, o, s=stats[name]: s.add(a[0]))
+                stats = _SharedStats(linears, work_device, method == "sparsegpt")
+                handles = [lin.register_forward_pre_hook(lambda m, a, n=name: stats.add(n, a[0]))
                            for name, lin in linears.items()]
+                handles.append(block.register_forward_pre_hook(lambda m, a: stats.new_call()))
                 try:
                     _run_block(block, inps, outs, kwargs[i], batch_size)
                 finally:
                     for h in handles:
                         h.remove()
+                    stats.new_call()
                 for name, lin in linears.items():
                     st = stats[name]
                     if method == "wanda":
