@@ -177,6 +177,7 @@ def test_metrics_are_means_of_record_decisions(llama, tok):
     assert res.metrics["acc"] == pytest.approx(sum(r["acc"] for r in res.records) / 8)
     assert res.metrics["acc_norm"] == pytest.approx(sum(r["acc_norm"] for r in res.records) / 8)
     assert res.score == res.metrics["acc_norm"]
+    assert res.metrics["chance"] == pytest.approx(sum(1 / len(ex.choices) for ex in exs) / 8)
 
 
 def test_main_metric_conventions():

@@ -80,8 +80,9 @@ def make_study(root: Path, dense_generates: bool = True) -> Path:
         results = {}
         for (task, (kind, metric)), s in zip(TASKS.items(), scores):
             s = s if dense_generates or kind != "gen" else 0.0
-            results[task] = {"kind": kind, "main_metric": metric, "score": s, "metrics": {metric: s}, "n": 10,
-                             "seconds": 1.0}
+            chance = {"arc_easy": {"chance": 0.25}, "piqa": {"chance": 0.5}}.get(task, {})
+            results[task] = {"kind": kind, "main_metric": metric, "score": s, "metrics": {metric: s, **chance},
+                             "n": 10, "seconds": 1.0}
             _w(root / "eval" / name / "tasks" / f"{task}.jsonl",
                json.dumps({"id": 0, "prompt": "q", "target": "a", "prediction": "a", "score": s}) + "\n")
         _w(root / "eval" / name / "summary.json",
@@ -386,6 +387,17 @@ def test_report_content_from_data(built):
     # how it was run
     assert "seed <b>7</b>" in text and "model: smollm2-135m" in text and "torch" in text and "eval/Full" in text
     assert "20.6 min" in text
+
+
+def test_tasks_near_chance_are_flagged(built):
+    root, _, text = built
+    g = json.loads((root / "report" / "guidance.json").read_text())
+    # dense PIQA 0.65 on 10 two-choice questions is within 2 SE of chance (0.5 + 2·0.158 = 0.816); ARC 0.60
+    # on four choices is not (0.25 + 2·0.137 = 0.524)
+    assert [f["task"] for f in g["near_chance"]] == ["piqa"]
+    assert g["near_chance"][0]["bound"] == pytest.approx(0.5 + 2 * math.sqrt(0.025))
+    assert "Caution: the dense model is near chance on piqa" in g["answer"]
+    assert "Near chance: the dense model is within two standard errors of random guessing on piqa: 0.65 against chance 0.50" in text
 
 
 def test_guidance_verdicts(built):

@@ -8,7 +8,7 @@ Usage::
 
     model, tok = prunelens.load()
     res = evaluate_multiple_choice(model, tok, load_task("arc_easy", limit=200))
-    print(res.metrics)          # {'acc': ..., 'acc_norm': ..., 'acc_bytes': ...}; res.score = acc_norm
+    print(res.metrics)          # {'acc', 'acc_norm', 'acc_bytes', 'chance'}; res.score = acc_norm
 
 For each example and choice ``i`` the model scores the continuation ``choices[i]`` after its context
 (``contexts[i]`` for WinoGrande-style per-choice contexts, else ``context``)::
@@ -487,6 +487,8 @@ def evaluate_multiple_choice(
             "score": m[main],
         })
     metrics = {k: v / len(examples) for k, v in sums.items()}
+    # the expected accuracy of a uniform random guess: a score near it says nothing about pruning
+    metrics["chance"] = sum(1.0 / len(ex.choices) for ex in examples) / len(examples)
     seconds = time.perf_counter() - t0
     return TaskResult(
         task=name,

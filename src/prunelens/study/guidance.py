@@ -247,13 +247,14 @@ def _names(fs: list[VariantFacts]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def answer_for_model(model: str, facts: list[VariantFacts]) -> str:
+def answer_for_model(model: str, facts: list[VariantFacts], near_chance: Iterable[str] = ()) -> str:
     """One paragraph answering "does pruning work on this model?" from the measured numbers.
 
     It summarises each family of variants (attention drops, MLP drops, …) by the range of retained
     non-generative and generative scores, then says where the model agrees with the paper's claim
     (non-generative scores survive, generation collapses, attention drops are gentler than MLP drops)
-    and, plainly, where it does not.
+    and, plainly, where it does not. ``near_chance``: multiple-choice tasks on which the dense model is not
+    clearly above random guessing; the answer warns that their retained fractions are noise.
     """
     pruned = [f for f in facts if not f.is_dense]
     ax = generative_axis(facts)
@@ -288,6 +289,10 @@ def answer_for_model(model: str, facts: list[VariantFacts]) -> str:
                          "of the dense model.")
         first = False
 
+    near_chance = list(near_chance)
+    if near_chance:
+        parts.append(f"Caution: the dense model is near chance on {', '.join(near_chance)}, so the non-generative "
+                     f"retained fractions rest partly on noise there.")
     dense_gen = next((f.dense_gen for f in facts if _ok(f.dense_gen)), None)
     if _ok(dense_gen) and dense_gen < MIN_DENSE_SCORE:
         parts.append(f"Caution: the dense model's generative score ({dense_gen:.3f}) is below {MIN_DENSE_SCORE}, so "

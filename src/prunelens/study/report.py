@@ -320,6 +320,27 @@ def _mean_of(d: Any, key: str) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def near_chance(st: Study) -> list[dict[str, Any]]:
+    """Multiple-choice tasks on which the dense model is not clearly above chance.
+
+    A task is flagged when the dense score is below ``chance + 2·sqrt(chance·(1 − chance)/n)`` — within two
+    binomial standard errors of a uniform random guess — so its retained fractions are noise. Needs the
+    ``chance`` metric (the mean of ``1 / number of choices``), which older results lack: those are not judged.
+    """
+    dense = (st.summaries.get(DENSE) or {}).get("results") or {}
+    out = []
+    for task, r in dense.items():
+        if not isinstance(r, dict) or r.get("kind") != "mc":
+            continue
+        chance, score, n = _num((r.get("metrics") or {}).get("chance")), _num(r.get("score")), _num(r.get("n"))
+        if chance is None or score is None or not n or not 0 < chance < 1:
+            continue
+        bound = chance + 2 * math.sqrt(chance * (1 - chance) / n)
+        if score < bound:
+            out.append({"task": task, "score": score, "chance": chance, "n": int(n), "bound": bound})
+    return out
+
+
 def variant_facts(st: Study, table: dict[str, Any] | None) -> list[VariantFacts]:
     """One :class:`VariantFacts` per variant, from the table, fidelity, analysis and predictor."""
     facts = []
@@ -690,10 +711,20 @@ _HIERARCHY_ROWS = [
 ]
 
 
-def _table_section(table: dict[str, Any] | None) -> str:
+def _chance_note(flags: list[dict[str, Any]]) -> str:
+    if not flags:
+        return ""
+    items = "; ".join(f"{f['task']}: {f['score']:.2f} against chance {f['chance']:.2f} (n = {f['n']}, needs "
+                      f"≥ {f['bound']:.2f})" for f in flags)
+    return (f'<p class="missing">Near chance: the dense model is within two standard errors of random guessing on '
+            f"{_e(items)}. Retained fractions on {'this task' if len(flags) == 1 else 'these tasks'} are noise; "
+            "raise the task limit or use a stronger model.</p>")
+
+
+def _table_section(table: dict[str, Any] | None, flags: list[dict[str, Any]] | None = None) -> str:
     if not table:
         return "<p>No evaluation results are stored.</p>"
-    return (_table_html(table) + '<p class="sub">Each pruned cell gives the score and, below it, the retained fraction '
+    return (_table_html(table) + _chance_note(flags or []) + '<p class="sub">Each pruned cell gives the score and, below it, the retained fraction '
             "of the dense score (pruned / dense; for perplexity dense / pruned), coloured by the guidance thresholds "
             f"({pct(G.SAFE_RETAINED)}, {pct(G.CARE_RETAINED)}). Non-generative average = multiple choice + retrieval; "
             "perplexity is shown, not averaged. The same table is in <code>report/table.csv</code> and "
@@ -821,6 +852,8 @@ def render_html(st: Study, table: dict[str, Any] | None, facts: list[VariantFact
     """The report page. ``figures``: ``(png, alt, caption)`` for the study figures; the analysis figures are
     taken from ``st``. Each section is built on its own: one that fails says so instead of breaking the page."""
     problems = problems if problems is not None else []
+    flags = near_chance(st) if st.summaries else []
+    chance = [f["task"] for f in flags]
 
     def guard(fn: Callable[[], str], what: str) -> str:
         try:
@@ -847,8 +880,8 @@ def render_html(st: Study, table: dict[str, Any] | None, facts: list[VariantFact
     sections = [
         _Section("question", "The question", guard(lambda: _question_html(st), "question")),
         _Section("answer", f"The answer for {st.model}",
-                 guard(lambda: f'<p class="answer">{_e(G.answer_for_model(st.model, facts))}</p>', "answer")),
-        _Section("table", "Scores: tasks × variants", guard(lambda: _table_section(table), "table")),
+                 guard(lambda: f'<p class="answer">{_e(G.answer_for_model(st.model, facts, chance))}</p>', "answer")),
+        _Section("table", "Scores: tasks × variants", guard(lambda: _table_section(table, flags), "table")),
         _Section("figures", "Figures", guard(figs_html, "figures")),
         _Section("hierarchy", "Representation hierarchy (analysis)", guard(analysis_figs_html, "analysis")),
         _Section("case-study", "Case study: the same prompts, every variant", guard(lambda: _case_html(st), "case study")),
@@ -919,7 +952,9 @@ def build_report(study_dir: str | Path) -> Path:
             problems.append(f"the predictor figure could not be drawn ({type(exc).__name__}: {exc})")
     try:
         atomic_write_json(out / "guidance.json", {"rule": G.rule_text(),
-                                                  "answer": G.answer_for_model(st.model, facts),
+                                                  "answer": G.answer_for_model(st.model, facts,
+                                                                               [f["task"] for f in near_chance(st)]),
+                                                  "near_chance": near_chance(st),
                                                   "generative_measure": {"kind": axis.kind, "reason": axis.reason},
                                                   "predictor_spearman": {"rho": rho, "variants": n_rho},
                                                   "variants": [g.to_dict() for g in G.guidance(facts)]})
