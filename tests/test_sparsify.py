@@ -11,7 +11,8 @@ from prunelens.data.calibration import Calibration
 from prunelens.models.adapter import Adapter
 from prunelens.models.residual import record_blocks
 from prunelens.models.tiny import TINY_FAMILIES, tiny_model
-from prunelens.prune.sparsify import _run_block, _SharedStats, _Stats, capture_block_inputs, sparsify, validate_sparsity
+from prunelens.prune.sparsify import (_collect_stats, _run_block, _SharedStats, _Stats, capture_block_inputs, sparsify,
+                                      validate_sparsity)
 
 IDS = torch.randint(3, 256, (6, 16), generator=torch.Generator().manual_seed(1))
 CAL = Calibration(IDS, "random", 0, IDS.numel())
@@ -145,3 +146,41 @@ def test_shared_statistics_refuse_a_changed_sharing():
     st.add("a", x)
     with pytest.raises(RuntimeError, match="shared its input with a"):
         st.add("b", y)
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_statistics_pass_stops_after_the_last_linear_input(family):
+    """The statistics pass records every linear's input and skips the last product (its output is not needed)."""
+    model = tiny_model(family)
+    adapter = Adapter(model)
+    inps, kwargs = capture_block_inputs(model, adapter, IDS, batch_size=4, device=torch.device("cpu"))
+    block, linears = adapter.layers[0], adapter.block_linears(0)
+    full = {n: _Stats(lin.in_features, "cpu", True) for n, lin in linears.items()}
+    ran: list[str] = []
+    hooks = [lin.register_forward_pre_hook(lambda m, a, n=n: full[n].add(a[0])) for n, lin in linears.items()]
+    with torch.no_grad():
+        _run_block(block, inps, torch.empty_like(inps), kwargs[0], batch_size=2)
+    for h in hooks:
+        h.remove()
+    hooks = [lin.register_forward_hook(lambda m, a, o, n=n: ran.append(n)) for n, lin in linears.items()]
+    shared = _SharedStats(linears, "cpu", hessian=True)
+    with torch.no_grad():
+        _collect_stats(block, linears, shared, inps, kwargs[0], batch_size=2)
+    for h in hooks:
+        h.remove()
+    for n in linears:
+        torch.testing.assert_close(shared[n].H, full[n].H)
+        assert shared[n].n == full[n].n == IDS.numel()
+    calls = len(range(0, IDS.shape[0], 2))
+    assert len(ran) == calls * (len(linears) - 1)  # one product skipped per call
+    assert len(set(ran)) == len(linears) - 1
+
+
+def test_reuse_freed_memory_is_a_scoped_setting():
+    from prunelens.utils.memory import reuse_freed_memory
+
+    with reuse_freed_memory() as applied:
+        for _ in range(3):
+            x = torch.empty(4 << 20)
+            del x
+    assert isinstance(applied, bool)

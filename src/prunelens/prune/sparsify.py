@@ -27,6 +27,7 @@ from prunelens.data.calibration import Calibration
 from prunelens.models.adapter import Adapter, block_output, param_count
 from prunelens.prune.plan import SPARSE_METHODS, PrunePlan
 from prunelens.prune.sparse_math import magnitude_scores, parse_pattern, score_mask, sparsegpt_prune, wanda_scores
+from prunelens.utils.memory import reuse_freed_memory
 from prunelens.utils.progress import progress_bar
 
 
@@ -103,6 +104,37 @@ def capture_block_inputs(model, adapter: Adapter, input_ids: torch.Tensor, batch
     for kw in kwargs:
         kw["use_cache"] = False
     return torch.cat(captured), kwargs
+
+
+def _collect_stats(block: nn.Module, linears: dict[str, nn.Module], stats: _SharedStats, inps: torch.Tensor,
+                   kwargs: dict, batch_size: int) -> None:
+    """Run ``block`` over ``inps`` only as far as its linear layers need: statistics are recorded in each
+    linear's forward pre-hook, and the forward stops once every linear has seen its input (the last
+    linear's product and whatever follows it are never computed; the block's output is not needed here)."""
+    seen: set[str] = set()
+
+    def hook(name: str):
+        def pre(mod, args):
+            stats.add(name, args[0])
+            seen.add(name)
+            if len(seen) == len(linears):
+                raise _StopForward
+
+        return pre
+
+    handles = [lin.register_forward_pre_hook(hook(name)) for name, lin in linears.items()]
+    try:
+        for i in range(0, inps.shape[0], batch_size):
+            seen.clear()
+            stats.new_call()
+            try:
+                block(inps[i : i + batch_size], **kwargs)
+            except _StopForward:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+        stats.new_call()
 
 
 def _run_block(block: nn.Module, inps: torch.Tensor, outs: torch.Tensor, kwargs: dict, batch_size: int) -> None:
@@ -229,39 +261,33 @@ def sparsify(
                     lin.weight.masked_fill_(mask.to(lin.weight.device), 0)
                 bar.advance()
     else:
-        work_device = torch.device(device) if device is not None else adapter.embed.weight.device
-        inps, kwargs = capture_block_inputs(model, adapter, calibration.input_ids, batch_size, work_device)
-        outs = torch.empty_like(inps)
-        with progress_bar(method, total=adapter.num_layers) as bar:
-            for i in range(adapter.num_layers):
-                block = adapter.layers[i]
-                home = next(block.parameters()).device
-                block.to(work_device)
-                linears = adapter.block_linears(i)
-                stats = _SharedStats(linears, work_device, method == "sparsegpt")
-                handles = [lin.register_forward_pre_hook(lambda m, a, n=name: stats.add(n, a[0]))
-                           for name, lin in linears.items()]
-                handles.append(block.register_forward_pre_hook(lambda m, a: stats.new_call()))
-                try:
-                    _run_block(block, inps, outs, kwargs[i], batch_size)
-                finally:
-                    for h in handles:
-                        h.remove()
-                    stats.new_call()
-                for name, lin in linears.items():
-                    st = stats[name]
-                    if method == "wanda":
-                        mask = score_mask(wanda_scores(lin.weight, st.sq), sparsity=ratio, nm=nm, per_row=True)
-                        lin.weight.masked_fill_(mask, 0)
-                    else:
-                        new_w, _ = sparsegpt_prune(lin.weight, st.H, sparsity=ratio, nm=nm,
-                                                   blocksize=blocksize, percdamp=percdamp)
-                        lin.weight.copy_(new_w)
-                del stats
-                _run_block(block, inps, outs, kwargs[i], batch_size)
-                block.to(home)
-                inps, outs = outs, inps
-                bar.advance()
+        with reuse_freed_memory():  # the same large activations are allocated and freed every batch
+            work_device = torch.device(device) if device is not None else adapter.embed.weight.device
+            inps, kwargs = capture_block_inputs(model, adapter, calibration.input_ids, batch_size, work_device)
+            outs = torch.empty_like(inps)
+            with progress_bar(method, total=adapter.num_layers) as bar:
+                for i in range(adapter.num_layers):
+                    block = adapter.layers[i]
+                    home = next(block.parameters()).device
+                    block.to(work_device)
+                    linears = adapter.block_linears(i)
+                    stats = _SharedStats(linears, work_device, method == "sparsegpt")
+                    _collect_stats(block, linears, stats, inps, kwargs[i], batch_size)
+                    for name, lin in linears.items():
+                        st = stats[name]
+                        if method == "wanda":
+                            mask = score_mask(wanda_scores(lin.weight, st.sq), sparsity=ratio, nm=nm, per_row=True)
+                            lin.weight.masked_fill_(mask, 0)
+                        else:
+                            new_w, _ = sparsegpt_prune(lin.weight, st.H, sparsity=ratio, nm=nm,
+                                                       blocksize=blocksize, percdamp=percdamp)
+                            lin.weight.copy_(new_w)
+                    del stats
+                    if i + 1 < adapter.num_layers:  # the last block's outputs feed nothing
+                        _run_block(block, inps, outs, kwargs[i], batch_size)
+                    block.to(home)
+                    inps, outs = outs, inps
+                    bar.advance()
     plan.sparsity["achieved"] = _sparsity_report(adapter)
     plan.params_after = param_count(model)
     return plan

@@ -479,9 +479,12 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, eng
     names = [v.name for v in cfg.variants]
     if engine == "local":
         bench.store = store
+        from prunelens.utils.memory import reuse_freed_memory
+
         # Full first: its evaluations are the reference and its model is the one every variant reuses
-        for name in names:
-            run_group(str(store.root), cfg_dict, name, report, bench=bench)
+        with reuse_freed_memory():
+            for name in names:
+                run_group(str(store.root), cfg_dict, name, report, bench=bench)
     elif engine == "ray":
         import ray
 
