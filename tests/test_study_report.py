@@ -61,7 +61,7 @@ def _w(path: Path, data) -> None:
 ROUGE = {"Drop-2A": 0.8, "Drop-2M": 0.3, "Drop-4M": 0.1, "Wanda-50%": 0.5}
 
 
-def make_study(root: Path, dense_generates: bool = True) -> Path:
+def make_study(root: Path, dense_generates: bool = True, piqa_chance: bool = False) -> Path:
     """``dense_generates=False``: every generative score is 0 (as for the 135M embedded model), so the report
     must fall back to fidelity (ROUGE-L against the dense outputs) for its generative axis."""
     config = {"model": "smollm2-135m", "dtype": "float32", "device": "cpu", "seed": 7,
@@ -80,7 +80,7 @@ def make_study(root: Path, dense_generates: bool = True) -> Path:
         results = {}
         for (task, (kind, metric)), s in zip(TASKS.items(), scores):
             s = s if dense_generates or kind != "gen" else 0.0
-            chance = {"arc_easy": {"chance": 0.25}, "piqa": {"chance": 0.5}}.get(task, {})
+            chance = {"arc_easy": {"chance": 0.25}, **({"piqa": {"chance": 0.5}} if piqa_chance else {})}.get(task, {})
             results[task] = {"kind": kind, "main_metric": metric, "score": s, "metrics": {metric: s, **chance},
                              "n": 10, "seconds": 1.0}
             _w(root / "eval" / name / "tasks" / f"{task}.jsonl",
@@ -389,15 +389,24 @@ def test_report_content_from_data(built):
     assert "20.6 min" in text
 
 
-def test_tasks_near_chance_are_flagged(built):
+def test_tasks_near_chance_are_flagged_and_not_judged(built, tmp_path):
     root, _, text = built
+    assert json.loads((root / "report" / "guidance.json").read_text())["near_chance"] == []  # ARC 0.60 vs 0.25
+    assert "Near chance" not in text
+    root = make_study(tmp_path / "study", piqa_chance=True)
+    text = build_report(root).read_text()
     g = json.loads((root / "report" / "guidance.json").read_text())
     # dense PIQA 0.65 on 10 two-choice questions is within 2 SE of chance (0.5 + 2·0.158 = 0.816); ARC 0.60
     # on four choices is not (0.25 + 2·0.137 = 0.524)
     assert [f["task"] for f in g["near_chance"]] == ["piqa"]
     assert g["near_chance"][0]["bound"] == pytest.approx(0.5 + 2 * math.sqrt(0.025))
-    assert "Caution: the dense model is near chance on piqa" in g["answer"]
+    assert "near chance on piqa: that task is left out of the judged non-generative averages" in g["answer"]
     assert "Near chance: the dense model is within two standard errors of random guessing on piqa: 0.65 against chance 0.50" in text
+    # judged without PIQA, Drop-2M keeps (0.48 + 0.64) / (0.60 + 0.70) = 86% (84% with it): care, not unsafe
+    v = {x["variant"]: x for x in g["variants"]}
+    assert v["Drop-2M"]["non_generative"]["verdict"] == G.CARE
+    assert "keeps 86% of the dense non-generative score" in v["Drop-2M"]["non_generative"]["reasons"][0]
+    assert "86%" in text
 
 
 def test_guidance_verdicts(built):

@@ -214,6 +214,8 @@ def rule_text() -> list[str]:
     return [
         (f"A retained fraction is the pruned score divided by the dense (Full) score, averaged per kind; it is judged "
          f"only when the dense score is at least {MIN_DENSE_SCORE}."),
+        ("Multiple-choice tasks on which the dense model scores within two standard errors of chance are left out "
+         "of the judged averages (the table shows them and names them)."),
         (f"Non-generative use (multiple choice and retrieval; perplexity is shown but not judged): "
          f"'{SAFE}' if the variant keeps at least {pct(SAFE_RETAINED)} of the dense score, "
          f"'{CARE}' if it keeps at least {pct(CARE_RETAINED)}, otherwise '{UNSAFE}'."),
@@ -291,8 +293,9 @@ def answer_for_model(model: str, facts: list[VariantFacts], near_chance: Iterabl
 
     near_chance = list(near_chance)
     if near_chance:
-        parts.append(f"Caution: the dense model is near chance on {', '.join(near_chance)}, so the non-generative "
-                     f"retained fractions rest partly on noise there.")
+        parts.append(f"The dense model is near chance on {', '.join(near_chance)}: "
+                     f"{'that task is' if len(near_chance) == 1 else 'those tasks are'} left out of the judged "
+                     "non-generative averages.")
     dense_gen = next((f.dense_gen for f in facts if _ok(f.dense_gen)), None)
     if _ok(dense_gen) and dense_gen < MIN_DENSE_SCORE:
         parts.append(f"Caution: the dense model's generative score ({dense_gen:.3f}) is below {MIN_DENSE_SCORE}, so "

@@ -285,8 +285,9 @@ def build_tables(st: Study, out_dir: str | Path | None = None) -> dict[str, Any]
     return table
 
 
-def _kind_average(table: dict[str, Any], kinds: tuple[str, ...], i: int) -> float | None:
-    vals = [r["scores"][i] for r in table["rows"] if r["kind"] in kinds and _finite(r["scores"][i])]
+def _kind_average(table: dict[str, Any], kinds: tuple[str, ...], i: int, exclude: frozenset[str] = frozenset()) -> float | None:
+    vals = [r["scores"][i] for r in table["rows"]
+            if r["kind"] in kinds and r["task"] not in exclude and _finite(r["scores"][i])]
     return sum(vals) / len(vals) if vals else None
 
 
@@ -342,9 +343,17 @@ def near_chance(st: Study) -> list[dict[str, Any]]:
 
 
 def variant_facts(st: Study, table: dict[str, Any] | None) -> list[VariantFacts]:
-    """One :class:`VariantFacts` per variant, from the table, fidelity, analysis and predictor."""
+    """One :class:`VariantFacts` per variant, from the table, fidelity, analysis and predictor.
+
+    Multiple-choice tasks on which the dense model is near chance (:func:`near_chance`) are left out of the
+    judged non-generative averages (the table still shows them), unless every non-generative task is.
+    """
     facts = []
     models = table["models"] if table else []
+    flagged = frozenset(f["task"] for f in near_chance(st))
+    if table and flagged and not any(r["kind"] in ("mc", "retrieval") and r["task"] not in flagged
+                                     for r in table["rows"]):
+        flagged = frozenset()
     for n in st.variants:
         group, size = _group(st, n)
         f = VariantFacts(name=n, group=group, n=size)
@@ -354,11 +363,13 @@ def variant_facts(st: Study, table: dict[str, Any] | None) -> list[VariantFacts]
             av = table["averages"]
             if f.parameters is None:
                 f.parameters = table["parameters"][i]
-            f.retained_nongen = av["non_generative_retained"][i]
             f.retained_gen = av["generative_retained"][i]
-            f.dense_nongen, f.dense_gen = av["non_generative"][0], av["generative"][0]
+            f.dense_gen = av["generative"][0]
+            f.dense_nongen = _kind_average(table, ("mc", "retrieval"), 0, flagged)
+            mine = _kind_average(table, ("mc", "retrieval"), i, flagged)
+            f.retained_nongen = mine / f.dense_nongen if (f.dense_nongen and mine is not None) else None
             for kind in ("mc", "retrieval", "gen"):
-                dense, mine = _kind_average(table, (kind,), 0), _kind_average(table, (kind,), i)
+                dense, mine = _kind_average(table, (kind,), 0, flagged), _kind_average(table, (kind,), i, flagged)
                 f.retained_by_kind[kind] = mine / dense if (dense and mine is not None) else None
             ppl = [r["retained"][i] for r in table["rows"] if r["kind"] == "ppl" and _finite(r["retained"][i])]
             f.retained_by_kind["ppl"] = sum(ppl) / len(ppl) if ppl else None
