@@ -104,7 +104,8 @@ def main() -> None:
     weights = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
     dev = "cuda" if args.device.startswith("cuda") else args.device
     reset_peak(dev)
-    cmd = ["study", *([args.config] if args.config else []), "--model", str(model_dir), "--device", args.device,
+    spec = "smollm2-135m" if args.embedded else str(model_dir)  # the alias keeps machine paths out of the report
+    cmd = ["study", *([args.config] if args.config else []), "--model", spec, "--device", args.device,
            "--dtype", args.dtype, "--out", args.out]
     print("prunelens " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
