@@ -106,15 +106,21 @@ def test_validate_sparsity_refuses(args, match):
         validate_sparsity(*args)
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_linears_reading_one_tensor_share_their_statistics(family):
-    """q/k/v (and gate/up) read the same tensor: one accumulator, equal to what each would compute alone."""
+def _first_block(family):
+    """Block 0 of a tiny model, its linears, and its captured inputs and keyword arguments."""
     model = tiny_model(family)
     adapter = Adapter(model)
     inps, kwargs = capture_block_inputs(model, adapter, IDS, batch_size=4, device=torch.device("cpu"))
-    block, linears = adapter.layers[0], adapter.block_linears(0)
+    return adapter.layers[0], adapter.block_linears(0), inps, kwargs[0]
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_linears_reading_one_tensor_share_their_statistics(family):
+    """q/k/v (and gate/up) read the same tensor: one accumulator, equal to what each would compute alone."""
+    block, linears, inps, kw = _first_block(family)
     shared = _SharedStats(linears, "cpu", hessian=True)
     alone = {n: _Stats(lin.in_features, "cpu", True) for n, lin in linears.items()}
+
     def both(n, x):
         shared.add(n, x)
         alone[n].add(x)
@@ -122,7 +128,7 @@ def test_linears_reading_one_tensor_share_their_statistics(family):
     hooks = [lin.register_forward_pre_hook(lambda m, a, n=n: both(n, a[0])) for n, lin in linears.items()]
     hooks.append(block.register_forward_pre_hook(lambda m, a: shared.new_call()))
     with torch.no_grad():
-        _run_block(block, inps, torch.empty_like(inps), kwargs[0], batch_size=2)  # 3 calls
+        _run_block(block, inps, torch.empty_like(inps), kw, batch_size=2)  # 3 calls
     for h in hooks:
         h.remove()
     for n in linears:
@@ -151,21 +157,18 @@ def test_shared_statistics_refuse_a_changed_sharing():
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_statistics_pass_stops_after_the_last_linear_input(family):
     """The statistics pass records every linear's input and skips the last product (its output is not needed)."""
-    model = tiny_model(family)
-    adapter = Adapter(model)
-    inps, kwargs = capture_block_inputs(model, adapter, IDS, batch_size=4, device=torch.device("cpu"))
-    block, linears = adapter.layers[0], adapter.block_linears(0)
+    block, linears, inps, kw = _first_block(family)
     full = {n: _Stats(lin.in_features, "cpu", True) for n, lin in linears.items()}
     ran: list[str] = []
     hooks = [lin.register_forward_pre_hook(lambda m, a, n=n: full[n].add(a[0])) for n, lin in linears.items()]
     with torch.no_grad():
-        _run_block(block, inps, torch.empty_like(inps), kwargs[0], batch_size=2)
+        _run_block(block, inps, torch.empty_like(inps), kw, batch_size=2)
     for h in hooks:
         h.remove()
     hooks = [lin.register_forward_hook(lambda m, a, o, n=n: ran.append(n)) for n, lin in linears.items()]
     shared = _SharedStats(linears, "cpu", hessian=True)
     with torch.no_grad():
-        _collect_stats(block, linears, shared, inps, kwargs[0], batch_size=2)
+        _collect_stats(block, linears, shared, inps, kw, batch_size=2)
     for h in hooks:
         h.remove()
     for n in linears:
