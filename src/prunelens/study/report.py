@@ -394,6 +394,30 @@ _COLORS = {"dense": "#222222", "attn": "#1f77b4", "mlp": "#d62728", "block": "#9
            "sparse": "#2ca02c", "other": "#7f7f7f"}
 
 
+_LABEL_OFFSETS = ((5, 4), (5, -11), (-8, 8), (-8, -13), (12, 14), (12, -19))
+
+
+def _label_points(ax, pts: list[tuple[str, float, float]], near: tuple[float, float]) -> None:
+    """Name each point; a point within ``near`` (x, y, in axis fractions) of points already named gets the next
+    offset around it, so clustered variants stay readable."""
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    log = ax.get_xscale() == "log"
+
+    def frac(x: float, y: float) -> tuple[float, float]:
+        fx = (math.log10(x) - math.log10(x0)) / (math.log10(x1) - math.log10(x0)) if log else (x - x0) / ((x1 - x0) or 1)
+        return fx, (y - y0) / ((y1 - y0) or 1)
+
+    placed: list[tuple[float, float]] = []
+    for name, x, y in sorted(pts, key=lambda p: (p[1], p[2])):
+        fx, fy = frac(x, y)
+        k = sum(1 for px, py in placed if abs(px - fx) < near[0] and abs(py - fy) < near[1])
+        dx, dy = _LABEL_OFFSETS[k % len(_LABEL_OFFSETS)]
+        ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=8.5,
+                    ha="right" if dx < 0 else "left")
+        placed.append((fx, fy))
+
+
 def story_figure(facts: list[VariantFacts], directory: str | Path, axis: G.GenerativeAxis | None = None) -> list[Path]:
     """Left: retained non-generative (x) vs the generative measure (y, see :func:`generative_axis`) per variant,
     ``y = x``, dense at (1, 1). Right: median probability-space KL per variant (sublayer transitions,
@@ -405,8 +429,12 @@ def story_figure(facts: list[VariantFacts], directory: str | Path, axis: G.Gener
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1, 1.25]})
     gen = {f.name: axis.value(f) for f in facts}
     pts = [f for f in facts if not f.is_dense and _finite(f.retained_nongen) and gen[f.name] is not None]
-    vals = [v for f in pts for v in (f.retained_nongen, gen[f.name])] + [1.0]
-    lo, hi = min(0.0, min(vals) - 0.05), max(1.08, max(vals) + 0.06)
+    # each axis spans its own data (and the dense point at 1): clustered variants spread out; y = x stays drawn
+    xs = [f.retained_nongen for f in pts] + [1.0]
+    ys = [gen[f.name] for f in pts] + [1.0]
+    xpad, ypad = max(0.02, 0.08 * (max(xs) - min(xs))), max(0.03, 0.08 * (max(ys) - min(ys)))
+    xlo, xhi, ylo, yhi = min(xs) - xpad, max(xs) + xpad, min(ys) - ypad, max(ys) + ypad
+    lo, hi = min(xlo, ylo), max(xhi, yhi)
     ax.plot([lo, hi], [lo, hi], "--", color="#999", lw=1, label="y = x (no extra loss on generation)")
     ax.fill_between([lo, hi], [lo, lo], [lo, hi], color="#d62728", alpha=0.05)
     ax.scatter([1], [1], marker="*", s=220, color=_COLORS["dense"], zorder=5, label=f"{DENSE} (dense)")
@@ -416,15 +444,14 @@ def story_figure(facts: list[VariantFacts], directory: str | Path, axis: G.Gener
         seen.add(f.group)
         ax.scatter([f.retained_nongen], [gen[f.name]], s=60, color=_COLORS.get(f.group, "#7f7f7f"), zorder=4,
                    label=lab, edgecolors="white", linewidths=0.8)
-        ax.annotate(f.name, (f.retained_nongen, gen[f.name]), xytext=(5, 4), textcoords="offset points", fontsize=8.5)
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
-    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlim(xlo, xhi)
+    ax.set_ylim(ylo, yhi)
+    _label_points(ax, [(f.name, f.retained_nongen, gen[f.name]) for f in pts], near=(0.12, 0.05))
     ax.set_xlabel("retained non-generative score (pruned / dense)")
     ax.set_ylabel(axis.label)
     ax.set_title("What pruning keeps: non-generative vs generative", fontsize=10.5)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7.5, loc="upper left")
+    ax.legend(fontsize=7.5, loc="best")
     if not pts:
         ax.text(0.5, 0.5, "no variant has both scores", transform=ax.transAxes, ha="center", color="#777")
 
@@ -444,11 +471,14 @@ def story_figure(facts: list[VariantFacts], directory: str | Path, axis: G.Gener
     bx.set_xticklabels([f.name for f in kl], rotation=30, ha="right", fontsize=8.5)
     if allv and max(allv) / min(allv) > 50:
         bx.set_yscale("log")
+        bx.set_ylim(top=max(allv) * 30)  # headroom for the legend above the bars
+    elif allv:
+        bx.set_ylim(top=max(allv) * 1.35)
     bx.set_ylabel("median KL(p_dense ‖ p_pruned)")
     bx.set_title("How far the probabilities move (probability space)", fontsize=10.5)
     bx.grid(alpha=0.3, axis="y", which="both")
     if present:
-        bx.legend(fontsize=8)
+        bx.legend(fontsize=8, loc="upper left", ncol=len(present))
     else:
         bx.text(0.5, 0.5, "no analysis results", transform=bx.transAxes, ha="center", color="#777")
         bx.set_xticks([])
@@ -476,10 +506,10 @@ def predictor_figure(facts: list[VariantFacts], directory: str | Path,
     for f in pts:
         ax.scatter([f.predictor], [loss[f.name]], s=60, color=_COLORS.get(f.group, "#7f7f7f"), zorder=4,
                    edgecolors="white", linewidths=0.8)
-        ax.annotate(f.name, (f.predictor, loss[f.name]), xytext=(5, 4), textcoords="offset points", fontsize=8.5)
     ax.set_xscale("log")
     xs = [f.predictor for f in pts]
     ax.set_xlim(min(xs) / 2, max(xs) * 2)
+    _label_points(ax, [(f.name, f.predictor, loss[f.name]) for f in pts], near=(0.15, 0.06))
     ax.axhline(0, color="#999", lw=1, ls="--")
     ax.set_xlabel("predictor Var_p(Δz) / (2T²)  (one teacher-forced pass)")
     ax.set_ylabel("generative degradation (1 − " + ("ROUGE-L vs dense" if axis.kind == "fidelity" else "retained score") + ")")
