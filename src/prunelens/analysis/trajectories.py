@@ -35,7 +35,7 @@ from prunelens.analysis import metrics as M
 from prunelens.analysis.pairstats import DEFAULT_KS, LogitState, default_k
 from prunelens.analysis.tracing import _model_forward, position_ids
 from prunelens.analysis.transitions import H_METRICS, Sequences, _check_temps, logit_lens, stats_rows
-from prunelens.models.adapter import Adapter
+from prunelens.models.adapter import Adapter, input_device
 from prunelens.utils.progress import progress_bar
 
 __all__ = ["Sampler", "Decoded", "decode", "teacher_forced_hidden", "compare_steps", "TrajectoriesResult",
@@ -104,7 +104,7 @@ def decode(model, prompt_ids: list[list[int]], *, max_new_tokens: int, eos_ids=(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
     adapter = Adapter(model)
-    device = adapter.embed.weight.device
+    device = input_device(model)
     eos = set(int(e) for e in eos_ids)
     uids = list(range(len(prompt_ids))) if uids is None else list(uids)
     tokens: list[list[int]] = [[] for _ in prompt_ids]
@@ -173,7 +173,7 @@ def teacher_forced_hidden(model, sequences: Sequences, *, pad_id: int = 0, batch
     for b0 in range(0, len(sequences), batch_size):
         idx = list(range(b0, min(len(sequences), b0 + batch_size)))
         ids, mask = sequences.batch(idx, pad_id, side="right")
-        h = forward_final_hidden(model, ids.to(adapter.embed.weight.device), mask.to(adapter.embed.weight.device))
+        h = forward_final_hidden(model, ids.to(input_device(model)), mask.to(input_device(model)))
         for r, i in enumerate(idx):
             P, n = len(sequences.prompt_ids[i]), len(sequences.generated_ids[i])
             out[i] = h[r, P - 1 : P - 1 + n].detach().clone()

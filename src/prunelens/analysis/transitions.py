@@ -32,7 +32,7 @@ from torch import Tensor
 from prunelens.analysis import metrics as M
 from prunelens.analysis.pairstats import DEFAULT_KS, LogitState, default_k, p_keys, pair_stats, z_keys
 from prunelens.analysis.tracing import plan_counterfactuals, trace
-from prunelens.models.adapter import Adapter
+from prunelens.models.adapter import Adapter, input_device
 from prunelens.utils.progress import progress_bar
 
 __all__ = ["H_METRICS", "TransitionsResult", "transitions", "logit_lens", "Sequences", "stats_rows"]
@@ -200,7 +200,7 @@ def transitions(model, sequences: Sequences, variant=None, *, temperatures=(1.0,
         for b0 in range(0, len(order), batch_size):
             idx = order[b0 : b0 + batch_size]
             ids, mask = sequences.batch(idx, pad_id, side="right")
-            ids = ids.to(adapter.embed.weight.device)
+            ids = ids.to(input_device(model))
             mask = mask.to(ids.device)
             tr = trace(model, ids, mask, counterfactuals=plan)
             notes = list(dict.fromkeys(notes + tr.notes))

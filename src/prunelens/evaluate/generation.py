@@ -30,6 +30,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from prunelens.evaluate.answers import find_stop
+from prunelens.models.adapter import input_device
 from prunelens.utils.progress import progress_bar
 
 __all__ = ["Generation", "Prompt", "StopOnStrings", "format_prompt", "has_chat_template", "generate",
@@ -176,7 +177,7 @@ def generate_batch(
     if sort_by_length:
         order.sort(key=lambda i: -len(encoded[i]))
     bs = len(order) if not batch_size else int(batch_size)
-    device = next(model.parameters()).device
+    device = input_device(model)
     results: list[Generation | None] = [None] * len(prompts)
     with progress_bar(progress or "", total=len(prompts) if progress else None) as bar:
         for b, start in enumerate(range(0, len(order), bs)):

@@ -220,10 +220,9 @@ def _supports_logits_to_keep(model) -> bool:
 
 
 def _model_device(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:  # pragma: no cover
-        return torch.device("cpu")
+    from prunelens.models.adapter import input_device
+
+    return input_device(model)
 
 
 def _score_positions(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from prunelens.models.adapter import input_device
 from prunelens.utils.progress import progress_bar
 
 
@@ -65,7 +66,7 @@ def perplexity(
         wins = wins[:max_windows]
     if not wins:
         raise ValueError(f"token stream too short for perplexity: {stream.numel()} tokens")
-    device = next(model.parameters()).device
+    device = input_device(model)
     total_nll, total_tok = 0.0, 0
     groups: list[list[tuple[int, int, int]]] = []
     for w in wins:

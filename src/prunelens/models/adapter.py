@@ -281,6 +281,26 @@ def drop_blocks(adapter: Adapter, layers: list[int]) -> None:
         setattr(cfg, adapter.spec.layer_types_attr, [lt[i] for i in keep])
 
 
+def input_device(model: nn.Module) -> torch.device:
+    """Where a model's input ids go: the device of its embedding, or, for a model that ``accelerate``
+    dispatched with offloaded weights (parameters on the ``meta`` device), the device accelerate executes
+    the embedding on."""
+    for mod in (model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None, model):
+        dev = getattr(getattr(mod, "_hf_hook", None), "execution_device", None)
+        if dev is not None:
+            return torch.device(f"cuda:{dev}" if isinstance(dev, int) else dev)
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    for p in ([emb.weight] if emb is not None else []) + list(model.parameters()):
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
+
+
+def is_offloaded(model: nn.Module) -> bool:
+    """Whether some weights live off-device (``accelerate`` disk or CPU offload: parameters on ``meta``)."""
+    return any(p.device.type == "meta" for p in model.parameters())
+
+
 def param_count(model: nn.Module) -> int:
     """Number of distinct parameters (tied weights counted once)."""
     seen: set[int] = set()

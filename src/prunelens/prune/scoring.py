@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from prunelens.models.adapter import Adapter
+from prunelens.models.adapter import Adapter, input_device
 from prunelens.models.residual import BlockStates, record_blocks
 from prunelens.utils.progress import progress_bar
 
@@ -56,7 +56,7 @@ def similarities(model, input_ids: torch.Tensor, *, batch_size: int = 8, window:
     sums = {k: [0.0] * n_layers for k in ("attn", "mlp", "block")}
     win_sums = [0.0] * max(n_layers - window + 1, 0) if window else []
     pending: deque[tuple[int, torch.Tensor]] = deque()
-    device = adapter.embed.weight.device
+    device = input_device(model)
 
     def on_block(s: BlockStates) -> None:
         sums["attn"][s.layer] += _cos_sum(s.pre, s.mid)

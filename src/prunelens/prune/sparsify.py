@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from prunelens.data.calibration import Calibration
-from prunelens.models.adapter import Adapter, block_output, param_count
+from prunelens.models.adapter import Adapter, block_output, is_offloaded, param_count
 from prunelens.prune.plan import SPARSE_METHODS, PrunePlan
 from prunelens.prune.sparse_math import magnitude_scores, parse_pattern, score_mask, sparsegpt_prune, wanda_scores
 from prunelens.utils.memory import reuse_freed_memory
@@ -239,6 +239,10 @@ def sparsify(
     ``magnitude`` needs no calibration (``calibration`` may be None); Wanda and SparseGPT do.
     """
     ratio, nm = validate_sparsity(method, sparsity, pattern)
+    if is_offloaded(model):
+        raise ValueError("sparsifying rewrites the weights in place, so they must be in memory: this model has "
+                         "weights offloaded to disk or CPU by accelerate. Load it on the CPU (device='cpu') and pass "
+                         "device='cuda' to prune block by block on one GPU (memory: one block plus activations)")
     adapter = Adapter(model)
     if method != "magnitude" and calibration is None:
         raise ValueError(f"{method} needs calibration data")

@@ -260,12 +260,13 @@ def _run_predictor(bench: Workbench, unit: Unit) -> dict[str, Any]:
 
     from prunelens.analysis.metrics import kl, theorem3_estimate
     from prunelens.evaluate.generation import format_prompt
+    from prunelens.models.adapter import input_device
 
     cfg = bench.cfg
     model, tok = bench.dense
     T = float(((cfg.analyses.get("transitions") or {}).get("temperatures") or [1.0])[0])
     n_new = int((cfg.analyses.get("trajectories") or {}).get("max_new_tokens", 48))
-    device = next(model.parameters()).device
+    device = input_device(model)
     seqs = []
     for _, text in study_prompts(cfg):
         ids = tok(format_prompt(tok, text), return_tensors="pt", add_special_tokens=False).input_ids.to(device)
