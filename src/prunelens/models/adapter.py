@@ -290,10 +290,10 @@ def input_device(model: nn.Module) -> torch.device:
         if dev is not None:
             return torch.device(f"cuda:{dev}" if isinstance(dev, int) else dev)
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    for p in ([emb.weight] if emb is not None else []) + list(model.parameters()):
-        if p.device.type != "meta":
-            return p.device
-    return torch.device("cpu")
+    first = emb.weight if emb is not None else next(model.parameters(), None)
+    if first is not None and first.device.type != "meta":
+        return first.device
+    return next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
 
 
 def is_offloaded(model: nn.Module) -> bool:

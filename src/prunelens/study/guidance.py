@@ -100,8 +100,17 @@ class GenerativeAxis:
 
     kind: str  # "score" | "fidelity" | "none"
     label: str  # axis label
-    short: str  # a few words for sentences ("of the generative score")
-    reason: str  # why this measure was chosen, one sentence
+    cause: str  # why a retained score could not be used ("" for "score")
+
+    @property
+    def reason(self) -> str:
+        """Why this measure was chosen, one sentence."""
+        if self.kind == "score":
+            return "generation is measured by the generative task scores, as a fraction of the dense score"
+        if self.kind == "fidelity":
+            return (f"{self.cause}, so generation is measured by how closely the pruned greedy outputs follow the "
+                    "dense ones (mean ROUGE-L F1; the dense model has 1)")
+        return "no generative result is measured"
 
     def value(self, f: VariantFacts) -> float | None:
         if f.is_dense:
@@ -117,16 +126,12 @@ def generative_axis(facts: Iterable[VariantFacts]) -> GenerativeAxis:
     pruned = [f for f in facts if not f.is_dense]
     dense_gen = next((f.dense_gen for f in facts if _ok(f.dense_gen)), None)
     if any(_ok(f.retained_gen) for f in pruned) and not (_ok(dense_gen) and dense_gen < MIN_DENSE_SCORE):
-        return GenerativeAxis("score", "retained generative score (pruned / dense)", "of the generative score",
-                              "generation is measured by the generative task scores, as a fraction of the dense score")
+        return GenerativeAxis("score", "retained generative score (pruned / dense)", "")
     if any(_ok(f.rouge_l) for f in pruned):
-        why = (f"the dense model's generative score ({dense_gen:.3f}) is below {MIN_DENSE_SCORE}"
-               if _ok(dense_gen) else "no generative score is measured")
-        return GenerativeAxis("fidelity", "fidelity to the dense generations (ROUGE-L F1)",
-                              "fidelity to the dense generations (ROUGE-L)",
-                              f"{why}, so generation is measured by how closely the pruned greedy outputs follow "
-                              "the dense ones (mean ROUGE-L F1; the dense model has 1)")
-    return GenerativeAxis("none", "generative measure", "of the generative score", "no generative result is measured")
+        cause = (f"the dense model's generative score ({dense_gen:.3f}) is below {MIN_DENSE_SCORE}"
+                 if _ok(dense_gen) else "no generative score is measured")
+        return GenerativeAxis("fidelity", "fidelity to the dense generations (ROUGE-L F1)", cause)
+    return GenerativeAxis("none", "generative measure", "")
 
 
 @dataclass
@@ -261,6 +266,7 @@ def answer_for_model(model: str, facts: list[VariantFacts], near_chance: Iterabl
     pruned = [f for f in facts if not f.is_dense]
     ax = generative_axis(facts)
     fid = ax.kind == "fidelity"
+    gv = {f.name: ax.value(f) for f in pruned}  # the generative measure of each variant
     if not pruned:
         return f"No pruned variant of {model} has results yet, so there is nothing to answer."
     parts: list[str] = []
@@ -270,7 +276,7 @@ def answer_for_model(model: str, facts: list[VariantFacts], near_chance: Iterabl
     first = True
     for g, fs in groups.items():
         ng = [f.retained_nongen for f in fs if _ok(f.retained_nongen)]
-        gen = [v for f in fs if (v := ax.value(f)) is not None]
+        gen = [gv[f.name] for f in fs if gv[f.name] is not None]
         if not ng and not gen:
             parts.append(f"{_cap(GROUP_LABELS.get(g, g))} ({_names(fs)}) have no scores yet.")
             continue
@@ -303,10 +309,9 @@ def answer_for_model(model: str, facts: list[VariantFacts], near_chance: Iterabl
                      + ("generation is judged instead by the fidelity to the dense generations (ROUGE-L, 1 = identical), "
                         "with the probability-space divergence as the mechanism." if fid else
                         "the probability-space divergence is the better evidence."))
-    both = [f for f in pruned if _ok(f.retained_nongen) and ax.value(f) is not None]
-    gen_of = {f.name: ax.value(f) for f in both}
+    both = [f for f in pruned if _ok(f.retained_nongen) and gv[f.name] is not None]
     if both:
-        gap = [f for f in both if gen_of[f.name] < f.retained_nongen - GAP_MARGIN]
+        gap = [f for f in both if gv[f.name] < f.retained_nongen - GAP_MARGIN]
         nogap = [f for f in both if f not in gap]
         on_gen = ("generation (their ROUGE-L against the dense outputs is lower than their retained "
                   "non-generative score)") if fid else "generation"
@@ -338,7 +343,6 @@ def answer_for_model(model: str, facts: list[VariantFacts], near_chance: Iterabl
                      "non-generative score.")
 
     # attention versus MLP drops of the same size (the paper: dropping attention is gentler on generation)
-    gv = {f.name: ax.value(f) for f in pruned}
     attn = {f.n: f for f in groups.get("attn", []) if gv[f.name] is not None}
     mlp = {f.n: f for f in groups.get("mlp", []) if gv[f.name] is not None}
     show = (lambda v: f"ROUGE-L {v:.2f}") if fid else pct

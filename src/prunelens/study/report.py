@@ -342,7 +342,8 @@ def near_chance(st: Study) -> list[dict[str, Any]]:
     return out
 
 
-def variant_facts(st: Study, table: dict[str, Any] | None) -> list[VariantFacts]:
+def variant_facts(st: Study, table: dict[str, Any] | None,
+                  flags: list[dict[str, Any]] | None = None) -> list[VariantFacts]:
     """One :class:`VariantFacts` per variant, from the table, fidelity, analysis and predictor.
 
     Multiple-choice tasks on which the dense model is near chance (:func:`near_chance`) are left out of the
@@ -350,7 +351,7 @@ def variant_facts(st: Study, table: dict[str, Any] | None) -> list[VariantFacts]
     """
     facts = []
     models = table["models"] if table else []
-    flagged = frozenset(f["task"] for f in near_chance(st))
+    flagged = frozenset(f["task"] for f in (near_chance(st) if flags is None else flags))
     if table and flagged and not any(r["kind"] in ("mc", "retrieval") and r["task"] not in flagged
                                      for r in table["rows"]):
         flagged = frozenset()
@@ -545,7 +546,7 @@ def story_caption(facts: list[VariantFacts], axis: G.GenerativeAxis | None = Non
     both = [f for f in pts if _finite(f.retained_nongen)]
     below = sum(1 for f in both if gen[f.name] < f.retained_nongen)
     tail = f"; {below} of {len(both)} variants lie below y = x, losing more on generation" if both else ""
-    lead = (f"Generation is measured as fidelity to the dense outputs because {axis.reason.split(', so')[0]}. "
+    lead = (f"Generation is measured as fidelity to the dense outputs because {axis.cause}. "
             if fid else "")
     if best is worst:
         return f"{lead}{say(worst)}{tail}."
@@ -889,11 +890,12 @@ class _Section:
 
 
 def render_html(st: Study, table: dict[str, Any] | None, facts: list[VariantFacts],
-                figures: list[tuple[Path, str, str]], problems: list[str] | None = None) -> str:
+                figures: list[tuple[Path, str, str]], problems: list[str] | None = None,
+                flags: list[dict[str, Any]] | None = None) -> str:
     """The report page. ``figures``: ``(png, alt, caption)`` for the study figures; the analysis figures are
     taken from ``st``. Each section is built on its own: one that fails says so instead of breaking the page."""
     problems = problems if problems is not None else []
-    flags = near_chance(st) if st.summaries else []
+    flags = near_chance(st) if flags is None else flags
     chance = [f["task"] for f in flags]
 
     def guard(fn: Callable[[], str], what: str) -> str:
@@ -970,7 +972,8 @@ def build_report(study_dir: str | Path) -> Path:
         table = build_tables(st, out)
     except Exception as exc:  # noqa: BLE001
         problems.append(f"the table could not be built ({type(exc).__name__}: {exc})")
-    facts = variant_facts(st, table)
+    flags = near_chance(st)
+    facts = variant_facts(st, table, flags)
     axis = G.generative_axis(facts)
     figures: list[tuple[Path, str, str]] = []
     rho, n_rho = None, 0
@@ -994,14 +997,14 @@ def build_report(study_dir: str | Path) -> Path:
     try:
         atomic_write_json(out / "guidance.json", {"rule": G.rule_text(),
                                                   "answer": G.answer_for_model(st.model, facts,
-                                                                               [f["task"] for f in near_chance(st)]),
-                                                  "near_chance": near_chance(st),
+                                                                               [f["task"] for f in flags]),
+                                                  "near_chance": flags,
                                                   "generative_measure": {"kind": axis.kind, "reason": axis.reason},
                                                   "predictor_spearman": {"rho": rho, "variants": n_rho},
                                                   "variants": [g.to_dict() for g in G.guidance(facts)]})
     except Exception as exc:  # noqa: BLE001
         problems.append(f"guidance.json could not be written ({type(exc).__name__}: {exc})")
-    page = render_html(st, table, facts, figures, problems)
+    page = render_html(st, table, facts, figures, problems, flags)
     path = out / "report.html"
     atomic_write_text(path, page)
     return path
