@@ -40,16 +40,39 @@ def random_text(n_words: int, seed: int = 0, vocab: int = 250) -> str:
     return " ".join(f"w{int(i)}" for i in torch.randint(0, vocab, (n_words,), generator=g))
 
 
+def missing(reason: str, *, module: bool = False):
+    """Something a test needs is absent: fail under CI (where everything must be installed), skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason, allow_module_level=module)
+
+
 def need_data(rel: str):
-    """Path of a shared data file; fail (CI) or skip (elsewhere) when it is missing."""
+    """Path of a shared data file (see :func:`missing`)."""
     from prunelens.data.paths import DataNotFoundError, find_data_file
 
     try:
         return find_data_file(rel)
     except DataNotFoundError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"required data missing in CI: {exc}")
-        pytest.skip(str(exc))
+        missing(f"data: {exc}")
+
+
+def need_minilm():
+    """Folder of the all-MiniLM-L6-v2 wheel (see :func:`missing`)."""
+    from prunelens.models.encoders import embedder_path
+
+    try:
+        return embedder_path("all-minilm-l6-v2")
+    except FileNotFoundError as exc:
+        missing(f"model: {exc}")
+
+
+def need_package(name: str, *, module: bool = False):
+    """Import ``name`` (see :func:`missing`)."""
+    try:
+        return __import__(name)
+    except ImportError as exc:
+        missing(f"package: {exc}", module=module)
 
 
 @pytest.fixture(scope="module")

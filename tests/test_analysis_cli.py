@@ -6,7 +6,6 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from prunelens.analysis.pipeline import _figures

@@ -18,21 +18,15 @@ import json
 import os
 
 import pytest
-import torch
 
 from prunelens.data.tasks import MCExample, load_task
 from prunelens.evaluate.multiple_choice import encode_pair, evaluate_multiple_choice
 from prunelens.models.adapter import Adapter, drop_sublayer
 from prunelens.models.tiny import tiny_model
 
-from conftest import need_data, random_text, tiny_tokenizer
+from conftest import need_data, need_package, random_text, tiny_tokenizer
 
-try:
-    import lm_eval  # noqa: F401
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    if os.environ.get("CI"):
-        raise RuntimeError("lm-eval is required in CI for the agreement tests (pip install lm-eval)") from exc
-    pytest.skip("lm-eval not installed (pip install lm-eval)", allow_module_level=True)
+need_package("lm_eval", module=True)
 
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402

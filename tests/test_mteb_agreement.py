@@ -15,27 +15,16 @@ Two comparisons:
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
 from prunelens.data.tasks import load_task, write_beir
 from prunelens.evaluate.retrieval import evaluate_retrieval, mteb_evaluate, subsample
-from prunelens.models.encoders import embedder_path, load_embedder
+from prunelens.models.encoders import load_embedder
 
-from conftest import need_data
+from conftest import need_data, need_minilm, need_package
 
-
-
-def need_package(name: str):
-    """Import ``name``; fail (CI) or skip (elsewhere) when it is not installed."""
-    try:
-        return __import__(name)
-    except ImportError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"required package missing in CI: {exc}")
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,15 +40,6 @@ pytestmark = pytest.mark.filterwarnings(
 
 N_QUERIES, N_DISTRACTORS = 150, 100
 TOL = 0.005
-
-
-def need_minilm():
-    try:
-        return embedder_path("all-minilm-l6-v2")
-    except FileNotFoundError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"required model missing in CI: {exc}")
-        pytest.skip(str(exc))
 
 
 class CachedEmbedder:

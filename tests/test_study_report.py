@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 import struct
 import zlib
@@ -17,6 +16,8 @@ import pytest
 from prunelens.study import guidance as G
 from prunelens.study.guidance import VariantFacts
 from prunelens.study.report import analysis_numbers, build_report, load_study, rankdata, spearman
+
+from conftest import missing
 
 # ----------------------------------------------------------------------------------------------------
 # a synthetic study directory in the runner's layout
@@ -479,9 +480,7 @@ def chromium():
     path, why = ensure_chromium()
     if path:
         return path
-    if os.environ.get("CI"):
-        pytest.fail(f"Chromium is required for the browser check in CI and could not be provided: {why}")
-    pytest.skip(why)
+    missing(f"Chromium for the browser check could not be provided: {why}")
 
 
 def test_report_in_headless_chromium(built, chromium, tmp_path):

@@ -7,7 +7,6 @@ root, where pytest runs). A missing data folder skips the test locally and fails
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -34,16 +33,15 @@ from prunelens.data.tasks import (
     write_beir,
 )
 
+from conftest import missing
+
 
 def need(name: str, split: str | None = None) -> Path:
     """The local path of a task's data, or skip (fail under CI) when it is missing."""
     try:
         return resolve_task_path(name, split)
     except DataNotFoundError as e:
-        msg = f"data for {name} ({split or 'default split'}) not found: {e}"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        missing(f"data for {name} ({split or 'default split'}) not found: {e}")
 
 
 def local(name: str, split: str | None = None, **kw):

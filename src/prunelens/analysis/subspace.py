@@ -31,7 +31,7 @@ from prunelens.analysis import metrics as M
 from prunelens.analysis.pairstats import DEFAULT_KS, LogitState, default_k, p_keys
 from prunelens.analysis.tracing import _model_forward
 from prunelens.analysis.transitions import P_RENAME, _check_temps, stats_rows
-from prunelens.models.adapter import Adapter, input_device
+from prunelens.models.adapter import input_device
 from prunelens.utils.progress import progress_bar
 
 __all__ = ["OptionTokenError", "option_token_ids", "mc_prompt", "SubspaceResult", "option_subspace",
@@ -127,7 +127,6 @@ def option_logits(z: Tensor, groups: list[list[int]], T: float) -> Tensor:
 @torch.no_grad()
 def final_logits(model, prompts: list[list[int]], *, pad_id: int = 0, batch_size: int = 8, desc: str = "") -> Tensor:
     """The model's logits at the last token of each prompt (left padding), ``(N, V)`` float32."""
-    adapter = Adapter(model)
     device = input_device(model)
     outs = []
     with progress_bar(desc or "forward", total=len(prompts)) as bar:

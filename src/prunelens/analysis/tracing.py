@@ -217,7 +217,6 @@ def trace(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = N
     if counterfactuals is None:
         counterfactuals, _ = plan_counterfactuals(adapter)
     parallel = adapter.parallel
-    spec = adapter.spec
     busy = [False]
     store: dict[int, dict[str, Any]] = {}
     entries: list[SublayerTrace] = []
@@ -276,7 +275,8 @@ def trace(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = N
                 return
             st = store[i]
             pre = st.pop("pre")
-            d_attn, d_mlp = st.pop("d_attn"), st.pop("d_mlp")
+            d_attn = st.pop("d_attn")
+            st.pop("d_mlp", None)  # the MLP's own output is not needed: post − mid is its effect
             post = block_output(out)
             mid = pre + d_attn
             for kind, before, dense in (("attn", pre, mid), ("mlp", mid, post)):

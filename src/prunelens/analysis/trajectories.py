@@ -126,7 +126,7 @@ def decode(model, prompt_ids: list[list[int]], *, max_new_tokens: int, eos_ids=(
                 ids, mask = ids.to(device), mask.to(device)
                 done = torch.zeros(len(idx), dtype=torch.bool)
                 past = None
-                step_in, mask_in = ids, mask
+                step_in = ids
                 for step in range(1, max_new_tokens + 1):
                     if use_cache:
                         pos = position_ids(mask)[:, -step_in.shape[1]:]
@@ -168,7 +168,6 @@ def teacher_forced_hidden(model, sequences: Sequences, *, pad_id: int = 0, batch
     """
     from prunelens.analysis.tracing import forward_final_hidden
 
-    adapter = Adapter(model)
     out: list[Tensor] = [None] * len(sequences)  # type: ignore[list-item]
     for b0 in range(0, len(sequences), batch_size):
         idx = list(range(b0, min(len(sequences), b0 + batch_size)))

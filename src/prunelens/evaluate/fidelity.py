@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 import statistics
 import time
-from typing import Any, Hashable, Iterable, Sequence
+from typing import Hashable, Iterable, Sequence
 
 from prunelens.evaluate.results import TaskResult
 
