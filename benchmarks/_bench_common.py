@@ -295,3 +295,44 @@ def base_parser(doc: str):
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     ap.add_argument("--dtype", default="float32")
     return ap
+
+
+# --- one measurement per fresh process -----------------------------------------------------------------
+
+
+def add_child_args(ap) -> None:
+    """The hidden options by which a benchmark re-runs itself as a child process for one job."""
+    import argparse
+
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
+
+
+def serve_child(args, run_child) -> bool:
+    """In a child (``--child JOB.json``): run the job, write its result to ``--child-out``; True if so."""
+    if not args.child:
+        return False
+    Path(args.child_out).write_text(json.dumps(run_child(json.loads(Path(args.child).read_text()))))
+    return True
+
+
+def run_in_child(python: str, script: str, job: dict, workdir: Path, name: str) -> tuple[dict, float, str]:
+    """Run ``job`` in a fresh ``python script --child`` process (so its peak memory is its own).
+
+    Returns ``(result, wall seconds, the child's stdout and stderr)``; a failed child gives
+    ``{"error": <last lines of its output>}`` and says so on stderr.
+    """
+    import subprocess
+
+    jf, rf = workdir / f"job_{name}.json", workdir / f"result_{name}.json"
+    jf.write_text(json.dumps(job))
+    t0 = time.perf_counter()
+    r = subprocess.run([python, script, "--child", str(jf), "--child-out", str(rf)], capture_output=True, text=True,
+                       env=os.environ.copy())
+    wall = time.perf_counter() - t0
+    output = f"{r.stdout}\n{r.stderr}"
+    if r.returncode or not rf.exists():
+        tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-6:])
+        stderr(f"    FAILED (rc={r.returncode}):\n{tail}")
+        return {"error": tail}, wall, output
+    return json.loads(rf.read_text()), wall, output

@@ -29,11 +29,7 @@ weights, no download), ``--threads``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -187,13 +183,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="write the results as JSON to this file")
-    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
+    C.add_child_args(ap)
     args = ap.parse_args()
     C.set_offline()
-    if args.child:
-        res = run_child(json.loads(Path(args.child).read_text()))
-        Path(args.child_out).write_text(json.dumps(res))
+    if C.serve_child(args, run_child):
         return
 
     device = C.resolve_device(args.device)
@@ -212,20 +205,13 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench_speed_"))
     results = []
     for v in variants:
-        jf, rf = workdir / f"job_{len(results)}.json", workdir / f"res_{len(results)}.json"
-        jf.write_text(json.dumps({**base, "variant": v}))
         C.stderr(f"[{time.strftime('%H:%M:%S')}] {v} ...")
-        t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, __file__, "--child", str(jf), "--child-out", str(rf)],
-                           capture_output=True, text=True, env=os.environ.copy())
-        (workdir / f"log_{len(results)}.txt").write_text(r.stdout + "\n" + r.stderr)
-        if r.returncode or not rf.exists():
-            tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-6:])
-            C.stderr(f"    FAILED (rc={r.returncode}):\n{tail}")
-            results.append({"variant": v, "error": tail})
+        res, wall, output = C.run_in_child(sys.executable, __file__, {**base, "variant": v}, workdir, str(len(results)))
+        (workdir / f"log_{len(results)}.txt").write_text(output)
+        if "error" in res:
+            results.append({"variant": v, **res})
             continue
-        res = json.loads(rf.read_text())
-        res["process_wall"] = time.perf_counter() - t0
+        res["process_wall"] = wall
         C.stderr(f"    done in {res['process_wall']:.0f} s (pruning {res['prune_s']:.0f} s)")
         results.append(res)
 

@@ -39,9 +39,6 @@ download; perplexity then meaningless), ``--methods wanda,sparsegpt``, ``--tools
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -154,21 +151,12 @@ def has_llmcompressor(python: str) -> tuple[bool, str]:
 
 
 def spawn(python: str, job: dict, workdir: Path, log) -> dict:
-    jf = workdir / f"job_{job['tool']}_{job['method']}.json"
-    rf = workdir / f"result_{job['tool']}_{job['method']}.json"
-    jf.write_text(json.dumps(job))
     C.stderr(f"[{time.strftime('%H:%M:%S')}] {job['tool']:>13} {job['method']:<9} (python: {python}) ...")
-    t0 = time.perf_counter()
-    r = subprocess.run([python, __file__, "--child", str(jf), "--child-out", str(rf)], capture_output=True,
-                       text=True, env=os.environ.copy())
-    wall = time.perf_counter() - t0
-    log.write(f"===== {job['tool']} {job['method']} rc={r.returncode} wall={wall:.1f}s\n{r.stdout}\n{r.stderr}\n")
+    res, wall, output = C.run_in_child(python, __file__, job, workdir, f"{job['tool']}_{job['method']}")
+    log.write(f"===== {job['tool']} {job['method']} wall={wall:.1f}s\n{output}\n")
     log.flush()
-    if r.returncode or not rf.exists():
-        tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-6:])
-        C.stderr(f"    FAILED (rc={r.returncode}):\n{tail}")
-        return {"tool": job["tool"], "method": job["method"], "error": tail}
-    res = json.loads(rf.read_text())
+    if "error" in res:
+        return {"tool": job["tool"], "method": job["method"], **res}
     res["process_wall"] = wall
     C.stderr(f"    {res['seconds']:.1f} s pruning, ppl {res['ppl']:.3f}, process {wall:.1f} s")
     return res
@@ -193,14 +181,10 @@ def main() -> None:
                     help="interpreter for the prunelens runs (default: --bench-python if usable, else this one)")
     ap.add_argument("--log", default=None, help="file for the subprocesses' full output (default: temp dir)")
     ap.add_argument("--out", default=None, help="write the results as JSON to this file")
-    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
+    C.add_child_args(ap)
     args = ap.parse_args()
     C.set_offline()
-
-    if args.child:
-        res = run_child(json.loads(Path(args.child).read_text()))
-        Path(args.child_out).write_text(json.dumps(res))
+    if C.serve_child(args, run_child):
         return
 
     import torch
