@@ -271,6 +271,12 @@ def _arc_files(variant: str) -> Callable[[str], list[str]]:
     return files
 
 
+def ai2_question(q: dict) -> tuple[str, list[str], list[str]]:
+    """``(stem, choice texts, choice labels)`` of a question in AI2's own layout (ARC, OpenBookQA):
+    ``{"stem", "choices": [{"text", "label"}, ...]}``."""
+    return q["stem"], [c["text"] for c in q["choices"]], [c["label"] for c in q["choices"]]
+
+
 def _convert_arc(task: str) -> Callable[[Iterable[dict], str], list[MCExample]]:
     # lm-eval arc_easy.yaml / arc_challenge.yaml: "Question: {{question}}\nAnswer:", choices choices.text.
     def convert(rows: Iterable[dict], split: str) -> list[MCExample]:
@@ -278,9 +284,7 @@ def _convert_arc(task: str) -> Callable[[Iterable[dict], str], list[MCExample]]:
         for i, r in enumerate(rows):
             q = r["question"]
             if isinstance(q, dict):  # original AI2 layout
-                stem = q["stem"]
-                texts = [c["text"] for c in q["choices"]]
-                labels = [c["label"] for c in q["choices"]]
+                stem, texts, labels = ai2_question(q)
             else:  # Hugging Face allenai/ai2_arc layout
                 stem = q
                 texts, labels = list(r["choices"]["text"]), list(r["choices"]["label"])
@@ -465,9 +469,7 @@ def _convert_obqa(rows: Iterable[dict], split: str) -> list[MCExample]:
         if "question_stem" in r:  # HF / TSV layout
             stem, texts, labels = r["question_stem"], list(r["choices"]["text"]), list(r["choices"]["label"])
         else:  # official JSONL layout
-            stem = r["question"]["stem"]
-            texts = [c["text"] for c in r["question"]["choices"]]
-            labels = [c["label"] for c in r["question"]["choices"]]
+            stem, texts, labels = ai2_question(r["question"])
         rid = str(r.get("id", f"{split}-{i}"))
         out.append(
             MCExample(

@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prunelens.data.tasks import ai2_question
+
 __all__ = [
     "LOCAL_TASKS",
     "LmEvalUnavailableError",
@@ -94,9 +96,8 @@ def _rows_arc(path: Path) -> list[dict]:
     for r in _read_jsonl(path):
         q = r["question"]
         if isinstance(q, dict):
-            r = {"id": r.get("id"), "question": q["stem"],
-                 "choices": {"text": [c["text"] for c in q["choices"]],
-                             "label": [c["label"] for c in q["choices"]]},
+            stem, texts, labels = ai2_question(q)
+            r = {"id": r.get("id"), "question": stem, "choices": {"text": texts, "label": labels},
                  "answerKey": r["answerKey"]}
         out.append(r)
     return out
@@ -147,10 +148,8 @@ def _rows_openbookqa(path: Path) -> list[dict]:
         out = []
         for r in _read_jsonl(path):
             if "question_stem" not in r:
-                q = r["question"]
-                r = {"id": r.get("id"), "question_stem": q["stem"],
-                     "choices": {"text": [c["text"] for c in q["choices"]],
-                                 "label": [c["label"] for c in q["choices"]]},
+                stem, texts, labels = ai2_question(r["question"])
+                r = {"id": r.get("id"), "question_stem": stem, "choices": {"text": texts, "label": labels},
                      "answerKey": r["answerKey"]}
             out.append(r)
         return out
