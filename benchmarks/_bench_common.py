@@ -308,6 +308,15 @@ def add_child_args(ap) -> None:
     ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
 
 
+def parse_or_serve(ap, run_child):
+    """Add ``--out`` and the child options, parse, go offline; in a child, run its job and return None."""
+    ap.add_argument("--out", default=None, help="write the results as JSON to this file")
+    add_child_args(ap)
+    args = ap.parse_args()
+    set_offline()
+    return None if serve_child(args, run_child) else args
+
+
 def serve_child(args, run_child) -> bool:
     """In a child (``--child JOB.json``): run the job, write its result to ``--child-out``; True if so."""
     if not args.child:

@@ -182,11 +182,8 @@ def main() -> None:
     ap.add_argument("--calib-seqlen", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default=None, help="write the results as JSON to this file")
-    C.add_child_args(ap)
-    args = ap.parse_args()
-    C.set_offline()
-    if C.serve_child(args, run_child):
+    args = C.parse_or_serve(ap, run_child)
+    if args is None:  # this process was a child: its job is done
         return
 
     device = C.resolve_device(args.device)

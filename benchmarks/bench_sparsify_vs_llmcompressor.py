@@ -180,11 +180,8 @@ def main() -> None:
     ap.add_argument("--prunelens-python", default=None,
                     help="interpreter for the prunelens runs (default: --bench-python if usable, else this one)")
     ap.add_argument("--log", default=None, help="file for the subprocesses' full output (default: temp dir)")
-    ap.add_argument("--out", default=None, help="write the results as JSON to this file")
-    C.add_child_args(ap)
-    args = ap.parse_args()
-    C.set_offline()
-    if C.serve_child(args, run_child):
+    args = C.parse_or_serve(ap, run_child)
+    if args is None:  # this process was a child: its job is done
         return
 
     import torch
