@@ -8,10 +8,14 @@ import pytest
 import torch
 
 from prunelens.prune.sparse_math import (
+    accumulate_gram,
+    inverse_upper_cholesky,
+    lowest_k,
     magnitude_scores,
     nm_mask,
     parse_pattern,
     sparsegpt_prune,
+    symmetric_from_lower,
     unstructured_mask,
     wanda_scores,
 )
@@ -172,3 +176,61 @@ def test_vectorised_sparsegpt_equals_the_column_loop(sparsity, nm, blocksize):
     got_w, got_mask = sparsegpt_prune(w.double(), h.double(), sparsity=sparsity, nm=nm, blocksize=blocksize)
     assert torch.equal(got_mask, ref_mask)
     torch.testing.assert_close(got_w, ref_w, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("d", [1, 7, 64])
+def test_inverse_upper_cholesky_is_the_factor_of_the_inverse(d):
+    """U is upper triangular with a positive diagonal and UᵀU = H⁻¹, so it equals chol(H⁻¹) (unique factor)."""
+    g = torch.Generator().manual_seed(d)
+    x = torch.randn(3 * d + 5, d, generator=g, dtype=torch.float64)
+    h = x.T @ x + 0.1 * torch.eye(d, dtype=torch.float64)
+    u = inverse_upper_cholesky(h)
+    assert torch.equal(u, u.triu()) and (torch.diag(u) > 0).all()
+    torch.testing.assert_close(u.T @ u, torch.linalg.inv(h), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(u, torch.linalg.cholesky(torch.linalg.inv(h), upper=True), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("per_row", [True, False])
+def test_lowest_k_is_exact_with_ties(per_row):
+    """Exactly k marked per row (or overall), every marked score ≤ every unmarked one, ties included."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 4, (6, 10), generator=g).float()  # heavy ties
+    for k in range(1, 10):
+        mask = lowest_k(scores, k, per_row)
+        if per_row:
+            assert (mask.sum(1) == k).all()
+            for r in range(6):
+                assert scores[r][mask[r]].max() <= scores[r][~mask[r]].min()
+        else:
+            assert int(mask.sum()) == k
+            assert scores[mask].max() <= scores[~mask].min()
+
+
+@pytest.mark.parametrize("sparsity,nm", [(0.5, None), (0.6, None), (None, (2, 4))])
+def test_sparsegpt_on_a_stack_equals_one_call_per_matrix(sparsity, nm):
+    """q/k/v share a Hessian: pruning them stacked (masks chosen per segment) equals pruning each alone."""
+    w, _, h = _layer_data(rows=40, cols=64, seed=13)
+    parts = [w[:16], w[16:24], w[24:]]
+    got_w, got_mask = sparsegpt_prune(w.double(), h.double(), sparsity=sparsity, nm=nm, blocksize=32,
+                                      segments=[p.shape[0] for p in parts])
+    alone = [sparsegpt_prune(p.double(), h.double(), sparsity=sparsity, nm=nm, blocksize=32) for p in parts]
+    assert torch.equal(got_mask, torch.cat([m for _, m in alone]))
+    torch.testing.assert_close(got_w, torch.cat([x for x, _ in alone]), rtol=1e-9, atol=1e-9)
+    if nm is None:  # each matrix keeps its own sparsity, block by block
+        for (a, b), p in zip([(0, 16), (16, 24), (24, 40)], parts):
+            for c0 in (0, 32):
+                assert int(got_mask[a:b, c0 : c0 + 32].sum()) == int(p.shape[0] * 32 * sparsity)
+    with pytest.raises(ValueError, match="segments"):
+        sparsegpt_prune(w, h, sparsity=0.5, segments=[16, 8])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_accumulated_gram_equals_xtx(dtype):
+    """Batches of XᵀX summed in lower-triangle bands equal the float64 product, for either dtype."""
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(n, 500, generator=g) * 3 for n in (100, 37, 64)]
+    G = torch.zeros(500, 500, dtype=dtype)
+    for x in batches:
+        accumulate_gram(G, x)
+    x = torch.cat(batches).double()
+    torch.testing.assert_close(symmetric_from_lower(G).double(), x.T @ x, rtol=1e-5, atol=1e-3)

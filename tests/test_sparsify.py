@@ -11,7 +11,7 @@ from prunelens.data.calibration import Calibration
 from prunelens.models.adapter import Adapter
 from prunelens.models.residual import record_blocks
 from prunelens.models.tiny import TINY_FAMILIES, tiny_model
-from prunelens.prune.sparsify import (_collect_stats, _run_block, _SharedStats, _Stats, capture_block_inputs, sparsify,
+from prunelens.prune.sparsify import (_collect_stats, _run_block, _SharedStats, _Stats, capture_block_inputs, layer_kwargs, sparsify,
                                       validate_sparsity)
 
 IDS = torch.randint(3, 256, (6, 16), generator=torch.Generator().manual_seed(1))
@@ -187,3 +187,72 @@ def test_reuse_freed_memory_is_a_scoped_setting():
             x = torch.empty(4 << 20)
             del x
     assert isinstance(applied, bool)
+
+
+def _kwargs_by_real_forward(model, adapter, ids):
+    got = [None] * adapter.num_layers
+    hooks = [b.register_forward_pre_hook(lambda m, a, kw, i=i: got.__setitem__(i, kw), with_kwargs=True)
+             for i, b in enumerate(adapter.layers)]
+    with torch.no_grad():
+        model(ids, use_cache=False)
+    for h in hooks:
+        h.remove()
+    return got
+
+
+def _assert_same_kwargs(a: dict, b: dict):
+    assert set(a) == set(b) - {"hidden_states"}
+    for k, v in a.items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, b[k]), k
+        elif isinstance(v, tuple):
+            assert all(torch.equal(x, y) for x, y in zip(v, b[k])), k
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_layer_kwargs_come_without_running_the_blocks(family):
+    """Every block's keyword arguments equal those of a real forward, and no attention or MLP ran."""
+    model = tiny_model(family)
+    adapter = Adapter(model)
+    ids = IDS[:1]
+    ref = _kwargs_by_real_forward(model, adapter, ids)
+    ran = []
+    hooks = [adapter.sublayer(i, s).register_forward_hook(lambda *a: ran.append(1))
+             for i in range(adapter.num_layers) for s in ("attn", "mlp")]
+    got = layer_kwargs(model, adapter, ids)
+    for h in hooks:
+        h.remove()
+    assert not ran
+    for a, b in zip(got, ref):
+        _assert_same_kwargs(a, b)
+    assert all("forward" not in b.__dict__ for b in adapter.layers)  # the stand-ins are gone
+
+
+def test_layer_kwargs_fall_back_to_a_real_forward_and_keep_wrapped_forwards():
+    """A model whose loop rejects the stand-ins is run for real; a wrapper set on a block's forward
+    (as accelerate's hooks do) is put back."""
+    model = tiny_model("llama")
+    adapter = Adapter(model)
+    block0 = adapter.layers[0]
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        return type(block0).forward(block0, *args, **kwargs)
+
+    block0.forward = wrapped
+    refused = []
+
+    def picky(mod, args, kwargs, out):  # fails once, the first time it sees the stand-in's output
+        if not refused:
+            refused.append(1)
+            raise RuntimeError("unexpected block output")
+
+    h = adapter.layers[1].register_forward_hook(picky, with_kwargs=True)
+    got = layer_kwargs(model, adapter, IDS[:1])
+    h.remove()
+    assert refused and calls  # the fallback ran block 0 through its wrapper
+    assert block0.__dict__["forward"] is wrapped
+    del block0.forward
+    for a, b in zip(got, _kwargs_by_real_forward(model, adapter, IDS[:1])):
+        _assert_same_kwargs(a, b)

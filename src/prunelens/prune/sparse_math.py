@@ -42,21 +42,38 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return mask.reshape(rows, cols)
 
 
+def lowest_k(scores: torch.Tensor, k: int, per_row: bool) -> torch.Tensor:
+    """Mask of exactly ``k`` lowest scores, in each row (``per_row``) or over the whole tensor.
+
+    The threshold comes from ``kthvalue`` (a selection, 2–3.6× faster than ``topk`` with ``k`` near half
+    the entries on a 2-core CPU); entries tied with the threshold are taken in index order until ``k``
+    are marked, so the count is exact even with ties.
+    """
+    if per_row:
+        thresh = torch.kthvalue(scores, k, dim=1, keepdim=True).values
+        mask = scores < thresh
+        need = k - mask.sum(1, keepdim=True)
+        if bool((need > 0).any()):
+            tied = scores == thresh
+            mask |= tied & (torch.cumsum(tied, dim=1) <= need)
+        return mask
+    flat = scores.reshape(-1)
+    thresh = torch.kthvalue(flat, k).values
+    mask = flat < thresh
+    need = k - int(mask.sum())
+    if need > 0:
+        mask[torch.nonzero(flat == thresh).squeeze(1)[:need]] = True
+    return mask.view(scores.shape)
+
+
 def unstructured_mask(scores: torch.Tensor, sparsity: float, per_row: bool) -> torch.Tensor:
     """Prune the ``sparsity`` fraction of lowest scores, over each row or over the whole matrix."""
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1); got {sparsity}")
-    if per_row:
-        k = int(scores.shape[1] * sparsity)
-        mask = torch.zeros_like(scores, dtype=torch.bool)
-        if k:
-            mask.scatter_(1, torch.topk(scores, k, dim=1, largest=False).indices, True)
-        return mask
-    k = int(scores.numel() * sparsity)
-    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-    if k:
-        mask[torch.topk(scores.reshape(-1), k, largest=False).indices] = True
-    return mask.view_as(scores)
+    k = int((scores.shape[1] if per_row else scores.numel()) * sparsity)
+    if not k:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    return lowest_k(scores, k, per_row)
 
 
 def magnitude_scores(weight: torch.Tensor) -> torch.Tensor:
@@ -75,6 +92,44 @@ def score_mask(scores: torch.Tensor, *, sparsity: float | None = None, nm: tuple
     return unstructured_mask(scores, float(sparsity or 0.0), per_row)
 
 
+def accumulate_gram(G: torch.Tensor, x: torch.Tensor) -> None:
+    """``G += xᵀx`` for ``x`` of shape ``(tokens, cols)``, computing only the lower triangle of ``G`` (its
+    upper triangle is left stale; read the result with :func:`symmetric_from_lower`).
+
+    ``XᵀX`` is symmetric, so the product is split into up to 6 bands of rows, each multiplied only up to
+    the diagonal: about 58 % of the arithmetic of the full product in a handful of large ``addmm`` calls.
+    Measured on a 2-core CPU with 4096 tokens: 1.5× faster than one ``addmm`` for 576 and 1536 columns.
+    (A BLAS ``syrk`` through SciPy computes exactly one triangle, but its OpenBLAS threads spin after each
+    call and slowed the surrounding PyTorch work by more than they saved; these bands stay in PyTorch.)
+    """
+    cols = G.shape[0]
+    parts = min(6, max(1, cols // 96))
+    bounds = [round(cols * k / parts) for k in range(parts + 1)]
+    x = x.to(G.dtype)
+    for a0, a1 in zip(bounds, bounds[1:]):
+        G[a0:a1, :a1].addmm_(x[:, a0:a1].T, x[:, :a1])
+
+
+def symmetric_from_lower(G: torch.Tensor) -> torch.Tensor:
+    """The symmetric matrix whose lower triangle is that of ``G``."""
+    lower = G.tril()
+    return lower + lower.tril(-1).T
+
+
+def inverse_upper_cholesky(H: torch.Tensor) -> torch.Tensor:
+    """The upper-triangular ``U`` with ``UᵀU = H⁻¹`` (what SparseGPT reads its updates from), from one
+    Cholesky factorisation and one triangular inverse.
+
+    With ``J`` the reversal permutation, ``JHJ = LLᵀ`` gives ``H = RRᵀ`` with ``R = JLJ`` upper
+    triangular, so ``H⁻¹ = (R⁻¹)ᵀR⁻¹`` and ``U = R⁻¹ = J L⁻¹ J`` (positive diagonal, hence the unique
+    factor). The textbook route (factor ``H``, invert, factor ``H⁻¹`` again) does twice the work and
+    rounds more.
+    """
+    L = torch.linalg.cholesky(H.flip(0, 1))
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    return torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
+
+
 @torch.no_grad()
 def sparsegpt_prune(
     weight: torch.Tensor,
@@ -84,6 +139,7 @@ def sparsegpt_prune(
     nm: tuple[int, int] | None = None,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    segments: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT: return ``(new_weight, pruned_mask)``; computed in float32 (float64 for float64 input), returned in ``weight``'s dtype.
 
@@ -93,49 +149,60 @@ def sparsegpt_prune(
     per group of ``M`` columns on the weights as updated so far. Within a block the optimal-brain-surgeon
     updates run column by column as rank-1 updates of the block (``O(rows · blocksize²)``), and the rest
     of the matrix is updated once per block by a matrix product (the paper's lazy batch updates).
-    Measured on a 2-core CPU, this loop is 1.5–3× faster than solving each block's updates as one
-    batched triangular system (``O(rows · blocksize³)``, tried and dropped).
+
+    ``segments`` (row counts summing to ``rows``) says that ``weight`` stacks several matrices that read
+    the same input, so share ``hessian`` (q/k/v, gate/up): the updates act on each row alone, so one call
+    on the stack equals one call per matrix, while masks are still chosen per matrix (each segment's rows
+    × column block). One factorisation and one column loop then serve the whole stack.
+
+    The work runs on ``Wᵀ``, so that a column of ``W`` — what each step reads and updates — is a
+    contiguous row. Measured on a 2-core CPU this loop is 4–7× faster than on ``W`` itself (strided
+    columns), and 1.5–3× faster than solving each block's updates as one batched triangular system
+    (``O(rows · blocksize³)``, tried and dropped).
     """
     if nm is None and not 0.0 <= float(sparsity or 0.0) < 1.0:
         raise ValueError(f"sparsity must be in [0, 1); got {sparsity}")
     work = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    W = weight.detach().to(work).clone()
-    rows, cols = W.shape
+    rows, cols = weight.shape
+    segs = [rows] if segments is None else [int(r) for r in segments]
+    if sum(segs) != rows or min(segs) <= 0:
+        raise ValueError(f"segments {segs} must be positive row counts summing to the {rows} rows of weight")
     if nm is not None and (cols % nm[1] or blocksize % nm[1]):
         raise ValueError(f"N:M needs the input dimension ({cols}) and blocksize ({blocksize}) to be multiples of M={nm[1]}")
+    WT = weight.detach().to(work).T.contiguous()  # (cols, rows): row j is column j of W
     H = hessian.detach().to(work).clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
-    W[:, dead] = 0.0
+    WT[dead] = 0.0
     damp = percdamp * torch.mean(torch.diag(H))
     H.diagonal().add_(damp)
-    L = torch.linalg.cholesky(H)
-    Hinv = torch.cholesky_inverse(L)
-    Hinv = torch.linalg.cholesky(Hinv, upper=True)
-    mask = torch.zeros_like(W, dtype=torch.bool)
+    Hinv = inverse_upper_cholesky(H)
+    bounds = [(sum(segs[:k]), sum(segs[: k + 1])) for k in range(len(segs))]
+    maskT = torch.zeros_like(WT, dtype=torch.bool)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
-        W1 = W[:, i1:i2].clone()
+        B = WT[i1:i2]  # a view: updated in place
         U = Hinv[i1:i2, i1:i2]
-        d = torch.diag(U)
-        E = torch.zeros_like(W1)
-        mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        d = torch.diag(U).unsqueeze(1)
+        M1 = maskT[i1:i2]
         if nm is None:
-            tmp = W1**2 / d.unsqueeze(0) ** 2
-            k = int(tmp.numel() * float(sparsity or 0.0))
-            if k:
-                mask1.view(-1)[torch.topk(tmp.reshape(-1), k, largest=False).indices] = True
+            score = B**2 / d**2
+            for r0, r1 in bounds:
+                M1[:, r0:r1] = unstructured_mask(score[:, r0:r1], float(sparsity or 0.0), per_row=False)
+            scale = M1.to(work) / d  # err = w · [pruned] / U_jj
+        else:
+            scale = torch.zeros_like(B)
+        E = torch.empty_like(B)
         for i in range(i2 - i1):
             if nm is not None and i % nm[1] == 0:  # N:M: choose the group's mask on the weights updated so far
                 n_keep, m = nm
-                tmp = W1[:, i : i + m] ** 2 / d[i : i + m].unsqueeze(0) ** 2
-                mask1[:, i : i + m].scatter_(1, torch.topk(tmp, m - n_keep, dim=1, largest=False).indices, True)
-            err = W1[:, i].masked_fill(~mask1[:, i], 0.0) / d[i]
-            W1[:, i:].addr_(err, U[i, i:], alpha=-1.0)
-            E[:, i] = err
-        W[:, i1:i2] = W1.masked_fill(mask1, 0.0)
-        mask[:, i1:i2] = mask1
-        W[:, i2:].addmm_(E, Hinv[i1:i2, i2:], alpha=-1.0)
-    mask |= dead.unsqueeze(0)
-    W[mask] = 0.0
-    return W.to(weight.dtype), mask
+                tmp = B[i : i + m] ** 2 / d[i : i + m] ** 2
+                M1[i : i + m].scatter_(0, torch.topk(tmp, m - n_keep, dim=0, largest=False).indices, True)
+                scale[i : i + m] = M1[i : i + m].to(work) / d[i : i + m]
+            err = torch.mul(B[i], scale[i], out=E[i])
+            B[i + 1 :].addr_(U[i, i + 1 :], err, alpha=-1.0)
+        B.masked_fill_(M1, 0.0)
+        WT[i2:].addmm_(Hinv[i1:i2, i2:].T, E, alpha=-1.0)
+    maskT |= dead.unsqueeze(1)
+    WT.masked_fill_(maskT, 0.0)
+    return WT.T.contiguous().to(weight.dtype), maskT.T.contiguous()
