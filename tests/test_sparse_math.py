@@ -10,6 +10,8 @@ import torch
 from prunelens.prune.sparse_math import (
     accumulate_gram,
     inverse_upper_cholesky,
+    kth_smallest,
+    lower_triangular_inverse,
     lowest_k,
     magnitude_scores,
     nm_mask,
@@ -234,3 +236,26 @@ def test_accumulated_gram_equals_xtx(dtype):
         accumulate_gram(G, x)
     x = torch.cat(batches).double()
     torch.testing.assert_close(symmetric_from_lower(G).double(), x.T @ x, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("d,leaf", [(5, 128), (300, 64), (257, 16)])
+def test_lower_triangular_inverse_by_halves(d, leaf):
+    g = torch.Generator().manual_seed(d)
+    L = torch.randn(d, d, generator=g, dtype=torch.float64).tril()
+    L.diagonal().copy_(torch.rand(d, generator=g, dtype=torch.float64) + 1.0)
+    inv = lower_triangular_inverse(L, leaf)
+    assert torch.equal(inv, inv.tril())
+    torch.testing.assert_close(inv, torch.linalg.solve_triangular(L, torch.eye(d, dtype=torch.float64), upper=False),
+                               rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("n", [10, 5000, 70000])
+def test_kth_smallest_matches_kthvalue(n):
+    """The radix shortcut returns exactly kthvalue's value, with ties, zeros (both signs) and wide ranges."""
+    g = torch.Generator().manual_seed(n)
+    x = (torch.randn(n, generator=g) * 10).exp() * (torch.rand(n, generator=g) < 0.9)
+    x[: n // 7] = x[n // 7 : 2 * (n // 7)]  # ties
+    x[:3] = -0.0
+    for k in sorted({1, 2, n // 3, n // 2, n - 1, n}):
+        assert kth_smallest(x, k).item() == torch.kthvalue(x, k).values.item()
+    assert kth_smallest(x.double(), n // 2).item() == torch.kthvalue(x.double(), n // 2).values.item()

@@ -42,27 +42,44 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return mask.reshape(rows, cols)
 
 
+def kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k``-th smallest (1-based) entry of the 1-D tensor ``x`` of scores, which are never negative.
+
+    For float32 a radix step comes first: the bit patterns of non-negative floats sort like the floats, so
+    a histogram of their top 16 bits finds the bucket that holds the ``k``-th value, and ``kthvalue`` runs
+    on that bucket alone. Measured 5× faster than ``kthvalue`` on 196 k scores on a 2-core CPU (SparseGPT
+    chooses a mask this way for every 128-column block). Other dtypes use ``kthvalue`` directly.
+    """
+    if x.dtype != torch.float32 or x.numel() < 4096:
+        return torch.kthvalue(x, k).values
+    top = (x.view(torch.int32) >> 16).clamp_min_(0)  # -0.0 has the sign bit: bucket 0, with +0.0
+    cum = torch.cumsum(torch.bincount(top, minlength=1 << 15), 0)
+    bucket = torch.searchsorted(cum, torch.tensor([k], device=x.device, dtype=cum.dtype))
+    before = int(cum[bucket - 1]) if int(bucket) > 0 else 0
+    return torch.kthvalue(x[top == bucket], k - before).values
+
+
 def lowest_k(scores: torch.Tensor, k: int, per_row: bool) -> torch.Tensor:
     """Mask of exactly ``k`` lowest scores, in each row (``per_row``) or over the whole tensor.
 
-    The threshold comes from ``kthvalue`` (a selection, 2–3.6× faster than ``topk`` with ``k`` near half
-    the entries on a 2-core CPU); entries tied with the threshold are taken in index order until ``k``
-    are marked, so the count is exact even with ties.
+    The threshold comes from a selection (``kthvalue``, or :func:`kth_smallest` over the whole tensor),
+    2–3.6× faster than ``topk`` with ``k`` near half the entries on a 2-core CPU, or more; entries tied with
+    the threshold are taken in index order until ``k`` are marked, so the count is exact even with ties.
     """
     if per_row:
         thresh = torch.kthvalue(scores, k, dim=1, keepdim=True).values
-        mask = scores < thresh
-        need = k - mask.sum(1, keepdim=True)
-        if bool((need > 0).any()):
+        mask = scores <= thresh
+        over = mask.sum(1, keepdim=True) - k  # > 0 only where ties straddle the threshold
+        if bool((over > 0).any()):
             tied = scores == thresh
-            mask |= tied & (torch.cumsum(tied, dim=1) <= need)
+            mask &= ~(tied & (torch.cumsum(tied, dim=1) > tied.sum(1, keepdim=True) - over))
         return mask
     flat = scores.reshape(-1)
-    thresh = torch.kthvalue(flat, k).values
-    mask = flat < thresh
-    need = k - int(mask.sum())
-    if need > 0:
-        mask[torch.nonzero(flat == thresh).squeeze(1)[:need]] = True
+    thresh = kth_smallest(flat, k)
+    mask = flat <= thresh
+    over = int(mask.sum()) - k
+    if over > 0:
+        mask[torch.nonzero(flat == thresh).squeeze(1)[-over:]] = False
     return mask.view(scores.shape)
 
 
@@ -116,6 +133,25 @@ def symmetric_from_lower(G: torch.Tensor) -> torch.Tensor:
     return lower + lower.tril(-1).T
 
 
+def lower_triangular_inverse(L: torch.Tensor, leaf: int = 128) -> torch.Tensor:
+    """``L⁻¹`` for a lower-triangular ``L``, by halves: ``[[A, 0], [C, D]]⁻¹ = [[A⁻¹, 0], [−D⁻¹CA⁻¹, D⁻¹]]``.
+
+    About ``d³/3`` multiply-adds, mostly in matrix products, where a triangular solve against the identity
+    does ``d³`` (it cannot skip the identity's zeros): 2× faster for 576 and 1536 columns on a 2-core CPU.
+    """
+    d = L.shape[0]
+    if d <= leaf:
+        return torch.linalg.solve_triangular(L, torch.eye(d, dtype=L.dtype, device=L.device), upper=False)
+    h = d // 2
+    out = torch.zeros_like(L)
+    a_inv = lower_triangular_inverse(L[:h, :h], leaf)
+    d_inv = lower_triangular_inverse(L[h:, h:], leaf)
+    out[:h, :h] = a_inv
+    out[h:, h:] = d_inv
+    out[h:, :h] = -(d_inv @ (L[h:, :h] @ a_inv))
+    return out
+
+
 def inverse_upper_cholesky(H: torch.Tensor) -> torch.Tensor:
     """The upper-triangular ``U`` with ``UᵀU = H⁻¹`` (what SparseGPT reads its updates from), from one
     Cholesky factorisation and one triangular inverse.
@@ -125,9 +161,7 @@ def inverse_upper_cholesky(H: torch.Tensor) -> torch.Tensor:
     factor). The textbook route (factor ``H``, invert, factor ``H⁻¹`` again) does twice the work and
     rounds more.
     """
-    L = torch.linalg.cholesky(H.flip(0, 1))
-    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
-    return torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
+    return lower_triangular_inverse(torch.linalg.cholesky(H.flip(0, 1))).flip(0, 1)
 
 
 @torch.no_grad()
