@@ -34,7 +34,9 @@ Peak memory is the process's resident-set high-water mark over the pruning call 
 
 Other flags: ``--device cuda``, ``--model llama7b [--layers N]`` (7B-shaped random weights, no
 download; perplexity then meaningless), ``--methods wanda,sparsegpt``, ``--tools prunelens,llmcompressor``,
-``--threads``, ``--batch-size``.
+``--threads``, ``--batch-size``, ``--repeat N`` (N timed runs of each pair, interleaved so that a slow
+spell of the machine hits both tools; the summary takes each one's median time — the perplexity is the
+same in every repeat, and the script says so if it is not).
 """
 
 from __future__ import annotations
@@ -180,6 +182,8 @@ def main() -> None:
     ap.add_argument("--prunelens-python", default=None,
                     help="interpreter for the prunelens runs (default: --bench-python if usable, else this one)")
     ap.add_argument("--log", default=None, help="file for the subprocesses' full output (default: temp dir)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="timed runs per (tool, method), interleaved; the summary uses the median time")
     args = C.parse_or_serve(ap, run_child)
     if args is None:  # this process was a child: its job is done
         return
@@ -217,16 +221,25 @@ def main() -> None:
     with open(log_path, "w") as log:
         if not args.no_dense:
             results.append(spawn(pl_python, {**base, "tool": "prunelens", "method": "dense"}, workdir, log))
-        for method in methods:
-            for tool in tools:
-                if tool == "llmcompressor" and not llmc_ok:
-                    results.append({"tool": tool, "method": method, "error": f"llm-compressor unavailable: {llmc_msg}"})
-                    continue
-                py = pl_python if tool == "prunelens" else args.bench_python
-                results.append(spawn(py, {**base, "tool": tool, "method": method}, workdir, log))
+        for rep in range(max(1, args.repeat)):
+            for method in methods:
+                for tool in tools:
+                    if tool == "llmcompressor" and not llmc_ok:
+                        if rep == 0:
+                            results.append({"tool": tool, "method": method,
+                                            "error": f"llm-compressor unavailable: {llmc_msg}"})
+                        continue
+                    py = pl_python if tool == "prunelens" else args.bench_python
+                    results.append({**spawn(py, {**base, "tool": tool, "method": method}, workdir, log), "rep": rep})
 
     def get(tool, method):
-        return next((r for r in results if r["tool"] == tool and r["method"] == method and "error" not in r), None)
+        """The run of median time (lower median) among the repeats; its perplexity is the same in each."""
+        runs = sorted((r for r in results if r["tool"] == tool and r["method"] == method and "error" not in r),
+                      key=lambda r: r["seconds"])
+        if not runs:
+            return None
+        ppls = {round(r["ppl"], 6) for r in runs}
+        return {**runs[(len(runs) - 1) // 2], "all_seconds": [r["seconds"] for r in runs], "ppl_varies": len(ppls) > 1}
 
     rows = []
     for r in results:
@@ -251,14 +264,19 @@ def main() -> None:
         ratio = lc["seconds"] / pl["seconds"]
         dppl = pl["ppl"] / lc["ppl"] - 1
         met = ratio >= 2.0 and pl["ppl"] <= lc["ppl"] * 1.01
-        summary.append({"method": method, "time_ratio_llmc_over_prunelens": ratio,
+        summary.append({"method": method, "prunelens_seconds": pl["all_seconds"], "llmc_seconds": lc["all_seconds"],
+                        "time_ratio_llmc_over_prunelens": ratio,
                         "ppl_prunelens": pl["ppl"], "ppl_llmcompressor": lc["ppl"], "ppl_rel_diff": dppl,
                         "peak_ratio_llmc_over_prunelens": lc["peak_bytes"] / pl["peak_bytes"], "goal_met": met})
-        srows.append([method, f"{pl['seconds']:.1f}", f"{lc['seconds']:.1f}", f"{ratio:.2f}×",
+        spread = "" if len(pl["all_seconds"]) < 2 else " ({}–{})"
+        srows.append([method, f"{pl['seconds']:.1f}" + spread.format(*(f"{x:.1f}" for x in (pl["all_seconds"][0], pl["all_seconds"][-1]))),
+                      f"{lc['seconds']:.1f}" + spread.format(*(f"{x:.1f}" for x in (lc["all_seconds"][0], lc["all_seconds"][-1]))),
+                      f"{ratio:.2f}×",
                       f"{pl['ppl']:.3f} vs {lc['ppl']:.3f} ({100 * dppl:+.2f} %)",
                       f"{lc['peak_bytes'] / pl['peak_bytes']:.2f}×", "yes" if met else "NO"])
-    C.print_table(srows, ["method", "prunelens s", "llm-compressor s", "llmc/prunelens", "ppl prunelens vs llmc",
-                          "peak llmc/prunelens", "goal (≥2× faster, ppl ≤ +1 %)"], title="Summary")
+    C.print_table(srows, ["method", "prunelens s (min–max)", "llm-compressor s (min–max)", "llmc/prunelens", "ppl prunelens vs llmc",
+                          "peak llmc/prunelens", "goal (≥2× faster, ppl ≤ +1 %)"],
+                  title="Summary" + (f" (median of {args.repeat} runs each)" if args.repeat > 1 else ""))
     print(f"\nsubprocess output: {log_path}")
     C.write_json(args.out, {"benchmark": "sparsify_vs_llmcompressor", "args": vars(args), "machine": C.machine_info(device),
                             "bench_python": args.bench_python, "prunelens_python": pl_python,
