@@ -48,9 +48,9 @@ def kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
     For float32 a radix step comes first: the bit patterns of non-negative floats sort like the floats, so
     a histogram of their top 16 bits finds the bucket that holds the ``k``-th value, and ``kthvalue`` runs
     on that bucket alone. Measured 5× faster than ``kthvalue`` on 196 k scores on a 2-core CPU (SparseGPT
-    chooses a mask this way for every 128-column block). Other dtypes use ``kthvalue`` directly.
+    chooses a mask this way for every 128-column block). Other dtypes and devices use ``kthvalue``.
     """
-    if x.dtype != torch.float32 or x.numel() < 4096:
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.numel() < 4096:
         return torch.kthvalue(x, k).values
     top = (x.view(torch.int32) >> 16).clamp_min_(0)  # -0.0 has the sign bit: bucket 0, with +0.0
     cum = torch.cumsum(torch.bincount(top, minlength=1 << 15), 0)
