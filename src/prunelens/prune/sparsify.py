@@ -6,7 +6,8 @@ stops the forward), then each block in turn
 
 1. runs on the current inputs with hooks on its linear layers that accumulate the statistics the
    method needs (Wanda: ``Σ_t x_tj²``; SparseGPT: ``H = 2XᵀX/n``), in float32;
-2. has its linear layers pruned;
+2. has its linear layers pruned (SparseGPT prunes the linears that read one tensor — q/k/v, gate/up —
+   as one stack with one Hessian, see :func:`_sparsegpt_group`);
 3. runs again to produce the inputs of the next block, so each block is calibrated on the outputs of
    the already-pruned blocks before it.
 
