@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-MODEL_CHOICES_HELP = "smollm2 (embedded, default) | llama7b (random, 7B-shaped) | any prunelens.load spec"
+MODEL_CHOICES_HELP = "smollm2 (embedded) | llama7b (random, 7B-shaped) | any prunelens.load spec"
 
 
 def set_offline() -> None:
@@ -290,10 +290,10 @@ def base_parser(doc: str):
     import argparse
 
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2", help=MODEL_CHOICES_HELP)
+    ap.add_argument("--model", default="smollm2", help=MODEL_CHOICES_HELP + " (default here: %(default)s)")
     ap.add_argument("--layers", type=int, default=None, help="number of blocks for --model llama7b")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto (default here: %(default)s)")
+    ap.add_argument("--dtype", default="float32", help="model dtype (default here: %(default)s)")
     return ap
 
 
