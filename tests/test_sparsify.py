@@ -118,7 +118,7 @@ def _first_block(family):
 def test_linears_reading_one_tensor_share_their_statistics(family):
     """q/k/v (and gate/up) read the same tensor: one accumulator, equal to what each would compute alone."""
     block, linears, inps, kw = _first_block(family)
-    shared = _SharedStats(linears, "cpu", hessian=True)
+    shared = _SharedStats("cpu", hessian=True)
     alone = {n: _Stats(lin.in_features, "cpu", True) for n, lin in linears.items()}
 
     def both(n, x):
@@ -144,7 +144,7 @@ def test_linears_reading_one_tensor_share_their_statistics(family):
 
 
 def test_shared_statistics_refuse_a_changed_sharing():
-    st = _SharedStats({}, "cpu", hessian=False)
+    st = _SharedStats("cpu", hessian=False)
     x, y = torch.randn(2, 3), torch.randn(2, 3)
     st.add("a", x)
     st.add("b", x)  # b shares a's input in the first call
@@ -166,7 +166,7 @@ def test_statistics_pass_stops_after_the_last_linear_input(family):
     for h in hooks:
         h.remove()
     hooks = [lin.register_forward_hook(lambda m, a, o, n=n: ran.append(n)) for n, lin in linears.items()]
-    shared = _SharedStats(linears, "cpu", hessian=True)
+    shared = _SharedStats("cpu", hessian=True)
     with torch.no_grad():
         _collect_stats(block, linears, shared, inps, kw, batch_size=2)
     for h in hooks:

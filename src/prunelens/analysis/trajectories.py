@@ -169,10 +169,11 @@ def teacher_forced_hidden(model, sequences: Sequences, *, pad_id: int = 0, batch
     from prunelens.analysis.tracing import forward_final_hidden
 
     out: list[Tensor] = [None] * len(sequences)  # type: ignore[list-item]
+    device = input_device(model)
     for b0 in range(0, len(sequences), batch_size):
         idx = list(range(b0, min(len(sequences), b0 + batch_size)))
         ids, mask = sequences.batch(idx, pad_id, side="right")
-        h = forward_final_hidden(model, ids.to(input_device(model)), mask.to(input_device(model)))
+        h = forward_final_hidden(model, ids.to(device), mask.to(device))
         for r, i in enumerate(idx):
             P, n = len(sequences.prompt_ids[i]), len(sequences.generated_ids[i])
             out[i] = h[r, P - 1 : P - 1 + n].detach().clone()

@@ -62,6 +62,7 @@ from typing import Any
 import torch
 
 from prunelens.evaluate.results import TaskResult
+from prunelens.models.adapter import input_device
 from prunelens.utils.progress import progress_bar
 
 __all__ = [
@@ -219,12 +220,6 @@ def _supports_logits_to_keep(model) -> bool:
         return False
 
 
-def _model_device(model) -> torch.device:
-    from prunelens.models.adapter import input_device
-
-    return input_device(model)
-
-
 def _score_positions(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob (float32 log-softmax) of ``targets`` and whether each is the argmax.
 
@@ -241,7 +236,7 @@ class _Scorer:
         self.model = model
         self.pad_id = pad_id
         self.max_length = max_length
-        self.device = _model_device(model)
+        self.device = input_device(model)
         self.keep = _supports_logits_to_keep(model)
 
     # ---- lm-eval style: one row per (context, continuation), right padding, no attention mask ----

@@ -285,11 +285,11 @@ def input_device(model: nn.Module) -> torch.device:
     """Where a model's input ids go: the device of its embedding, or, for a model that ``accelerate``
     dispatched with offloaded weights (parameters on the ``meta`` device), the device accelerate executes
     the embedding on."""
-    for mod in (model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None, model):
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    for mod in (emb, model):
         dev = getattr(getattr(mod, "_hf_hook", None), "execution_device", None)
         if dev is not None:
             return torch.device(f"cuda:{dev}" if isinstance(dev, int) else dev)
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     first = emb.weight if emb is not None else next(model.parameters(), None)
     if first is not None and first.device.type != "meta":
         return first.device

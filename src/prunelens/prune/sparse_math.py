@@ -230,13 +230,12 @@ def sparsegpt_prune(
         for i in range(i2 - i1):
             if nm is not None and i % nm[1] == 0:  # N:M: choose the group's mask on the weights updated so far
                 n_keep, m = nm
-                tmp = B[i : i + m] ** 2 / d[i : i + m] ** 2
-                M1[i : i + m].scatter_(0, torch.topk(tmp, m - n_keep, dim=0, largest=False).indices, True)
+                M1[i : i + m] = nm_mask((B[i : i + m] ** 2 / d[i : i + m] ** 2).T, n_keep, m).T
                 scale[i : i + m] = M1[i : i + m].to(work) / d[i : i + m]
             err = torch.mul(B[i], scale[i], out=E[i])
             B[i + 1 :].addr_(U[i, i + 1 :], err, alpha=-1.0)
         B.masked_fill_(M1, 0.0)
         WT[i2:].addmm_(Hinv[i1:i2, i2:].T, E, alpha=-1.0)
     maskT |= dead.unsqueeze(1)
-    WT.masked_fill_(maskT, 0.0)
+    WT[dead] = 0.0  # pruned weights were zeroed block by block; dead inputs are pruned whatever the mask
     return WT.T.contiguous().to(weight.dtype), maskT.T.contiguous()

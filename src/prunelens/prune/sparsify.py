@@ -226,7 +226,7 @@ class _SharedStats:
     a linear that later sees a different tensor than its partner is an error, never a silent mix.
     """
 
-    def __init__(self, linears: dict[str, nn.Module], device, hessian: bool):
+    def __init__(self, device, hessian: bool):
         self._make = lambda cols: _Stats(cols, device, hessian)
         self.stats: dict[str, _Stats] = {}
         self._owner: dict[str, str] = {}  # linear -> the linear whose accumulator it shares
@@ -360,7 +360,7 @@ def sparsify(
                     home = next(block.parameters()).device
                     block.to(work_device)
                     linears = adapter.block_linears(i)
-                    stats = _SharedStats(linears, work_device, method == "sparsegpt")
+                    stats = _SharedStats(work_device, method == "sparsegpt")
                     _collect_stats(block, linears, stats, inps, kwargs[i], batch_size)
                     if method == "wanda":
                         for name, lin in linears.items():
