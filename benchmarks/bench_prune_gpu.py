@@ -2,7 +2,8 @@
 
 Times each pruning call alone (model building and calibration sampling are outside the timer) on a
 fresh copy of the same random model: layer-drop scoring + removal (8 attention sublayers), Wanda 50 %,
-SparseGPT 50 % and SparseGPT 2:4, all with the same calibration windows (C4, ``--nsamples`` ×
+SparseGPT 50 % and SparseGPT 2:4 (``-ts`` jobs: the same with ``true_sequential=True``, one pass per
+block), all with the same calibration windows (C4, ``--nsamples`` ×
 ``--seqlen``, token ids folded into the random model's vocabulary). Also times one plain forward pass
 over the calibration tokens as the floor to compare against. Random weights say nothing about
 accuracy: this measures cost only.
@@ -29,7 +30,7 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--tokenizer", default=None, help="tokenizer directory for random models (default: embedded)")
-    ap.add_argument("--jobs", default="forward,drop8a,wanda,sparsegpt,sparsegpt24")
+    ap.add_argument("--jobs", default="forward,drop8a,wanda,sparsegpt,sparsegpt24,wanda-ts,sparsegpt-ts")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     C.set_offline()
@@ -62,6 +63,10 @@ def main() -> None:
                                                           batch_size=args.batch_size)),
         "sparsegpt24": ("SparseGPT 2:4", lambda m: sparsify(m, cal, method="sparsegpt", pattern="2:4",
                                                            batch_size=args.batch_size)),
+        "wanda-ts": ("Wanda 50 %, true-sequential", lambda m: sparsify(m, cal, method="wanda", sparsity=0.5,
+                                                                      batch_size=args.batch_size, true_sequential=True)),
+        "sparsegpt-ts": ("SparseGPT 50 %, true-sequential", lambda m: sparsify(
+            m, cal, method="sparsegpt", sparsity=0.5, batch_size=args.batch_size, true_sequential=True)),
     }
     rows, out = [], {"machine": C.machine_info(device), "parameters": n_params, "results": {}}
     for key in [j for j in args.jobs.split(",") if j]:

@@ -68,6 +68,30 @@ def block_sparsity(model) -> float:
     return z / n if n else 0.0
 
 
+def block_masks(model) -> dict:
+    """Where each decoder-block linear is zero, bit-packed (so the parent can compare the two tools' masks)."""
+    import numpy as np
+    import torch
+
+    from prunelens.models.adapter import Adapter
+
+    ad = Adapter(model)
+    return {f"{i}.{name}": torch.from_numpy(np.packbits((lin.weight == 0).cpu().numpy().reshape(-1)))
+            for i in range(ad.num_layers) for name, lin in ad.block_linears(i).items()}
+
+
+def mask_agreement(a: dict, b: dict) -> float:
+    """Fraction of block weights that both tools zeroed or both kept."""
+    import numpy as np
+
+    differ = total = 0
+    for k in a:
+        x, y = a[k].numpy(), b[k].numpy()
+        differ += int(np.unpackbits(x ^ y).sum())
+        total += x.size * 8
+    return 1 - differ / total
+
+
 def run_child(job: dict) -> dict:
     import torch
 
@@ -94,7 +118,8 @@ def run_child(job: dict) -> dict:
         calib = Calibration(calib_ids, "c4", job["seed"], int(calib_ids.numel()))
 
         def prune(model):
-            sparsify(model, calib, method=job["method"], sparsity=job["sparsity"], batch_size=job["batch_size"])
+            sparsify(model, calib, method=job["method"], sparsity=job["sparsity"], batch_size=job["batch_size"],
+                     true_sequential=job.get("true_sequential", False))
             return model
     else:
         out["versions"]["llmcompressor"] = md.version("llmcompressor")
@@ -127,6 +152,9 @@ def run_child(job: dict) -> dict:
     out["peak_how"] = how
     out["loadavg_after"] = C.loadavg()
     out["sparsity"] = block_sparsity(model)
+    if job.get("masks_to") and job["method"] != "dense":
+        torch.save(block_masks(model), job["masks_to"])
+        out["masks"] = job["masks_to"]
     from prunelens.evaluate.perplexity import perplexity
 
     model.eval()
@@ -182,6 +210,9 @@ def main() -> None:
     ap.add_argument("--prunelens-python", default=None,
                     help="interpreter for the prunelens runs (default: --bench-python if usable, else this one)")
     ap.add_argument("--log", default=None, help="file for the subprocesses' full output (default: temp dir)")
+    ap.add_argument("--true-sequential", action="store_true",
+                    help="run prunelens with true_sequential=True (one pass per block, linears pruned group by group); "
+                         "llm-compressor keeps its published procedure")
     ap.add_argument("--repeat", type=int, default=1,
                     help="timed runs per (tool, method), interleaved; the summary uses the median time")
     args = C.parse_or_serve(ap, run_child)
@@ -209,7 +240,8 @@ def main() -> None:
 
     base = {"model": model_spec, "tokenizer": tok_path, "layers": args.layers, "device": device, "dtype": args.dtype, "seed": args.seed,
             "sparsity": args.sparsity, "batch_size": args.batch_size, "eval_windows": args.eval_windows,
-            "eval_seqlen": args.eval_seqlen, "threads": args.threads, "data": str(data_file)}
+            "eval_seqlen": args.eval_seqlen, "threads": args.threads, "data": str(data_file),
+            "true_sequential": args.true_sequential}
     print(f"calibration: c4, {args.nsamples} × {args.seqlen} tokens (seed {args.seed}); evaluation: WikiText-2 "
           f"test, {args.eval_windows} × {args.eval_seqlen}; sparsity {args.sparsity}; batch {args.batch_size}; "
           f"device {device}; model {args.model}")
@@ -230,7 +262,9 @@ def main() -> None:
                                             "error": f"llm-compressor unavailable: {llmc_msg}"})
                         continue
                     py = pl_python if tool == "prunelens" else args.bench_python
-                    results.append({**spawn(py, {**base, "tool": tool, "method": method}, workdir, log), "rep": rep})
+                    masks = str(workdir / f"masks_{tool}_{method}.pt") if rep == 0 else None
+                    results.append({**spawn(py, {**base, "tool": tool, "method": method, "masks_to": masks}, workdir, log),
+                                    "rep": rep})
 
     def get(tool, method):
         """The run of median time (lower median) among the repeats; its perplexity is the same in each."""
@@ -259,24 +293,28 @@ def main() -> None:
     for method in methods:
         pl, lc = get("prunelens", method), get("llmcompressor", method)
         if not pl or not lc:
-            srows.append([method, "—", "—", "—", "—", "—", "incomplete"])
+            srows.append([method, "—", "—", "—", "—", "—", "—", "incomplete"])
             continue
         ratio = lc["seconds"] / pl["seconds"]
         dppl = pl["ppl"] / lc["ppl"] - 1
+        agree = mask_agreement(torch.load(pl["masks"]), torch.load(lc["masks"])) if pl.get("masks") and lc.get("masks") else None
         met = ratio >= 2.0 and pl["ppl"] <= lc["ppl"] * 1.01
         summary.append({"method": method, "prunelens_seconds": pl["all_seconds"], "llmc_seconds": lc["all_seconds"],
                         "time_ratio_llmc_over_prunelens": ratio,
                         "ppl_prunelens": pl["ppl"], "ppl_llmcompressor": lc["ppl"], "ppl_rel_diff": dppl,
-                        "peak_ratio_llmc_over_prunelens": lc["peak_bytes"] / pl["peak_bytes"], "goal_met": met})
+                        "peak_ratio_llmc_over_prunelens": lc["peak_bytes"] / pl["peak_bytes"], "mask_agreement": agree,
+                        "goal_met": met})
         spread = "" if len(pl["all_seconds"]) < 2 else " ({}–{})"
         srows.append([method, f"{pl['seconds']:.1f}" + spread.format(*(f"{x:.1f}" for x in (pl["all_seconds"][0], pl["all_seconds"][-1]))),
                       f"{lc['seconds']:.1f}" + spread.format(*(f"{x:.1f}" for x in (lc["all_seconds"][0], lc["all_seconds"][-1]))),
                       f"{ratio:.2f}×",
                       f"{pl['ppl']:.3f} vs {lc['ppl']:.3f} ({100 * dppl:+.2f} %)",
-                      f"{lc['peak_bytes'] / pl['peak_bytes']:.2f}×", "yes" if met else "NO"])
+                      f"{lc['peak_bytes'] / pl['peak_bytes']:.2f}×", "—" if agree is None else f"{100 * agree:.2f} %",
+                      "yes" if met else "NO"])
     C.print_table(srows, ["method", "prunelens s (min–max)", "llm-compressor s (min–max)", "llmc/prunelens", "ppl prunelens vs llmc",
-                          "peak llmc/prunelens", "goal (≥2× faster, ppl ≤ +1 %)"],
-                  title="Summary" + (f" (median of {args.repeat} runs each)" if args.repeat > 1 else ""))
+                          "peak llmc/prunelens", "same mask", "goal (≥2× faster, ppl ≤ +1 %)"],
+                  title="Summary" + (f" (median of {args.repeat} runs each)" if args.repeat > 1 else "")
+                  + (" — prunelens true-sequential" if args.true_sequential else ""))
     print(f"\nsubprocess output: {log_path}")
     C.write_json(args.out, {"benchmark": "sparsify_vs_llmcompressor", "args": vars(args), "machine": C.machine_info(device),
                             "bench_python": args.bench_python, "prunelens_python": pl_python,

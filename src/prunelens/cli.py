@@ -164,6 +164,12 @@ def prune_sparsify(
     batch_size: int = _Common.batch_size, overwrite: bool = _Common.overwrite, threads: Optional[int] = _Common.threads,
     blocksize: int = typer.Option(128, "--blocksize", help="SparseGPT column block size."),
     percdamp: float = typer.Option(0.01, "--percdamp", help="SparseGPT Hessian dampening (fraction of mean diagonal)."),
+    true_sequential: bool = typer.Option(
+        False, "--true-sequential/--dense-block-stats",
+        help="Wanda/SparseGPT calibration inside a block. Default (as published): every linear's statistics come "
+             "from the dense block, two passes per block. --true-sequential prunes the linears group by group "
+             "(q/k/v, o, gate/up, down), each on the inputs the already-pruned groups give it, in one pass; it "
+             "holds all calibration activations of a block at once."),
 ):
     """Zero weights of every linear layer in the blocks (layer by layer, calibrated on pruned predecessors)."""
     from prunelens.prune.sparsify import sparsify, validate_sparsity
@@ -185,7 +191,8 @@ def prune_sparsify(
     cal = None if method == "magnitude" else _calibration(tok, calib, nsamples, seqlen, seed)
     try:
         plan = sparsify(m, cal, method=method, sparsity=sparsity, pattern=pattern, batch_size=batch_size,
-                        blocksize=blocksize, percdamp=percdamp, device=exec_device, base_model=model or "smollm2-135m")
+                        blocksize=blocksize, percdamp=percdamp, device=exec_device, base_model=model or "smollm2-135m",
+                        true_sequential=true_sequential)
     except ValueError as exc:
         _fail(str(exc))
     save_pruned(m, tok, plan, out, overwrite=overwrite)

@@ -11,6 +11,10 @@ stops the forward), then each block in turn
 3. runs again to produce the inputs of the next block, so each block is calibrated on the outputs of
    the already-pruned blocks before it.
 
+With ``true_sequential=True`` steps 1–3 become one pass: the block's linears are pruned group by group
+in the order the forward reaches them, each group on the inputs that the already-pruned groups before it
+produce (:func:`_true_sequential_block`, run by :mod:`prunelens.prune.lockstep`).
+
 Only one block's statistics and two activation buffers (``nsamples × seqlen × hidden``) are alive
 at a time; with ``device=`` a block is moved to that device only while it is processed, so a model
 kept on the CPU can be pruned on one GPU. Embeddings and the unembedding stay dense.
@@ -26,6 +30,7 @@ from torch import nn
 
 from prunelens.data.calibration import Calibration
 from prunelens.models.adapter import Adapter, block_output, is_offloaded, param_count
+from prunelens.prune.lockstep import run_in_lockstep
 from prunelens.prune.plan import SPARSE_METHODS, PrunePlan
 from prunelens.prune.sparse_math import (accumulate_gram, magnitude_scores, parse_pattern, score_mask, sparsegpt_prune,
                                          symmetric_from_lower, wanda_scores)
@@ -285,6 +290,57 @@ def _sparsegpt_group(weights: list[torch.Tensor], H: torch.Tensor, ratio, nm, bl
         w.copy_(part)  # in place, see _zero
 
 
+def _group_pruner(method: str, linears: dict[str, nn.Module], ratio, nm, blocksize: int, percdamp: float):
+    """``prune(names, stats)``: prune the linears ``names``, which read one tensor whose statistics are ``stats``."""
+
+    def prune(names: list[str], stats: _Stats) -> None:
+        if method == "wanda":
+            for name in names:
+                lin = linears[name]
+                _zero(lin.weight, score_mask(wanda_scores(lin.weight, stats.sq), sparsity=ratio, nm=nm, per_row=True))
+        else:
+            _sparsegpt_group([linears[n].weight for n in names], stats.H, ratio, nm, blocksize, percdamp)
+
+    return prune
+
+
+def linear_groups(block: nn.Module, linears: dict[str, nn.Module], inps: torch.Tensor, kwargs: dict) -> dict[str, list[str]]:
+    """The block's linears grouped by the tensor they read, groups in the order the forward reaches them
+    (found by running the block on one calibration window)."""
+    probe = _SharedStats(inps.device, hessian=False)
+    _collect_stats(block, linears, probe, inps[:1], kwargs, 1)
+    return probe.groups()
+
+
+def _true_sequential_block(block: nn.Module, linears: dict[str, nn.Module], prune, inps: torch.Tensor,
+                           outs: torch.Tensor, kwargs: dict, batch_size: int, device, hessian: bool, *,
+                           need_outputs: bool) -> None:
+    """Calibrate and prune ``block`` group by group in one pass (see :mod:`prunelens.prune.lockstep`): each
+    group of linears is pruned on the statistics of the inputs it receives from the already-pruned groups
+    before it, and the block's outputs come from the pruned block."""
+    groups = linear_groups(block, linears, inps, kwargs)
+    stats: dict[str, _Stats] = {}
+    starts = list(range(0, inps.shape[0], batch_size))
+
+    def run_batch(j: int) -> None:
+        sl = slice(starts[j], starts[j] + batch_size)
+        out = block_output(block(inps[sl], **kwargs))
+        outs[sl] = out
+
+    def on_arrive(owner: str, x: torch.Tensor) -> None:
+        if owner not in stats:
+            stats[owner] = _Stats(x.shape[-1], device, hessian)
+        stats[owner].add(x)
+
+    def on_gate(owner: str) -> None:
+        prune(groups[owner], stats.pop(owner))
+
+    run_in_lockstep(run_batch, len(starts), {linears[o]: o for o in groups},
+                    on_arrive=on_arrive, on_gate=on_gate,
+                    members={linears[n]: o for o, names in groups.items() for n in names[1:]},
+                    finish=need_outputs)
+
+
 def _sparsity_report(adapter: Adapter) -> dict:
     groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     by_layer = []
@@ -318,10 +374,18 @@ def sparsify(
     percdamp: float = 0.01,
     device: str | torch.device | None = None,
     base_model: str = "",
+    true_sequential: bool = False,
 ) -> PrunePlan:
     """Sparsify every linear layer inside the blocks of ``model`` in place; return the plan.
 
     ``magnitude`` needs no calibration (``calibration`` may be None); Wanda and SparseGPT do.
+
+    ``true_sequential``: the published procedure (False) takes every linear's statistics from one pass
+    over the *dense* block, prunes them all, then runs the pruned block for the next block's inputs — two
+    passes. True (as GPTQ's ``--true-sequential``) prunes the block's linears group by group in the
+    order the forward reaches them (q/k/v, o, gate/up, down), each on the inputs it receives from the
+    already-pruned groups before it, in one pass over the block (:mod:`prunelens.prune.lockstep`); it
+    holds every calibration batch's activations inside the block at once.
     """
     ratio, nm = validate_sparsity(method, sparsity, pattern)
     if is_offloaded(model):
@@ -340,6 +404,7 @@ def sparsify(
                               "compare": "per matrix" if method == "magnitude" else
                               ("per output row" if method == "wanda" else "per 128-column block (adaptive)"),
                               **({"blocksize": blocksize, "percdamp": percdamp} if method == "sparsegpt" else {}),
+                              **({"true_sequential": true_sequential} if method != "magnitude" else {}),
                               "nm_convention": "N kept in every M" if nm else None})
 
     if method == "magnitude":
@@ -360,20 +425,19 @@ def sparsify(
                     home = next(block.parameters()).device
                     block.to(work_device)
                     linears = adapter.block_linears(i)
-                    stats = _SharedStats(work_device, method == "sparsegpt")
-                    _collect_stats(block, linears, stats, inps, kwargs[i], batch_size)
-                    if method == "wanda":
-                        for name, lin in linears.items():
-                            mask = score_mask(wanda_scores(lin.weight, stats[name].sq), sparsity=ratio, nm=nm,
-                                              per_row=True)
-                            _zero(lin.weight, mask)
+                    last = i + 1 == adapter.num_layers  # the last block's outputs feed nothing
+                    prune = _group_pruner(method, linears, ratio, nm, blocksize, percdamp)
+                    if true_sequential:
+                        _true_sequential_block(block, linears, prune, inps, outs, kwargs[i], batch_size,
+                                               work_device, method == "sparsegpt", need_outputs=not last)
                     else:
+                        stats = _SharedStats(work_device, method == "sparsegpt")
+                        _collect_stats(block, linears, stats, inps, kwargs[i], batch_size)
                         for owner, names in stats.groups().items():
-                            _sparsegpt_group([linears[n].weight for n in names], stats[owner].H, ratio, nm,
-                                             blocksize, percdamp)
-                    del stats
-                    if i + 1 < adapter.num_layers:  # the last block's outputs feed nothing
-                        _run_block(block, inps, outs, kwargs[i], batch_size)
+                            prune(names, stats[owner])
+                        del stats
+                        if not last:
+                            _run_block(block, inps, outs, kwargs[i], batch_size)
                     block.to(home)
                     inps, outs = outs, inps
                     bar.advance()
