@@ -13,8 +13,10 @@ from prunelens.models.adapter import Adapter
 from prunelens.models.tiny import TINY_FAMILIES, tiny_model
 from prunelens.prune.lockstep import LockstepError, run_in_lockstep
 from prunelens.prune.sparse_math import score_mask, wanda_scores
-from prunelens.prune.sparsify import (_collect_stats, _run_block, _SharedStats, _sparsegpt_group, _zero,
-                                      capture_block_inputs, linear_groups, sparsify)
+from prunelens.prune import sparsify as sparsify_module
+from prunelens.prune.sparsify import (TRUE_SEQUENTIAL_DEFAULT, CalibrationMemoryError, _collect_stats, _run_block,
+                                      _SharedStats, _sparsegpt_group, _zero, capture_block_inputs, linear_groups,
+                                      sparsify)
 
 IDS = torch.randint(3, 256, (6, 16), generator=torch.Generator().manual_seed(2))
 CAL = Calibration(IDS, "random", 0, IDS.numel())
@@ -189,7 +191,7 @@ def test_true_sequential_changes_only_what_follows_the_first_group(family):
     """Block 0's first group reads the same inputs either way; the groups after it see pruned predecessors."""
     dense = tiny_model(family)
     std, seq = copy.deepcopy(dense), copy.deepcopy(dense)
-    sparsify(std, CAL, method="wanda", sparsity=0.5, batch_size=4)
+    sparsify(std, CAL, method="wanda", sparsity=0.5, batch_size=4, true_sequential=False)
     sparsify(seq, CAL, method="wanda", sparsity=0.5, batch_size=4, true_sequential=True)
     a = Adapter(dense)
     inps, kwargs = capture_block_inputs(dense, a, IDS, batch_size=4, device=torch.device("cpu"))
@@ -198,3 +200,25 @@ def test_true_sequential_changes_only_what_follows_the_first_group(family):
     for n in groups[0]:
         assert torch.equal(ls[n].weight, lq[n].weight)
     assert any(not torch.equal(ls[n].weight, lq[n].weight) for g in groups[1:] for n in g)
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_each_method_has_its_own_default(method):
+    plan = sparsify(tiny_model("llama"), CAL, method=method, sparsity=0.5, batch_size=4)
+    assert plan.options["true_sequential"] is TRUE_SEQUENTIAL_DEFAULT[method]
+    assert TRUE_SEQUENTIAL_DEFAULT == {"wanda": True, "sparsegpt": False}
+
+
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory"),
+                                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")])
+def test_running_out_of_memory_says_what_to_change(monkeypatch, error):
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(sparsify_module, "run_in_lockstep", fail)
+    with pytest.raises(CalibrationMemoryError, match="true_sequential=False.*--dense-block-stats.*6 calibration windows"
+                       "|6 calibration windows.*true_sequential=False"):
+        sparsify(tiny_model("llama"), CAL, method="wanda", sparsity=0.5, batch_size=4, true_sequential=True)
+    monkeypatch.setattr(sparsify_module, "run_in_lockstep", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("other")))
+    with pytest.raises(RuntimeError, match="^other$"):
+        sparsify(tiny_model("llama"), CAL, method="wanda", sparsity=0.5, batch_size=4, true_sequential=True)

@@ -24,6 +24,10 @@ def test_default_config_is_the_documented_study():
     ({"variants": [{"name": "X", "sparsify": {"method": "obs", "sparsity": 0.5}}]}, "variants[0].sparsify.method", "magnitude, wanda, sparsegpt"),
     ({"variants": [{"name": "X", "sparsify": {"method": "wanda", "sparsity": 1.5}}]}, "variants[0].sparsify", "[0, 1)"),
     ({"variants": [{"name": "X", "drop": {"target": "attn", "n": 2}, "sparsify": {"method": "wanda", "sparsity": 0.5}}]}, "variants[0]", "exactly one"),
+    ({"variants": [{"name": "X", "sparsify": {"method": "wanda", "sparsity": 0.5, "true_sequential": "yes"}}]},
+     "variants[0].sparsify.true_sequential", "true or false"),
+    ({"variants": [{"name": "X", "sparsify": {"method": "wanda", "sparsity": 0.5, "order": 1}}]},
+     "variants[0].sparsify", "allowed: method, sparsity, pattern, true_sequential"),
     ({"variants": [{"name": "A", "drop": {"target": "attn", "n": 1}}, {"name": "A", "drop": {"target": "mlp", "n": 1}}]}, "variants", "unique"),
     ({"tasks": [{"task": "arc_hard"}]}, "tasks[0].task", "arc_easy"),
     ({"tasks": [{"task": "arc_easy", "limit": -3}]}, "tasks[0].limit", "≥ 1"),
@@ -37,6 +41,16 @@ def test_invalid_configs_name_the_field(patch, field, allowed):
         parse_config(patch)
     msg = str(err.value)
     assert f"'{field}'" in msg and allowed in msg
+
+
+def test_sparsify_variants_spell_out_their_calibration_order():
+    """The method's default is written into the variant, so a changed default re-runs the variant on resume."""
+    cfg = load_config(None)
+    by_name = {v.name: v.sparsify for v in cfg.variants if v.sparsify}
+    assert by_name["Wanda-50%"]["true_sequential"] is True and by_name["SparseGPT-2:4"]["true_sequential"] is False
+    explicit = parse_config({"variants": [{"name": "W", "sparsify": {"method": "wanda", "sparsity": 0.5,
+                                                                      "true_sequential": False}}]})
+    assert next(v for v in explicit.variants if v.name == "W").sparsify["true_sequential"] is False
 
 
 def test_missing_or_broken_file(tmp_path):

@@ -153,17 +153,24 @@ def _variant(raw: Any, i: int) -> VariantSpec:
                 f"must be one of {', '.join(DROP_TARGETS)}, got {drop.get('target')!r}")
         _int(drop.get("n"), f"{where}.drop.n")
     if sparsify is not None:
-        _expect(isinstance(sparsify, dict), f"{where}.sparsify", "must be a mapping {method, sparsity | pattern}")
-        unknown = set(sparsify) - {"method", "sparsity", "pattern"}
-        _expect(not unknown, f"{where}.sparsify", f"unknown keys {sorted(unknown)}; allowed: method, sparsity, pattern")
+        _expect(isinstance(sparsify, dict), f"{where}.sparsify",
+                "must be a mapping {method, sparsity | pattern[, true_sequential]}")
+        unknown = set(sparsify) - {"method", "sparsity", "pattern", "true_sequential"}
+        _expect(not unknown, f"{where}.sparsify",
+                f"unknown keys {sorted(unknown)}; allowed: method, sparsity, pattern, true_sequential")
+        _expect(sparsify.get("true_sequential") in (None, True, False), f"{where}.sparsify.true_sequential",
+                f"must be true or false, got {sparsify.get('true_sequential')!r}")
         _expect(sparsify.get("method") in SPARSE_METHODS, f"{where}.sparsify.method",
                 f"must be one of {', '.join(SPARSE_METHODS)}, got {sparsify.get('method')!r}")
-        from prunelens.prune.sparsify import validate_sparsity
+        from prunelens.prune.sparsify import TRUE_SEQUENTIAL_DEFAULT, validate_sparsity
 
         try:
             validate_sparsity(sparsify["method"], sparsify.get("sparsity"), sparsify.get("pattern"))
         except ValueError as exc:
             raise _err(f"{where}.sparsify", str(exc)) from exc
+        if sparsify["method"] in TRUE_SEQUENTIAL_DEFAULT:  # spelled out, so a changed default changes the fingerprint
+            sparsify = {**sparsify, "true_sequential": sparsify.get("true_sequential",
+                                                                    TRUE_SEQUENTIAL_DEFAULT[sparsify["method"]])}
     return VariantSpec(name=name, drop=drop, sparsify=sparsify)
 
 

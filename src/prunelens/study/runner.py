@@ -150,7 +150,7 @@ class Workbench:
             s = spec.sparsify
             plan = sparsify(pruned, self.calibration if s["method"] != "magnitude" else None, method=s["method"],
                             sparsity=s.get("sparsity"), pattern=s.get("pattern"), batch_size=self.cfg.batch_size,
-                            base_model=self.cfg.model)
+                            base_model=self.cfg.model, true_sequential=s.get("true_sequential"))
             params = plan.params_after
             save_pruned(pruned, tok, plan, out / "checkpoint", overwrite=True)
             del pruned
