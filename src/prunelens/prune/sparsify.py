@@ -16,7 +16,7 @@ in the order the forward reaches them, each group on the inputs that the already
 produce (:func:`_true_sequential_block`, run by :mod:`prunelens.prune.lockstep`).
 
 Only one block's statistics and two activation buffers (``nsamples × seqlen × hidden``) are alive
-at a time; with ``device=`` a block is moved to that device only while it is processed, so a model
+at a time, plus one batch's activations inside the block (true-sequential: every batch's); with ``device=`` a block is moved to that device only while it is processed, so a model
 kept on the CPU can be pruned on one GPU. Embeddings and the unembedding stay dense.
 """
 
@@ -62,8 +62,8 @@ TRUE_SEQUENTIAL_DEFAULT = {"wanda": True, "sparsegpt": False}
 """Per method, whether :func:`sparsify` calibrates true-sequentially unless told otherwise. Measured on the
 embedded model (C4 32 × 512 calibration, WikiText-2 perplexity, 50 %, three calibration seeds; figures in
 ``benchmarks/README.md``): true-sequential Wanda takes one pass instead of two (0.6× the time) with an equal
-or lower perplexity; true-sequential SparseGPT is faster too but its perplexity was 1–3 % higher, so
-SparseGPT keeps the published procedure."""
+or lower perplexity in every seed; true-sequential SparseGPT raised perplexity in two seeds of three (by up
+to 3 %), so SparseGPT keeps the published procedure."""
 
 
 def validate_sparsity(method: str, sparsity: float | None, pattern: str | None) -> tuple[float | None, tuple[int, int] | None]:
@@ -325,7 +325,7 @@ def linear_groups(block: nn.Module, linears: dict[str, nn.Module], inps: torch.T
 
 
 def _true_sequential_block(block: nn.Module, linears: dict[str, nn.Module], prune, inps: torch.Tensor,
-                           outs: torch.Tensor, kwargs: dict, batch_size: int, device, hessian: bool, *,
+                           outs: torch.Tensor, kwargs: dict, batch_size: int, hessian: bool, *,
                            need_outputs: bool) -> None:
     """Calibrate and prune ``block`` group by group in one pass (see :mod:`prunelens.prune.lockstep`): each
     group of linears is pruned on the statistics of the inputs it receives from the already-pruned groups
@@ -336,12 +336,11 @@ def _true_sequential_block(block: nn.Module, linears: dict[str, nn.Module], prun
 
     def run_batch(j: int) -> None:
         sl = slice(starts[j], starts[j] + batch_size)
-        out = block_output(block(inps[sl], **kwargs))
-        outs[sl] = out
+        outs[sl] = block_output(block(inps[sl], **kwargs))
 
     def on_arrive(owner: str, x: torch.Tensor) -> None:
         if owner not in stats:
-            stats[owner] = _Stats(x.shape[-1], device, hessian)
+            stats[owner] = _Stats(x.shape[-1], inps.device, hessian)
         stats[owner].add(x)
 
     def on_gate(owner: str) -> None:
@@ -454,7 +453,7 @@ def sparsify(
                     prune = _group_pruner(method, linears, ratio, nm, blocksize, percdamp)
                     if true_sequential:
                         _true_sequential_block(block, linears, prune, inps, outs, kwargs[i], batch_size,
-                                               work_device, method == "sparsegpt", need_outputs=not last)
+                                               method == "sparsegpt", need_outputs=not last)
                     else:
                         stats = _SharedStats(work_device, method == "sparsegpt")
                         _collect_stats(block, linears, stats, inps, kwargs[i], batch_size)
