@@ -406,8 +406,8 @@ def sparsify(
     order the forward reaches them (q/k/v, o, gate/up, down), each on the inputs it receives from the
     already-pruned groups before it, in one pass over the block (:mod:`prunelens.prune.lockstep`); it
     holds every calibration batch's activations inside the block at once (on a 7B model with 128 × 2048
-    calibration tokens, 45 GB of GPU memory instead of 32). None (default) takes the method's default,
-    :data:`TRUE_SEQUENTIAL_DEFAULT`: on for Wanda, off for SparseGPT (see there for the measurements).
+    calibration tokens, a peak of 44 GiB of GPU memory instead of 31). None (default) takes the method's
+    default, :data:`TRUE_SEQUENTIAL_DEFAULT`: on for Wanda, off for SparseGPT (see there for the measurements).
     """
     ratio, nm = validate_sparsity(method, sparsity, pattern)
     if true_sequential is None:
