@@ -285,12 +285,20 @@ def main() -> None:
         return {**runs[(len(runs) - 1) // 2], "all_seconds": [r["seconds"] for r in runs], "ppl_varies": len(ppls) > 1,
                 "masks": next((r["masks"] for r in runs if r.get("masks")), None)}  # saved by the first repeat
 
+    def label(method: str, run: dict) -> str:
+        return method + (" (true-seq)" if run.get("true_sequential") else "")
+
+    def timing(run: dict) -> str:
+        """Median seconds, with the range over the repeats."""
+        secs = run["all_seconds"]
+        return f"{run['seconds']:.1f}" + (f" ({secs[0]:.1f}–{secs[-1]:.1f})" if len(secs) > 1 else "")
+
     rows = []
     for r in results:
         if "error" in r:
             rows.append([r["tool"], r["method"], "error", "", "", "", "", ""])
             continue
-        rows.append([r["tool"], r["method"] + (" (true-seq)" if r.get("true_sequential") else ""), C.fmt(r["seconds"], ".1f") if r["method"] != "dense" else "—",
+        rows.append([r["tool"], label(r["method"], r), C.fmt(r["seconds"], ".1f") if r["method"] != "dense" else "—",
                      C.fmt(r["ppl"], ".3f") + (" (random model)" if r.get("ppl_meaningless") else ""),
                      C.mib(r["peak_bytes"]) if r["method"] != "dense" else "—", C.mib(r["rss_after_load"]),
                      f"{100 * r['sparsity']:.2f} %", "/".join(f"{x:.1f}" for x in (r["loadavg_before"][0], r["loadavg_after"][0]))])
@@ -315,10 +323,7 @@ def main() -> None:
                         "ppl_prunelens": pl["ppl"], "ppl_llmcompressor": lc["ppl"], "ppl_rel_diff": dppl,
                         "peak_ratio_llmc_over_prunelens": lc["peak_bytes"] / pl["peak_bytes"], "mask_agreement": agree,
                         "goal_met": met})
-        spread = "" if len(pl["all_seconds"]) < 2 else " ({}–{})"
-        srows.append([method + (" (true-seq)" if pl.get("true_sequential") else ""), f"{pl['seconds']:.1f}" + spread.format(*(f"{x:.1f}" for x in (pl["all_seconds"][0], pl["all_seconds"][-1]))),
-                      f"{lc['seconds']:.1f}" + spread.format(*(f"{x:.1f}" for x in (lc["all_seconds"][0], lc["all_seconds"][-1]))),
-                      f"{ratio:.2f}×",
+        srows.append([label(method, pl), timing(pl), timing(lc), f"{ratio:.2f}×",
                       f"{pl['ppl']:.3f} vs {lc['ppl']:.3f} ({100 * dppl:+.2f} %)",
                       f"{lc['peak_bytes'] / pl['peak_bytes']:.2f}×", "—" if agree is None else f"{100 * agree:.2f} %",
                       "yes" if met else "NO"])

@@ -59,7 +59,8 @@ def run_in_lockstep(
     opened: set = set()
     all_keys = set(stops.values())
     parked: dict[int, Hashable] = {}  # batch -> gate it waits at
-    read: dict[int, dict] = {b: {} for b in range(n)}  # batch -> gate -> the tensor its module read
+    checked = set(members.values())  # gates whose input must be kept to check their members against
+    read: dict[int, dict] = {b: {} for b in range(n)}  # batch -> such a gate -> the tensor its module read
     batch_of: dict[greenlet.greenlet, int] = {}
 
     def pre_hook(mod, args, kwargs):
@@ -70,7 +71,8 @@ def run_in_lockstep(
         if mod in stops:
             key = stops[mod]
             if key not in opened:
-                read[b][key] = x
+                if key in checked:
+                    read[b][key] = x
                 on_arrive(key, x)
                 parked[b] = key
                 caller.switch()  # back to the loop below; resumed when the gate has opened

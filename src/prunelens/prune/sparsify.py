@@ -16,8 +16,9 @@ in the order the forward reaches them, each group on the inputs that the already
 produce (:func:`_true_sequential_block`, run by :mod:`prunelens.prune.lockstep`).
 
 Only one block's statistics and two activation buffers (``nsamples × seqlen × hidden``) are alive
-at a time, plus one batch's activations inside the block (true-sequential: every batch's); with ``device=`` a block is moved to that device only while it is processed, so a model
-kept on the CPU can be pruned on one GPU. Embeddings and the unembedding stay dense.
+at a time, plus one batch's activations inside the block (true-sequential: every batch's); with
+``device=`` a block is moved to that device only while it is processed, so a model kept on the CPU can
+be pruned on one GPU. Embeddings and the unembedding stay dense.
 """
 
 from __future__ import annotations
@@ -351,7 +352,7 @@ def _true_sequential_block(block: nn.Module, linears: dict[str, nn.Module], prun
                         on_arrive=on_arrive, on_gate=on_gate,
                         members={linears[n]: o for o, names in groups.items() for n in names[1:]},
                         finish=need_outputs)
-    except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+    except RuntimeError as exc:  # CUDA's OutOfMemoryError is one; the CPU allocator's says "can't allocate memory"
         if not isinstance(exc, torch.cuda.OutOfMemoryError) and "allocate memory" not in str(exc):
             raise
         raise CalibrationMemoryError(
