@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from prunelens.models.adapter import SUBLAYERS, Adapter, block_output
+from prunelens.models.compat import CACHE_KWARGS
 
 __all__ = ["SublayerTrace", "Trace", "Counterfactual", "plan_counterfactuals", "trace", "position_ids",
            "forward_final_hidden", "peak_rss_bytes"]
@@ -226,7 +227,7 @@ def trace(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = N
     def rerun(layer: int, kind: str, module: nn.Module, args, kwargs) -> Tensor:
         cf = counterfactuals[(layer, kind)]
         kw = dict(kwargs)
-        for key in ("past_key_values", "past_key_value", "layer_past"):
+        for key in CACHE_KWARGS:
             if key in kw:
                 kw[key] = None
         if "use_cache" in kw:

@@ -36,6 +36,7 @@ from prunelens.analysis.pairstats import DEFAULT_KS, LogitState, default_k
 from prunelens.analysis.tracing import _model_forward, position_ids
 from prunelens.analysis.transitions import H_METRICS, Sequences, _check_temps, logit_lens, stats_rows
 from prunelens.models.adapter import Adapter, input_device
+from prunelens.models.compat import cache_kwargs, output_cache
 from prunelens.utils.progress import progress_bar
 
 __all__ = ["Sampler", "Decoded", "decode", "teacher_forced_hidden", "compare_steps", "TrajectoriesResult",
@@ -130,9 +131,9 @@ def decode(model, prompt_ids: list[list[int]], *, max_new_tokens: int, eos_ids=(
                 for step in range(1, max_new_tokens + 1):
                     if use_cache:
                         pos = position_ids(mask)[:, -step_in.shape[1]:]
-                        out = model(input_ids=step_in, attention_mask=mask, position_ids=pos, past_key_values=past,
+                        out = model(input_ids=step_in, attention_mask=mask, position_ids=pos, **cache_kwargs(past),
                                     use_cache=True, logits_to_keep=1)
-                        past = out.past_key_values
+                        past = output_cache(out)
                     else:
                         out = _model_forward(model, ids, mask.bool())
                     logits = out.logits[:, -1].float()

@@ -63,6 +63,7 @@ import torch
 
 from prunelens.evaluate.results import TaskResult
 from prunelens.models.adapter import input_device
+from prunelens.models.compat import cache_kwargs, output_cache
 from prunelens.utils.progress import progress_bar
 
 __all__ = [
@@ -286,7 +287,7 @@ class _Scorer:
         lp0, greedy0 = _score_positions(last[gidx], first_tok)
         lps, greedys = lp0.clone(), greedy0.clone()
         if need_more:
-            cache = out.past_key_values
+            cache = output_cache(out)
             cache.reorder_cache(gidx.to(self.device))
             Lk = max(len(r.cont) - 1 for _, r in rows) or 1
             R = len(rows)
@@ -303,7 +304,7 @@ class _Scorer:
             mask2 = torch.cat([mask[gidx.cpu()], torch.ones((R, Lk), dtype=torch.long)], dim=1)
             pos2 = ctx_len[:, None] + torch.arange(Lk)[None, :]
             logits = self.model(input_ids=cids.to(self.device), attention_mask=mask2.to(self.device),
-                                position_ids=pos2.to(self.device), past_key_values=cache,
+                                position_ids=pos2.to(self.device), **cache_kwargs(cache),
                                 use_cache=True).logits
             lp, greedy = _score_positions(logits, tgts.to(logits.device))
             valid = valid.to(logits.device)

@@ -31,8 +31,9 @@ from torch import nn
 
 from prunelens.data.calibration import Calibration
 from prunelens.models.adapter import Adapter, block_output, is_offloaded, param_count
+from prunelens.models.compat import CACHE_KWARGS
 from prunelens.prune.lockstep import run_in_lockstep
-from prunelens.prune.plan import SPARSE_METHODS, PrunePlan
+from prunelens.plan import SPARSE_METHODS, PrunePlan
 from prunelens.prune.sparse_math import (accumulate_gram, magnitude_scores, parse_pattern, score_mask, sparsegpt_prune,
                                          symmetric_from_lower, wanda_scores)
 from prunelens.utils.memory import reuse_freed_memory
@@ -163,7 +164,7 @@ def capture_block_inputs(model, adapter: Adapter, input_ids: torch.Tensor, batch
                 pass
     finally:
         h.remove()
-    kwargs = [_to({k: v for k, v in kw.items() if k not in ("past_key_values", "layer_past")}, device)
+    kwargs = [_to({k: v for k, v in kw.items() if k not in CACHE_KWARGS}, device)
               for kw in per_layer]
     for kw in kwargs:
         kw["use_cache"] = False
