@@ -12,7 +12,7 @@ from prunelens.analysis.pipeline import _figures
 from prunelens.analysis.tables import TABLE_COLUMNS, STAT_COLUMNS, write_table
 from prunelens.cli import app
 from prunelens.models.tiny import tiny_model
-from prunelens.prune.plan import PrunePlan
+from prunelens.plan import PrunePlan
 
 from conftest import need_data, tiny_tokenizer
 

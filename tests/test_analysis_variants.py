@@ -13,7 +13,8 @@ from prunelens.data.calibration import Calibration
 from prunelens.models.adapter import Adapter, drop_blocks
 from prunelens.models.tiny import tiny_model
 from prunelens.prune.drop import drop
-from prunelens.prune.plan import PrunePlan, apply_structure
+from prunelens.models.adapter import apply_structure
+from prunelens.plan import PrunePlan
 from prunelens.prune.save import save_pruned
 from prunelens.prune.sparsify import sparsify
 

@@ -41,7 +41,7 @@ def test_sampling_is_seeded(tok, tmp_path):
     assert torch.equal(a.input_ids, b.input_ids)
     assert not torch.equal(a.input_ids, c.input_ids)
     assert a.describe() == {"source": str(tmp_path / "a.txt"), "nsamples": 8, "seqlen": 32, "seed": 3,
-                            "tokens_available": 500}
+                            "tokens_available": 500, "bos_id": None}
 
 
 def test_errors_are_clear(tok, tmp_path):

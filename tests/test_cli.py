@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from prunelens.cli import app
 from prunelens.models.tiny import tiny_model
-from prunelens.prune.plan import PLAN_FILE
+from prunelens.plan import PLAN_FILE
 
 from conftest import random_text
 
@@ -46,7 +46,7 @@ def test_drop_then_info(model_dir, tmp_path):
     assert "Drop-2A" in res.output
     plan = json.loads((out / PLAN_FILE).read_text())
     assert plan["calibration"] == {"source": str(model_dir.parent / "calib.txt"), "nsamples": 4, "seqlen": 16,
-                                   "seed": 0, "tokens_available": 2000}
+                                   "seed": 0, "tokens_available": 2000, "bos_id": None}
     res = runner.invoke(app, ["info", str(out), "--json"])
     assert res.exit_code == 0, res.output
     info = json.loads(res.stdout)

@@ -267,3 +267,38 @@ def test_accuracy_and_predictions_agree_with_lm_eval(agreement, task):
         if "acc_norm" in b:
             assert b["acc_norm"] == float(b["prediction_norm"] == ex.label)  # our reading of lm-eval's rule
     assert not mismatches, mismatches
+
+
+def test_perplexity_equals_lm_eval_rolling_loglikelihood_for_a_bos_tokenizer(tmp_path):
+    """A tokenizer that prepends BOS (Gemma style): our perplexity windows start with BOS, as lm-eval's
+    rolling log-likelihood does, and the summed log-likelihood of a document is the same."""
+    from tokenizers import processors
+
+    from prunelens.data.calibration import bos_prefix, get_calibration, token_stream
+    from prunelens.evaluate.perplexity import perplexity
+
+    tok = tiny_tokenizer()
+    assert bos_prefix(tok) is None
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+    assert bos_prefix(tok) == tok.bos_token_id
+    model = tiny_model("gemma", seed=5)
+    # add_bos_token=False: lm-eval then tokenises the document bare and prefixes BOS once; by default this
+    # lm-eval version lets the tokenizer add BOS as well, so the document would start with two of them
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=2, max_length=128, add_bos_token=False)
+    for seed, words in ((0, 40), (1, 97)):
+        doc = random_text(words, seed=seed)
+        ref = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", doc={}, arguments=(doc,), idx=0)],
+                                       disable_tqdm=True)[0]
+        stream = token_stream(tok, [doc])
+        ours = perplexity(model, stream, seqlen=stream.numel() + 1, bos_id=bos_prefix(tok))
+        assert ours.tokens == words
+        assert -ours.nll * ours.tokens == pytest.approx(ref, rel=1e-5, abs=1e-4)
+        bare = perplexity(model, stream, seqlen=stream.numel())  # no BOS: the first token is not scored
+        assert bare.tokens == words - 1
+    # calibration windows follow the tokenizer too
+    doc_file = tmp_path / "c.txt"
+    doc_file.write_text(random_text(400, seed=3))
+    cal = get_calibration(tok, str(doc_file), nsamples=3, seqlen=16, seed=0)
+    assert cal.input_ids.shape == (3, 16) and (cal.input_ids[:, 0] == tok.bos_token_id).all()
+    assert cal.describe()["bos_id"] == tok.bos_token_id

@@ -45,3 +45,20 @@ def test_sliding_window_scores_every_token_once_with_more_context():
     assert res.tokens == 102 and res.nll == pytest.approx(sum(nll) / len(nll), rel=1e-5)
     with pytest.raises(ValueError, match="stride"):
         perplexity(model, STREAM, seqlen=32, stride=40)
+
+
+def test_bos_windows_score_every_token_from_a_bos_prefix():
+    """With a BOS token each window is [BOS] + seqlen − 1 stream tokens and all of them are scored."""
+    model = tiny_model("gemma")
+    bos = 2
+    res = perplexity(model, STREAM, seqlen=32, batch_size=2, bos_id=bos)
+    nll = []
+    for b in range(0, 103, 31):
+        w = torch.cat([torch.tensor([bos]), STREAM[b : b + 31]])
+        nll += _direct_nll(model, w, 1)
+    assert res.tokens == 103 == len(nll) and res.bos_id == bos
+    assert res.nll == pytest.approx(sum(nll) / len(nll), rel=1e-5)
+    wins = _windows(103, 31, 10, prefixed=True)  # sliding: still every token exactly once
+    assert [b + t for b, e, first in wins for t in range(first, e - b)] == list(range(103))
+    slid = perplexity(model, STREAM, seqlen=32, stride=10, bos_id=bos)
+    assert slid.tokens == 103 and slid.nll < res.nll + 1.0

@@ -47,7 +47,7 @@ from prunelens.models.encoders import (
 )
 from prunelens.models.tiny import tiny_model
 from prunelens.prune.drop import PruneConfigError
-from prunelens.prune.plan import PrunePlan
+from prunelens.plan import PrunePlan
 
 from conftest import need_data, need_minilm, tiny_tokenizer
 

@@ -14,7 +14,8 @@ from prunelens.models.adapter import param_count
 from prunelens.models.loading import ModelNotFoundError, load
 from prunelens.models.tiny import tiny_model
 from prunelens.prune.drop import drop
-from prunelens.prune.plan import PLAN_FILE, PrunePlan, apply_structure
+from prunelens.models.adapter import apply_structure
+from prunelens.plan import PLAN_FILE, PrunePlan
 from prunelens.prune.save import save_pruned
 from prunelens.prune.sparsify import sparsify
 from prunelens.utils.io import OutputExistsError, atomic_output_dir

@@ -19,6 +19,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -35,7 +36,8 @@ MODEL_HELP = "Hub id, local checkpoint dir, .gguf file, prunelens dir, or alias 
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
+    # one line, whatever the terminal width (soft_wrap), and the message printed as given (escape)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -60,24 +62,58 @@ class _Common:
     threads = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice).")
 
 
-def _load(model: Optional[str], dtype: str, device: str):
-    from prunelens.models.adapter import UnsupportedArchitectureError
-    from prunelens.models.loading import ModelNotFoundError, load
+def _resolve(model: Optional[str]):
+    """Resolve the model spec and run the cheap checks (files, config, plan) before any weights load."""
+    from prunelens.models.adapter import UnsupportedArchitectureError, spec_for
+    from prunelens.models.loading import ModelNotFoundError, resolve
+    from prunelens.utils.artifacts import ArtifactError
 
     try:
+        src = resolve(model)
+        spec_for(src.config)
+        return src
+    except (ModelNotFoundError, UnsupportedArchitectureError, ArtifactError) as exc:
+        _fail(str(exc))
+
+
+def _load(src, dtype: str, device: str):
+    """Load a model resolved by :func:`_resolve` (or a spec, resolved here): ``(model, tokenizer, plan)``."""
+    from prunelens.models.adapter import UnsupportedArchitectureError
+    from prunelens.models.loading import ModelNotFoundError, ModelSource, load
+
+    if not isinstance(src, ModelSource):
+        src = _resolve(src)
+    try:
         if device == "auto":
-            return load(model, dtype=dtype, device_map="auto", return_plan=True)
-        return load(model, dtype=dtype, device=device, return_plan=True)
+            return load(src, dtype=dtype, device_map="auto", return_plan=True)
+        return load(src, dtype=dtype, device=device, return_plan=True)
     except (ModelNotFoundError, UnsupportedArchitectureError, ValueError) as exc:
         _fail(str(exc))
 
 
-def _calibration(tokenizer, calib: str, nsamples: int, seqlen: int, seed: int):
+def _check_calibration_request(src, calib: str, nsamples: int, seqlen: int):
+    """Counts, lengths and the calibration file, checked before the model loads; returns the documents."""
+    from prunelens.data.calibration import CalibrationDataError, load_texts
+    from prunelens.data.paths import DataNotFoundError
+    from prunelens.models.loading import check_seqlen
+
+    if nsamples <= 0:
+        _fail(f"--nsamples must be positive (got {nsamples})")
+    if seqlen <= 0:
+        _fail(f"--seqlen must be positive (got {seqlen})")
+    try:
+        check_seqlen(seqlen, src.config)
+        return load_texts(calib)
+    except (CalibrationDataError, DataNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+
+
+def _calibration(tokenizer, calib: str, nsamples: int, seqlen: int, seed: int, texts=None):
     from prunelens.data.calibration import CalibrationDataError, get_calibration
     from prunelens.data.paths import DataNotFoundError
 
     try:
-        return get_calibration(tokenizer, calib, nsamples, seqlen, seed)
+        return get_calibration(tokenizer, calib, nsamples, seqlen, seed, texts=texts)
     except (CalibrationDataError, DataNotFoundError) as exc:
         _fail(str(exc))
 
@@ -124,7 +160,7 @@ def prune_drop(
 ):
     """Drop the N least important attention/MLP sublayers or blocks (highest input/output cosine similarity)."""
     from prunelens.prune.drop import PruneConfigError, drop, validate_drop
-    from prunelens.prune.plan import DROP_TARGETS
+    from prunelens.plan import DROP_TARGETS
     from prunelens.prune.save import save_pruned
 
     _threads(threads)
@@ -136,16 +172,16 @@ def prune_drop(
         _fail("--window only applies to --target block")
     _check_out(out, overwrite)
     t0 = time.perf_counter()
-    m, tok, parent_plan = _load(model, dtype, device)
-    if parent_plan is not None:
+    src = _resolve(model)
+    if src.plan is not None:
         _fail("the model is already pruned; prune its dense parent instead (plans do not stack yet)")
-    from prunelens.models.adapter import Adapter
-
     try:
-        validate_drop(Adapter(m).num_layers, target, n)
+        validate_drop(src.num_layers, target, n)
     except PruneConfigError as exc:
         _fail(str(exc))
-    cal = _calibration(tok, calib, nsamples, seqlen, seed)
+    texts = _check_calibration_request(src, calib, nsamples, seqlen)
+    m, tok, _ = _load(src, dtype, device)
+    cal = _calibration(tok, calib, nsamples, seqlen, seed, texts)
     plan = drop(m, cal, target=target, n=n, iterative=iterative, window=window, batch_size=batch_size,
                 base_model=model or "smollm2-135m")
     save_pruned(m, tok, plan, out, overwrite=overwrite)
@@ -187,10 +223,12 @@ def prune_sparsify(
     exec_device = None
     if device not in ("cpu", "auto"):
         exec_device, device = device, "cpu"  # keep weights on the CPU, process one block at a time on the device
-    m, tok, parent_plan = _load(model, dtype, device)
-    if parent_plan is not None:
+    src = _resolve(model)
+    if src.plan is not None:
         _fail("the model is already pruned; prune its dense parent instead (plans do not stack yet)")
-    cal = None if method == "magnitude" else _calibration(tok, calib, nsamples, seqlen, seed)
+    texts = None if method == "magnitude" else _check_calibration_request(src, calib, nsamples, seqlen)
+    m, tok, _ = _load(src, dtype, device)
+    cal = None if method == "magnitude" else _calibration(tok, calib, nsamples, seqlen, seed, texts)
     try:
         plan = sparsify(m, cal, method=method, sparsity=sparsity, pattern=pattern, batch_size=batch_size,
                         blocksize=blocksize, percdamp=percdamp, device=exec_device, base_model=model or "smollm2-135m",
@@ -258,10 +296,10 @@ def demo(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
     threads: Optional[int] = _Common.threads,
 ):
-    """The main job (until `prunelens study` lands): drop the N least important attention sublayers of the
+    """A 90-second tour (`prunelens study` is the whole job): drop the N least important attention sublayers of the
     embedded model, save it, and print a before/after summary (parameters, perplexity on held-out C4,
     one greedy generation from each)."""
-    from prunelens.data.calibration import load_texts, token_stream
+    from prunelens.data.calibration import bos_prefix, load_texts, token_stream
     from prunelens.evaluate.generation import generate
     from prunelens.evaluate.perplexity import perplexity
     from prunelens.models.adapter import param_count
@@ -275,12 +313,14 @@ def demo(
     m, tok, _ = _load(model, "float32", "cpu")
     err_console.print(f"loaded {model or 'smollm2-135m'} ({param_count(m):,} parameters)")
     stream = token_stream(tok, load_texts("c4-heldout"))
-    before_ppl = perplexity(m, stream, seqlen=256, max_windows=ppl_windows, desc="perplexity (dense)")
+    before_ppl = perplexity(m, stream, seqlen=256, max_windows=ppl_windows, bos_id=bos_prefix(tok),
+                            desc="perplexity (dense)")
     before_gen = generate(m, tok, [DEMO_PROMPT], max_new_tokens=max_new_tokens)[0]
     params_before = param_count(m)
     cal = _calibration(tok, "c4", nsamples, 256, 0)
     plan = drop(m, cal, target="attn", n=n, base_model=model or "smollm2-135m")
-    after_ppl = perplexity(m, stream, seqlen=256, max_windows=ppl_windows, desc=f"perplexity ({plan.name})")
+    after_ppl = perplexity(m, stream, seqlen=256, max_windows=ppl_windows, bos_id=bos_prefix(tok),
+                           desc=f"perplexity ({plan.name})")
     after_gen = generate(m, tok, [DEMO_PROMPT], max_new_tokens=max_new_tokens)[0]
     save_pruned(m, tok, plan, out, overwrite=overwrite)
     summary = {
@@ -344,7 +384,11 @@ def eval_cmd(
         _fail(str(exc))
     if limit is not None and limit <= 0:
         _fail(f"--limit must be positive (got {limit})")
-    m, tok, plan = _load(model, dtype, device)
+    if max_new_tokens <= 0:
+        _fail(f"--max-new-tokens must be positive (got {max_new_tokens})")
+    if batch_size <= 0:
+        _fail(f"--batch-size must be positive (got {batch_size})")
+    m, tok, plan = _load(_resolve(model), dtype, device)
     info = _model_info(model, m, plan)
     settings = EvalSettings(limit=limit, seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
                             num_fewshot=num_fewshot, embedder=embedder)
@@ -421,9 +465,10 @@ def study(
     analyse the representation hierarchy, and write tables, figures and report.html."""
     from prunelens.study.config import DEFAULT_CONFIG_YAML, StudyConfigError, load_config
     from prunelens.models.adapter import UnsupportedArchitectureError
-    from prunelens.models.loading import ModelNotFoundError
+    from prunelens.models.loading import ContextLengthError, ModelNotFoundError
     from prunelens.prune.drop import PruneConfigError
     from prunelens.study.runner import run_study
+    from prunelens.utils.artifacts import ArtifactError
     from prunelens.utils.io import OutputExistsError
 
     if print_config:
@@ -466,7 +511,8 @@ def study(
         try:
             timings = run_study(cfg, out, overwrite=overwrite, engine=engine, workers=workers,
                                 ray_address=ray_address, report=report)
-        except (OutputExistsError, PruneConfigError, ModelNotFoundError, UnsupportedArchitectureError) as exc:
+        except (OutputExistsError, PruneConfigError, ModelNotFoundError, UnsupportedArchitectureError,
+                ArtifactError, ContextLengthError) as exc:
             _fail(str(exc))
     from prunelens.study.report import build_report
 
@@ -483,6 +529,26 @@ def report(study_dir: Path = typer.Argument(..., help="A `prunelens study` outpu
     if not (study_dir / "study.json").exists():
         _fail(f"{study_dir} is not a prunelens study directory (no study.json)")
     out_console.print(f"report: {build_report(study_dir)}")
+
+
+@app.command("cache")
+def cache_cmd(action: str = typer.Argument("list", help="list: show converted GGUF checkpoints; clear: remove them.")):
+    """The cache of converted GGUF files (each GGUF is de-quantised once, then loads as safetensors)."""
+    from prunelens.models.loading import clear_gguf_cache, gguf_cache_root
+
+    root = gguf_cache_root()
+    if action == "list":
+        entries = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.exists() else []
+        for p in entries:
+            size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+            out_console.print(f"{p}  ({size / 2**20:.0f} MiB)", soft_wrap=True)
+        if not entries:
+            out_console.print(f"no converted GGUF files in {root}")
+    elif action == "clear":
+        removed = clear_gguf_cache()
+        out_console.print(f"removed {len(removed)} converted checkpoint(s) from {root}")
+    else:
+        _fail(f"unknown cache action {action!r}; choose list or clear")
 
 
 from prunelens.analysis.cli import analyze as _analyze; app.command("analyze")(_analyze)  # noqa: E402,E702

@@ -1,7 +1,8 @@
 """The prune plan: what was pruned, how, and why — data, saved as ``prune_plan.json`` beside a checkpoint.
 
-A plan is human-readable JSON and is enough to recreate a *dropped* model from its dense parent
-without a second copy of the weights (:func:`apply_structure`). For sparsified models the plan
+A plan is plain data at the bottom of the package (it imports nothing from models or pruning), as
+human-readable JSON that is enough to recreate a *dropped* model from its dense parent without a second
+copy of the weights (:func:`prunelens.models.adapter.apply_structure` applies it). For sparsified models the plan
 records the method, pattern, calibration and achieved sparsity; the zeros live in the weights.
 """
 
@@ -14,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from prunelens import __version__
-from prunelens.models.adapter import Adapter, drop_blocks, drop_sublayer
+from prunelens.utils.artifacts import ArtifactError, read_json
 
 PLAN_FILE = "prune_plan.json"
 PLAN_FORMAT = "prunelens.plan/1"
 
+SUBLAYERS = ("attn", "mlp")
 DROP_TARGETS = ("attn", "mlp", "block", "joint")
 SPARSE_METHODS = ("magnitude", "wanda", "sparsegpt")
 
@@ -79,10 +81,9 @@ class PrunePlan:
         return path
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PrunePlan":
-        fmt = data.get("format", PLAN_FORMAT)
-        if fmt != PLAN_FORMAT:
-            raise ValueError(f"unsupported prune plan format {fmt!r} (this prunelens reads {PLAN_FORMAT!r})")
+    def from_dict(cls, data: dict[str, Any], source: str | Path = PLAN_FILE) -> "PrunePlan":
+        """A plan from its JSON form, every field checked (:class:`PlanError` names the first bad one)."""
+        _check_fields(data, Path(source))
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -91,23 +92,107 @@ class PrunePlan:
         path = Path(path)
         if path.is_dir():
             path = path / PLAN_FILE
-        return cls.from_dict(json.loads(path.read_text()))
+        return cls.from_dict(read_json(path), source=path)
+
+    def check_against(self, *, model_type: str | None, num_layers: int, source: str | Path = PLAN_FILE) -> None:
+        """Check the plan fits the checkpoint it sits beside (``config.json``'s family and layer count).
+
+        ``num_layers`` is the layer count of the saved model: the dense count for sublayer drops and
+        sparsity, fewer by the dropped blocks for block drops.
+        """
+        source = Path(source)
+        if model_type is not None and not self.options.get("encoder") and self.family != model_type:
+            raise PlanError(source, f"is {self.family!r} but the checkpoint's config is {model_type!r}", "family")
+        dense = num_layers + len(self.dropped_blocks)
+        if self.num_layers_before is not None and self.num_layers_before != dense:
+            raise PlanError(source, f"is {self.num_layers_before}, but the checkpoint has {num_layers} layers"
+                            + (f" after dropping {len(self.dropped_blocks)} blocks" if self.dropped_blocks else ""),
+                            "num_layers_before")
+        for i, item in enumerate(self.dropped_sublayers):
+            if item["layer"] >= dense:
+                raise PlanError(source, f"names layer {item['layer']} of a {dense}-layer model",
+                                f"dropped_sublayers[{i}].layer")
+        for i, layer in enumerate(self.dropped_blocks):
+            if layer >= dense:
+                raise PlanError(source, f"names block {layer} of a {dense}-layer model", f"dropped_blocks[{i}]")
 
 
-def apply_structure(model, plan: PrunePlan) -> None:
-    """Apply a drop plan's structural changes to ``model`` in place (a dense model of the same family).
+class PlanError(ArtifactError):
+    """A ``prune_plan.json`` that is malformed or does not fit its checkpoint."""
 
-    Sublayer drops replace the sublayers with parameter-free no-ops; block drops remove the blocks.
-    Sparsification plans change no structure (their zeros are in the weights) and are ignored here.
-    """
-    if not plan.is_drop:
-        return
-    adapter = Adapter(model)
-    if plan.num_layers_before is not None and adapter.num_layers != plan.num_layers_before:
-        raise ValueError(
-            f"the plan was made for a model with {plan.num_layers_before} layers; this one has {adapter.num_layers}"
-        )
-    for item in plan.dropped_sublayers:
-        drop_sublayer(adapter, int(item["layer"]), item["sublayer"])
-    if plan.dropped_blocks:
-        drop_blocks(adapter, [int(i) for i in plan.dropped_blocks])
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_fields(data: Any, source: Path) -> None:
+    """Validate the JSON form of a plan field by field, before anything uses it."""
+    if not isinstance(data, dict):
+        raise PlanError(source, "a prune plan must be a JSON object")
+    fmt = data.get("format", PLAN_FORMAT)
+    if fmt != PLAN_FORMAT:
+        raise PlanError(source, f"is {fmt!r}; this prunelens reads {PLAN_FORMAT!r}", "format")
+    methods = ("drop",) + SPARSE_METHODS
+    method = data.get("method")
+    if method not in methods:
+        raise PlanError(source, f"is {method!r}; expected one of {', '.join(methods)}", "method")
+    if not isinstance(data.get("base_model"), str):
+        raise PlanError(source, f"must be a string (the dense model's spec; got {data.get('base_model')!r})", "base_model")
+    if not isinstance(data.get("family"), str) or not data["family"]:
+        raise PlanError(source, f"must be the model family, e.g. 'llama' (got {data.get('family')!r})", "family")
+    target = data.get("target")
+    if method == "drop" and target not in DROP_TARGETS:
+        raise PlanError(source, f"is {target!r}; a drop plan needs one of {', '.join(DROP_TARGETS)}", "target")
+    for key in ("num_layers_before", "params_before", "params_after"):
+        v = data.get(key)
+        if v is not None and not (_is_int(v) and v > 0):
+            raise PlanError(source, f"must be a positive integer or null (got {v!r})", key)
+    if data.get("seed") is not None and not _is_int(data["seed"]):
+        raise PlanError(source, f"must be an integer or null (got {data['seed']!r})", "seed")
+    for key in ("sparsity", "scores", "calibration", "options"):
+        if not isinstance(data.get(key, {}), dict):
+            raise PlanError(source, "must be a JSON object", key)
+    n = data.get("num_layers_before")
+    subs = data.get("dropped_sublayers", [])
+    if not isinstance(subs, list):
+        raise PlanError(source, "must be a list of {\"layer\": int, \"sublayer\": \"attn\"|\"mlp\"}", "dropped_sublayers")
+    seen = set()
+    for i, item in enumerate(subs):
+        where = f"dropped_sublayers[{i}]"
+        if not isinstance(item, dict):
+            raise PlanError(source, "must be an object with 'layer' and 'sublayer'", where)
+        layer, kind = item.get("layer"), item.get("sublayer")
+        if not _is_int(layer) or layer < 0 or (n is not None and layer >= n):
+            bound = f"[0, {n})" if n is not None else "a non-negative integer"
+            raise PlanError(source, f"is {layer!r}; must be in {bound}", f"{where}.layer")
+        if kind not in SUBLAYERS:
+            raise PlanError(source, f"is {kind!r}; expected one of {', '.join(SUBLAYERS)}", f"{where}.sublayer")
+        if (layer, kind) in seen:
+            raise PlanError(source, f"names {kind}@{layer} twice", where)
+        seen.add((layer, kind))
+    blocks = data.get("dropped_blocks", [])
+    if not isinstance(blocks, list):
+        raise PlanError(source, "must be a list of block indices", "dropped_blocks")
+    for i, layer in enumerate(blocks):
+        if not _is_int(layer) or layer < 0 or (n is not None and layer >= n):
+            bound = f"[0, {n})" if n is not None else "a non-negative integer"
+            raise PlanError(source, f"is {layer!r}; must be in {bound}", f"dropped_blocks[{i}]")
+    if len(set(blocks)) != len(blocks):
+        raise PlanError(source, "names a block twice", "dropped_blocks")
+    if n is not None and blocks and len(blocks) >= n:
+        raise PlanError(source, f"drops all {n} blocks", "dropped_blocks")
+    if method == "drop" and not subs and not blocks:
+        raise PlanError(source, "a drop plan must name at least one dropped sublayer or block", "dropped_sublayers")
+    sparsity = data.get("sparsity", {})
+    if method in SPARSE_METHODS:
+        if "sparsity" not in sparsity and "pattern" not in sparsity:
+            raise PlanError(source, "a sparsity plan needs 'sparsity' or 'pattern'", "sparsity")
+        if "sparsity" in sparsity:
+            v = sparsity["sparsity"]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                raise PlanError(source, f"is {v!r}; must be a number in [0, 1)", "sparsity.sparsity")
+        if "pattern" in sparsity and sparsity["pattern"] is not None:
+            pat = sparsity["pattern"]
+            parts = pat.split(":") if isinstance(pat, str) else []
+            if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 0 < int(parts[0]) < int(parts[1]):
+                raise PlanError(source, f"is {pat!r}; must be N:M with 0 < N < M (e.g. 2:4)", "sparsity.pattern")

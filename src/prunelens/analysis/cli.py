@@ -21,6 +21,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 out_console = Console()
@@ -28,7 +29,8 @@ err_console = Console(stderr=True)
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
+    # one line, whatever the terminal width (soft_wrap), and the message printed as given (escape)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -143,10 +145,12 @@ def analyze(
     t0 = time.perf_counter()
     # ---- dense model
     from prunelens.models.adapter import UnsupportedArchitectureError
-    from prunelens.models.loading import ModelNotFoundError, load
+    from prunelens.models.loading import ModelNotFoundError, check_seqlen, load, resolve
 
     try:
-        model, tok, dense_plan = load(dense, dtype=dtype, device=device, return_plan=True)
+        src = resolve(dense)  # files, config and plan checked before any weights load
+        check_seqlen(seqlen, src.config)
+        model, tok, dense_plan = load(src, dtype=dtype, device=device, return_plan=True)
     except (ModelNotFoundError, UnsupportedArchitectureError, ValueError, OSError) as exc:
         _fail(str(exc))
     if dense_plan is not None:

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from prunelens.models.adapter import SUBLAYERS, Adapter, drop_sublayer, get_submodule, set_submodule, spec_for
-from prunelens.prune.plan import PrunePlan
+from prunelens.plan import PrunePlan
 
 __all__ = [
     "Variant",

@@ -12,7 +12,11 @@ Sources (``--calib``):
 * ``hub:NAME[:CONFIG[:SPLIT]]`` — any hub dataset with a ``text`` column (needs ``datasets``).
 
 Windows are drawn from one token stream (documents joined by the tokenizer's EOS token) at offsets
-drawn by ``random.Random(seed)``, so the same seed gives the same windows on every machine.
+drawn by ``random.Random(seed)``, so the same seed gives the same windows on every machine. Where the
+tokenizer prepends a BOS token to every text (:func:`bos_prefix`: Gemma, Llama 2, ...), each window
+starts with it and holds ``seqlen − 1`` stream tokens: calibration statistics are then taken on the
+activations the model normally sees, BOS position included. Tokenizers that add no BOS (SmolLM2,
+Llama 3 style chat tokenizers without it, GPT-NeoX) get bare slices, the papers' convention.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class Calibration:
     source: str
     seed: int
     num_tokens_available: int
+    bos_id: int | None = None  # the BOS token every window starts with (None: bare stream slices)
 
     @property
     def nsamples(self) -> int:
@@ -52,7 +57,7 @@ class Calibration:
 
     def describe(self) -> dict:
         return {"source": self.source, "nsamples": self.nsamples, "seqlen": self.seqlen, "seed": self.seed,
-                "tokens_available": self.num_tokens_available}
+                "tokens_available": self.num_tokens_available, "bos_id": self.bos_id}
 
 
 def _texts_from_json_obj(obj) -> list[str]:
@@ -157,10 +162,35 @@ def token_stream(tokenizer, docs: list[str]) -> torch.Tensor:
     return torch.tensor(flat, dtype=torch.long)
 
 
-def sample_windows(stream: torch.Tensor, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
-    """``nsamples`` windows of ``seqlen`` tokens at seeded random offsets in ``stream``."""
+def bos_prefix(tokenizer) -> int | None:
+    """The BOS token id that ``tokenizer`` prepends to a plain text by itself, or None.
+
+    Read off what the tokenizer does (``tokenizer("text")`` against ``add_special_tokens=False``), not
+    off a flag, because tokenizers spell it differently (``add_bos_token``, a post-processor template).
+    """
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    with_special = tokenizer("The", add_special_tokens=True)["input_ids"]
+    bare = tokenizer("The", add_special_tokens=False)["input_ids"]
+    if with_special and with_special[0] == bos and (not bare or bare[0] != bos):
+        return int(bos)
+    return None
+
+
+def sample_windows(stream: torch.Tensor, nsamples: int, seqlen: int, seed: int,
+                   bos_id: int | None = None) -> torch.Tensor:
+    """``nsamples`` windows of ``seqlen`` tokens at seeded random offsets in ``stream``.
+
+    With ``bos_id`` each window is that token followed by ``seqlen − 1`` stream tokens.
+    """
     if nsamples <= 0 or seqlen <= 0:
         raise CalibrationDataError(f"nsamples and seqlen must be positive (got {nsamples}, {seqlen})")
+    if bos_id is not None:
+        if seqlen < 2:
+            raise CalibrationDataError(f"seqlen must be at least 2 to hold the BOS token (got {seqlen})")
+        body = sample_windows(stream, nsamples, seqlen - 1, seed)
+        return torch.cat([torch.full((nsamples, 1), int(bos_id), dtype=body.dtype), body], dim=1)
     n = int(stream.numel())
     if n < seqlen:
         raise CalibrationDataError(
@@ -172,7 +202,12 @@ def sample_windows(stream: torch.Tensor, nsamples: int, seqlen: int, seed: int) 
     return torch.stack([stream[s : s + seqlen] for s in starts])
 
 
-def get_calibration(tokenizer, source: str = "c4", nsamples: int = 64, seqlen: int = 256, seed: int = 0) -> Calibration:
-    """Seeded calibration windows from ``source`` for ``tokenizer``."""
-    stream = token_stream(tokenizer, load_texts(source))
-    return Calibration(sample_windows(stream, nsamples, seqlen, seed), source, seed, int(stream.numel()))
+def get_calibration(tokenizer, source: str = "c4", nsamples: int = 64, seqlen: int = 256, seed: int = 0,
+                    texts: list[str] | None = None) -> Calibration:
+    """Seeded calibration windows from ``source`` for ``tokenizer`` (BOS first where it prepends one).
+
+    ``texts``: the source's documents when the caller already read them (to check the file early).
+    """
+    stream = token_stream(tokenizer, load_texts(source) if texts is None else texts)
+    bos = bos_prefix(tokenizer)
+    return Calibration(sample_windows(stream, nsamples, seqlen, seed, bos), source, seed, int(stream.numel()), bos)

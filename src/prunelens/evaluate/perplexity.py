@@ -4,6 +4,13 @@
 window re-reads ``seqlen − stride`` tokens of context and scores only the tokens not scored before
 (the sliding-window evaluation of the transformers perplexity guide); ``stride = seqlen`` gives the
 non-overlapping windows of the SparseGPT/Wanda papers. Log-probabilities are taken in float32.
+
+Models whose tokenizer prepends a BOS token to every text (Gemma, Llama 2, ...) have never seen a
+sequence that does not start with it; scoring them on bare slices of a stream inflates perplexity
+several-fold. With ``bos_id`` every window is ``[BOS] + seqlen − 1`` stream tokens and the first of
+them is scored too (predicted from BOS alone), as lm-evaluation-harness's rolling log-likelihood
+scores a document's first token. :func:`prunelens.data.calibration.bos_prefix` says whether a
+tokenizer wants it.
 """
 
 from __future__ import annotations
@@ -24,19 +31,25 @@ class PerplexityResult:
     nll: float  # mean negative log-likelihood per scored token (nats)
     tokens: int
     windows: int
+    bos_id: int | None = None  # the BOS token each window started with (None: bare stream slices)
 
     def to_dict(self) -> dict:
-        return {"ppl": self.ppl, "nll": self.nll, "tokens": self.tokens, "windows": self.windows}
+        return {"ppl": self.ppl, "nll": self.nll, "tokens": self.tokens, "windows": self.windows,
+                "bos_id": self.bos_id}
 
 
-def _windows(n: int, seqlen: int, stride: int) -> list[tuple[int, int, int]]:
-    """(begin, end, first scored position) for each window over a stream of ``n`` tokens."""
+def _windows(n: int, seqlen: int, stride: int, *, prefixed: bool = False) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored position) for each window of stream tokens over a stream of ``n``.
+
+    ``prefixed``: each window is read after a BOS token, so its position 0 has context and is scored.
+    """
     out = []
     prev_end = 0
-    for begin in range(0, n - 1, stride):
+    lowest = 0 if prefixed else 1  # without a prefix, position 0 of a window has no context
+    for begin in range(0, n - 1 + int(prefixed), stride):
         end = min(begin + seqlen, n)
-        first = max(prev_end, begin + 1) - begin  # never score position 0 of a window (no context)
-        if end - begin >= 2 and first < end - begin:
+        first = max(prev_end, begin + lowest) - begin
+        if end - begin >= 2 - int(prefixed) and first < end - begin:
             out.append((begin, end, first))
         prev_end = end
         if end == n:
@@ -53,14 +66,19 @@ def perplexity(
     stride: int | None = None,
     batch_size: int = 4,
     max_windows: int | None = None,
+    bos_id: int | None = None,
     desc: str = "perplexity",
 ) -> PerplexityResult:
-    """Perplexity of ``model`` on the 1-D token ``stream``."""
+    """Perplexity of ``model`` on the 1-D token ``stream`` (windows of ``seqlen`` tokens, BOS included)."""
     stride = stride or seqlen
     if not 0 < stride <= seqlen:
         raise ValueError(f"stride must be in (0, seqlen={seqlen}]; got {stride}")
+    prefixed = bos_id is not None
+    width = seqlen - int(prefixed)  # stream tokens per window
+    if width < 1:
+        raise ValueError(f"seqlen must leave room for the BOS token; got {seqlen}")
     stream = stream.reshape(-1)
-    wins = _windows(int(stream.numel()), seqlen, stride)
+    wins = _windows(int(stream.numel()), width, min(stride, width), prefixed=prefixed)
     # windows of full length batch together; a shorter tail window runs on its own
     if max_windows is not None:
         wins = wins[:max_windows]
@@ -76,15 +94,19 @@ def perplexity(
             groups.append([w])
     with progress_bar(desc, total=len(wins)) as bar:
         for group in groups:
-            ids = torch.stack([stream[b:e] for b, e, _ in group]).to(device)
+            ids = torch.stack([stream[b:e] for b, e, _ in group])
+            if prefixed:
+                ids = torch.cat([torch.full((len(group), 1), int(bos_id), dtype=ids.dtype), ids], dim=1)
+            ids = ids.to(device)
             logits = model(ids, use_cache=False).logits[:, :-1].float()
             targets = ids[:, 1:]
             nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
             nll = nll.view(len(group), -1)
+            shift = 0 if prefixed else 1  # nll[:, j] scores input token j + 1
             for row, (_, _, first) in enumerate(group):
-                scored = nll[row, first - 1 :]
+                scored = nll[row, first - shift :]
                 total_nll += float(scored.sum())
                 total_tok += scored.numel()
             bar.advance(len(group))
     mean = total_nll / total_tok
-    return PerplexityResult(math.exp(mean), mean, total_tok, len(wins))
+    return PerplexityResult(math.exp(mean), mean, total_tok, len(wins), bos_id)

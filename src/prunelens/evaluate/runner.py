@@ -59,18 +59,19 @@ def task_kind(name: str) -> str:
 
 def evaluate_perplexity(model, tokenizer, task: str, settings: EvalSettings) -> TaskResult:
     """Perplexity on WikiText-2 (test) or the C4 sample, over ``settings.limit`` windows (all if None)."""
-    from prunelens.data.calibration import load_texts, token_stream
+    from prunelens.data.calibration import bos_prefix, load_texts, token_stream
     from prunelens.evaluate.perplexity import perplexity
 
     t0 = time.perf_counter()
     docs = load_texts("wikitext2" if task == "wikitext2" else "c4-heldout")
     stream = token_stream(tokenizer, docs)
     res = perplexity(model, stream, seqlen=settings.ppl_seqlen, stride=settings.ppl_stride,
-                     batch_size=settings.batch_size, max_windows=settings.limit, desc=f"{task} perplexity")
+                     batch_size=settings.batch_size, max_windows=settings.limit, bos_id=bos_prefix(tokenizer),
+                     desc=f"{task} perplexity")
     return TaskResult(task=task, kind="ppl", main_metric="ppl", metrics=res.to_dict(), records=[],
                       n=res.windows, seconds=time.perf_counter() - t0,
                       config={"seqlen": settings.ppl_seqlen, "stride": settings.ppl_stride or settings.ppl_seqlen,
-                              "windows": res.windows, "text": "c4 documents 250-299" if task == "c4" else "wikitext-2 test"})
+                              "windows": res.windows, "bos_id": res.bos_id, "text": "c4 documents 250-299" if task == "c4" else "wikitext-2 test"})
 
 
 def evaluate_retrieval_task(model, tokenizer, task: str, settings: EvalSettings) -> TaskResult:

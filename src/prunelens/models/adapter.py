@@ -26,7 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-SUBLAYERS = ("attn", "mlp")
+from prunelens.models.compat import module_cache
+from prunelens.plan import PLAN_FILE, SUBLAYERS, PlanError, PrunePlan
+
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -217,7 +219,7 @@ class DroppedAttention(nn.Module):
 
     def forward(self, *args, **kwargs):
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        cache = kwargs.get("past_key_values", kwargs.get("layer_past"))
+        cache = module_cache(kwargs)
         if cache is not None and hasattr(cache, "update"):
             b, q = hidden.shape[0], hidden.shape[1]
             stub = hidden.new_zeros(b, 1, q, 1)
@@ -279,6 +281,25 @@ def drop_blocks(adapter: Adapter, layers: list[int]) -> None:
     cfg.num_hidden_layers = len(keep)
     if lt is not None and len(lt) == n:
         setattr(cfg, adapter.spec.layer_types_attr, [lt[i] for i in keep])
+
+
+def apply_structure(model, plan: PrunePlan) -> None:
+    """Apply a drop plan's structural changes to ``model`` in place (a dense model of the same family).
+
+    Sublayer drops replace the sublayers with parameter-free no-ops; block drops remove the blocks.
+    Sparsification plans change no structure (their zeros are in the weights) and are ignored here.
+    """
+    if not plan.is_drop:
+        return
+    adapter = Adapter(model)
+    if plan.num_layers_before is not None and adapter.num_layers != plan.num_layers_before:
+        raise PlanError(PLAN_FILE, 
+            f"the plan was made for a model with {plan.num_layers_before} layers; this one has {adapter.num_layers}",
+            "num_layers_before")
+    for item in plan.dropped_sublayers:
+        drop_sublayer(adapter, int(item["layer"]), item["sublayer"])
+    if plan.dropped_blocks:
+        drop_blocks(adapter, [int(i) for i in plan.dropped_blocks])
 
 
 def input_device(model: nn.Module) -> torch.device:

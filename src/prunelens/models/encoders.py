@@ -18,7 +18,7 @@ Pruning. :func:`prune_embedder` dispatches: decoder embedders are pruned with th
 (:data:`ENCODER_FAMILIES`, one :class:`EncoderSpec` per ``model_type``) in the spirit of
 :mod:`prunelens.models.adapter`: :func:`encoder_similarities` scores every attention / MLP sublayer by
 the cosine of its input and output stream on calibration tokens, :func:`drop_encoder` drops the ``n``
-most similar ones and returns a :class:`~prunelens.prune.plan.PrunePlan`, :func:`apply_encoder_plan`
+most similar ones and returns a :class:`~prunelens.plan.PrunePlan`, :func:`apply_encoder_plan`
 re-applies a plan to a dense model.
 
 What "dropping a sublayer" means in a post-LN block
@@ -675,14 +675,14 @@ def encoder_calibration(tokenizer, source: str = "c4", nsamples: int = 32, seqle
 def drop_encoder(model, calibration, *, target: str, n: int, mode: str = "identity", iterative: bool = False,
                  batch_size: int = 8, base_model: str = ""):
     """Score on ``calibration``, drop the ``n`` most similar units of ``target`` (``attn``, ``mlp`` or
-    ``joint``) from an encoder in place, and return the :class:`~prunelens.prune.plan.PrunePlan`.
+    ``joint``) from an encoder in place, and return the :class:`~prunelens.plan.PrunePlan`.
 
     ``calibration``: a :class:`~prunelens.data.calibration.Calibration` (e.g. from
     :func:`encoder_calibration`) or a tensor of token ids (no padding). ``iterative`` re-scores after
     each removal. The plan records ``options.mode`` and ``family``; :func:`apply_encoder_plan` replays it.
     """
     from prunelens.prune.drop import PruneConfigError, validate_drop
-    from prunelens.prune.plan import PrunePlan
+    from prunelens.plan import PrunePlan
     from prunelens.prune.scoring import rank_candidates
 
     if target not in ("attn", "mlp", "joint"):
@@ -757,7 +757,7 @@ def load_pruned_encoder(path: str | Path, *, dtype: torch.dtype = torch.float32,
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModel
 
-    from prunelens.prune.plan import PrunePlan
+    from prunelens.plan import PrunePlan
 
     path = Path(path)
     plan = PrunePlan.load(path)

@@ -12,16 +12,27 @@ A *spec* is one of:
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 import json
 import os
+import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from safetensors import SafetensorError
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from prunelens.models.adapter import spec_for
-from prunelens.utils.io import atomic_output_dir
+from prunelens.models.adapter import apply_structure
+from prunelens.plan import PLAN_FILE, PrunePlan
+from prunelens.utils.artifacts import ArtifactError, check_checkpoint_files, read_json
+
+SOURCE_FILE = "prunelens_source.json"  # beside a converted GGUF checkpoint: where it came from
 
 DEFAULT_MODEL = "smollm2-135m"
 ALIASES = {
@@ -106,37 +117,158 @@ def load_gguf(path: str | Path, dtype: torch.dtype | None = torch.float32, *, ch
     return model, tok
 
 
-def convert_gguf(path: str | Path, out: str | Path) -> Path:
-    """Convert a GGUF file into a plain safetensors checkpoint directory at ``out`` (atomically)."""
+def _file_digest(path: Path) -> str:
+    """Content hash of a file (the cache key of its conversion: a renamed or copied file is the same)."""
+    st = path.stat()
+    return _digest(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    """Hash once per process for a file unchanged since (size and mtime are part of the key)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def gguf_cache_root() -> Path:
+    """Where converted GGUF files live (``prunelens cache clear`` empties it)."""
+    return cache_dir() / "models"
+
+
+def gguf_checkpoint(path: str | Path, *, name: str | None = None) -> Path:
+    """The cached safetensors checkpoint of a GGUF file, converting it the first time it is seen.
+
+    Cached by content (a hash of the file), so the same file under another path or name is found again
+    and an edited file is converted anew. Concurrent runs are safe: each converts into its own temporary
+    directory and the first rename wins; a run that loses the race uses the winner's copy.
+    """
+    path = Path(path)
+    digest = _file_digest(path)
+    out = gguf_cache_root() / f"{name or path.stem.lower()}-{digest[:16]}"
+    if (out / SOURCE_FILE).exists():
+        return out
     model, tok = load_gguf(path)
-    with atomic_output_dir(out, overwrite=True) as tmp:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / "prunelens_source.json").write_text(
-            json.dumps({"gguf_file": Path(path).name, "gguf_bytes": Path(path).stat().st_size}, indent=2) + "\n"
-        )
-    return Path(out)
+        (tmp / SOURCE_FILE).write_text(json.dumps(
+            {"gguf_file": path.name, "gguf_bytes": path.stat().st_size, "blake2b": digest}, indent=2) + "\n")
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another run finished first (the target exists and is not empty): use its copy
+            if not (out / SOURCE_FILE).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def clear_gguf_cache() -> list[Path]:
+    """Remove every cached GGUF conversion; returns what was removed."""
+    root = gguf_cache_root()
+    removed = sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True)
+    return removed
 
 
 def embedded_checkpoint(alias: str = DEFAULT_MODEL) -> Path:
     """The cached safetensors checkpoint of an embedded alias, converting the GGUF on first use."""
-    gguf = embedded_gguf(alias)
-    out = cache_dir() / "models" / ALIASES[alias][2]
-    marker = out / "prunelens_source.json"
-    if marker.exists():
-        src = json.loads(marker.read_text())
-        if src.get("gguf_bytes") == gguf.stat().st_size:
-            return out
-    return convert_gguf(gguf, out)
+    return gguf_checkpoint(embedded_gguf(alias), name=ALIASES[alias][2])
 
 
 def is_prunelens_dir(path: Path) -> bool:
-    from prunelens.prune.plan import PLAN_FILE
-
     return path.is_dir() and (path / PLAN_FILE).exists()
 
 
-def _load_pruned_dir(path: Path, dtype, device_kwargs: dict):
+def context_length(config) -> int | None:
+    """The longest sequence the model was built for (``max_position_embeddings`` or its aliases), if stated."""
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        v = getattr(config, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+class ContextLengthError(ValueError):
+    """A requested sequence length beyond the model's context."""
+
+
+def check_seqlen(seqlen: int, config, *, option: str = "--seqlen") -> None:
+    """Refuse a sequence length the model cannot attend over (it would run, slowly, into garbage)."""
+    limit = context_length(config)
+    if limit is not None and seqlen > limit:
+        raise ContextLengthError(f"{option} {seqlen} exceeds the model's context length of {limit} tokens "
+                         f"(max_position_embeddings); use at most {limit}")
+
+
+@dataclass
+class ModelSource:
+    """What a model spec names, resolved and checked without loading any weights."""
+
+    spec: str
+    path: Path | None  # local checkpoint directory (also for aliases and GGUF files); None for a hub id
+    config: Any
+    plan: PrunePlan | None = None
+
+    @property
+    def num_layers(self) -> int | None:
+        return getattr(self.config, "num_hidden_layers", None)
+
+
+def resolve(spec: str | None = None) -> ModelSource:
+    """Resolve a model spec and make every cheap check (files, config, plan) before weights are read.
+
+    Raises :class:`ModelNotFoundError` for a spec that names nothing, and
+    :class:`~prunelens.utils.artifacts.ArtifactError` (one line: file and field) for a malformed
+    ``prune_plan.json``, ``config.json`` or an incomplete ``.safetensors`` file.
+    """
+    spec = spec or DEFAULT_MODEL
+    path = Path(spec).expanduser()
+    if spec in ALIASES:
+        path = embedded_checkpoint(spec)
+    elif path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file {path} does not exist")
+        path = gguf_checkpoint(path)
+    if path.exists():
+        if not path.is_dir():
+            raise ModelNotFoundError(f"{path} is neither a model directory nor a .gguf file")
+        config_file = path / "config.json"
+        plan = PrunePlan.load(path) if is_prunelens_dir(path) else None
+        if not config_file.exists():
+            raise ModelNotFoundError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
+        raw = read_json(config_file)
+        if not isinstance(raw, dict) or not isinstance(raw.get("model_type"), str):
+            raise ArtifactError(config_file, "is missing (every transformers config names its family)", "model_type")
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ArtifactError(config_file, f"cannot be read by transformers ({str(exc).splitlines()[0]})") from None
+        if plan is not None:
+            layers = getattr(config, "num_hidden_layers", None)
+            if isinstance(layers, int):
+                plan.check_against(model_type=config.model_type, num_layers=layers, source=path / PLAN_FILE)
+        check_checkpoint_files(path)
+        return ModelSource(spec, path, config, plan)
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise ModelNotFoundError(f"no such model directory or file: {spec}")
+    try:
+        config = AutoConfig.from_pretrained(spec)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(
+            f"unknown model {spec!r}: not an alias ({', '.join(ALIASES)}), not a local path, and the hub "
+            f"could not provide it ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from exc
+    return ModelSource(spec, None, config)
+
+
+def _load_pruned_dir(path: Path, plan: PrunePlan, dtype, device_kwargs: dict):
     """Load a prunelens checkpoint and re-apply its plan's structure.
 
     Block-dropped and sparsified checkpoints are plain transformers checkpoints. For sublayer drops the
@@ -146,14 +278,11 @@ def _load_pruned_dir(path: Path, dtype, device_kwargs: dict):
     """
     from transformers.utils import logging as hf_logging
 
-    from prunelens.prune.plan import PrunePlan, apply_structure
-
-    plan = PrunePlan.load(path)
     if plan.options.get("encoder"):
         raise ModelNotFoundError(f"{path} is a pruned encoder (embedding model), not a causal LM: load it with "
                                  "prunelens.models.encoders.load_embedder")
     if not plan.dropped_sublayers:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **device_kwargs), plan
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **device_kwargs)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized weights" warning is expected here
     try:
@@ -166,11 +295,11 @@ def _load_pruned_dir(path: Path, dtype, device_kwargs: dict):
     missing = sorted(k for k in info.get("missing_keys", []) if k in names)
     if missing:
         raise RuntimeError(f"checkpoint {path} is missing weights of the pruned model: {missing[:5]}")
-    return model, plan
+    return model
 
 
 def load(
-    spec: str | None = None,
+    spec: str | ModelSource | None = None,
     *,
     dtype: str | torch.dtype | None = "float32",
     device: str | None = "cpu",
@@ -179,45 +308,28 @@ def load(
 ):
     """Load ``(model, tokenizer)`` (and the prune plan, or None, with ``return_plan=True``).
 
+    ``spec`` may also be a :class:`ModelSource` from :func:`resolve` (its checks are then not repeated).
     ``device_map`` (e.g. ``"auto"``) hands placement to ``accelerate`` for models that do not fit on
     one device; otherwise the model goes to ``device``. The model is returned in eval mode.
     """
     torch_dtype = resolve_dtype(dtype)
     device_kwargs = {"device_map": device_map if device_map is not None else resolve_device(device)}
-    spec = spec or DEFAULT_MODEL
-    plan = None
-    path = Path(spec).expanduser()
-    if spec in ALIASES:
-        path = embedded_checkpoint(spec)
-    if path.suffix == ".gguf":
-        if not path.exists():
-            raise ModelNotFoundError(f"GGUF file {path} does not exist")
-        model, tok = load_gguf(path, torch_dtype)
-        model = model.to(resolve_device(device))
-    elif path.exists():
-        if not path.is_dir():
-            raise ModelNotFoundError(f"{path} is neither a model directory nor a .gguf file")
-        if is_prunelens_dir(path):
-            model, plan = _load_pruned_dir(path, torch_dtype, device_kwargs)
+    src = spec if isinstance(spec, ModelSource) else resolve(spec)
+    where = src.path if src.path is not None else src.spec
+    spec_for(src.config)  # unsupported architectures fail here, before the weights are read
+    try:
+        if src.plan is not None:
+            model = _load_pruned_dir(src.path, src.plan, torch_dtype, device_kwargs)
         else:
-            if not (path / "config.json").exists():
-                raise ModelNotFoundError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **device_kwargs)
-        tok = AutoTokenizer.from_pretrained(path)
-    else:
-        if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-            raise ModelNotFoundError(f"no such model directory or file: {spec}")
-        try:
-            model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch_dtype, **device_kwargs)
-            tok = AutoTokenizer.from_pretrained(spec)
-        except (OSError, ValueError) as exc:
-            raise ModelNotFoundError(
-                f"unknown model {spec!r}: not an alias ({', '.join(ALIASES)}), not a local path, and the hub "
-                f"could not provide it ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-            ) from exc
-    spec_for(model)  # unsupported architectures fail here, with the list of supported ones
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **device_kwargs)
+        tok = AutoTokenizer.from_pretrained(where)
+    except SafetensorError as exc:  # a shard that passed the header check but still fails to read
+        raise ArtifactError(where, f"has an unreadable safetensors file ({exc})") from None
+    except OSError as exc:
+        if src.path is None:
+            raise ModelNotFoundError(f"the hub could not provide {src.spec!r} ({str(exc).splitlines()[0]})") from exc
+        raise
     model.eval()
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
-    return (model, tok, plan) if return_plan else (model, tok)
-
+    return (model, tok, src.plan) if return_plan else (model, tok)

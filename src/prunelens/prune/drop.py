@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prunelens.data.calibration import Calibration
 from prunelens.models.adapter import Adapter, drop_blocks, drop_sublayer, param_count
-from prunelens.prune.plan import DROP_TARGETS, PrunePlan
+from prunelens.plan import DROP_TARGETS, PrunePlan
 from prunelens.prune.scoring import rank_candidates, similarities
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prunelens.prune.plan import PrunePlan
+from prunelens.plan import PrunePlan
 from prunelens.utils.io import atomic_output_dir
 
 

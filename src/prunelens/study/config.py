@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from prunelens.prune.plan import DROP_TARGETS, SPARSE_METHODS
+from prunelens.plan import DROP_TARGETS, SPARSE_METHODS
 
 DEFAULT_CONFIG_YAML = """\
 # prunelens study config. Every field is optional except where noted; `prunelens study --print-config`

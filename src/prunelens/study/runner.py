@@ -163,7 +163,7 @@ class Workbench:
     def variant(self, name: str):
         """The analysis :class:`~prunelens.analysis.variants.Variant` of ``name`` on the dense weights."""
         from prunelens.analysis.variants import resolve_variant
-        from prunelens.prune.plan import PrunePlan
+        from prunelens.plan import PrunePlan
 
         spec = next(v for v in self.cfg.variants if v.name == name)
         model, tok = self.dense
@@ -432,20 +432,6 @@ def prepare_study_dir(cfg: StudyConfig, out: str | Path, overwrite: bool) -> Sto
     return Store(out)
 
 
-def _num_layers_from_config(spec: str) -> int | None:
-    """The model's number of blocks without loading weights (``None`` when it cannot be read that way, e.g.
-    a GGUF file: the units then check for themselves)."""
-    from transformers import AutoConfig
-
-    from prunelens.models.loading import ALIASES, embedded_checkpoint
-
-    try:
-        path = embedded_checkpoint(spec) if spec in ALIASES else spec
-        return int(AutoConfig.from_pretrained(path).num_hidden_layers)
-    except Exception:  # noqa: BLE001 — best effort; the units validate again
-        return None
-
-
 def check_variants(cfg: StudyConfig, num_layers: int | None) -> None:
     """Refuse drop counts the model cannot satisfy before any unit runs (:class:`PruneConfigError`, naming
     the variant). ``num_layers=None`` (not known without loading the model) checks nothing."""
@@ -468,13 +454,15 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, eng
         raise ValueError(f"unknown engine {engine!r}; choose local or ray")
     t0 = time.perf_counter()
     bench = None
-    if engine == "local":  # load the model before anything is written: impossible drops are refused first
-        from prunelens.models.adapter import Adapter
+    # cheap checks first (files, config, plan, drop counts, lengths); nothing is loaded or written before them
+    from prunelens.models.loading import check_seqlen, resolve
 
+    src = resolve(cfg.model)
+    check_seqlen(int(cfg.calibration["seqlen"]), src.config, option="calibration.seqlen")
+    check_variants(cfg, src.num_layers)
+    if engine == "local":
         bench = Workbench(cfg, None)  # type: ignore[arg-type]
-        check_variants(cfg, Adapter(bench.dense[0]).num_layers)
-    else:
-        check_variants(cfg, _num_layers_from_config(cfg.model))
+        bench.dense  # load the model before anything is written
     store = prepare_study_dir(cfg, out, overwrite)
     cfg_dict = _config_for_disk(cfg)
     names = [v.name for v in cfg.variants]
