@@ -1,4 +1,4 @@
-"""Where a pruning perturbation lives: hidden space h, logit space z, probability space p (DESIGN.md §1).
+"""Where a pruning perturbation lives: hidden space h, logit space z, probability space p (docs/method.md §1).
 
 Modules (import what you need; nothing heavy is imported here):
 

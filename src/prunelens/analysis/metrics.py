@@ -1,4 +1,4 @@
-"""Pure metrics of a pruning perturbation in hidden, logit and probability space (DESIGN.md §1).
+"""Pure metrics of a pruning perturbation in hidden, logit and probability space (docs/method.md §2–3).
 
 Every function here is a pure tensor function:
 
@@ -210,7 +210,7 @@ def theorem1_estimate(x: Tensor, x_pert: Tensor) -> Tensor:
 
 
 def perturbation_stats(x: Tensor, x_pert: Tensor) -> dict[str, Tensor]:
-    """Per-position geometry of ``x' = x + Δx`` against the dense ``x`` (DESIGN.md §1, first bullet).
+    """Per-position geometry of ``x' = x + Δx`` against the dense ``x`` (docs/method.md §2.1).
 
     Returns a dict of tensors of the leading shape:
 

@@ -1,7 +1,7 @@
 """Fast logit- and probability-space statistics for many (dense, pruned) pairs that share states.
 
 :func:`prunelens.analysis.metrics.logit_space_stats` is the reference: every quantity here has the
-same key, the same definition (DESIGN.md §1) and the same degenerate-input conventions. This module
+same key, the same definition (docs/method.md §2–3) and the same degenerate-input conventions. This module
 computes them for the analysis' hot loop, where one logit tensor ``z`` (a "state": the logit lens of
 one residual stream point, for a chunk of tokens) takes part in up to two pairs — the residual stream
 after attention at layer ``l`` is the *dense* side of the attention transition and the *pruned* side

@@ -1,7 +1,7 @@
 """Counterfactual tracing: one forward pass of the dense model, dense *and* pruned sublayer outputs.
 
 At block ``l`` and for each sublayer ``s ∈ {attn, mlp}`` the trace holds three residual stream states
-(DESIGN.md §1, "sublayer transitions"):
+(docs/method.md §4.1):
 
 * ``before`` — the residual stream the sublayer adds to: ``resid_pre`` for attention, ``resid_mid =
   resid_pre + Δ_attn`` for the MLP;

@@ -6,7 +6,7 @@ depends only on ``(seed, prompt, step)``: the dense and the pruned model see the
 step, so their samples differ only where their distributions do, and a prompt samples the same
 tokens alone or in a batch.
 
-Two regimes (DESIGN.md §1, "final outputs along decoding"), for step ``t = 1..n``:
+Two regimes (docs/method.md §4.2), for step ``t = 1..n``:
 
 * **teacher-forced** — both models read the dense trajectory (prompt + the dense model's tokens). One
   causal forward pass per model over the whole sequence gives every step at once (the state predicting

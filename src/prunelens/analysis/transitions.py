@@ -1,7 +1,7 @@
 """Sublayer transitions: every layer × {attn, mlp} × {h, z, p}, per analysed token.
 
 For each traced sublayer (:mod:`prunelens.analysis.tracing`) and each valid token the dense and the
-pruned residual stream after the sublayer are compared in the three spaces of DESIGN.md §1:
+pruned residual stream after the sublayer are compared in the three spaces of docs/method.md §1 (see §4.1):
 
 * ``h``: :func:`metrics.perturbation_stats` of ``h' = h + Δh`` — ``cos``, ``one_minus_cos``,
   ``rel_norm``, ``rel_par``, ``rel_perp``, ``par_perp_ratio``, ``alpha`` and Theorem 1
