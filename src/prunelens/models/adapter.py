@@ -144,7 +144,9 @@ class Adapter:
 
     @property
     def unembed(self) -> nn.Module:
-        return get_submodule(self.model, self.spec.unembed)
+        # the model's own answer first: GPT-NeoX renamed ``embed_out`` to ``lm_head`` within transformers 5
+        out = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        return out if out is not None else get_submodule(self.model, self.spec.unembed)
 
     @property
     def parallel(self) -> bool:
