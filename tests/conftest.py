@@ -59,7 +59,7 @@ def need_data(rel: str):
 
 def need_minilm():
     """Folder of the all-MiniLM-L6-v2 wheel (see :func:`missing`)."""
-    from prunelens.models.encoders import embedder_path
+    from prunelens.models.embedder_loading import embedder_path
 
     try:
         return embedder_path("all-minilm-l6-v2")

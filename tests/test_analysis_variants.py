@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from prunelens.analysis.variants import (Variant, VariantMismatchError, plan_for_drop, resolve_variant,
+from prunelens.analysis.variants import (Variant, VariantMismatchError, resolve_variant,
                                          variant_from_plan)
 from prunelens.data.calibration import Calibration
 from prunelens.models.adapter import Adapter, drop_blocks
@@ -145,4 +145,4 @@ def test_drop_shorthand_matches_prune_drop():
     assert len(cache) == 1 and vm.drops[0][1] == "mlp"
     assert all(torch.equal(before[k], x) for k, x in model.state_dict().items())  # not modified
     with pytest.raises(ValueError):
-        plan_for_drop(model, cal, target="attn", n=4)
+        drop(model, cal, target="attn", n=4, dry_run=True)

@@ -21,7 +21,7 @@ import torch
 
 from prunelens.data.tasks import load_task, write_beir
 from prunelens.evaluate.retrieval import evaluate_retrieval, mteb_evaluate, subsample
-from prunelens.models.encoders import load_embedder
+from prunelens.models.embedder_loading import load_embedder
 
 from conftest import need_data, need_minilm, need_package
 

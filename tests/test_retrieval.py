@@ -29,22 +29,10 @@ from prunelens.evaluate.retrieval import (
     subsample,
 )
 from prunelens.models.adapter import param_count
-from prunelens.models.encoders import (
-    DecoderEmbedder,
-    DroppedEncoderAttention,
-    DroppedEncoderOutput,
-    DroppedIntermediate,
-    EncoderAdapter,
-    SentenceTransformerEmbedder,
-    TransformerEmbedder,
-    apply_encoder_plan,
-    drop_encoder,
-    drop_encoder_sublayer,
-    encoder_calibration,
-    encoder_similarities,
-    pool,
-    prune_embedder,
-)
+from prunelens.data.calibration import encoder_calibration
+from prunelens.models.embedders import DecoderEmbedder, SentenceTransformerEmbedder, TransformerEmbedder, pool
+from prunelens.models.encoder_adapter import DroppedEncoderAttention, DroppedEncoderOutput, DroppedIntermediate, EncoderAdapter, apply_encoder_plan, drop_encoder_sublayer
+from prunelens.prune.encoder_drop import drop_encoder, encoder_similarities, prune_embedder
 from prunelens.models.tiny import tiny_model
 from prunelens.prune.drop import PruneConfigError
 from prunelens.plan import PrunePlan
@@ -371,7 +359,7 @@ def test_drop_encoder_plan_and_replay(target, mode):
 
 @pytest.mark.parametrize("mode", ["identity", "norm"])
 def test_pruned_encoder_save_and_reload(mode, tmp_path):
-    from prunelens.models.encoders import load_embedder
+    from prunelens.models.embedder_loading import load_embedder
     from prunelens.prune.save import save_pruned
 
     model, tok = tiny_bert(), tiny_tokenizer()
@@ -475,7 +463,7 @@ def test_boolq_subset_through_beir_loader(boolq_retrieval, tmp_path):
 def test_minilm_native_loader_matches_sentence_transformers():
     path = need_minilm()
     st_mod = pytest.importorskip("sentence_transformers")
-    from prunelens.models.encoders import load_embedder
+    from prunelens.models.embedder_loading import load_embedder
 
     emb = load_embedder("all-minilm-l6-v2")
     assert isinstance(emb, TransformerEmbedder) and emb.poolings == ["mean"] and emb.normalize
@@ -497,7 +485,7 @@ def test_minilm_native_loader_matches_sentence_transformers():
 def test_minilm_encoder_calibration_and_drop():
     need_minilm()
     need_data("c4/c4_demo.json")
-    from prunelens.models.encoders import load_embedder
+    from prunelens.models.embedder_loading import load_embedder
 
     emb = load_embedder("all-minilm-l6-v2")
     calib = encoder_calibration(emb.tokenizer, "c4", nsamples=4, seqlen=32, seed=0)

@@ -42,7 +42,6 @@ __all__ = [
     "resolve_variant",
     "variant_from_plan",
     "variant_from_state",
-    "plan_for_drop",
     "SHORTHAND",
     "check_compatible",
 ]
@@ -234,7 +233,8 @@ def variant_from_plan(model: nn.Module, plan: PrunePlan, *, source: str = "plan"
 
 @torch.no_grad()
 def _magnitude_overrides(model, adapter: Adapter, plan: PrunePlan) -> dict[str, Tensor]:
-    from prunelens.prune.sparse_math import magnitude_scores, parse_pattern, score_mask
+    from prunelens.prune.sparse_math import parse_pattern
+    from prunelens.prune.sparsify import magnitude_masks
 
     pattern = plan.sparsity.get("pattern")
     nm = parse_pattern(pattern) if pattern else None
@@ -242,9 +242,8 @@ def _magnitude_overrides(model, adapter: Adapter, plan: PrunePlan) -> dict[str, 
     names = {id(p): n for n, p in model.named_parameters()}
     out: dict[str, Tensor] = {}
     for i in range(adapter.num_layers):
-        for lin in adapter.block_linears(i).values():
-            mask = score_mask(magnitude_scores(lin.weight), sparsity=ratio, nm=nm, per_row=False)
-            out[names[id(lin.weight)]] = lin.weight.detach().masked_fill(mask.to(lin.weight.device), 0)
+        for lin, mask in magnitude_masks(adapter, i, ratio, nm):
+            out[names[id(lin.weight)]] = lin.weight.detach().masked_fill(mask, 0)
     return out
 
 
@@ -329,40 +328,6 @@ def _checkpoint_tensors(path: Path):
     return gen()
 
 
-def plan_for_drop(model: nn.Module, calibration, *, target: str, n: int, base_model: str = "",
-                  batch_size: int = 8, sims=None) -> PrunePlan:
-    """The plan ``prunelens.prune.drop.drop(model, calibration, target=target, n=n)`` would make, one-shot,
-    without modifying ``model`` (same scores, same ranking). ``sims``: precomputed similarities to reuse."""
-    from prunelens.models.adapter import param_count
-    from prunelens.prune.drop import validate_drop
-    from prunelens.prune.scoring import rank_candidates, similarities
-
-    adapter = Adapter(model)
-    validate_drop(adapter.num_layers, target, n)
-    if sims is None:
-        sims = similarities(model, calibration.input_ids, batch_size=batch_size)
-    plan = PrunePlan(method="drop", base_model=base_model, family=adapter.spec.family, target=target,
-                     calibration=calibration.describe(), seed=calibration.seed, params_before=param_count(model),
-                     num_layers_before=adapter.num_layers, options={"iterative": False, "window": False})
-    plan.scores = {**sims.to_dict(), "metric": "mean cosine(input stream, output stream) over calibration tokens; "
-                   "higher = less important"}
-    removed = 0
-    if target == "block":
-        chosen = sorted(layer for _, layer, _ in rank_candidates(sims, "block")[:n])
-        plan.dropped_blocks = chosen
-        for layer in chosen:
-            removed += sum(p.numel() for p in adapter.layers[layer].parameters())
-    else:
-        for sim, layer, kind in rank_candidates(sims, target)[:n]:
-            plan.dropped_sublayers.append({"layer": layer, "sublayer": kind, "similarity": sim})
-            mods = [adapter.sublayer(layer, kind)] + [get_submodule(adapter.layers[layer], p)
-                                                     for p in adapter.sublayer_norms(kind)]
-            removed += sum(p.numel() for m in mods for p in m.parameters())
-        plan.dropped_sublayers.sort(key=lambda d: (d["layer"], d["sublayer"]))
-    plan.params_after = plan.params_before - removed
-    return plan
-
-
 def resolve_variant(model: nn.Module, spec, *, tokenizer=None, base_model: str = "", calibration=None,
                     calibration_factory=None, sims_cache: dict | None = None, name: str | None = None) -> Variant:
     """Build a :class:`Variant` of ``model`` from ``spec`` (see the module docstring for the accepted forms).
@@ -402,7 +367,9 @@ def resolve_variant(model: nn.Module, spec, *, tokenizer=None, base_model: str =
             sims = similarities(model, calibration.input_ids)
             if sims_cache is not None:
                 sims_cache[key] = sims
-        plan = plan_for_drop(model, calibration, target=target, n=n, base_model=base_model, sims=sims)
+        from prunelens.prune.drop import drop
+
+        plan = drop(model, calibration, target=target, n=n, base_model=base_model, sims=sims, dry_run=True)
         v = variant_from_plan(model, plan, source=f"shorthand {spec} (scored on {calibration.source})")
         return v
     path = Path(spec).expanduser()

@@ -211,3 +211,28 @@ def get_calibration(tokenizer, source: str = "c4", nsamples: int = 64, seqlen: i
     stream = token_stream(tokenizer, load_texts(source) if texts is None else texts)
     bos = bos_prefix(tokenizer)
     return Calibration(sample_windows(stream, nsamples, seqlen, seed, bos), source, seed, int(stream.numel()), bos)
+
+
+def encoder_calibration(tokenizer, source: str = "c4", nsamples: int = 32, seqlen: int = 128, seed: int = 0):
+    """Seeded calibration windows for an encoder: ``[CLS] <seqlen−2 tokens> [SEP]``.
+
+    The documents of ``source`` (see :func:`prunelens.data.calibration.load_texts`) are tokenised
+    without special tokens and joined by ``[SEP]`` into one stream; windows are drawn as for decoders
+    (:func:`~prunelens.data.calibration.sample_windows`), then wrapped in the tokenizer's CLS/SEP (BOS/EOS).
+    """
+    cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    if cls_id is None or sep_id is None:
+        raise CalibrationDataError("the tokenizer has no CLS/SEP (or BOS/EOS) token to frame encoder windows")
+    docs = [d for d in load_texts(source) if d and d.strip()]
+    if not docs:
+        raise CalibrationDataError(f"calibration source {source!r} is empty")
+    flat: list[int] = []
+    for i, ids in enumerate(tokenizer(docs, add_special_tokens=False, verbose=False)["input_ids"]):
+        if i:
+            flat.append(sep_id)
+        flat.extend(ids)
+    stream = torch.tensor(flat, dtype=torch.long)
+    body = sample_windows(stream, nsamples, seqlen - 2, seed)
+    ids = torch.cat([torch.full((nsamples, 1), cls_id), body, torch.full((nsamples, 1), sep_id)], dim=1)
+    return Calibration(ids, source, seed, int(stream.numel()))

@@ -3,7 +3,7 @@
 Usage::
 
     from prunelens.data.tasks import load_task
-    from prunelens.models.encoders import load_embedder
+    from prunelens.models.embedder_loading import load_embedder
     from prunelens.evaluate.retrieval import evaluate_retrieval, subsample
 
     data = subsample(load_task("boolq_retrieval"), n_queries=150, n_distractors=250, seed=0)
@@ -180,7 +180,7 @@ def evaluate_retrieval(embedder, data: RetrievalData, *, task: str = "retrieval"
                        records: bool = True, record_top: int = 10) -> TaskResult:
     """Encode ``data``'s corpus (documents) and queries with ``embedder``, rank by cosine, score.
 
-    ``embedder``: a :class:`prunelens.models.encoders.Embedder` (anything with
+    ``embedder``: a :class:`prunelens.models.embedders.Embedder` (anything with
     ``encode(texts, kind=..., batch_size=...)``). Only queries with at least one relevant document are
     encoded. The main metric is ``ndcg@10`` (``k_values`` must contain 10). Records, one per query:
     ``id``, ``query``, ``top10`` (doc ids; ``top{record_top}``), ``top10_scores``, ``relevant``
@@ -305,7 +305,7 @@ def mteb_task(folder: str | Path, *, split: str = "test", name: str = "Prunelens
 
 
 def mteb_encoder(embedder, name: str = "prunelens/embedder"):
-    """Wrap a prunelens :class:`~prunelens.models.encoders.Embedder` as an MTEB encoder (``AbsEncoder``
+    """Wrap a prunelens :class:`~prunelens.models.embedders.Embedder` as an MTEB encoder (``AbsEncoder``
     with a ``mteb_model_meta``; cosine similarity; queries encoded with ``kind="query"``)."""
     from mteb.models.abs_encoder import AbsEncoder
     from mteb.models.model_meta import ModelMeta, ScoringFunction

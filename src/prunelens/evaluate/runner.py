@@ -81,7 +81,8 @@ def evaluate_retrieval_task(model, tokenizer, task: str, settings: EvalSettings)
     pruned model is evaluated as a pruned embedder."""
     from prunelens.data.tasks import load_task
     from prunelens.evaluate.retrieval import evaluate_retrieval, subsample
-    from prunelens.models.encoders import DecoderEmbedder, load_embedder
+    from prunelens.models.embedder_loading import load_embedder
+    from prunelens.models.embedders import DecoderEmbedder
 
     data = load_task(task)
     if settings.limit is not None:

@@ -190,6 +190,18 @@ class Adapter:
     def is_dropped(self, layer: int, kind: str) -> bool:
         return isinstance(self.sublayer(layer, kind), (DroppedAttention, DroppedMLP))
 
+    def sublayer_modules(self, layer: int, kind: str) -> list[nn.Module]:
+        """The modules that dropping ``kind`` at ``layer`` removes: the sublayer and the norms only it uses."""
+        block = self.layers[layer]
+        return [self.sublayer(layer, kind)] + [get_submodule(block, p) for p in self.sublayer_norms(kind)]
+
+    # --- the prune.choose DropSite protocol ------------------------------------------------------
+    def drop_unit(self, layer: int, kind: str) -> None:
+        drop_sublayer(self, layer, kind)
+
+    def drop_block_set(self, layers: list[int]) -> None:
+        drop_blocks(self, layers)
+
     # --- logit lens ----------------------------------------------------------------------------
     def logits_from_hidden(self, h: torch.Tensor, *, apply_final_norm: bool = True) -> torch.Tensor:
         """``z = W · N(h)`` (logit lens), with the model's own final soft-cap where it has one.

@@ -280,7 +280,7 @@ def _load_pruned_dir(path: Path, plan: PrunePlan, dtype, device_kwargs: dict):
 
     if plan.options.get("encoder"):
         raise ModelNotFoundError(f"{path} is a pruned encoder (embedding model), not a causal LM: load it with "
-                                 "prunelens.models.encoders.load_embedder")
+                                 "prunelens.models.embedder_loading.load_embedder")
     if not plan.dropped_sublayers:
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **device_kwargs)
     verbosity = hf_logging.get_verbosity()

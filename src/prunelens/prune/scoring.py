@@ -26,8 +26,10 @@ from prunelens.models.residual import BlockStates, record_blocks
 from prunelens.utils.progress import progress_bar
 
 
-def _cos_sum(x: torch.Tensor, y: torch.Tensor) -> float:
-    return float(F.cosine_similarity(x.float(), y.float(), dim=-1).sum())
+def cosine_sum(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """``Σ cos(x_t, y_t)`` over token positions, in float32 (``mask``: weight per position, e.g. padding 0)."""
+    c = F.cosine_similarity(x.float(), y.float(), dim=-1)
+    return float((c * mask).sum() if mask is not None else c.sum())
 
 
 @dataclass
@@ -40,6 +42,10 @@ class Similarities:
     window: list[float] = field(default_factory=list)  # index l: blocks l..l+n-1
     window_size: int = 0
     tokens: int = 0
+
+    def by_kind(self) -> dict[str, list[float | None]]:
+        """Scores for :mod:`prunelens.prune.choose` (cosine similarity: higher = more droppable)."""
+        return {"attn": self.attn, "mlp": self.mlp, "block": list(self.block)}
 
     def to_dict(self) -> dict:
         return {"similarity": {"attn": self.attn, "mlp": self.mlp, "block": self.block,
@@ -59,17 +65,17 @@ def similarities(model, input_ids: torch.Tensor, *, batch_size: int = 8, window:
     device = input_device(model)
 
     def on_block(s: BlockStates) -> None:
-        sums["attn"][s.layer] += _cos_sum(s.pre, s.mid)
+        sums["attn"][s.layer] += cosine_sum(s.pre, s.mid)
         x = s.mlp_input_stream
-        sums["mlp"][s.layer] += _cos_sum(x, x + s.d_mlp)
-        sums["block"][s.layer] += _cos_sum(s.pre, s.post)
+        sums["mlp"][s.layer] += cosine_sum(x, x + s.d_mlp)
+        sums["block"][s.layer] += cosine_sum(s.pre, s.post)
         if window:
             pending.append((s.layer, s.pre))
             start = s.layer - window + 1
             if start >= 0:
                 layer0, pre0 = pending.popleft()
                 assert layer0 == start
-                win_sums[start] += _cos_sum(pre0, s.post)
+                win_sums[start] += cosine_sum(pre0, s.post)
 
     tokens = 0
     with record_blocks(adapter, on_block), progress_bar(desc, total=input_ids.shape[0]) as bar:
@@ -89,14 +95,3 @@ def similarities(model, input_ids: torch.Tensor, *, batch_size: int = 8, window:
 
     return Similarities(mean(sums["attn"], "attn"), mean(sums["mlp"], "mlp"), mean(sums["block"], None),
                         [v / tokens for v in win_sums], window, tokens)
-
-
-def rank_candidates(sims: Similarities, target: str) -> list[tuple[float, int, str]]:
-    """Candidates for ``target`` as ``(similarity, layer, kind)``, most droppable (highest similarity) first."""
-    cands: list[tuple[float, int, str]] = []
-    kinds = {"attn": ["attn"], "mlp": ["mlp"], "joint": ["attn", "mlp"], "block": ["block"]}[target]
-    for kind in kinds:
-        values = getattr(sims, kind)
-        cands.extend((v, layer, kind) for layer, v in enumerate(values) if v is not None)
-    # ties broken by layer index, deterministic
-    return sorted(cands, key=lambda c: (-c[0], c[1], c[2]))

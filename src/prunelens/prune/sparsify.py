@@ -383,6 +383,18 @@ def _sparsity_report(adapter: Adapter) -> dict:
             "by_layer": by_layer}
 
 
+def magnitude_masks(adapter: Adapter, layer: int, ratio: float | None, nm: tuple[int, int] | None):
+    """``(linear, mask)`` for every linear of block ``layer`` under magnitude pruning (``True`` = zeroed).
+
+    Magnitude needs no calibration, so the analysis rebuilds these masks from the dense weights instead
+    of storing a pruned copy; both go through here.
+    """
+    for lin in adapter.block_linears(layer).values():
+        mask = score_mask(magnitude_scores(lin.weight), sparsity=ratio, nm=nm, per_row=False)
+        yield lin, mask.to(lin.weight.device)
+
+
+
 @torch.no_grad()
 def sparsify(
     model,
@@ -436,9 +448,8 @@ def sparsify(
     if method == "magnitude":
         with progress_bar("magnitude", total=adapter.num_layers) as bar:
             for i in range(adapter.num_layers):
-                for lin in adapter.block_linears(i).values():
-                    mask = score_mask(magnitude_scores(lin.weight), sparsity=ratio, nm=nm, per_row=False)
-                    _zero(lin.weight, mask.to(lin.weight.device))
+                for lin, mask in magnitude_masks(adapter, i, ratio, nm):
+                    _zero(lin.weight, mask)
                 bar.advance()
     else:
         with reuse_freed_memory():  # the same large activations are allocated and freed every batch
