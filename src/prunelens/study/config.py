@@ -9,52 +9,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from prunelens import DEFAULT_MODEL
 from prunelens.plan import DROP_TARGETS, SPARSE_METHODS
 
-DEFAULT_CONFIG_YAML = """\
-# prunelens study config. Every field is optional except where noted; `prunelens study --print-config`
-# prints this default. The small limits keep the default study short on a 2-core CPU; raise them
-# (and add tasks: humaneval, mbpp, mmlu, hellaswag, ...) for numbers you would publish.
-model: smollm2-135m          # hub id, local dir, .gguf, or alias
-dtype: float32               # float32 | bfloat16 | float16
-device: cpu                  # cpu | cuda | cuda:N | mps | auto (accelerate device map)
-seed: 0
-calibration:                 # used to score drops and to calibrate Wanda / SparseGPT
-  source: c4                 # c4 | wikitext2 | a .txt/.json/.jsonl file | hub:NAME[:CONFIG[:SPLIT]]
-  nsamples: 32
-  seqlen: 256
-variants:                    # the dense model ("Full") is always included first
-  - {name: Drop-4A, drop: {target: attn, n: 4}}
-  - {name: Drop-8A, drop: {target: attn, n: 8}}
-  - {name: Drop-4M, drop: {target: mlp, n: 4}}
-  - {name: Drop-8M, drop: {target: mlp, n: 8}}
-  - {name: Drop-4B, drop: {target: block, n: 4}}
-  - {name: Wanda-50%, sparsify: {method: wanda, sparsity: 0.5}}
-  - {name: SparseGPT-2:4, sparsify: {method: sparsegpt, pattern: "2:4"}}
-tasks:                       # kind is taken from the task registry (mc, retrieval, ppl = non-generative; gen)
-  - {task: arc_easy, limit: 40}
-  - {task: piqa, limit: 40}
-  - {task: boolq, limit: 24}
-  - {task: wikitext2, limit: 4}          # perplexity: number of 256-token windows
-  - {task: boolq_retrieval, limit: 30}   # embedder: the studied model (last-token pooling), pruned the same way
-  - {task: gsm8k, limit: 8, max_new_tokens: 128}
-  - {task: nq_open, limit: 12, max_new_tokens: 24}
-batch_size: 8
-analyses:
-  prompts: {gsm8k: 2, nq_open: 1}        # analysed prompt set: this many of each (seeded)
-  scope: variant                         # variant: the sublayers each variant prunes | all: every layer
-  positions: generated                   # tokens analysed in transitions: generated | prompt | all
-  transitions: {temperatures: [1.0]}
-  trajectories: {max_new_tokens: 24}
-  subspace: {task: arc_easy, limit: 24}
-case_study: {gsm8k: 2, nq_open: 2, max_new_tokens: 96}
-"""
+#: the name of the unpruned model in every study table, figure and directory
+DENSE = "Full"
 
 TASK_FIELDS = {"task", "limit", "max_new_tokens", "num_fewshot"}
 ANALYSES = ("transitions", "trajectories", "subspace")
@@ -79,29 +44,112 @@ class VariantSpec:
 
 
 @dataclass
-class TaskSpec:
+class StudyTask:
+    """One task of the study and its limits (the task itself is defined in :mod:`prunelens.data.tasks`)."""
+
     task: str
     limit: int | None = None
     max_new_tokens: int | None = None
     num_fewshot: int = 0
 
 
+# --- nested sections: every default lives here, once; the printed default config is generated from them ---
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    source: str = "c4"
+    nsamples: int = 32
+    seqlen: int = 256
+
+
+@dataclass(frozen=True)
+class TransitionsConfig:
+    temperatures: tuple[float, ...] = (1.0,)
+
+
+@dataclass(frozen=True)
+class TrajectoriesConfig:
+    max_new_tokens: int = 24
+
+
+@dataclass(frozen=True)
+class SubspaceConfig:
+    task: str = "arc_easy"
+    limit: int = 24
+
+
+@dataclass(frozen=True)
+class AnalysesConfig:
+    """Which analyses run and how. An analysis runs when it is set (``None`` = not run)."""
+
+    prompts: dict[str, int] = field(default_factory=lambda: {"gsm8k": 2, "nq_open": 1})
+    scope: str = "variant"
+    positions: str = "generated"
+    transitions: TransitionsConfig | None = TransitionsConfig()
+    trajectories: TrajectoriesConfig | None = TrajectoriesConfig()
+    subspace: SubspaceConfig | None = SubspaceConfig()
+
+    @property
+    def enabled(self) -> tuple[str, ...]:
+        return tuple(a for a in ANALYSES if getattr(self, a) is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for a in ANALYSES:  # a disabled analysis is simply absent, as in a hand-written config
+            if d[a] is None:
+                del d[a]
+        if "transitions" in d:
+            d["transitions"]["temperatures"] = list(d["transitions"]["temperatures"])
+        return d
+
+
+@dataclass(frozen=True)
+class CaseStudyConfig:
+    gsm8k: int = 2
+    nq_open: int = 2
+    max_new_tokens: int = 96
+
+
+DEFAULT_VARIANTS: tuple[dict[str, Any], ...] = (
+    {"name": "Drop-4A", "drop": {"target": "attn", "n": 4}},
+    {"name": "Drop-8A", "drop": {"target": "attn", "n": 8}},
+    {"name": "Drop-4M", "drop": {"target": "mlp", "n": 4}},
+    {"name": "Drop-8M", "drop": {"target": "mlp", "n": 8}},
+    {"name": "Drop-4B", "drop": {"target": "block", "n": 4}},
+    {"name": "Wanda-50%", "sparsify": {"method": "wanda", "sparsity": 0.5}},
+    {"name": "SparseGPT-2:4", "sparsify": {"method": "sparsegpt", "pattern": "2:4"}},
+)
+
+#: (task entry, comment printed beside it)
+DEFAULT_TASKS: tuple[tuple[dict[str, Any], str], ...] = (
+    ({"task": "arc_easy", "limit": 40}, ""),
+    ({"task": "piqa", "limit": 40}, ""),
+    ({"task": "boolq", "limit": 24}, ""),
+    ({"task": "wikitext2", "limit": 4}, "perplexity: number of 256-token windows"),
+    ({"task": "boolq_retrieval", "limit": 30}, "embedder: the studied model (last-token pooling), pruned the same way"),
+    ({"task": "gsm8k", "limit": 8, "max_new_tokens": 128}, ""),
+    ({"task": "nq_open", "limit": 12, "max_new_tokens": 24}, ""),
+)
+
+
 @dataclass
 class StudyConfig:
-    model: str = "smollm2-135m"
+    model: str = DEFAULT_MODEL
     dtype: str = "float32"
     device: str = "cpu"
     seed: int = 0
-    calibration: dict[str, Any] = field(default_factory=lambda: {"source": "c4", "nsamples": 32, "seqlen": 256})
+    calibration: CalibrationConfig = CalibrationConfig()
     variants: list[VariantSpec] = field(default_factory=list)
-    tasks: list[TaskSpec] = field(default_factory=list)
+    tasks: list[StudyTask] = field(default_factory=list)
     batch_size: int = 8
-    analyses: dict[str, Any] = field(default_factory=dict)
-    case_study: dict[str, Any] = field(default_factory=dict)
+    analyses: AnalysesConfig = AnalysesConfig()
+    case_study: CaseStudyConfig = CaseStudyConfig()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["variants"] = [v.to_dict() for v in self.variants]
+        d["analyses"] = self.analyses.to_dict()
         return d
 
     def fingerprint(self, *parts: str) -> str:
@@ -116,6 +164,53 @@ class StudyConfig:
             else:
                 picked[p] = d[p]
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flow(value: Any) -> str:
+    """One YAML value in flow style, as a person would write it in this file."""
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000).strip()
+
+
+def _default_config_yaml() -> str:
+    """The printed default config, generated from the dataclass defaults above (one source of truth)."""
+    cal, an, cs, top = CalibrationConfig(), AnalysesConfig(), CaseStudyConfig(), StudyConfig()
+    lines = [
+        "# prunelens study config. Every field is optional except where noted; `prunelens study --print-config`",
+        "# prints this default. The small limits keep the default study short on a 2-core CPU; raise them",
+        "# (and add tasks: humaneval, mbpp, mmlu, hellaswag, ...) for numbers you would publish.",
+        "# A nested block you give is merged with these defaults field by field.",
+    ]
+
+    def row(text: str, comment: str = "") -> None:
+        lines.append(f"{text:<28} # {comment}" if comment else text)
+
+    row(f"model: {top.model}", "hub id, local dir, .gguf, or alias")
+    row(f"dtype: {top.dtype}", "float32 | bfloat16 | float16")
+    row(f"device: {top.device}", "cpu | cuda | cuda:N | mps | auto (accelerate device map)")
+    row(f"seed: {top.seed}")
+    row("calibration:", "used to score drops and to calibrate Wanda / SparseGPT")
+    row(f"  source: {cal.source}", "c4 | wikitext2 | a .txt/.json/.jsonl file | hub:NAME[:CONFIG[:SPLIT]]")
+    row(f"  nsamples: {cal.nsamples}")
+    row(f"  seqlen: {cal.seqlen}", "at most the model's context length")
+    row("variants:", 'the dense model ("Full") is always included first')
+    for v in DEFAULT_VARIANTS:
+        lines.append(f"  - {_flow(v)}")
+    row("tasks:", "kind is taken from the task registry (mc, retrieval, ppl = non-generative; gen)")
+    for t, comment in DEFAULT_TASKS:
+        lines.append(f"  - {_flow(t):<36} # {comment}" if comment else f"  - {_flow(t)}")
+    row(f"batch_size: {top.batch_size}")
+    row("analyses:", "an analysis runs when listed; a block without any runs transitions only")
+    lines.append(f"  prompts: {_flow(an.prompts):<30} # analysed prompt set: this many of each (seeded)")
+    lines.append(f"  scope: {an.scope:<32} # variant: the sublayers each variant prunes | all: every layer")
+    lines.append(f"  positions: {an.positions:<28} # tokens analysed in transitions: generated | prompt | all")
+    lines.append(f"  transitions: {_flow({'temperatures': list(an.transitions.temperatures)})}")
+    lines.append(f"  trajectories: {_flow(asdict(an.trajectories))}")
+    lines.append(f"  subspace: {_flow(asdict(an.subspace))}")
+    lines.append(f"case_study: {_flow(asdict(cs))}")
+    return "\n".join(lines) + "\n"
+
+
+DEFAULT_CONFIG_YAML = _default_config_yaml()
 
 
 def _err(field_name: str, message: str) -> StudyConfigError:
@@ -144,7 +239,7 @@ def _variant(raw: Any, i: int) -> VariantSpec:
     _expect(isinstance(name, str) and name.strip() != "" and "/" not in name, f"{where}.name",
             f"must be a non-empty name without '/', got {name!r}")
     drop, sparsify = raw.get("drop"), raw.get("sparsify")
-    _expect((drop is None) != (sparsify is None) or name == "Full", where, "give exactly one of 'drop' or 'sparsify'")
+    _expect((drop is None) != (sparsify is None) or name == DENSE, where, "give exactly one of 'drop' or 'sparsify'")
     if drop is not None:
         _expect(isinstance(drop, dict), f"{where}.drop", "must be a mapping {target, n[, iterative, window]}")
         unknown = set(drop) - {"target", "n", "iterative", "window"}
@@ -174,7 +269,7 @@ def _variant(raw: Any, i: int) -> VariantSpec:
     return VariantSpec(name=name, drop=drop, sparsify=sparsify)
 
 
-def _task(raw: Any, i: int) -> TaskSpec:
+def _task(raw: Any, i: int) -> StudyTask:
     from prunelens.data.tasks import TASKS
 
     where = f"tasks[{i}]"
@@ -185,62 +280,105 @@ def _task(raw: Any, i: int) -> TaskSpec:
     _expect(not unknown, where, f"unknown keys {sorted(unknown)}; allowed: {', '.join(sorted(TASK_FIELDS))}")
     name = raw.get("task")
     _expect(name in TASKS, f"{where}.task", f"must be one of {', '.join(sorted(TASKS))}, got {name!r}")
-    return TaskSpec(task=name, limit=_int(raw.get("limit"), f"{where}.limit", allow_none=True),
+    return StudyTask(task=name, limit=_int(raw.get("limit"), f"{where}.limit", allow_none=True),
                     max_new_tokens=_int(raw.get("max_new_tokens"), f"{where}.max_new_tokens", allow_none=True),
                     num_fewshot=_int(raw.get("num_fewshot", 0), f"{where}.num_fewshot", minimum=0))
 
 
+def _section(raw: Any, cls, where: str) -> dict[str, Any]:
+    """A nested block merged field by field over ``cls``'s defaults; unknown keys name the allowed ones."""
+    if raw is None:
+        return {}
+    _expect(isinstance(raw, dict), where, f"must be a mapping, got {raw!r}")
+    allowed = [f.name for f in fields(cls)]
+    unknown = set(raw) - set(allowed)
+    _expect(not unknown, where, f"unknown keys {sorted(unknown)}; allowed: {', '.join(allowed)}")
+    return raw
+
+
+def _analyses(raw: Any) -> AnalysesConfig:
+    if raw is None:
+        return AnalysesConfig()
+    raw = _section(raw, AnalysesConfig, "analyses")
+    d = AnalysesConfig()
+    prompts = raw.get("prompts", d.prompts)
+    _expect(isinstance(prompts, dict) and prompts, "analyses.prompts",
+            f"must map gsm8k / nq_open to a number of prompts, got {prompts!r}")
+    for task, k in prompts.items():
+        _expect(task in ("gsm8k", "nq_open"), "analyses.prompts", f"tasks are gsm8k and nq_open, got {task!r}")
+        _int(k, f"analyses.prompts.{task}", minimum=0)
+    scope = raw.get("scope", d.scope)
+    _expect(scope in ("variant", "all"), "analyses.scope", f"must be variant or all, got {scope!r}")
+    positions = raw.get("positions", d.positions)
+    _expect(positions in ("generated", "prompt", "all"), "analyses.positions",
+            f"must be generated, prompt or all, got {positions!r}")
+    listed = [a for a in ANALYSES if raw.get(a) is not None]
+    if not listed:
+        listed = ["transitions"]
+    tr = tj = sub = None
+    if "transitions" in listed:
+        t = _section(raw.get("transitions") or {}, TransitionsConfig, "analyses.transitions")
+        temps = t.get("temperatures", list(TransitionsConfig().temperatures))
+        _expect(isinstance(temps, list) and temps and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                          and x > 0 for x in temps),
+                "analyses.transitions.temperatures", f"must be a non-empty list of positive numbers, got {temps!r}")
+        tr = TransitionsConfig(tuple(float(x) if isinstance(x, float) else x for x in temps))
+    if "trajectories" in listed:
+        t = _section(raw["trajectories"], TrajectoriesConfig, "analyses.trajectories")
+        tj = TrajectoriesConfig(_int(t.get("max_new_tokens", TrajectoriesConfig().max_new_tokens),
+                                     "analyses.trajectories.max_new_tokens"))
+    if "subspace" in listed:
+        from prunelens.data.tasks import TASKS
+
+        t = _section(raw["subspace"], SubspaceConfig, "analyses.subspace")
+        task = t.get("task", SubspaceConfig().task)
+        mc = sorted(k for k, v in TASKS.items() if v.kind == "mc")
+        _expect(task in mc, "analyses.subspace.task", f"must be a multiple-choice task ({', '.join(mc)}), got {task!r}")
+        sub = SubspaceConfig(task, _int(t.get("limit", SubspaceConfig().limit), "analyses.subspace.limit"))
+    return AnalysesConfig(prompts=dict(prompts), scope=scope, positions=positions, transitions=tr,
+                          trajectories=tj, subspace=sub)
+
+
 def parse_config(data: Any) -> StudyConfig:
-    """Validate a parsed YAML mapping into a :class:`StudyConfig`."""
+    """Validate a parsed YAML mapping into a :class:`StudyConfig`; every omitted field takes its default."""
     if data is None:
         data = {}
     _expect(isinstance(data, dict), "(top level)", "the config must be a YAML mapping")
     allowed = set(StudyConfig.__dataclass_fields__)
     unknown = set(data) - allowed
     _expect(not unknown, "(top level)", f"unknown keys {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}")
-    default = yaml.safe_load(DEFAULT_CONFIG_YAML)
-    merged = {**default, **data}
+    top = StudyConfig()
     cfg = StudyConfig()
-    _expect(isinstance(merged["model"], str) and merged["model"], "model", "must be a model spec string")
-    cfg.model = merged["model"]
-    _expect(merged["dtype"] in ("float32", "bfloat16", "float16", "auto"), "dtype",
-            f"must be one of float32, bfloat16, float16, auto; got {merged['dtype']!r}")
-    cfg.dtype = merged["dtype"]
-    _expect(isinstance(merged["device"], str) and re.fullmatch(r"cpu|cuda(:\d+)?|mps|auto", merged["device"]) is not None,
-            "device", f"must be cpu, cuda, cuda:N, mps or auto; got {merged['device']!r}")
-    cfg.device = merged["device"]
-    cfg.seed = _int(merged["seed"], "seed", minimum=0)
-    cal = {**default["calibration"], **(merged["calibration"] or {})}
-    unknown = set(cal) - {"source", "nsamples", "seqlen"}
-    _expect(not unknown, "calibration", f"unknown keys {sorted(unknown)}; allowed: source, nsamples, seqlen")
-    _int(cal["nsamples"], "calibration.nsamples")
-    _int(cal["seqlen"], "calibration.seqlen", minimum=8)
-    cfg.calibration = cal
-    _expect(isinstance(merged["variants"], list), "variants", "must be a list of variants")
-    cfg.variants = [VariantSpec(name="Full")] + [_variant(v, i) for i, v in enumerate(merged["variants"])
-                                                  if not (isinstance(v, dict) and v.get("name") == "Full")]
+    cfg.model = data.get("model", top.model)
+    _expect(isinstance(cfg.model, str) and cfg.model, "model", "must be a model spec string")
+    cfg.dtype = data.get("dtype", top.dtype)
+    _expect(cfg.dtype in ("float32", "bfloat16", "float16", "auto"), "dtype",
+            f"must be one of float32, bfloat16, float16, auto; got {cfg.dtype!r}")
+    cfg.device = data.get("device", top.device)
+    _expect(isinstance(cfg.device, str) and re.fullmatch(r"cpu|cuda(:\d+)?|mps|auto", cfg.device) is not None,
+            "device", f"must be cpu, cuda, cuda:N, mps or auto; got {cfg.device!r}")
+    cfg.seed = _int(data.get("seed", top.seed), "seed", minimum=0)
+    cal = {**asdict(CalibrationConfig()), **_section(data.get("calibration"), CalibrationConfig, "calibration")}
+    _expect(isinstance(cal["source"], str) and cal["source"], "calibration.source", "must be a source name or file")
+    cfg.calibration = CalibrationConfig(cal["source"], _int(cal["nsamples"], "calibration.nsamples"),
+                                        _int(cal["seqlen"], "calibration.seqlen", minimum=8))
+    variants = data.get("variants", list(DEFAULT_VARIANTS))
+    _expect(isinstance(variants, list), "variants", "must be a list of variants")
+    cfg.variants = [VariantSpec(name=DENSE)] + [_variant(v, i) for i, v in enumerate(variants)
+                                                if not (isinstance(v, dict) and v.get("name") == DENSE)]
     names = [v.name for v in cfg.variants]
     dupes = sorted({n for n in names if names.count(n) > 1})
     _expect(not dupes, "variants", f"names must be unique; repeated: {dupes}")
-    _expect(isinstance(merged["tasks"], list) and merged["tasks"], "tasks", "must be a non-empty list")
-    cfg.tasks = [_task(t, i) for i, t in enumerate(merged["tasks"])]
+    tasks = data.get("tasks", [t for t, _ in DEFAULT_TASKS])
+    _expect(isinstance(tasks, list) and tasks, "tasks", "must be a non-empty list")
+    cfg.tasks = [_task(t, i) for i, t in enumerate(tasks)]
     tnames = [t.task for t in cfg.tasks]
     _expect(len(set(tnames)) == len(tnames), "tasks", "each task may appear once")
-    cfg.batch_size = _int(merged["batch_size"], "batch_size")
-    analyses = merged["analyses"] or {}
-    _expect(isinstance(analyses, dict), "analyses", "must be a mapping")
-    unknown = set(analyses) - set(ANALYSES) - {"prompts", "scope", "positions"}
-    _expect(not unknown, "analyses",
-            f"unknown keys {sorted(unknown)}; allowed: prompts, scope, positions, {', '.join(ANALYSES)}")
-    _expect(analyses.get("scope", "variant") in ("variant", "all"), "analyses.scope",
-            f"must be variant or all, got {analyses.get('scope')!r}")
-    _expect(analyses.get("positions", "generated") in ("generated", "prompt", "all"), "analyses.positions",
-            f"must be generated, prompt or all, got {analyses.get('positions')!r}")
-    temps = (analyses.get("transitions") or {}).get("temperatures", [1.0])
-    _expect(isinstance(temps, list) and temps and all(isinstance(t, (int, float)) and t > 0 for t in temps),
-            "analyses.transitions.temperatures", f"must be a non-empty list of positive numbers, got {temps!r}")
-    cfg.analyses = analyses
-    cfg.case_study = merged["case_study"] or {}
+    cfg.batch_size = _int(data.get("batch_size", top.batch_size), "batch_size")
+    cfg.analyses = _analyses(data.get("analyses"))
+    cs = {**asdict(CaseStudyConfig()), **_section(data.get("case_study"), CaseStudyConfig, "case_study")}
+    cfg.case_study = CaseStudyConfig(*(_int(cs[k], f"case_study.{k}", minimum=0 if k != "max_new_tokens" else 1)
+                                       for k in ("gsm8k", "nq_open", "max_new_tokens")))
     return cfg
 
 

@@ -37,13 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from prunelens.study import guidance as G
+from prunelens.study.config import DENSE
 from prunelens.study.guidance import VariantFacts, pct
 
 __all__ = ["Study", "load_study", "build_tables", "variant_facts", "rankdata", "spearman", "story_figure",
            "predictor_figure", "render_html", "build_report", "REPORT_DIR", "DENSE"]
 
 REPORT_DIR = "report"
-DENSE = "Full"
 _NON_GEN = ("mc", "retrieval")
 _KIND_LABEL = {"mc": "multiple choice", "retrieval": "retrieval", "gen": "generation", "ppl": "perplexity ↓"}
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from prunelens import __version__
-from prunelens.study.config import StudyConfig, parse_config
+from prunelens.study.config import DENSE, StudyConfig, parse_config
 from prunelens.utils.io import OutputExistsError, atomic_write_json
 
 NON_DENSE_DEPS = ("calibration",)
@@ -122,7 +122,7 @@ class Workbench:
             from prunelens.data.calibration import get_calibration
 
             c = self.cfg.calibration
-            self._calibration = get_calibration(self.dense[1], c["source"], c["nsamples"], c["seqlen"], self.cfg.seed)
+            self._calibration = get_calibration(self.dense[1], c.source, c.nsamples, c.seqlen, self.cfg.seed)
         return self._calibration
 
     def build_variant(self, name: str) -> dict[str, Any]:
@@ -218,13 +218,27 @@ def study_prompts(cfg: StudyConfig) -> list[tuple[str, str]]:
     """The fixed analysed prompt set: N GSM8K questions and N open questions (seeded)."""
     from prunelens.data.tasks import load_task
 
-    want = (cfg.analyses.get("prompts") or {"gsm8k": 4, "nq_open": 2})
+    want = cfg.analyses.prompts
     prompts: list[tuple[str, str]] = []
     for task, n in want.items():
         for ex in load_task(task, limit=int(n), seed=cfg.seed):
             text = ex.meta.get("question") or ex.prompt
             prompts.append((f"{task}/{ex.id}", text))
     return prompts
+
+
+def _temperatures(cfg: StudyConfig) -> tuple[float, ...]:
+    """The analysed temperatures (the transitions' own, or the default when transitions do not run)."""
+    from prunelens.study.config import TransitionsConfig
+
+    return (cfg.analyses.transitions or TransitionsConfig()).temperatures
+
+
+def _analysed_tokens(cfg: StudyConfig) -> int:
+    """Tokens decoded per analysed prompt (the trajectories' setting, or its default)."""
+    from prunelens.study.config import TrajectoriesConfig
+
+    return (cfg.analyses.trajectories or TrajectoriesConfig()).max_new_tokens
 
 
 def _run_analysis(bench: Workbench, unit: Unit) -> dict[str, Any]:
@@ -234,17 +248,14 @@ def _run_analysis(bench: Workbench, unit: Unit) -> dict[str, Any]:
     cfg = bench.cfg
     a = cfg.analyses
     model, tok = bench.dense
-    sub = a.get("subspace") or {}
-    mc_task = sub.get("task", "arc_easy")
-    mc = load_task(mc_task, limit=int(sub.get("limit", 40)), seed=cfg.seed) if "subspace" in a else None
-    analyses = tuple(k for k in ("transitions", "trajectories", "subspace") if k in a) or ("transitions",)
-    acfg = AnalysisConfig(temperatures=tuple((a.get("transitions") or {}).get("temperatures", [1.0])),
-                          max_new_tokens=int((a.get("trajectories") or {}).get("max_new_tokens", 48)),
-                          analyses=analyses, seed=cfg.seed, batch_size=min(cfg.batch_size, 8),
-                          scope=a.get("scope", "variant"), positions=a.get("positions", "generated"))
+    mc_task = a.subspace.task if a.subspace else None
+    mc = load_task(mc_task, limit=a.subspace.limit, seed=cfg.seed) if a.subspace else None
+    acfg = AnalysisConfig(temperatures=_temperatures(cfg), max_new_tokens=_analysed_tokens(cfg),
+                          analyses=a.enabled, seed=cfg.seed, batch_size=min(cfg.batch_size, 8),
+                          scope=a.scope, positions=a.positions)
     report = run_analysis(model, tok, [bench.variant(unit.variant)], study_prompts(cfg), acfg,
                           out=bench.store.root / "analysis" / unit.variant, overwrite=True,
-                          dense_name="Full", mc_examples=mc, mc_task=mc_task)
+                          dense_name=DENSE, mc_examples=mc, mc_task=mc_task)
     return {"figures": len(report.figures)}
 
 
@@ -264,8 +275,8 @@ def _run_predictor(bench: Workbench, unit: Unit) -> dict[str, Any]:
 
     cfg = bench.cfg
     model, tok = bench.dense
-    T = float(((cfg.analyses.get("transitions") or {}).get("temperatures") or [1.0])[0])
-    n_new = int((cfg.analyses.get("trajectories") or {}).get("max_new_tokens", 48))
+    T = float(_temperatures(cfg)[0])
+    n_new = _analysed_tokens(cfg)
     device = input_device(model)
     seqs = []
     for _, text in study_prompts(cfg):
@@ -293,16 +304,16 @@ def _run_case_study(bench: Workbench, unit: Unit) -> dict[str, Any]:
     from prunelens.evaluate.generation import generate
 
     cfg = bench.cfg
-    cs = cfg.case_study or {}
+    cs = cfg.case_study
     prompts = []
     for task in ("gsm8k", "nq_open"):
-        for ex in load_task(task, limit=int(cs.get(task, 2)), seed=cfg.seed + 1):
+        for ex in load_task(task, limit=getattr(cs, task), seed=cfg.seed + 1):
             question = ex.meta.get("question") or ex.prompt
             target = ex.target if isinstance(ex.target, str) else " / ".join(ex.target)
             prompts.append({"id": ex.id, "task": task, "prompt": question, "target": target})
     model, tok = bench.dense
     texts = [p["prompt"] for p in prompts]
-    n_new = int(cs.get("max_new_tokens", 128))
+    n_new = cs.max_new_tokens
     with bench.active(unit.variant) as m:
         answers = generate(m, tok, texts, max_new_tokens=n_new)
     atomic_write_json(bench.store.root / "case_study" / f"{unit.variant}.json",
@@ -375,13 +386,13 @@ def collect(root: str | Path, cfg: StudyConfig) -> None:
     atomic_write_json(root / "predictor.json", predictor)
     cases = {n: json.loads((root / "case_study" / f"{n}.json").read_text())
              for n in names if (root / "case_study" / f"{n}.json").exists()}
-    if "Full" in cases:
-        atomic_write_json(root / "case_study.json", {"prompts": cases["Full"]["prompts"],
+    if DENSE in cases:
+        atomic_write_json(root / "case_study.json", {"prompts": cases[DENSE]["prompts"],
                                                       "answers": {n: c["answers"] for n, c in cases.items()}})
     gen_tasks = [t.task for t in cfg.tasks if _kind(t.task) == "gen"]
     fid: dict[str, dict[str, Any]] = {}
     for task in gen_tasks:
-        dense = load_records(root / "eval" / "Full", task)
+        dense = load_records(root / "eval" / DENSE, task)
         if not dense:
             continue
         for n in names[1:]:
@@ -403,7 +414,7 @@ def _kind(task: str) -> str:
 
 def _config_for_disk(cfg: StudyConfig) -> dict[str, Any]:
     d = cfg.to_dict()
-    d["variants"] = [v for v in d["variants"] if v["name"] != "Full"]
+    d["variants"] = [v for v in d["variants"] if v["name"] != DENSE]
     return d
 
 
@@ -458,7 +469,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, eng
     from prunelens.models.loading import check_seqlen, resolve
 
     src = resolve(cfg.model)
-    check_seqlen(int(cfg.calibration["seqlen"]), src.config, option="calibration.seqlen")
+    check_seqlen(cfg.calibration.seqlen, src.config, option="calibration.seqlen")
     check_variants(cfg, src.num_layers)
     if engine == "local":
         bench = Workbench(cfg, None)  # type: ignore[arg-type]
