@@ -41,7 +41,7 @@ def main() -> None:
 
     import prunelens
     from prunelens.analysis.prompts import encode_prompts, load_prompts
-    from prunelens.analysis.tracing import _model_forward
+    from prunelens.analysis.tracing import model_forward
     from prunelens.analysis.transitions import Sequences, logit_lens, transitions
     from prunelens.models.adapter import Adapter
 
@@ -60,7 +60,7 @@ def main() -> None:
         for b0 in range(0, len(seqs), args.batch_size):
             idx = list(range(b0, min(len(seqs), b0 + args.batch_size)))
             ids, mask = seqs.batch(idx, 0)
-            _model_forward(model, ids, mask)
+            model_forward(model, ids, mask)
         h = torch.randn(256, adapter.config.hidden_size)
         rows = n_tok * n_states
         for r0 in range(0, rows, 256):

@@ -138,8 +138,8 @@ def test_transitions_scope_and_exact_reference():
     v = Variant("Drop-1A", "test", drops=((2, "attn"),))
     res = transitions(model, seqs, v, scope="all", exact=False)
     ref = transitions(model, seqs, v, scope="all", exact=True)
-    assert [e for e in res.entries if e[3]] == [(2, "attn", "drop", True)]
-    assert len(res.entries) == 8 and all(e[2] == "drop" for e in res.entries)
+    assert [e for e in res.entries if e.in_variant] == [(2, "attn", "drop", True)]
+    assert len(res.entries) == 8 and all(e.counterfactual == "drop" for e in res.entries)
     for key, arr in ref.values.items():
         np.testing.assert_allclose(res.values[key], arr, rtol=5e-3, atol=1e-6, err_msg=str(key))
     only = transitions(model, seqs, v, scope="variant")

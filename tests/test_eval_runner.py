@@ -7,7 +7,7 @@ import json
 import pytest
 
 from prunelens.evaluate import runner
-from prunelens.evaluate.compare import render_markdown, write_table
+from prunelens.evaluate.compare import render_markdown, write_comparison
 from prunelens.evaluate.results import TaskResult
 from prunelens.evaluate.runner import EvalSettings, comparison_table, evaluate_model, load_records
 from prunelens.utils.io import OutputExistsError
@@ -79,5 +79,5 @@ def test_comparison_table_averages_and_retained(tmp_path):
     assert rows["wikitext2"]["retained"][1] == pytest.approx(0.5)  # lower is better: dense / pruned
     md = render_markdown(table)
     assert md.startswith("| task | metric | dense | Drop-8A | Drop-8A retained |")
-    paths = write_table(table, tmp_path / "t")
+    paths = write_comparison(table, tmp_path / "t")
     assert [p.suffix for p in paths] == [".csv", ".md", ".json"] and all(p.stat().st_size for p in paths)

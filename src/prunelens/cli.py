@@ -418,7 +418,7 @@ def compare(
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the table as CSV, Markdown and JSON (FILE without suffix)."),
 ):
     """The paper-style table across evaluated models: tasks × models, averages, retained fraction of dense."""
-    from prunelens.evaluate.compare import write_table
+    from prunelens.evaluate.compare import write_comparison
     from prunelens.evaluate.runner import comparison_table, load_summary
 
     try:
@@ -445,7 +445,7 @@ def compare(
     t.add_row("[bold]generative avg[/]", "", *[fmt(v, k) for v, k in zip(av["generative"], av["generative_retained"])])
     out_console.print(t)
     if out is not None:
-        for path in write_table(table, out):
+        for path in write_comparison(table, out):
             out_console.print(f"wrote {path}")
 
 

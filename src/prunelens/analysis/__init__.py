@@ -27,3 +27,6 @@ Quick start::
     res = transitions(model, Sequences([tok.encode("The sky is")], [[]]), v, temperatures=(1.0,))
     df = res.frame()                                     # one row per token × sublayer × space × metric
 """
+
+#: the analyses prunelens runs, in the order they run (``prunelens analyze --analyses``, study configs)
+ANALYSES = ("transitions", "trajectories", "subspace")

@@ -30,7 +30,7 @@ _SPACE_STYLE = {"h": ("#1f77b4", "h (hidden)"), "z": ("#2ca02c", "z (logits)"), 
                 "p": ("#d62728", "p (probabilities)")}
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -45,7 +45,7 @@ def slug(name: str) -> str:
 
 def save(fig, directory: str | Path, name: str) -> list[Path]:
     """Write ``fig`` as PNG and SVG; close it."""
-    plt = _plt()
+    plt = pyplot()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -65,7 +65,7 @@ def _t0(df: pd.DataFrame) -> float | None:
 
 def layerwise(summary: pd.DataFrame, directory, variant: str, T: float | None = None) -> list[Path]:
     """``summary``: the ``summary_transitions`` table (one row per variant × layer × sublayer × space × metric)."""
-    plt = _plt()
+    plt = pyplot()
     s = summary[summary["variant"] == variant]
     T = _t0(s) if T is None else T
     fig, axes = plt.subplots(2, 2, figsize=(12, 7), sharex=True)
@@ -127,7 +127,7 @@ def _pairs(df: pd.DataFrame, space: str, est: str, real: str, T, max_points: int
 def estimate_vs_real(transitions: pd.DataFrame, directory, variant: str, T: float | None = None,
                      max_points: int = 4000) -> list[Path]:
     """Per-token estimates against exact values (``transitions`` long table, or ``trajectories``)."""
-    plt = _plt()
+    plt = pyplot()
     d = transitions[transitions["variant"] == variant]
     T = _t0(d) if T is None else T
     panels = [("h", "theorem1", "one_minus_cos", "Theorem 1, h: ‖Δh⊥‖²/2‖h‖² vs 1 − cos"),
@@ -156,7 +156,7 @@ def estimate_vs_real(transitions: pd.DataFrame, directory, variant: str, T: floa
 def decoding_steps(summary_steps: pd.DataFrame, divergence: pd.DataFrame, directory, variant: str,
                    T: float | None = None) -> list[Path]:
     """``summary_steps``: ``summary_trajectory_steps`` (per variant × regime × step × space × metric)."""
-    plt = _plt()
+    plt = pyplot()
     s = summary_steps[summary_steps["variant"] == variant]
     T = _t0(s) if T is None else T
     regimes = [r for r in ("teacher_forced", "free_running") if r in set(s["regime"])]
@@ -204,7 +204,7 @@ def decoding_steps(summary_steps: pd.DataFrame, divergence: pd.DataFrame, direct
 
 def option_subspace(subspace: pd.DataFrame, choices: pd.DataFrame, directory, variant: str,
                     T: float | None = None) -> list[Path]:
-    plt = _plt()
+    plt = pyplot()
     d = subspace[subspace["variant"] == variant]
     T = _t0(d) if T is None else T
     d = d[np.isclose(d["temperature"], T)]
@@ -238,7 +238,7 @@ def option_subspace(subspace: pd.DataFrame, choices: pd.DataFrame, directory, va
 
 
 def top_tokens(top: pd.DataFrame, directory, variant: str, n_examples: int = 4) -> list[Path]:
-    plt = _plt()
+    plt = pyplot()
     t = top[top["variant"] == variant]
     examples = list(dict.fromkeys(t["example"]))[:n_examples]
     fig, axes = plt.subplots(1, max(1, len(examples)), figsize=(5 * max(1, len(examples)), 4.5), squeeze=False)

@@ -94,7 +94,7 @@ def _pair(x, y) -> tuple[Tensor, Tensor]:
     return x, y
 
 
-def _check_T(T) -> float:
+def check_temperature(T) -> float:
     try:
         t = float(T)
     except (TypeError, ValueError):
@@ -271,7 +271,7 @@ def centered_one_minus_cos(z: Tensor, z_pert: Tensor) -> Tensor:
 
 def log_probs(z: Tensor, T: float = 1.0) -> Tensor:
     """``log p = log_softmax(z / T)`` over the last dimension (T > 0, else ValueError)."""
-    T = _check_T(T)
+    T = check_temperature(T)
     (z,) = _up(z)
     return torch.log_softmax(z / T, dim=-1)
 
@@ -282,7 +282,7 @@ def probs(z: Tensor, T: float = 1.0) -> Tensor:
 
 
 def _pair_logp(z, z_pert, T) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
-    T = _check_T(T)
+    T = check_temperature(T)
     z, y = _pair(z, z_pert)
     return z, y, torch.log_softmax(z / T, -1), torch.log_softmax(y / T, -1), T
 
@@ -453,7 +453,7 @@ def theorem2_weights(z: Tensor, T: float = 1.0) -> Tensor:
     Computed as ``r = softmax(2z/T)``, the same distribution without squaring probabilities (a
     sharp ``p`` would underflow ``p²`` and make ``Σ p²`` lose the tail).
     """
-    return probs(z, _check_T(T) / 2.0)
+    return probs(z, check_temperature(T) / 2.0)
 
 
 def topk_weights(z: Tensor, k: int, T: float = 1.0) -> Tensor:
@@ -461,7 +461,7 @@ def topk_weights(z: Tensor, k: int, T: float = 1.0) -> Tensor:
 
     ``w_i = exp(z_i/T) / Σ_{j∈S_k} exp(z_j/T)`` for ``i ∈ S_k(z)``, else 0; shape of ``z``.
     """
-    T = _check_T(T)
+    T = check_temperature(T)
     (z,) = _up(z)
     k = _check_k(k, z.shape[-1])
     vals, idx = z.topk(k, dim=-1)

@@ -229,7 +229,7 @@ def pair_stats(dense: LogitState, pruned: LogitState, T: float = 1.0, ks: Sequen
     Per position (leading shape of the states). ``want_z=False`` skips the temperature-independent
     logit-space keys (for a second temperature), ``want_p=False`` the probability-space ones.
     """
-    T = M._check_T(T)
+    T = M.check_temperature(T)
     ks = tuple(int(k) for k in ks)
     V = dense.V
     if pruned.z.shape != dense.z.shape:

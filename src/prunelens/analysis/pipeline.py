@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from prunelens.analysis import ANALYSES
 from prunelens.analysis import tables as TB
 from prunelens.analysis.pairstats import DEFAULT_KS
 from prunelens.analysis.tracing import peak_rss_bytes, plan_counterfactuals
@@ -33,7 +34,6 @@ from prunelens.models.adapter import Adapter, param_count
 
 __all__ = ["ANALYSES", "AnalysisConfig", "AnalysisReport", "run_analysis", "headline"]
 
-ANALYSES = ("transitions", "trajectories", "subspace")
 
 
 @dataclass
@@ -61,12 +61,12 @@ class AnalysisConfig:
         bad = [a for a in self.analyses if a not in ANALYSES]
         if bad:
             raise ValueError(f"unknown analyses {bad}; choose from {', '.join(ANALYSES)}")
-        from prunelens.analysis.metrics import _check_T
+        from prunelens.analysis.metrics import check_temperature
 
-        self.temperatures = tuple(float(_check_T(t)) for t in self.temperatures)
+        self.temperatures = tuple(float(check_temperature(t)) for t in self.temperatures)
         if not self.temperatures:
             raise ValueError("at least one temperature is needed")
-        _check_T(self.sample_temperature)
+        check_temperature(self.sample_temperature)
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
         if self.batch_size < 1 or self.chunk_tokens < 1:
@@ -119,11 +119,11 @@ def headline_transitions(res) -> dict[str, Any]:
     out: dict[str, Any] = {}
     groups = {"variant_sublayers": True, "all_sublayers": None}
     for label, inv in groups.items():
-        if inv and not any(e[3] for e in res.entries):
+        if inv and not any(e.in_variant for e in res.entries):
             continue
         sel = lambda s, m, T=None: res.select(s, m, T, in_variant=inv)  # noqa: E731
         d = {
-            "n_sublayers": sum(1 for e in res.entries if inv is None or e[3] == inv),
+            "n_sublayers": sum(1 for e in res.entries if inv is None or e.in_variant == inv),
             "median_cos": {"h": _s(sel("h", "cos")), "z": _s(sel("z", "cos")),
                            "z_centered": _s(sel("z", "centered_cos")), "p": _s(sel("p", "cos", T0))},
             "median_one_minus_cos": {"h": _s(sel("h", "one_minus_cos")), "z": _s(sel("z", "one_minus_cos")),
@@ -137,7 +137,7 @@ def headline_transitions(res) -> dict[str, Any]:
             "top1_agreement": _mean(sel("z", "top1_match")),
         }
         for kind in ("attn", "mlp"):
-            ent = [e for e in res.entries if e[1] == kind and (inv is None or e[3] == inv)]
+            ent = [e for e in res.entries if e.kind == kind and (inv is None or e.in_variant == inv)]
             if ent:
                 d[f"median_cos_{kind}"] = {"h": _s(res.select("h", "cos", in_variant=inv, kind=kind)),
                                            "z": _s(res.select("z", "cos", in_variant=inv, kind=kind)),

@@ -29,8 +29,8 @@ from torch import Tensor
 
 from prunelens.analysis import metrics as M
 from prunelens.analysis.pairstats import DEFAULT_KS, LogitState, default_k, p_keys
-from prunelens.analysis.tracing import _model_forward
-from prunelens.analysis.transitions import P_RENAME, _check_temps, stats_rows
+from prunelens.analysis.tracing import model_forward
+from prunelens.analysis.transitions import P_RENAME, check_temperatures, stats_rows
 from prunelens.models.adapter import input_device
 from prunelens.utils.progress import progress_bar
 
@@ -138,7 +138,7 @@ def final_logits(model, prompts: list[list[int]], *, pad_id: int = 0, batch_size
             for r, s in enumerate(seqs):
                 ids[r, L - len(s):] = torch.tensor(s)
                 mask[r, L - len(s):] = True
-            out = _model_forward(model, ids.to(device), mask.to(device))
+            out = model_forward(model, ids.to(device), mask.to(device))
             outs.append(out.logits[:, -1].float().cpu())
             bar.advance(len(seqs))
     return torch.cat(outs)
@@ -149,7 +149,7 @@ def option_subspace(model, tokenizer, variant, examples, *, temperatures=(1.0,),
                     top_k: int = 10, batch_size: int = 8, chat: bool = True, exact: bool = False,
                     ks=DEFAULT_KS, pad_id: int | None = None) -> SubspaceResult:
     """Full-vocabulary versus option-subspace metrics of ``variant`` over multiple-choice ``examples``."""
-    temps = _check_temps(temperatures)
+    temps = check_temperatures(temperatures)
     examples = list(examples)
     if not examples:
         raise ValueError("no multiple-choice example to analyse")

@@ -67,10 +67,10 @@ def transitions_frame(res) -> pd.DataFrame:
     n_ent = len(res.entries)
     keys = list(res.values)
     n_rows = len(keys) * n_ent * n_tok
-    ent_layer = np.array([e[0] for e in res.entries], dtype=np.int16)
-    ent_kind = np.array([e[1] for e in res.entries], dtype=object)
-    ent_cf = np.array([e[2] for e in res.entries], dtype=object)
-    ent_in = np.array([e[3] for e in res.entries], dtype=bool)
+    ent_layer = np.array([e.layer for e in res.entries], dtype=np.int16)
+    ent_kind = np.array([e.kind for e in res.entries], dtype=object)
+    ent_cf = np.array([e.counterfactual for e in res.entries], dtype=object)
+    ent_in = np.array([e.in_variant for e in res.entries], dtype=bool)
     per_key = n_ent * n_tok
     tile_tok = lambda a: np.tile(a, n_ent * len(keys))  # noqa: E731
     rep_ent = lambda a: np.tile(np.repeat(a, n_tok), len(keys))  # noqa: E731

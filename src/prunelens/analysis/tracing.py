@@ -195,7 +195,7 @@ def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _model_forward(model, input_ids: Tensor, mask: Tensor, **kw):
+def model_forward(model, input_ids: Tensor, mask: Tensor, **kw):
     pos = position_ids(mask)
     try:
         return model(input_ids=input_ids, attention_mask=mask.long(), position_ids=pos, use_cache=False,
@@ -307,7 +307,7 @@ def trace(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = N
 
     handles.append(adapter.final_norm.register_forward_pre_hook(final_hook))
     try:
-        _model_forward(model, input_ids, mask)
+        model_forward(model, input_ids, mask)
     finally:
         for h in handles:
             h.remove()
@@ -324,7 +324,7 @@ def forward_final_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Te
     got: dict[str, Tensor] = {}
     h = adapter.final_norm.register_forward_pre_hook(lambda m, a: got.__setitem__("h", a[0]))
     try:
-        _model_forward(model, input_ids, attention_mask.bool())
+        model_forward(model, input_ids, attention_mask.bool())
     finally:
         h.remove()
     return got["h"]

@@ -33,8 +33,8 @@ from torch import Tensor
 
 from prunelens.analysis import metrics as M
 from prunelens.analysis.pairstats import DEFAULT_KS, LogitState, default_k
-from prunelens.analysis.tracing import _model_forward, position_ids
-from prunelens.analysis.transitions import H_METRICS, Sequences, _check_temps, logit_lens, stats_rows
+from prunelens.analysis.tracing import model_forward, position_ids
+from prunelens.analysis.transitions import H_METRICS, Sequences, check_temperatures, logit_lens, stats_rows
 from prunelens.models.adapter import Adapter, input_device
 from prunelens.models.compat import cache_kwargs, output_cache
 from prunelens.utils.progress import progress_bar
@@ -54,7 +54,7 @@ class Sampler:
     seed: int = 0
 
     def __post_init__(self):
-        M._check_T(self.temperature)
+        M.check_temperature(self.temperature)
 
     def noise(self, uid: int, step: int, V: int) -> Tensor:
         """Gumbel noise for prompt ``uid`` at ``step`` (1-based): a pure function of (seed, uid, step)."""
@@ -135,7 +135,7 @@ def decode(model, prompt_ids: list[list[int]], *, max_new_tokens: int, eos_ids=(
                                     use_cache=True, logits_to_keep=1)
                         past = output_cache(out)
                     else:
-                        out = _model_forward(model, ids, mask.bool())
+                        out = model_forward(model, ids, mask.bool())
                     logits = out.logits[:, -1].float()
                     h_last = got["h"][:, -1]
                     nxt = sampler.choose(logits, [uids[i] for i in idx], step).to(device)
@@ -241,7 +241,7 @@ def trajectories(model, variant, prompt_ids: list[list[int]], *, dense: Decoded 
     ``dense``: the dense model's own decoding of ``prompt_ids`` (computed if None, with the same sampler).
     ``dense_hidden_tf``: precomputed teacher-forced dense ``h_L`` (:func:`teacher_forced_hidden`).
     """
-    temps = _check_temps(temperatures)
+    temps = check_temperatures(temperatures)
     for r in regimes:
         if r not in REGIMES:
             raise ValueError(f"unknown regime {r!r}; expected {REGIMES}")

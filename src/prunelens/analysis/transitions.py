@@ -24,6 +24,7 @@ previous one) and only per-token scalars are kept. The z/p statistics come from
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -86,6 +87,15 @@ class Sequences:
         return ids, mask
 
 
+class TracedSublayer(NamedTuple):
+    """One sublayer a transitions run traced: where it is, how it was perturbed, and whether the variant prunes it."""
+
+    layer: int
+    kind: str  # attn | mlp
+    counterfactual: str  # drop | override
+    in_variant: bool
+
+
 @dataclass
 class TransitionsResult:
     """Per-token transition statistics of one variant.
@@ -98,7 +108,7 @@ class TransitionsResult:
 
     variant: str
     tokens: dict[str, np.ndarray]
-    entries: list[tuple[int, str, str, bool]]
+    entries: list[TracedSublayer]
     values: dict[tuple[str, str, float | None], np.ndarray]
     temperatures: tuple[float, ...]
     final_norm: bool
@@ -118,7 +128,7 @@ class TransitionsResult:
 
     def relabel(self, variant: str, in_variant: dict[tuple[int, str], bool]) -> "TransitionsResult":
         """The same measurements under another variant name and ``in_variant`` flags (no copy of values)."""
-        entries = [(l, k, cf, in_variant.get((l, k), inv)) for l, k, cf, inv in self.entries]
+        entries = [e._replace(in_variant=in_variant.get((e.layer, e.kind), e.in_variant)) for e in self.entries]
         return TransitionsResult(variant, self.tokens, entries, self.values, self.temperatures, self.final_norm,
                                  list(self.notes), self.state_bytes, self.unembeddings)
 
@@ -129,7 +139,7 @@ class TransitionsResult:
             T = self.temperatures[0]
         v = self.values[(space, metric, T if space == "p" else None)]
         keep = [j for j, e in enumerate(self.entries)
-                if (in_variant is None or e[3] == in_variant) and (kind is None or e[1] == kind)]
+                if (in_variant is None or e.in_variant == in_variant) and (kind is None or e.kind == kind)]
         return v[keep]
 
 
@@ -153,9 +163,9 @@ def stats_rows(dense: LogitState, pruned: LogitState, temps, ks, *, exact: bool 
     return out
 
 
-def _check_temps(temperatures) -> tuple[float, ...]:
+def check_temperatures(temperatures) -> tuple[float, ...]:
     seq = temperatures if isinstance(temperatures, (list, tuple)) else [temperatures]
-    temps = tuple(float(M._check_T(t)) for t in seq)
+    temps = tuple(float(M.check_temperature(t)) for t in seq)
     if not temps:
         raise ValueError("at least one temperature is needed")
     return temps
@@ -174,7 +184,7 @@ def transitions(model, sequences: Sequences, variant=None, *, temperatures=(1.0,
     ``chunk_tokens × vocab × 4 B`` × a dozen buffers); ``unembed_rows``: rows per logit-lens matrix
     product (several states of a chunk are projected together).
     """
-    temps = _check_temps(temperatures)
+    temps = check_temperatures(temperatures)
     if positions not in ("all", "prompt", "generated"):
         raise ValueError(f"positions must be all, prompt or generated, got {positions!r}")
     if batch_size < 1 or chunk_tokens < 1:
@@ -184,7 +194,7 @@ def transitions(model, sequences: Sequences, variant=None, *, temperatures=(1.0,
     if not plan:
         raise ValueError("nothing to analyse: the variant prunes no sublayer in the selected layers")
     entries_key = sorted(plan, key=lambda k: (k[0], 0 if k[1] == "attn" else 1))
-    entries = [(l, k, plan[(l, k)].kind, plan[(l, k)].in_variant) for l, k in entries_key]
+    entries = [TracedSublayer(l, k, plan[(l, k)].kind, plan[(l, k)].in_variant) for l, k in entries_key]
     index = {(l, k): j for j, (l, k, _, _) in enumerate(entries)}
     V = adapter.unembed.weight.shape[0]
     for k in ks:

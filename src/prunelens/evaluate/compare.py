@@ -35,7 +35,7 @@ def render_markdown(table: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(table: dict[str, Any], stem: str | Path) -> list[Path]:
+def write_comparison(table: dict[str, Any], stem: str | Path) -> list[Path]:
     stem = Path(stem)
     buf = io.StringIO()
     csv.writer(buf).writerows(table_rows(table))

@@ -16,13 +16,13 @@ from typing import Any
 import yaml
 
 from prunelens import DEFAULT_MODEL
+from prunelens.analysis import ANALYSES
 from prunelens.plan import DROP_TARGETS, SPARSE_METHODS
 
 #: the name of the unpruned model in every study table, figure and directory
 DENSE = "Full"
 
 TASK_FIELDS = {"task", "limit", "max_new_tokens", "num_fewshot"}
-ANALYSES = ("transitions", "trajectories", "subspace")
 
 
 class StudyConfigError(ValueError):

@@ -274,14 +274,14 @@ def _summaries_for_table(st: Study) -> list[dict[str, Any]]:
 
 def build_tables(st: Study, out_dir: str | Path | None = None) -> dict[str, Any] | None:
     """The comparison table (tasks × variants, Full first); written as ``table.csv|md|json`` into ``out_dir``."""
-    from prunelens.evaluate.compare import write_table
+    from prunelens.evaluate.compare import write_comparison
     from prunelens.evaluate.runner import comparison_table
 
     if not st.summaries:
         return None
     table = comparison_table(_summaries_for_table(st))
     if out_dir is not None:
-        write_table(table, Path(out_dir) / "table")
+        write_comparison(table, Path(out_dir) / "table")
     return table
 
 
@@ -423,10 +423,10 @@ def story_figure(facts: list[VariantFacts], directory: str | Path, axis: G.Gener
     """Left: retained non-generative (x) vs the generative measure (y, see :func:`generative_axis`) per variant,
     ``y = x``, dense at (1, 1). Right: median probability-space KL per variant (sublayer transitions,
     teacher-forced, free-running)."""
-    from prunelens.analysis.figures import _plt, save
+    from prunelens.analysis.figures import pyplot, save
 
     axis = axis or G.generative_axis(facts)
-    plt = _plt()
+    plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1, 1.25]})
     gen = {f.name: axis.value(f) for f in facts}
     pts = [f for f in facts if not f.is_dense and _finite(f.retained_nongen) and gen[f.name] is not None]
@@ -494,7 +494,7 @@ def predictor_figure(facts: list[VariantFacts], directory: str | Path,
 
     Returns ``(paths, spearman ρ, number of variants)``; no figure when no variant has both numbers.
     """
-    from prunelens.analysis.figures import _plt, save
+    from prunelens.analysis.figures import pyplot, save
 
     axis = axis or G.generative_axis(facts)
     loss = {f.name: 1 - v for f in facts if (v := axis.value(f)) is not None}
@@ -502,7 +502,7 @@ def predictor_figure(facts: list[VariantFacts], directory: str | Path,
     if not pts:
         return [], None, 0
     rho = spearman([f.predictor for f in pts], [loss[f.name] for f in pts])
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for f in pts:
         ax.scatter([f.predictor], [loss[f.name]], s=60, color=_COLORS.get(f.group, "#7f7f7f"), zorder=4,
