@@ -1,0 +1,177 @@
+"""Uncertainty of scores and of paired comparisons: pure functions, float64, seeded.
+
+Every score prunelens reports is a mean over examples (questions, windows, queries, prompts), so it
+carries sampling error; and a pruned model is evaluated on the *same* examples as its dense parent, so
+comparisons are paired, which is far more sensitive than comparing two intervals.
+
+* Accuracies (a count of ``k`` successes in ``n``): the Wilson score interval (:func:`wilson_interval`),
+  which unlike the normal approximation stays inside [0, 1] and keeps its coverage near 0 and 1.
+* Other means (nDCG per query, ROUGE-L per prompt, log-likelihood per window): percentile bootstrap
+  over examples (:func:`bootstrap_interval`).
+* Paired accuracies: the exact McNemar test on the discordant pairs (:func:`mcnemar_exact`): under
+  "no difference", each example the two models disagree on is equally likely to favour either, so the
+  count favouring one side is Binomial(b + c, 1/2). The difference's interval is a paired bootstrap.
+* Paired means: :func:`paired_bootstrap` resamples examples, keeping each pair together, for the mean
+  difference, its interval and a two-sided p-value; and the ratio of means (a retained fraction).
+* Planning: :func:`minimum_detectable_difference` is the smallest true accuracy difference a paired
+  test at this ``n`` would detect with the given power.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+DEFAULT_CONFIDENCE = 0.95
+DEFAULT_RESAMPLES = 2000
+
+
+def _z(confidence: float) -> float:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+def wilson_interval(k: int, n: int, confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion ``k / n``."""
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
+    z = _z(confidence)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: ``b`` pairs favour one model, ``c`` the other (ties excluded)."""
+    if b < 0 or c < 0:
+        raise ValueError(f"discordant counts must be non-negative, got {b}, {c}")
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
+
+
+def _as_array(values: Sequence[float], name: str) -> np.ndarray:
+    a = np.asarray(values, dtype=np.float64)
+    if a.ndim != 1 or a.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence")
+    return a
+
+
+def _resample_indices(n: int, resamples: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def _percentiles(samples: np.ndarray, confidence: float) -> tuple[float, float]:
+    lo, hi = np.quantile(samples, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(lo), float(hi)
+
+
+def bootstrap_interval(values: Sequence[float], *, statistic: Callable[[np.ndarray], np.ndarray] | None = None,
+                       confidence: float = DEFAULT_CONFIDENCE, resamples: int = DEFAULT_RESAMPLES,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic`` (default: the mean) over examples."""
+    a = _as_array(values, "values")
+    _z(confidence)
+    idx = _resample_indices(a.size, resamples, seed)
+    stat = statistic or (lambda x: x.mean(axis=-1))
+    return _percentiles(stat(a[idx]), confidence)
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """A pruned-against-dense comparison on shared examples (pruned minus dense)."""
+
+    n: int
+    dense: float
+    pruned: float
+    difference: float
+    interval: tuple[float, float]
+    p_value: float
+    test: str
+    ratio: float | None = None  # pruned / dense (the retained fraction), when dense is not 0
+    ratio_interval: tuple[float, float] | None = None
+    discordant: tuple[int, int] | None = None  # McNemar: (dense right only, pruned right only)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for key in ("interval", "ratio_interval", "discordant"):
+            if d[key] is not None:
+                d[key] = list(d[key])
+        return d
+
+
+def _ratio(pruned: np.ndarray, dense: np.ndarray, idx: np.ndarray, confidence: float):
+    dm = dense.mean()
+    if dm == 0:
+        return None, None
+    d, p = dense[idx].mean(axis=1), pruned[idx].mean(axis=1)
+    ok = d != 0
+    return float(pruned.mean() / dm), _percentiles(p[ok] / d[ok], confidence) if ok.any() else None
+
+
+def paired_bootstrap(dense: Sequence[float], pruned: Sequence[float], *, confidence: float = DEFAULT_CONFIDENCE,
+                     resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> PairedComparison:
+    """Mean difference of paired per-example scores, its percentile interval and a two-sided p-value.
+
+    The p-value is the bootstrap's: twice the smaller share of resampled differences on either side
+    of zero (with the add-one correction, so it is never 0), after centring the resamples on zero.
+    """
+    d, p = _as_array(dense, "dense"), _as_array(pruned, "pruned")
+    if d.shape != p.shape:
+        raise ValueError(f"paired scores need the same length, got {d.size} and {p.size}")
+    _z(confidence)
+    diff = p - d
+    observed = float(diff.mean())
+    idx = _resample_indices(d.size, resamples, seed)
+    boots = diff[idx].mean(axis=1)
+    if np.ptp(diff) <= 1e-12 * max(1.0, abs(observed)):  # a constant difference: no sampling variation
+        pval = 1.0 if abs(observed) <= 1e-15 else 0.0
+    else:
+        centred = boots - observed
+        extreme = np.sum(np.abs(centred) >= abs(observed) - 1e-15)
+        pval = float(min(1.0, (extreme + 1) / (resamples + 1)))
+    ratio, ratio_iv = _ratio(p, d, idx, confidence)
+    return PairedComparison(int(d.size), float(d.mean()), float(p.mean()), observed,
+                            _percentiles(boots, confidence), pval, "paired bootstrap", ratio, ratio_iv)
+
+
+def paired_accuracy(dense_correct: Sequence[bool], pruned_correct: Sequence[bool], *,
+                    confidence: float = DEFAULT_CONFIDENCE, resamples: int = DEFAULT_RESAMPLES,
+                    seed: int = 0) -> PairedComparison:
+    """Paired accuracy comparison: exact McNemar p-value, paired-bootstrap interval of the difference."""
+    d = _as_array([bool(x) for x in dense_correct], "dense_correct")
+    p = _as_array([bool(x) for x in pruned_correct], "pruned_correct")
+    boot = paired_bootstrap(d, p, confidence=confidence, resamples=resamples, seed=seed)
+    b = int(np.sum((d == 1) & (p == 0)))
+    c = int(np.sum((d == 0) & (p == 1)))
+    return PairedComparison(boot.n, boot.dense, boot.pruned, boot.difference, boot.interval, mcnemar_exact(b, c),
+                            "exact McNemar", boot.ratio, boot.ratio_interval, (b, c))
+
+
+def minimum_detectable_difference(n: int, accuracy: float, *, discordance: float | None = None,
+                                  alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest true accuracy difference a paired test on ``n`` examples detects with ``power``.
+
+    Normal approximation to McNemar: the difference ``δ`` is detectable when
+    ``δ ≥ (z_{1−α/2} + z_power) · sqrt(ψ / n)``, with ``ψ`` the share of discordant pairs. Without a
+    measured ``discordance`` the worst case for an accuracy ``a`` is assumed, ``ψ = 2a(1 − a)``
+    (the two models' errors independent).
+    """
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    if not 0 <= accuracy <= 1:
+        raise ValueError(f"accuracy must be in [0, 1], got {accuracy}")
+    psi = 2 * accuracy * (1 - accuracy) if discordance is None else discordance
+    if not 0 <= psi <= 1:
+        raise ValueError(f"discordance must be in [0, 1], got {psi}")
+    return (_z(1 - alpha) + NormalDist().inv_cdf(power)) * math.sqrt(psi / n)

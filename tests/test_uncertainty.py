@@ -1,0 +1,81 @@
+"""Intervals and paired tests: against scipy's reference implementations and analytic properties."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from prunelens.evaluate.uncertainty import (bootstrap_interval, mcnemar_exact, minimum_detectable_difference,
+                                            paired_accuracy, paired_bootstrap, wilson_interval)
+
+from conftest import need_package
+
+need_package("scipy", module=True)
+
+from scipy import stats  # noqa: E402
+
+
+@pytest.mark.parametrize("k, n", [(0, 10), (3, 10), (10, 10), (37, 40), (120, 200), (1, 1)])
+def test_wilson_matches_scipy(k, n):
+    ref = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    assert wilson_interval(k, n) == pytest.approx((ref.low, ref.high), abs=1e-12)
+    lo, hi = wilson_interval(k, n, confidence=0.5)
+    assert lo <= k / n <= hi and wilson_interval(k, n, 0.99)[1] >= hi
+
+
+@pytest.mark.parametrize("b, c", [(0, 0), (0, 5), (3, 9), (10, 10), (1, 30), (40, 25)])
+def test_mcnemar_exact_matches_the_binomial_test(b, c):
+    ref = 1.0 if b + c == 0 else stats.binomtest(min(b, c), b + c, 0.5).pvalue
+    assert mcnemar_exact(b, c) == pytest.approx(ref, rel=1e-12)
+    assert mcnemar_exact(b, c) == mcnemar_exact(c, b)
+
+
+def test_bootstrap_interval_is_seeded_and_covers_the_mean():
+    rng = np.random.default_rng(0)
+    x = rng.normal(1.0, 2.0, size=400)
+    a = bootstrap_interval(x, seed=3)
+    assert a == bootstrap_interval(x, seed=3) and a != bootstrap_interval(x, seed=4)
+    se = x.std(ddof=1) / math.sqrt(x.size)
+    assert a[0] < x.mean() < a[1]
+    assert (a[1] - a[0]) == pytest.approx(2 * 1.96 * se, rel=0.1)  # the normal-theory width
+    assert bootstrap_interval([2.0] * 5) == (2.0, 2.0)
+
+
+def test_paired_bootstrap_identity_and_shift():
+    x = np.random.default_rng(1).normal(size=200)
+    same = paired_bootstrap(x, x)
+    assert same.difference == 0 and same.interval == (0.0, 0.0) and same.p_value == 1.0 and same.ratio == 1.0
+    shifted = paired_bootstrap(x, x + 0.5)
+    assert shifted.difference == pytest.approx(0.5) and shifted.p_value == 0.0
+    noisy = paired_bootstrap(x, x + np.random.default_rng(2).normal(0.3, 1.0, size=200), seed=0)
+    assert noisy.interval[0] < noisy.difference < noisy.interval[1] and noisy.p_value < 0.01
+    with pytest.raises(ValueError, match="same length"):
+        paired_bootstrap(x, x[:-1])
+
+
+def test_paired_bootstrap_p_value_is_calibrated_under_the_null():
+    """Under no difference, p < 0.05 in about 5 % of repeated experiments."""
+    rng = np.random.default_rng(7)
+    hits = sum(paired_bootstrap(a, a + rng.normal(0, 1, 60), resamples=500, seed=s).p_value < 0.05
+               for s, a in enumerate(rng.normal(size=(200, 60))))
+    assert 2 <= hits <= 20  # 10 expected; binomial(200, 0.05) is in [2, 20] with probability > 0.998
+
+
+def test_paired_accuracy_counts_discordant_pairs():
+    dense = [1, 1, 1, 1, 0, 0, 1, 1, 1, 0] * 4
+    pruned = [1, 0, 1, 0, 0, 1, 1, 0, 1, 0] * 4
+    res = paired_accuracy(dense, pruned)
+    assert res.discordant == (12, 4) and res.n == 40
+    assert res.difference == pytest.approx(-0.2) and res.test == "exact McNemar"
+    assert res.p_value == pytest.approx(stats.binomtest(4, 16, 0.5).pvalue)
+    assert res.ratio == pytest.approx(0.5 / 0.7)
+    assert res.to_dict()["discordant"] == [12, 4]
+
+
+def test_minimum_detectable_difference():
+    # 200 questions at 60 % accuracy, independent errors: (1.96 + 0.84) * sqrt(0.48 / 200) = 0.137
+    assert minimum_detectable_difference(200, 0.6) == pytest.approx(0.1372, abs=2e-4)
+    assert minimum_detectable_difference(800, 0.6) == pytest.approx(minimum_detectable_difference(200, 0.6) / 2)
+    assert minimum_detectable_difference(200, 0.6, discordance=0.1) < minimum_detectable_difference(200, 0.6)
