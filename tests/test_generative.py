@@ -163,6 +163,25 @@ def test_prompt_builders():
     assert nq_prompt(nq, chat=True)[-1]["content"].endswith("Question: capital of france?")
 
 
+def test_specs_name_scorers_that_resolve():
+    from prunelens.data.tasks import TASKS
+    from prunelens.evaluate.generative import GEN_TASKS, TASK_DEFAULTS, resolve_function, score_gsm8k
+
+    assert GEN_TASKS == ("gsm8k", "nq_open", "humaneval", "mbpp")
+    assert TASK_DEFAULTS == {"gsm8k": {"max_new_tokens": 256}, "nq_open": {"max_new_tokens": 32},
+                             "humaneval": {"max_new_tokens": 384}, "mbpp": {"max_new_tokens": 384}}
+    for t in GEN_TASKS:
+        assert callable(resolve_function(TASKS[t].scorer))
+    assert resolve_function("prunelens.evaluate.generative:score_gsm8k") is score_gsm8k
+    assert resolve_function(score_gsm8k) is score_gsm8k
+    assert TASKS["humaneval"].stops_for(False) == list(HUMANEVAL_STOPS)
+    assert TASKS["gsm8k"].stops_for(True) == [] and TASKS["nq_open"].stops_for(True) == ["\n"]
+    with pytest.raises(ValueError, match="package.module:function"):
+        resolve_function("prunelens.evaluate.generative.score_gsm8k")
+    with pytest.raises(ValueError, match="unknown generation task 'arc_easy'"):
+        score_outputs("arc_easy", [], [])
+
+
 def test_fewshot_examples_from_real_files():
     need_data("gsm8k/train.jsonl")
     shots = fewshot_examples("gsm8k", 3, seed=0)

@@ -532,3 +532,39 @@ def test_hub_rows_convert(monkeypatch):
     with pytest.raises(HubUnavailableError, match="KeyError"):
         load_task("piqa", source="hub")  # the stand-in has no such dataset: the failure is reported
     assert ("baber/piqa", None, "validation") in calls
+
+
+# --------------------------------------------------------------------------------------------------
+# One spec per task: what evaluation reads from it, and the shared readers
+
+
+def test_every_task_is_one_complete_spec():
+    from prunelens.data.tasks.spec import register
+
+    kinds = [s.kind for s in TASKS.values()]
+    assert kinds == sorted(kinds, key=["mc", "gen", "retrieval", "ppl"].index), "registered kind by kind"
+    for name, s in TASKS.items():
+        assert s.name == name and s.description
+        if s.kind == "mc":
+            assert s.main_metric in ("acc", "acc_norm") and s.prompt is None and s.scorer is None
+        elif s.kind == "gen":
+            assert s.main_metric and callable(s.prompt) and isinstance(s.max_new_tokens, int)
+            assert isinstance(s.stops, tuple) and isinstance(s.chat_stops, tuple)
+            assert re.fullmatch(r"prunelens\.evaluate\.[\w.]+:\w+", s.scorer), s.scorer
+            assert s.fewshot_split is None or s.fewshot_split in s.splits
+        else:
+            assert s.main_metric is None and s.scorer is None
+    with pytest.raises(ValueError, match="registered twice"):
+        register(TASKS["boolq"])
+
+
+def test_json_lines_reader_reports_the_bad_line(tmp_path):
+    from prunelens.data.tasks.readers import JSONLinesError, json_lines, read_jsonl
+
+    assert list(json_lines(['{"a": 1}', "  ", "[2]"])) == [(1, {"a": 1}), (3, [2])]
+    with pytest.raises(JSONLinesError) as err:
+        list(json_lines(['{"a": 1}', "", "{bad"]))
+    assert err.value.line == 3 and isinstance(err.value.error, json.JSONDecodeError)
+    (tmp_path / "x.jsonl").write_text('{"a": 1}\n{bad\n')
+    with pytest.raises(ValueError, match=r"x\.jsonl:2: not valid JSON Lines"):
+        read_jsonl(tmp_path / "x.jsonl")

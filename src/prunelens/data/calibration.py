@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from prunelens.data.paths import DataNotFoundError
+from prunelens.data.tasks.readers import JSONLinesError, json_lines, read_text
 
 C4_CALIB_DOCS = 250
 
@@ -79,12 +80,12 @@ def _texts_from_json_obj(obj) -> list[str]:
 
 
 def read_text_file(path: str | Path) -> list[str]:
-    """Documents from a local ``.txt``, ``.json`` or ``.jsonl`` file."""
+    """Documents from a local ``.txt``, ``.json`` or ``.jsonl`` file (read as is: no decompression)."""
     path = Path(path)
     if not path.exists():
         raise CalibrationDataError(f"calibration file {path} does not exist")
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = read_text(path, decompress=False)
     except (OSError, UnicodeDecodeError) as exc:
         raise CalibrationDataError(f"cannot read calibration file {path}: {exc}") from exc
     suffix = path.suffix.lower()
@@ -92,14 +93,11 @@ def read_text_file(path: str | Path) -> list[str]:
         if suffix == ".json":
             return _texts_from_json_obj(json.loads(raw))
         if suffix == ".jsonl":
-            docs = []
-            for line in raw.splitlines():
-                if line.strip():
-                    rec = json.loads(line)
-                    docs.extend(_texts_from_json_obj([rec]))
-            return docs
+            return [doc for _, rec in json_lines(raw.splitlines()) for doc in _texts_from_json_obj([rec])]
     except json.JSONDecodeError as exc:
-        raise CalibrationDataError(f"calibration file {path} is not valid {suffix[1:].upper()}: {exc}") from exc
+        raise CalibrationDataError(f"calibration file {path} is not valid JSON: {exc}") from exc
+    except JSONLinesError as exc:
+        raise CalibrationDataError(f"calibration file {path} is not valid JSONL: {exc.error}") from exc.error
     if suffix in (".txt", ".text", ".tokens", ""):
         return [raw]
     raise CalibrationDataError(f"unsupported calibration file type {suffix!r} (use .txt, .json or .jsonl)")

@@ -22,6 +22,9 @@ import string
 from collections import Counter
 from typing import Callable, Iterable, Sequence
 
+# A GSM8K data helper: it lives with the task's prompt builders (which use it), re-exported here.
+from prunelens.data.tasks.generative import strip_gsm8k_calculations
+
 __all__ = [
     "find_stop",
     "truncate_at_stop",
@@ -151,14 +154,6 @@ def numbers_match(pred: str | float | None, target: str | float | None, tol: flo
     if a is None or b is None:
         return False
     return abs(a - b) <= tol * max(1.0, abs(b))
-
-
-_CALC = re.compile(r"<<[^<>]*>>")
-
-
-def strip_gsm8k_calculations(solution: str) -> str:
-    """A GSM8K reference solution without its ``<<48/2=24>>`` calculator annotations."""
-    return _CALC.sub("", solution)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -36,6 +36,11 @@ them:
   prompt (shots from the ``prompt`` split, task ids 1-10, ending ``[DONE]``); chat: the task and its tests
   with a request for a fenced block, stopped at the end of the first fenced block.
 
+What each task uses - prompt builder, stop strings (plain and chat), token budget, main metric, scorer,
+few-shot split - is read from its :class:`~prunelens.data.tasks.TaskSpec`
+(:mod:`prunelens.data.tasks.generative`); the scorers themselves are the ``score_<task>`` functions
+here, which the specs name as ``"prunelens.evaluate.generative:score_<task>"`` (:func:`resolve_function`).
+
 Every evaluator returns a :class:`~prunelens.evaluate.results.TaskResult` whose records hold ``id``,
 ``prompt`` (the example's prompt), ``input_text`` (what the model read), ``target``, ``prediction`` (the
 extracted answer or code), ``score``, ``text`` (the output cut at the stop strings), ``token_ids``,
@@ -45,12 +50,30 @@ degeneration (``degen_*``, see :mod:`prunelens.evaluate.fidelity`).
 
 from __future__ import annotations
 
+import importlib
 import random
 import time
 from typing import Any, Callable, Sequence
 
 from prunelens.data.paths import DataNotFoundError
-from prunelens.data.tasks import GenExample, load_task
+from prunelens.data.tasks import TASKS, GenExample, TaskSpec, load_task
+from prunelens.data.tasks.spec import get_spec
+# The stop strings, instructions and prompt builders live with the task specs; re-exported here.
+from prunelens.data.tasks.generative import (  # noqa: F401
+    CODE_CHAT_STOPS,
+    GSM8K_INSTRUCTION,
+    GSM8K_PLAIN_STOPS,
+    HUMANEVAL_INSTRUCTION,
+    HUMANEVAL_STOPS,
+    MBPP_INSTRUCTION,
+    MBPP_STOPS,
+    NQ_INSTRUCTION,
+    NQ_STOPS,
+    gsm8k_prompt,
+    humaneval_prompt,
+    mbpp_prompt,
+    nq_prompt,
+)
 from prunelens.evaluate.answers import (
     exact_match,
     extract_code,
@@ -60,11 +83,10 @@ from prunelens.evaluate.answers import (
     max_over_golds,
     numbers_match,
     parse_number,
-    strip_gsm8k_calculations,
     token_f1,
 )
 from prunelens.evaluate.fidelity import degeneration
-from prunelens.evaluate.generation import Prompt, generate_batch, has_chat_template
+from prunelens.evaluate.generation import generate_batch, has_chat_template
 from prunelens.evaluate.results import TaskResult
 
 __all__ = [
@@ -79,49 +101,45 @@ __all__ = [
     "evaluate_humaneval",
     "evaluate_mbpp",
     "fewshot_examples",
+    "resolve_function",
     "score_outputs",
+    "score_gsm8k",
+    "score_nq_open",
+    "score_humaneval",
+    "score_mbpp",
     "gsm8k_prompt",
     "nq_prompt",
     "humaneval_prompt",
     "mbpp_prompt",
 ]
 
-#: Stop strings for HumanEval completion (not chat): a new top-level statement ends the function.
-HUMANEVAL_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
-#: Stop strings for MBPP completion (not chat).
-MBPP_STOPS = ("[DONE]", "\n[", "\nassert ", "\nif __name__", "\nprint(", "\n```")
-#: Stop strings for code in chat answers: the end of the first fenced block (a fence line after some text).
-#: Caveat: an answer that opens with a sentence and then a *bare* fence (```` ``` ```` with no language tag)
-#: is cut at that opening fence; SmolLM2 and most chat models tag their blocks (```` ```python ````).
-CODE_CHAT_STOPS = ("\n```\n",)
-GSM8K_PLAIN_STOPS = ("Question:", "</s>", "<|im_end|>")
-NQ_STOPS = ("\n",)
+#: The generation tasks (``kind == "gen"`` in :data:`prunelens.data.tasks.TASKS`), in registry order.
+GEN_TASKS = tuple(name for name, spec in TASKS.items() if spec.kind == "gen")
+#: Default generation budget per task (new tokens), as the task specs set it.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {t: {"max_new_tokens": TASKS[t].max_new_tokens} for t in GEN_TASKS}
 
-#: Default generation budget per task (new tokens).
-TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "gsm8k": {"max_new_tokens": 256},
-    "nq_open": {"max_new_tokens": 32},
-    "humaneval": {"max_new_tokens": 384},
-    "mbpp": {"max_new_tokens": 384},
-}
 
-GSM8K_INSTRUCTION = (
-    "Given the following problem, reason and give a final answer to the problem.\nProblem: {question}\n"
-    'Your response should end with "The final answer is [answer]" where [answer] is the response to the '
-    "problem."
-)
-NQ_INSTRUCTION = (
-    "Answer the question with a short answer (a name, a date, a number or a few words) and nothing else.\n"
-    "Question: {question}?"
-)
-HUMANEVAL_INSTRUCTION = (
-    "Complete the following Python function. Reply with the complete function, imports included, in a "
-    "```python code block.\n\n```python\n{prompt}```"
-)
-MBPP_INSTRUCTION = (
-    "You are an expert Python programmer, and here is your task: {text} Your code should pass these tests:"
-    "\n\n{tests}\n\nReply with the Python code in a ```python code block."
-)
+def _gen_spec(task: str, shown: str | None = None) -> TaskSpec:
+    spec = TASKS.get(task)
+    if spec is None or spec.kind != "gen":
+        raise ValueError(f"unknown generation task {shown or task!r}; known: {', '.join(GEN_TASKS)}")
+    return spec
+
+
+def resolve_function(ref: str | Callable[..., Any]) -> Callable[..., Any]:
+    """The function a task spec names: ``"package.module:attr"`` is imported now (``attr`` may be
+    dotted); a callable is returned as it is."""
+    if callable(ref):
+        return ref
+    module, sep, attr = str(ref).partition(":")
+    if not sep or not module or not attr:
+        raise ValueError(f"expected 'package.module:function', got {ref!r}")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{ref!r} is not callable")
+    return obj
 
 
 # --------------------------------------------------------------------------------------------------
@@ -130,23 +148,23 @@ MBPP_INSTRUCTION = (
 
 def fewshot_examples(task: str, k: int, seed: int = 0, exclude: Sequence[str] = ()) -> list[GenExample]:
     """``k`` few-shot examples for ``task``, drawn with ``random.Random(seed)`` (the same shots for every
-    question): GSM8K and NQ-Open from the train split (NQ-Open falls back to dev questions not in
-    ``exclude`` when no train file is available), MBPP from its ``prompt`` split (task ids 1-10).
-    HumanEval has no few-shot split."""
+    question) from the spec's ``fewshot_split``: GSM8K and NQ-Open from the train split (NQ-Open falls
+    back to dev questions not in ``exclude`` when no train file is available locally), MBPP from its
+    ``prompt`` split (task ids 1-10). HumanEval has no few-shot split."""
     if k <= 0:
         return []
-    if task == "humaneval":
-        raise ValueError("humaneval has no few-shot examples (no train split)")
-    if task == "mbpp":
-        pool = load_task("mbpp", split="prompt")
-    elif task == "nq_open":
+    spec = get_spec(task)
+    split = spec.fewshot_split
+    if split is None:
+        raise ValueError(f"{task} has no few-shot examples (no train split)")
+    if spec.fewshot_fallback is not None:
         try:
-            pool = load_task("nq_open", split="train", source="local")
+            pool = load_task(task, split=split, source="local")
         except DataNotFoundError:
             ex = set(map(str, exclude))
-            pool = [e for e in load_task("nq_open", split="validation") if e.id not in ex]
+            pool = [e for e in load_task(task, split=spec.fewshot_fallback) if e.id not in ex]
     else:
-        pool = load_task(task, split="train")
+        pool = load_task(task, split=split)
     if k > len(pool):
         raise ValueError(f"{task}: asked for {k} shots, the few-shot pool has {len(pool)}")
     idx = random.Random(seed).sample(range(len(pool)), k)
@@ -154,102 +172,48 @@ def fewshot_examples(task: str, k: int, seed: int = 0, exclude: Sequence[str] = 
 
 
 # --------------------------------------------------------------------------------------------------
-# Prompt builders: (example, shots, chat) -> prompt (string or chat messages)
+# Scorers, named by the task specs: (example, output text, chat) -> record fields (prediction, score ...);
+# a sandbox task's scorer returns (program, fields) and the program's run adds score, status, detail.
 
 
-def _gsm8k_shot_answer(shot: GenExample) -> str:
-    sol = strip_gsm8k_calculations(shot.meta["solution"])
-    body = sol.split("####")[0].rstrip()
-    return f"{body}\nThe final answer is {shot.target}"
-
-
-def gsm8k_prompt(ex: GenExample, shots: Sequence[GenExample] = (), chat: bool = True) -> Prompt:
-    """GSM8K prompt: chat messages (instruction per question, shots as earlier turns) or lm-eval's plain
-    ``Question: ...\\nAnswer: <solution>`` shots separated by blank lines."""
-    if chat:
-        msgs: list[dict] = []
-        for s in shots:
-            msgs.append({"role": "user", "content": GSM8K_INSTRUCTION.format(question=s.meta["question"])})
-            msgs.append({"role": "assistant", "content": _gsm8k_shot_answer(s)})
-        msgs.append({"role": "user", "content": GSM8K_INSTRUCTION.format(question=ex.meta["question"])})
-        return msgs
-    head = "".join(f"{s.prompt} {s.meta['solution']}\n\n" for s in shots)
-    return head + ex.prompt
-
-
-def nq_prompt(ex: GenExample, shots: Sequence[GenExample] = (), chat: bool = True) -> Prompt:
-    """NQ-Open prompt: chat messages asking for a short answer, or lm-eval's ``Answer these questions:`` /
-    ``Q: ...?\\nA:`` form (shots answered with their first gold answer)."""
-    q = ex.meta["question"]
-    if chat:
-        msgs: list[dict] = []
-        for s in shots:
-            msgs.append({"role": "user", "content": NQ_INSTRUCTION.format(question=s.meta["question"])})
-            msgs.append({"role": "assistant", "content": s.target[0]})
-        msgs.append({"role": "user", "content": NQ_INSTRUCTION.format(question=q)})
-        return msgs
-    lines = ["Answer these questions:"]
-    lines += [f"Q: {s.meta['question']}?\nA: {s.target[0]}" for s in shots]
-    lines.append(f"Q: {q}?\nA:")
-    return "\n".join(lines)
-
-
-def humaneval_prompt(ex: GenExample, shots: Sequence[GenExample] = (), chat: bool = True) -> Prompt:
-    """HumanEval prompt: the function prompt itself (completion), or a chat request for the whole
-    function."""
-    if shots:
-        raise ValueError("humaneval has no few-shot examples")
-    return HUMANEVAL_INSTRUCTION.format(prompt=ex.prompt) if chat else ex.prompt
-
-
-def mbpp_prompt(ex: GenExample, shots: Sequence[GenExample] = (), chat: bool = True) -> Prompt:
-    """MBPP prompt: lm-eval's ``... [BEGIN]\\n`` completion form with ``code\\n[DONE]`` shots, or chat
-    messages (the task and its tests; shots answered with fenced reference code)."""
-    def req(e: GenExample) -> str:
-        return MBPP_INSTRUCTION.format(text=e.meta["text"], tests="\n".join(e.meta["test_list"]))
-
-    if chat:
-        msgs: list[dict] = []
-        for s in shots:
-            msgs.append({"role": "user", "content": req(s)})
-            msgs.append({"role": "assistant", "content": f"```python\n{s.meta['code'].strip()}\n```"})
-        msgs.append({"role": "user", "content": req(ex)})
-        return msgs
-    head = "".join(f"{s.prompt}{s.meta['code'].strip()}\n[DONE]\n\n" for s in shots)
-    return head + ex.prompt
-
-
-# --------------------------------------------------------------------------------------------------
-# Scorers: (example, generation, chat) -> record fields (prediction, score, ...)
-
-
-def _score_gsm8k(ex: GenExample, text: str) -> dict[str, Any]:
+def score_gsm8k(ex: GenExample, text: str, chat: bool = False) -> dict[str, Any]:
+    """GSM8K: the final number of the output, compared numerically with the target."""
     pred = extract_number(text)
     score = float(numbers_match(pred, ex.target))
     return {"prediction": pred, "pred_value": parse_number(pred), "score": score}
 
 
-def _score_nq(ex: GenExample, text: str) -> dict[str, Any]:
+def score_nq_open(ex: GenExample, text: str, chat: bool = False) -> dict[str, Any]:
+    """NQ-Open: the first line of the output; exact match (the score) and token F1, max over the golds."""
     ans = first_line(text)
     em = max_over_golds(exact_match, ans, ex.target)
     return {"prediction": ans, "score": em, "exact_match": em, "f1": max_over_golds(token_f1, ans, ex.target)}
 
 
-def _score_code(task: str, examples: Sequence[GenExample], texts: Sequence[str], chat: bool, timeout_s: float,
-                workers: int | None) -> list[dict[str, Any]]:
-    from prunelens.evaluate.sandbox import humaneval_program, mbpp_program, run_many
+def score_humaneval(ex: GenExample, text: str, chat: bool = False) -> tuple[str, dict[str, Any]]:
+    """HumanEval: the program ``prompt + completion`` + the task's tests (a repeated signature is
+    handled, :func:`~prunelens.evaluate.answers.humaneval_source`)."""
+    from prunelens.evaluate.sandbox import humaneval_program
 
-    programs, fields = [], []
-    for ex, text in zip(examples, texts):
-        if task == "humaneval":
-            completion, mode = humaneval_source(ex.prompt, text, ex.meta["entry_point"], prose=chat)
-            programs.append(humaneval_program(ex.prompt, completion, ex.meta["test"], ex.meta["entry_point"]))
-            fields.append({"prediction": completion, "code_mode": mode})
-        else:
-            code = extract_code(text, prose=chat)
-            programs.append(mbpp_program(code, ex.meta["test_list"], ex.meta.get("test_setup_code", "")))
-            fields.append({"prediction": code})
-    results = run_many(programs, workers=workers, timeout_s=timeout_s)
+    completion, mode = humaneval_source(ex.prompt, text, ex.meta["entry_point"], prose=chat)
+    program = humaneval_program(ex.prompt, completion, ex.meta["test"], ex.meta["entry_point"])
+    return program, {"prediction": completion, "code_mode": mode}
+
+
+def score_mbpp(ex: GenExample, text: str, chat: bool = False) -> tuple[str, dict[str, Any]]:
+    """MBPP: the extracted code + the task's setup code and asserts."""
+    from prunelens.evaluate.sandbox import mbpp_program
+
+    code = extract_code(text, prose=chat)
+    return mbpp_program(code, ex.meta["test_list"], ex.meta.get("test_setup_code", "")), {"prediction": code}
+
+
+def _run_in_sandbox(built: Sequence[tuple[str, dict[str, Any]]], timeout_s: float,
+                    workers: int | None) -> list[dict[str, Any]]:
+    from prunelens.evaluate.sandbox import run_many
+
+    fields = [f for _, f in built]
+    results = run_many([p for p, _ in built], workers=workers, timeout_s=timeout_s)
     for f, r in zip(fields, results):
         f.update({"score": float(r.passed), "status": r.status, "detail": r.detail[:300]})
     return fields
@@ -263,37 +227,26 @@ def score_outputs(task: str, examples: Sequence[GenExample], texts: Sequence[str
     ``score`` (1.0 or 0.0), and ``pred_value`` (gsm8k), ``exact_match``/``f1`` (nq_open),
     ``status``/``detail`` of the sandbox run and, for HumanEval, ``code_mode`` (``"body"`` or
     ``"function"``). ``chat``: the outputs are chat answers (code may follow a sentence of prose).
+    The scorer is the one the task's spec names (``TaskSpec.scorer``).
     """
     task = task.lower()
     if len(examples) != len(texts):
         raise ValueError(f"{len(examples)} examples but {len(texts)} outputs")
-    if task in ("humaneval", "mbpp"):
-        return _score_code(task, examples, texts, chat, timeout_s, workers)
-    if task == "gsm8k":
-        return [_score_gsm8k(ex, t) for ex, t in zip(examples, texts)]
-    if task == "nq_open":
-        return [_score_nq(ex, t) for ex, t in zip(examples, texts)]
-    raise ValueError(f"unknown generation task {task!r}; known: {', '.join(GEN_TASKS)}")
+    spec = _gen_spec(task)
+    scorer = resolve_function(spec.scorer)
+    scored = [scorer(ex, t, chat) for ex, t in zip(examples, texts)]
+    return _run_in_sandbox(scored, timeout_s, workers) if spec.sandbox else scored
+
+
+#: Averages a spec may ask for in ``extra_metrics``, beside the main metric (the mean score).
+EXTRA_METRICS: dict[str, Callable[[Sequence[dict[str, Any]]], float]] = {
+    "f1": lambda records: sum(r["f1"] for r in records) / len(records),
+    "answer_found": lambda records: sum(r["prediction"] is not None for r in records) / len(records),
+}
 
 
 # --------------------------------------------------------------------------------------------------
 # The evaluator
-
-_PROMPTS: dict[str, Callable[..., Prompt]] = {
-    "gsm8k": gsm8k_prompt,
-    "nq_open": nq_prompt,
-    "humaneval": humaneval_prompt,
-    "mbpp": mbpp_prompt,
-}
-GEN_TASKS = tuple(_PROMPTS)
-
-
-def _default_stops(task: str, chat: bool) -> list[str]:
-    if task == "nq_open":
-        return list(NQ_STOPS)
-    if chat:
-        return list(CODE_CHAT_STOPS) if task in ("humaneval", "mbpp") else []
-    return list({"gsm8k": GSM8K_PLAIN_STOPS, "humaneval": HUMANEVAL_STOPS, "mbpp": MBPP_STOPS}[task])
 
 
 def evaluate_generative(
@@ -319,25 +272,24 @@ def evaluate_generative(
     """Evaluate ``model`` on a generation task; returns a :class:`TaskResult` (see the module doc).
 
     ``examples``: the task's :class:`GenExample` s (None: ``load_task(task_name, limit=limit, seed=seed)``).
-    ``max_new_tokens``: token budget (None: :data:`TASK_DEFAULTS`). ``num_fewshot``: shots drawn with
-    ``seed`` (:func:`fewshot_examples`). ``chat``: use the chat template (None: when the tokenizer has
-    one). ``stop``: stop strings replacing the task's defaults (NQ-Open: newline; chat code: the closing
-    fence; plain-prompt code and GSM8K: see the module constants; chat GSM8K: none, EOS ends).
-    ``system``: a system message (None: the template's default). Greedy unless ``do_sample`` (seeded by
-    ``seed``). ``timeout_s`` and ``workers``: sandbox wall-clock limit per program and parallel programs
-    (code tasks).
+    ``max_new_tokens``: token budget (None: the spec's ``max_new_tokens``, see :data:`TASK_DEFAULTS`).
+    ``num_fewshot``: shots drawn with ``seed`` (:func:`fewshot_examples`). ``chat``: use the chat
+    template (None: when the tokenizer has one). ``stop``: stop strings replacing the spec's ``stops`` /
+    ``chat_stops`` (NQ-Open: newline; chat code: the closing fence; plain-prompt code and GSM8K: see the
+    module constants; chat GSM8K: none, EOS ends). ``system``: a system message (None: the template's
+    default). Greedy unless ``do_sample`` (seeded by ``seed``). ``timeout_s`` and ``workers``: sandbox
+    wall-clock limit per program and parallel programs (code tasks).
     """
     task = task_name.lower()
-    if task not in _PROMPTS:
-        raise ValueError(f"unknown generation task {task_name!r}; known: {', '.join(GEN_TASKS)}")
+    spec = _gen_spec(task, task_name)
     if examples is None:
         examples = load_task(task, limit=limit, seed=seed)
     examples = list(examples)
     use_chat = has_chat_template(tokenizer) if chat is None else bool(chat and has_chat_template(tokenizer))
-    budget = int(max_new_tokens or TASK_DEFAULTS[task]["max_new_tokens"])
-    stops = list(stop) if stop is not None else _default_stops(task, use_chat)
+    budget = int(max_new_tokens or spec.max_new_tokens)
+    stops = list(stop) if stop is not None else spec.stops_for(use_chat)
     shots = fewshot_examples(task, num_fewshot, seed, exclude=[e.id for e in examples])
-    prompts = [_PROMPTS[task](ex, shots, use_chat) for ex in examples]
+    prompts = [spec.prompt(ex, shots, use_chat) for ex in examples]
 
     t0 = time.perf_counter()
     gens = generate_batch(model, tokenizer, prompts, max_new_tokens=budget, chat=use_chat, system=system,
@@ -359,15 +311,13 @@ def evaluate_generative(
         records.append(rec)
 
     n = len(records)
-    main = {"gsm8k": "exact_match", "nq_open": "exact_match"}.get(task, "pass@1")
+    main = spec.main_metric
     metrics: dict[str, float] = {}
     if n:
         metrics[main] = sum(r["score"] for r in records) / n
-        if task == "nq_open":
-            metrics["f1"] = sum(r["f1"] for r in records) / n
-        if task == "gsm8k":
-            metrics["answer_found"] = sum(r["prediction"] is not None for r in records) / n
-        if task in ("humaneval", "mbpp"):
+        for name in spec.extra_metrics:
+            metrics[name] = EXTRA_METRICS[name](records)
+        if spec.sandbox:
             for status in sorted({r["status"] for r in records}):
                 metrics[f"status_{status}"] = sum(r["status"] == status for r in records) / n
         metrics["gen_tokens_mean"] = sum(r["n_tokens"] for r in records) / n
@@ -383,7 +333,7 @@ def evaluate_generative(
         "task": task, "chat": use_chat, "num_fewshot": num_fewshot, "fewshot_ids": [s.id for s in shots],
         "max_new_tokens": budget, "batch_size": batch_size, "stop": stops, "system": system,
         "do_sample": do_sample, "temperature": temperature if do_sample else None, "seed": seed,
-        "sandbox_timeout_s": timeout_s if task in ("humaneval", "mbpp") else None,
+        "sandbox_timeout_s": timeout_s if spec.sandbox else None,
     }
     return TaskResult(task=task, kind="gen", main_metric=main, metrics=metrics, records=records, n=n,
                       seconds=time.perf_counter() - t0, config=config)

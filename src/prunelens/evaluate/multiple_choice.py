@@ -61,6 +61,7 @@ from typing import Any
 
 import torch
 
+from prunelens.data.tasks import TASKS
 from prunelens.evaluate.results import TaskResult
 from prunelens.models.adapter import input_device
 from prunelens.models.compat import cache_kwargs, output_cache
@@ -76,18 +77,11 @@ __all__ = [
     "normalisation_lengths",
 ]
 
-#: Headline metric per task. lm-eval's task YAMLs list ``acc`` and ``acc_norm`` for these five (and
-#: leaderboards quote ``acc_norm`` for them); BoolQ, RTE, WinoGrande and MMLU list ``acc`` only.
+#: Headline metric per multiple-choice task, as the task specs set it (``TaskSpec.main_metric``, see
+#: :mod:`prunelens.data.tasks.multiple_choice`): ``acc_norm`` for ARC, HellaSwag, OpenBookQA and PIQA,
+#: ``acc`` for BoolQ, RTE, WinoGrande and MMLU.
 MAIN_METRIC: dict[str, str] = {
-    "arc_easy": "acc_norm",
-    "arc_challenge": "acc_norm",
-    "hellaswag": "acc_norm",
-    "openbookqa": "acc_norm",
-    "piqa": "acc_norm",
-    "boolq": "acc",
-    "rte": "acc",
-    "winogrande": "acc",
-    "mmlu": "acc",
+    name: spec.main_metric for name, spec in TASKS.items() if spec.kind == "mc" and spec.main_metric
 }
 
 _TARGET_DELIMITER = " "  # lm-eval's default; prunelens task continuations carry it
