@@ -1,7 +1,7 @@
 """The package's layers import only downward: a module never imports from a layer above its own.
 
-utils < plan < data < models < prune < evaluate < analysis < study < cli. An import inside a function
-counts too (it is how cycles hide), so every ``from prunelens.X import`` in every module is checked.
+utils < plan < data < models < prune < evaluate < analysis < study < report < cli. An import inside a
+function counts too (it is how cycles hide), so every ``from prunelens.X import`` in every module is checked.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import prunelens
 
-ORDER = ("utils", "plan", "data", "models", "prune", "evaluate", "analysis", "study", "cli")
+ORDER = ("utils", "plan", "data", "models", "prune", "evaluate", "analysis", "study", "report", "cli")
 ROOT = Path(prunelens.__file__).parent
 
 

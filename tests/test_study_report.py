@@ -15,7 +15,7 @@ import pytest
 
 from prunelens.study import guidance as G
 from prunelens.study.guidance import VariantFacts
-from prunelens.study.report import analysis_numbers, build_report, load_study, rankdata, spearman
+from prunelens.report import AnalysisHeadline, build_report, load_study, rankdata, spearman
 
 from conftest import missing
 
@@ -62,6 +62,57 @@ def _w(path: Path, data) -> None:
 ROUGE = {"Drop-2A": 0.8, "Drop-2M": 0.3, "Drop-4M": 0.1, "Wanda-50%": 0.5}
 
 
+def analysis_summary(name: str, *, cos=(0.99, 0.97, 0.8), kl=0.02, ratios=(1.1, 0.95), tf=(0.9, 0.04),
+                     fr=(0.5, 0.1), steps=(3, 3, None), flips=0.1, kl_options=0.01, kl_full=0.02,
+                     own_sublayers: bool = True) -> dict:
+    """``analysis/<name>/summary.json`` as :func:`prunelens.analysis.pipeline.run_analysis` writes it for one
+    variant (the keys of ``headline_transitions`` / ``headline_trajectories`` / ``headline_subspace``).
+
+    ``cos``: median (h, z, p) cosines over the variant's sublayers, ``kl`` their median KL, ``ratios`` the
+    Theorem 2 / 3 estimate ratios; ``tf`` / ``fr``: (median cos p, median KL) teacher-forced / free-running,
+    ``steps`` the first free-running divergence per prompt. ``own_sublayers=False``: no ``variant_sublayers``
+    (a variant that drops none of the measured sublayers), the numbers are under ``all_sublayers`` only.
+    """
+    h, z, p = cos
+
+    def block(scale: float) -> dict:  # one headline_transitions group; ``all_sublayers`` gets other numbers
+        return {"n_sublayers": 2,
+                "median_cos": {"h": h * scale, "z": z * scale, "z_centered": z * scale, "p": p * scale},
+                "median_one_minus_cos": {"h": 1 - h * scale, "z": 1 - z * scale, "p": 1 - p * scale},
+                "median_kl": kl / scale, "median_kl_reverse": kl / scale,
+                "median_estimate_ratio": {"theorem1_h": 1.0, "theorem1_z": 1.0, "theorem2": ratios[0] * scale,
+                                          "theorem3": ratios[1] * scale},
+                "top1_agreement": 0.9, "median_cos_attn": {"h": h, "z": z, "p": p, "kl": kl}}
+
+    def regime(cos_p: float, regime_kl: float) -> dict:
+        return {"steps": 6, "median_cos": {"h": 0.9, "z": 0.9, "z_centered": 0.9, "p": cos_p},
+                "median_kl": regime_kl, "mean_kl": regime_kl, "q90_kl": regime_kl * 2, "top1_agreement": 0.5,
+                "median_estimate_ratio": {"theorem2": 1.0, "theorem3": 1.0}, "median_kl_first_quarter": None,
+                "median_kl_last_quarter": None, "first_divergence_steps": list(steps),
+                "diverged": sum(s is not None for s in steps), "prompts": len(steps)}
+
+    transitions = {"all_sublayers": block(1.0) if not own_sublayers else block(0.5), "temperature": 1.0,
+                   "notes": [], "tokens": 6}
+    if own_sublayers:
+        transitions["variant_sublayers"] = block(1.0)
+    entry = {
+        "description": {"name": name, "source": "plan",
+                        "dropped_sublayers": [{"layer": 3, "sublayer": "attn"}], "override_tensors": 0,
+                        "override_bytes": 0, "override_names": [], "plan": None},
+        "transitions": transitions,
+        "trajectories": {"temperature": 1.0, "teacher_forced": regime(*tf), "free_running": regime(*fr)},
+        "subspace": {"temperature": 1.0, "questions": 4, "chosen_option_changed": flips,
+                     "dense_accuracy": 0.5, "pruned_accuracy": 0.5, "median_option_mass_dense": 0.2,
+                     "median_kl": {"full": kl_full, "options": kl_options},
+                     "median_cos_p": {"full": 0.99, "options": 0.99},
+                     "median_estimate_ratio_theorem3": {"full": 1.0, "options": 1.0}},
+    }
+    return {"dense": "Full", "variants": {name: entry}, "timings_s": {"total": 1.0, "write": 0.1},
+            "memory": {"peak_rss_bytes": 1}, "notes": [],
+            "dense_generations": [{"prompt": "gsm8k-0", "text": "7"}],
+            "figures": [f"figures/layerwise_{name}.png"]}
+
+
 def make_study(root: Path, dense_generates: bool = True, piqa_chance: bool = False) -> Path:
     """``dense_generates=False``: every generative score is 0 (as for the 135M embedded model), so the report
     must fall back to fidelity (ROUGE-L against the dense outputs) for its generative axis."""
@@ -92,22 +143,12 @@ def make_study(root: Path, dense_generates: bool = True, piqa_chance: bool = Fal
        {v: {t: {"exact_match": em, "prefix_tokens": 5.0, "rouge_l": ROUGE[v], "repeat_ngram_rate": 0.1,
                 "distinct_2": 0.8}
             for t in ("gsm8k", "nq_open")} for v, em in EXACT.items()})
-    short = lambda kl: {"transitions": {"median_cos": {"h": 0.99, "z": 0.97, "p": 0.8}, "median_kl": kl,  # noqa: E731
-                                        "ratio_theorem2": 1.1, "ratio_theorem3": 0.95},
-                        "trajectories": {"teacher_forced": {"median_cos_p": 0.9, "median_kl": kl * 2},
-                                         "free_running": {"median_cos_p": 0.5, "median_kl": kl * 5,
-                                                          "first_divergence_median": 3.0}},
-                        "subspace": {"choice_flip_rate": 0.1, "median_kl_options": 0.01, "median_kl_full": kl}}
-    _w(root / "analysis" / "Drop-2A" / "summary.json", {"variants": {"Drop-2A": short(0.02)}})
-    _w(root / "analysis" / "Drop-4M" / "summary.json", {"variants": {"Drop-4M": short(0.9)}})
-    # Drop-2M in the analysis pipeline's own shape
-    _w(root / "analysis" / "Drop-2M" / "summary.json", {"dense": "smollm2", "variants": {"Drop-2M": {
-        "transitions": {"variant_sublayers": {"median_cos": {"h": 0.98, "z": 0.95, "z_centered": 0.97, "p": 0.6},
-                                              "median_kl": 0.3,
-                                              "median_estimate_ratio": {"theorem2": 1.2, "theorem3": 0.9}}},
-        "trajectories": {"teacher_forced": {"median_cos": {"p": 0.7}, "median_kl": 0.5},
-                         "free_running": {"median_cos": {"p": 0.3}, "median_kl": 1.5, "first_divergence_steps": [2, 6, None]}},
-        "subspace": {"chosen_option_changed": 0.25, "median_kl": {"full": 0.3, "options": 0.05}}}}})
+    for name, kl in (("Drop-2A", 0.02), ("Drop-4M", 0.9)):
+        _w(root / "analysis" / name / "summary.json",
+           analysis_summary(name, kl=kl, tf=(0.9, kl * 2), fr=(0.5, kl * 5), kl_full=kl))
+    _w(root / "analysis" / "Drop-2M" / "summary.json",
+       analysis_summary("Drop-2M", cos=(0.98, 0.95, 0.6), kl=0.3, ratios=(1.2, 0.9), tf=(0.7, 0.5),
+                        fr=(0.3, 1.5), steps=(2, 6, None), flips=0.25, kl_options=0.05, kl_full=0.3))
     for name in ("layerwise_Drop-2A", "decoding_steps_Drop-2A"):
         p = root / "analysis" / "Drop-2A" / "figures" / f"{name}.png"
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -308,22 +349,33 @@ def test_answer_without_results():
     assert "nothing to answer" in G.answer_for_model("m", [VariantFacts("Full", group="dense")])
 
 
-def test_analysis_numbers_reads_both_shapes():
-    a = analysis_numbers({"transitions": {"median_cos": {"h": 0.9, "z": 0.8, "p": 0.1}, "median_kl": 2.0,
-                                          "ratio_theorem3": 1.0},
-                          "trajectories": {"free_running": {"median_cos_p": 0.2, "median_kl": 3.0,
-                                                            "first_divergence_median": 4}},
-                          "subspace": {"choice_flip_rate": 0.5}})
-    assert (a["cos_p"], a["kl_transitions"], a["fr_kl"], a["first_divergence"], a["choice_flip_rate"]) == (0.1, 2.0, 3.0, 4.0, 0.5)
-    assert a["tf_kl"] is None and a["kl_options"] is None
-    b = analysis_numbers({"transitions": {"variant_sublayers": {"median_cos": {"p": 0.3}, "median_kl": 0.4,
-                                                                "median_estimate_ratio": {"theorem2": 1.5}}},
-                          "trajectories": {"free_running": {"median_cos": {"p": 0.6}, "first_divergence_steps": [1, 5, None]}},
-                          "subspace": {"chosen_option_changed": 0.2, "median_kl": {"options": 0.01, "full": 0.3}}})
-    assert (b["cos_p"], b["kl_transitions"], b["ratio_theorem2"], b["fr_cos_p"], b["first_divergence"]) == (0.3, 0.4, 1.5, 0.6, 3.0)
-    assert (b["choice_flip_rate"], b["kl_options"], b["kl_full"]) == (0.2, 0.01, 0.3)
-    odd = analysis_numbers({"transitions": None, "trajectories": [1], "subspace": "x"})  # tolerated, no crash
-    assert odd["kl_transitions"] is None and odd["fr_kl"] is None and odd["choice_flip_rate"] is None
+def test_analysis_headline_reads_the_pipeline_summary():
+    summary = analysis_summary("V", cos=(0.9, 0.8, 0.1), kl=2.0, ratios=(1.5, 1.0), tf=(0.7, 0.4),
+                               fr=(0.2, 3.0), steps=(1, 5, None), flips=0.5, kl_options=0.01, kl_full=0.3)
+    a = AnalysisHeadline.from_summary(summary, "V")
+    assert a == AnalysisHeadline(cos_h=0.9, cos_z=0.8, cos_p=0.1, kl_transitions=2.0, ratio_theorem2=1.5,
+                                 ratio_theorem3=1.0, tf_cos_p=0.7, tf_kl=0.4, fr_cos_p=0.2, fr_kl=3.0,
+                                 first_divergence=3.0, choice_flip_rate=0.5, kl_options=0.01, kl_full=0.3)
+    # a variant with none of its own sublayers measured: the numbers over every sublayer
+    b = AnalysisHeadline.from_summary(analysis_summary("V", kl=0.4, own_sublayers=False), "V")
+    assert (b.cos_p, b.kl_transitions) == (0.8, 0.4)
+    # the variant's own entry, else the only one; several others or none: nothing
+    assert AnalysisHeadline.from_summary(analysis_summary("other", kl=0.4), "V").kl_transitions == 0.4
+    two = {"variants": {**analysis_summary("A")["variants"], **analysis_summary("B", kl=0.7)["variants"]}}
+    assert AnalysisHeadline.from_summary(two, "B").kl_transitions == 0.7
+    assert AnalysisHeadline.from_summary(two, "V") == AnalysisHeadline()
+    assert AnalysisHeadline.from_summary({"transitions": {"median_kl": 1.0}}, "V") == AnalysisHeadline()
+    # analyses that did not run, odd values: tolerated, no crash
+    partial = analysis_summary("V")
+    del partial["variants"]["V"]["subspace"], partial["variants"]["V"]["trajectories"]["teacher_forced"]
+    partial["variants"]["V"]["trajectories"]["free_running"]["first_divergence_steps"] = [None, None]
+    c = AnalysisHeadline.from_summary(partial, "V")
+    assert c.cos_p == 0.8 and c.fr_kl == 0.1
+    assert c.tf_kl is None and c.first_divergence is None and c.choice_flip_rate is None
+    odd = AnalysisHeadline.from_variant({"transitions": None, "trajectories": [1], "subspace": "x"})
+    assert odd == AnalysisHeadline()
+    not_a_number = {"transitions": {"variant_sublayers": {"median_kl": "x"}}}
+    assert AnalysisHeadline.from_variant(not_a_number).kl_transitions is None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -378,7 +430,7 @@ def test_report_content_from_data(built):
     assert "Drop-2A: Cosine in hidden, logit and probability space and KL per layer" in text
     assert "first greedy divergence at step 3" in text
     assert text.index("Drop-2A: Cosine in hidden") < text.index("Drop-2A: Similarity and KL along decoding")
-    # the analysis table reads the pipeline's own shape too (Drop-2M: median of [2, 6] first divergences)
+    # the analysis table: median first divergences of [3, 3], [2, 6] and [3, 3] (Drop-2A, Drop-2M, Drop-4M)
     assert re.search(r"<td class=\"l\">first divergence</td><td>3</td><td>4</td><td>3</td>", text)
     # what is missing: Wanda has no analysis
     assert "analysis/Wanda-50%/summary.json is missing" in text

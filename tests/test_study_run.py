@@ -79,10 +79,16 @@ def test_local_study_runs_resumes_and_reports(tiny_dir, tmp_path):
     run_study(changed, tmp_path / "s", overwrite=True, report=lambda u, s, cached: seen.append((u, cached)))
     assert sorted(u for u, c in seen if not c) == ["eval/Drop-1A/arc_easy", "eval/Full/arc_easy", "eval/Mag-50%/arc_easy"]
 
-    from prunelens.study.report import build_report
+    from prunelens.report import build_report, load_study
 
     html = build_report(tmp_path / "s").read_text()
     assert "Drop-1A" in html and "Mag-50%" in html and "data:image/png;base64," in html
+    # the report reads the analysis summaries the run really wrote: every analysis contributes its numbers
+    headline = load_study(tmp_path / "s").analysis
+    assert set(headline) == {"Drop-1A", "Mag-50%"}
+    for a in headline.values():
+        assert None not in (a.cos_p, a.kl_transitions, a.tf_kl, a.fr_kl, a.first_divergence,
+                            a.choice_flip_rate)
 
 
 def test_ray_local_cluster_runs_units_once_and_retries(tiny_dir, tmp_path, monkeypatch):

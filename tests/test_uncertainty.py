@@ -79,3 +79,18 @@ def test_minimum_detectable_difference():
     assert minimum_detectable_difference(200, 0.6) == pytest.approx(0.1372, abs=2e-4)
     assert minimum_detectable_difference(800, 0.6) == pytest.approx(minimum_detectable_difference(200, 0.6) / 2)
     assert minimum_detectable_difference(200, 0.6, discordance=0.1) < minimum_detectable_difference(200, 0.6)
+
+
+def test_score_and_perplexity_intervals_and_the_fitting_paired_test():
+    from prunelens.evaluate.uncertainty import compare_paired, perplexity_interval, score_interval
+
+    acc = score_interval([1, 0, 1, 1])
+    assert acc["method"] == "wilson" and (acc["low"], acc["high"]) == pytest.approx(wilson_interval(3, 4))
+    soft = score_interval([0.2, 0.9, 0.4, 0.7, 0.5])
+    assert soft["method"].startswith("bootstrap") and soft["low"] < 0.54 < soft["high"]
+    nll, tok = [30.0, 50.0, 40.0, 45.0], [10, 10, 10, 10]
+    ppl = perplexity_interval(nll, tok)
+    assert ppl["low"] <= math.exp(sum(nll) / sum(tok)) <= ppl["high"]
+    assert perplexity_interval([30.0] * 4, tok)["low"] == pytest.approx(math.exp(3.0))
+    assert compare_paired([1, 0, 1], [1, 1, 0]).test == "exact McNemar"
+    assert compare_paired([0.5, 0.2, 0.9], [0.4, 0.2, 0.8]).test == "paired bootstrap"

@@ -417,12 +417,14 @@ def compare(
     dirs: list[Path] = typer.Argument(..., help="`prunelens eval` output directories; the first is the reference (dense)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the table as CSV, Markdown and JSON (FILE without suffix)."),
 ):
-    """The paper-style table across evaluated models: tasks × models, averages, retained fraction of dense."""
+    """The paper-style table across evaluated models: tasks × models with 95 % intervals, averages, retained
+    fraction of dense, and a paired test of each model against the first on the examples they share."""
     from prunelens.evaluate.compare import write_comparison
-    from prunelens.evaluate.runner import comparison_table, load_summary
+    from prunelens.evaluate.runner import comparison_table, load_all_records, load_summary
 
     try:
-        table = comparison_table([load_summary(d) for d in dirs])
+        summaries = [load_summary(d) for d in dirs]
+        table = comparison_table(summaries, load_all_records(dirs, summaries))
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     t = Table(title="non-generative vs generative")
@@ -431,19 +433,34 @@ def compare(
     for name in table["models"]:
         t.add_column(name, justify="right")
 
-    def fmt(v, retained=None):
+    def num(v):
+        return f"{v:.2f}" if abs(v) >= 10 else f"{v:.3f}"
+
+    def fmt(v, retained=None, interval=None):
         if v is None:
             return "—"
-        s = f"{v:.2f}" if abs(v) >= 10 else f"{v:.3f}"
+        s = num(v) + (f" [dim][{num(interval['low'])}, {num(interval['high'])}][/]" if interval else "")
         return s + (f" [dim]({100 * retained:.0f}%)[/]" if retained is not None and retained != 1 else "")
 
     t.add_row("parameters", "", *[f"{p / 1e6:.1f}M" if p else "—" for p in table["parameters"]])
     for r in table["rows"]:
-        t.add_row(r["task"], r["metric"], *[fmt(v, k) for v, k in zip(r["scores"], r["retained"])])
+        t.add_row(r["task"], r["metric"], *[fmt(v, k, iv) for v, k, iv in zip(r["scores"], r["retained"],
+                                                                          r["intervals"])])
     av = table["averages"]
     t.add_row("[bold]non-generative avg[/]", "", *[fmt(v, k) for v, k in zip(av["non_generative"], av["non_generative_retained"])])
     t.add_row("[bold]generative avg[/]", "", *[fmt(v, k) for v, k in zip(av["generative"], av["generative_retained"])])
     out_console.print(t)
+    paired = Table(title=f"paired against {table['models'][0]} (same examples; Δ = model − reference, 95 % interval)")
+    for col in ("task", "model", "n", "Δ", "interval", "p", "test"):
+        paired.add_column(col, justify="left" if col in ("task", "model", "test") else "right")
+    for r in table["rows"]:
+        for name, c in zip(table["models"][1:], r.get("paired", [None])[1:]):
+            if c is not None:
+                paired.add_row(r["task"], name, str(c["n"]), f"{c['difference']:+.3f}",
+                               f"[{c['interval'][0]:+.3f}, {c['interval'][1]:+.3f}]", f"{c['p_value']:.3g}",
+                               c["test"] + (" (NLL)" if r["kind"] == "ppl" else ""))
+    if paired.row_count:
+        out_console.print(paired)
     if out is not None:
         for path in write_comparison(table, out):
             out_console.print(f"wrote {path}")
@@ -516,7 +533,7 @@ def study(
         except (OutputExistsError, PruneConfigError, ModelNotFoundError, UnsupportedArchitectureError,
                 ArtifactError, ContextLengthError) as exc:
             _fail(str(exc))
-    from prunelens.study.report import build_report
+    from prunelens.report import build_report
 
     path = build_report(out)
     out_console.print(f"study finished in {time.perf_counter() - t0:.0f} s "
@@ -526,7 +543,7 @@ def study(
 @app.command()
 def report(study_dir: Path = typer.Argument(..., help="A `prunelens study` output directory.")):
     """Rebuild tables, figures and report.html from a study's stored results."""
-    from prunelens.study.report import build_report
+    from prunelens.report import build_report
 
     if not (study_dir / "study.json").exists():
         _fail(f"{study_dir} is not a prunelens study directory (no study.json)")

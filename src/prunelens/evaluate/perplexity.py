@@ -16,7 +16,7 @@ tokenizer wants it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,8 @@ class PerplexityResult:
     tokens: int
     windows: int
     bos_id: int | None = None  # the BOS token each window started with (None: bare stream slices)
+    window_nll: list[float] = field(default_factory=list)  # summed NLL of each window's scored tokens
+    window_tokens: list[int] = field(default_factory=list)  # scored tokens per window
 
     def to_dict(self) -> dict:
         return {"ppl": self.ppl, "nll": self.nll, "tokens": self.tokens, "windows": self.windows,
@@ -85,7 +87,8 @@ def perplexity(
     if not wins:
         raise ValueError(f"token stream too short for perplexity: {stream.numel()} tokens")
     device = input_device(model)
-    total_nll, total_tok = 0.0, 0
+    window_nll: list[float] = []
+    window_tokens: list[int] = []
     groups: list[list[tuple[int, int, int]]] = []
     for w in wins:
         if groups and len(groups[-1]) < batch_size and (groups[-1][0][1] - groups[-1][0][0]) == (w[1] - w[0]):
@@ -105,8 +108,9 @@ def perplexity(
             shift = 0 if prefixed else 1  # nll[:, j] scores input token j + 1
             for row, (_, _, first) in enumerate(group):
                 scored = nll[row, first - shift :]
-                total_nll += float(scored.sum())
-                total_tok += scored.numel()
+                window_nll.append(float(scored.double().sum()))
+                window_tokens.append(scored.numel())
             bar.advance(len(group))
-    mean = total_nll / total_tok
-    return PerplexityResult(math.exp(mean), mean, total_tok, len(wins), bos_id)
+    total_tok = sum(window_tokens)
+    mean = sum(window_nll) / total_tok
+    return PerplexityResult(math.exp(mean), mean, total_tok, len(wins), bos_id, window_nll, window_tokens)

@@ -68,7 +68,9 @@ def evaluate_perplexity(model, tokenizer, task: str, settings: EvalSettings) -> 
     res = perplexity(model, stream, seqlen=settings.ppl_seqlen, stride=settings.ppl_stride,
                      batch_size=settings.batch_size, max_windows=settings.limit, bos_id=bos_prefix(tokenizer),
                      desc=f"{task} perplexity")
-    return TaskResult(task=task, kind="ppl", main_metric="ppl", metrics=res.to_dict(), records=[],
+    records = [{"id": f"window-{i}", "nll": nll, "tokens": tok, "score": nll / tok}
+               for i, (nll, tok) in enumerate(zip(res.window_nll, res.window_tokens))]
+    return TaskResult(task=task, kind="ppl", main_metric="ppl", metrics=res.to_dict(), records=records,
                       n=res.windows, seconds=time.perf_counter() - t0,
                       config={"seqlen": settings.ppl_seqlen, "stride": settings.ppl_stride or settings.ppl_seqlen,
                               "windows": res.windows, "bos_id": res.bos_id, "text": "c4 documents 250-299" if task == "c4" else "wikitext-2 test"})
@@ -130,9 +132,20 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def score_interval_of(r: TaskResult) -> dict[str, Any] | None:
+    """The 95 % interval of a task's main score, from its per-example records (None without records)."""
+    from prunelens.evaluate.uncertainty import perplexity_interval, score_interval
+
+    if not r.records:
+        return None
+    if r.kind == "ppl":
+        return perplexity_interval([x["nll"] for x in r.records], [x["tokens"] for x in r.records])
+    return score_interval([float(x["score"]) for x in r.records])
+
+
 def _result_dict(r: TaskResult) -> dict[str, Any]:
     return {"kind": r.kind, "main_metric": r.main_metric, "score": r.score, "metrics": r.metrics, "n": r.n,
-            "seconds": r.seconds}
+            "interval": score_interval_of(r), "seconds": r.seconds}
 
 
 def evaluate_model(
@@ -204,12 +217,15 @@ def load_records(directory: str | Path, task: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def comparison_table(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+def comparison_table(summaries: list[dict[str, Any]], records: list[dict[str, list]] | None = None) -> dict[str, Any]:
     """The paper's table: rows tasks, columns models, with non-generative and generative averages.
 
     The first summary is the reference (dense); every other column also gets its retained fraction of
     the reference score (``pruned / dense``; for perplexity, where lower is better, ``dense / pruned``).
-    Perplexity is shown but left out of the averages (it is not a score in [0, 1]).
+    Perplexity is shown but left out of the averages (it is not a score in [0, 1]). Each row carries the
+    scores' 95 % intervals; with ``records`` (from :func:`load_all_records`) also a paired test of every
+    model against the first on the examples they share (exact McNemar for accuracies, else a paired
+    bootstrap; see :mod:`prunelens.evaluate.uncertainty`).
     """
     if not summaries:
         raise ValueError("nothing to compare")
@@ -237,4 +253,28 @@ def comparison_table(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         ref = vals[0]
         averages[f"{key}_retained"] = [None if (v is None or not ref) else v / ref for v in vals]
     params = [s["model"].get("parameters") for s in summaries]
+    for r in rows:
+        r["intervals"] = [s["results"].get(r["task"], {}).get("interval") for s in summaries]
+    if records is not None:
+        for r in rows:
+            r["paired"] = [None] + [_paired(records[0].get(r["task"], []), rec.get(r["task"], []), r["kind"])
+                                    for rec in records[1:]]
     return {"models": names, "parameters": params, "rows": rows, "averages": averages}
+
+
+def _paired(dense: list[dict[str, Any]], pruned: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
+    """Paired test of one task between two models, on the examples both evaluated (matched by id)."""
+    from prunelens.evaluate.uncertainty import compare_paired
+
+    by_id = {str(x["id"]): x for x in pruned}
+    shared = [(x, by_id[str(x["id"])]) for x in dense if str(x["id"]) in by_id]
+    if not shared:
+        return None
+    res = compare_paired([float(a["score"]) for a, _ in shared], [float(b["score"]) for _, b in shared]).to_dict()
+    res["measure"] = "NLL per token, window means (lower is better)" if kind == "ppl" else "per-example score"
+    return res
+
+
+def load_all_records(directories: list[str | Path], summaries: list[dict[str, Any]]) -> list[dict[str, list]]:
+    """Per model, per task, the stored per-example records (for paired comparisons)."""
+    return [{t: load_records(d, t) for t in s["results"]} for d, s in zip(directories, summaries)]

@@ -175,3 +175,34 @@ def minimum_detectable_difference(n: int, accuracy: float, *, discordance: float
     if not 0 <= psi <= 1:
         raise ValueError(f"discordance must be in [0, 1], got {psi}")
     return (_z(1 - alpha) + NormalDist().inv_cdf(power)) * math.sqrt(psi / n)
+
+
+def score_interval(scores: Sequence[float], *, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0) -> dict:
+    """The interval of a mean of per-example scores: Wilson when every score is 0 or 1, else bootstrap."""
+    a = _as_array(scores, "scores")
+    if np.all((a == 0) | (a == 1)):
+        lo, hi = wilson_interval(int(a.sum()), int(a.size), confidence)
+        method = "wilson"
+    else:
+        lo, hi = bootstrap_interval(a, confidence=confidence, seed=seed)
+        method = "bootstrap over examples"
+    return {"low": lo, "high": hi, "confidence": confidence, "method": method, "n": int(a.size)}
+
+
+def perplexity_interval(window_nll: Sequence[float], window_tokens: Sequence[int], *,
+                        confidence: float = DEFAULT_CONFIDENCE, resamples: int = DEFAULT_RESAMPLES,
+                        seed: int = 0) -> dict:
+    """Bootstrap interval of ``exp(Σ nll / Σ tokens)`` resampling windows (each window's summed NLL)."""
+    nll, tok = _as_array(window_nll, "window_nll"), _as_array(window_tokens, "window_tokens")
+    if nll.shape != tok.shape:
+        raise ValueError("one token count per window is needed")
+    idx = _resample_indices(nll.size, resamples, seed)
+    lo, hi = _percentiles(np.exp(nll[idx].sum(axis=1) / tok[idx].sum(axis=1)), confidence)
+    return {"low": lo, "high": hi, "confidence": confidence, "method": "bootstrap over windows", "n": int(nll.size)}
+
+
+def compare_paired(dense_scores: Sequence[float], pruned_scores: Sequence[float], **kw) -> PairedComparison:
+    """The paired test that fits the scores: exact McNemar for 0/1 scores, else the paired bootstrap."""
+    d, p = _as_array(dense_scores, "dense"), _as_array(pruned_scores, "pruned")
+    binary = bool(np.all((d == 0) | (d == 1)) and np.all((p == 0) | (p == 1)))
+    return paired_accuracy(d, p, **kw) if binary else paired_bootstrap(d, p, **kw)

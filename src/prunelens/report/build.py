@@ -1,0 +1,72 @@
+"""``build_report``: a study's stored results → ``STUDY/report/`` (tables, figures, guidance, the page)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prunelens.report.figures import predictor_caption, predictor_figure, story_caption, story_figure
+from prunelens.report.load import load_study
+from prunelens.report.page import render_html
+from prunelens.report.tables import build_tables, near_chance, variant_facts
+from prunelens.study import guidance as G
+
+__all__ = ["REPORT_DIR", "build_report"]
+
+REPORT_DIR = "report"
+
+
+def build_report(study_dir: str | Path) -> Path:
+    """Build ``STUDY/report/`` (tables, figures, guidance.json, report.html) and return the HTML path.
+
+    Raises :class:`FileNotFoundError` only when ``study_dir`` is not a directory; missing or unreadable files
+    inside it are listed in the report's "What is missing" section.
+    """
+    from prunelens.utils.io import atomic_write_json, atomic_write_text
+
+    if not Path(study_dir).is_dir():
+        raise FileNotFoundError(f"study directory {study_dir} does not exist (run `prunelens study` first)")
+    st = load_study(study_dir)
+    out = Path(study_dir) / REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    problems: list[str] = []
+    table = None
+    try:
+        table = build_tables(st, out)
+    except Exception as exc:  # noqa: BLE001
+        problems.append(f"the table could not be built ({type(exc).__name__}: {exc})")
+    flags = near_chance(st)
+    facts = variant_facts(st, table, flags)
+    axis = G.generative_axis(facts)
+    figures: list[tuple[Path, str, str]] = []
+    rho, n_rho = None, 0
+    if table is not None:
+        try:
+            paths = story_figure(facts, out / "figures", axis)
+            alt = f"Retained non-generative score vs {axis.label} per variant, and median KL"
+            figures.append((paths[0], alt, story_caption(facts, axis)))
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"the summary figure could not be drawn ({type(exc).__name__}: {exc})")
+        try:
+            paths, rho, n_rho = predictor_figure(facts, out / "figures", axis)
+            if paths:
+                figures.append((paths[0], "Predictor Var_p(dz)/(2T^2) vs generative degradation",
+                                predictor_caption(facts, rho, n_rho, st.predictor, axis)))
+            elif st.predictor is not None:
+                problems.append("no variant has both a predictor value and a generative score or fidelity: "
+                                "the predictor figure is not drawn")
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"the predictor figure could not be drawn ({type(exc).__name__}: {exc})")
+    try:
+        atomic_write_json(out / "guidance.json", {
+            "rule": G.rule_text(),
+            "answer": G.answer_for_model(st.model, facts, [f["task"] for f in flags]),
+            "near_chance": flags,
+            "generative_measure": {"kind": axis.kind, "reason": axis.reason},
+            "predictor_spearman": {"rho": rho, "variants": n_rho},
+            "variants": [g.to_dict() for g in G.guidance(facts)]})
+    except Exception as exc:  # noqa: BLE001
+        problems.append(f"guidance.json could not be written ({type(exc).__name__}: {exc})")
+    page = render_html(st, table, facts, figures, problems, flags)
+    path = out / "report.html"
+    atomic_write_text(path, page)
+    return path

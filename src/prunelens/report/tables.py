@@ -1,0 +1,151 @@
+"""The comparison table (tasks × variants) and the per-variant facts that guidance and figures judge."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from prunelens.report.analysis_results import AnalysisHeadline
+from prunelens.report.load import Study
+from prunelens.report.stats import finite_or_none, is_finite
+from prunelens.study.config import DENSE
+from prunelens.study.guidance import VariantFacts
+
+__all__ = ["build_tables", "near_chance", "variant_facts"]
+
+
+def _summaries_for_table(st: Study) -> list[dict[str, Any]]:
+    out = []
+    for n in st.variants:
+        s = st.summaries.get(n) or {"results": {}}
+        model = dict(s.get("model") or {})
+        model["name"] = n
+        if model.get("parameters") is None:
+            model["parameters"] = (st.infos.get(n) or {}).get("parameters")
+        results = {t: r for t, r in (s.get("results") or {}).items()
+                   if isinstance(r, dict) and {"kind", "main_metric"} <= set(r)}
+        out.append({"model": model, "results": results})
+    return out
+
+
+def build_tables(st: Study, out_dir: str | Path | None = None) -> dict[str, Any] | None:
+    """The comparison table (tasks × variants, Full first); written as ``table.csv|md|json`` into
+    ``out_dir``."""
+    from prunelens.evaluate.compare import write_comparison
+    from prunelens.evaluate.runner import comparison_table
+
+    if not st.summaries:
+        return None
+    table = comparison_table(_summaries_for_table(st))
+    if out_dir is not None:
+        write_comparison(table, Path(out_dir) / "table")
+    return table
+
+
+def _kind_average(table: dict[str, Any], kinds: tuple[str, ...], i: int,
+                  exclude: frozenset[str] = frozenset()) -> float | None:
+    vals = [r["scores"][i] for r in table["rows"]
+            if r["kind"] in kinds and r["task"] not in exclude and is_finite(r["scores"][i])]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _group(st: Study, name: str) -> tuple[str, float | None]:
+    if name == DENSE:
+        return "dense", None
+    spec = st.specs.get(name) or {}
+    if isinstance(spec.get("drop"), dict):
+        return str(spec["drop"].get("target") or "other"), finite_or_none(spec["drop"].get("n"))
+    if isinstance(spec.get("sparsify"), dict):
+        return "sparse", finite_or_none(spec["sparsify"].get("sparsity"))
+    plan = (st.infos.get(name) or {}).get("plan")
+    if isinstance(plan, dict):
+        if plan.get("method") == "drop":
+            if plan.get("dropped_blocks"):
+                return "block", float(len(plan["dropped_blocks"]))
+            n = len(plan.get("dropped_sublayers") or []) or None
+            return str(plan.get("target") or "other"), n
+        if plan.get("method"):
+            return "sparse", finite_or_none((plan.get("sparsity") or {}).get("sparsity"))
+    m = re.fullmatch(r"Drop-(\d+)([AMBJ])", name)
+    if m:
+        return {"A": "attn", "M": "mlp", "B": "block", "J": "joint"}[m.group(2)], float(m.group(1))
+    return "other", None
+
+
+def _mean_of(d: Any, key: str) -> float | None:
+    if not isinstance(d, dict):
+        return None
+    vals = [v[key] for v in d.values() if isinstance(v, dict) and is_finite(v.get(key))]
+    return sum(vals) / len(vals) if vals else None
+
+
+def near_chance(st: Study) -> list[dict[str, Any]]:
+    """Multiple-choice tasks on which the dense model is not clearly above chance.
+
+    A task is flagged when the dense score is below ``chance + 2·sqrt(chance·(1 − chance)/n)`` — within two
+    binomial standard errors of a uniform random guess — so its retained fractions are noise. Needs the
+    ``chance`` metric (the mean of ``1 / number of choices``), which older results lack: those are not judged.
+    """
+    dense = (st.summaries.get(DENSE) or {}).get("results") or {}
+    out = []
+    for task, r in dense.items():
+        if not isinstance(r, dict) or r.get("kind") != "mc":
+            continue
+        chance = finite_or_none((r.get("metrics") or {}).get("chance"))
+        score, n = finite_or_none(r.get("score")), finite_or_none(r.get("n"))
+        if chance is None or score is None or not n or not 0 < chance < 1:
+            continue
+        bound = chance + 2 * math.sqrt(chance * (1 - chance) / n)
+        if score < bound:
+            out.append({"task": task, "score": score, "chance": chance, "n": int(n), "bound": bound})
+    return out
+
+
+def variant_facts(st: Study, table: dict[str, Any] | None,
+                  flags: list[dict[str, Any]] | None = None) -> list[VariantFacts]:
+    """One :class:`VariantFacts` per variant, from the table, fidelity, analysis and predictor.
+
+    Multiple-choice tasks on which the dense model is near chance (:func:`near_chance`) are left out of the
+    judged non-generative averages (the table still shows them), unless every non-generative task is.
+    """
+    facts = []
+    models = table["models"] if table else []
+    flagged = frozenset(f["task"] for f in (near_chance(st) if flags is None else flags))
+    if table and flagged and not any(r["kind"] in ("mc", "retrieval") and r["task"] not in flagged
+                                     for r in table["rows"]):
+        flagged = frozenset()
+    for n in st.variants:
+        group, size = _group(st, n)
+        f = VariantFacts(name=n, group=group, n=size)
+        f.parameters = (st.infos.get(n) or {}).get("parameters")
+        if n in models:
+            i = models.index(n)
+            av = table["averages"]
+            if f.parameters is None:
+                f.parameters = table["parameters"][i]
+            f.retained_gen = av["generative_retained"][i]
+            f.dense_gen = av["generative"][0]
+            f.dense_nongen = _kind_average(table, ("mc", "retrieval"), 0, flagged)
+            mine = _kind_average(table, ("mc", "retrieval"), i, flagged)
+            f.retained_nongen = mine / f.dense_nongen if (f.dense_nongen and mine is not None) else None
+            for kind in ("mc", "retrieval", "gen"):
+                dense = _kind_average(table, (kind,), 0, flagged)
+                mine = _kind_average(table, (kind,), i, flagged)
+                f.retained_by_kind[kind] = mine / dense if (dense and mine is not None) else None
+            ppl = [r["retained"][i] for r in table["rows"]
+                   if r["kind"] == "ppl" and is_finite(r["retained"][i])]
+            f.retained_by_kind["ppl"] = sum(ppl) / len(ppl) if ppl else None
+        fid = (st.fidelity or {}).get(n)
+        f.exact_match = _mean_of(fid, "exact_match")
+        f.rouge_l = _mean_of(fid, "rouge_l")
+        f.repeat_ngram_rate = _mean_of(fid, "repeat_ngram_rate")
+        a = st.analysis.get(n) or AnalysisHeadline()
+        f.kl_transitions, f.kl_teacher_forced, f.kl_free_running = a.kl_transitions, a.tf_kl, a.fr_kl
+        f.cos_p_transitions, f.choice_flip_rate = a.cos_p, a.choice_flip_rate
+        p = (st.predictor or {}).get(n)
+        if isinstance(p, dict):
+            f.predictor = finite_or_none(p.get("var_p_dz_over_2T2"))
+        facts.append(f)
+    return facts
