@@ -9,7 +9,9 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
-deps = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+deps = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"][
+    "dependencies"
+]
 spec = next(d for d in deps if re.match(r"transformers\b", d))
 low = re.search(r">=\s*([0-9][0-9.]*)", spec)
 if not low:

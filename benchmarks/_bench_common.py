@@ -49,9 +49,15 @@ def loadavg() -> tuple[float, float, float]:
 def machine_info(device: str) -> dict:
     import torch
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "platform": platform.platform(), "device": device,
-            "loadavg_1_5_15": [round(x, 2) for x in loadavg()]}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "device": device,
+        "loadavg_1_5_15": [round(x, 2) for x in loadavg()],
+    }
     try:
         import transformers
 
@@ -156,8 +162,15 @@ def model_spec_path(model: str) -> str:
     return model
 
 
-def build_model(model: str, *, device: str, dtype: str = "float32", layers: int | None = None, seed: int = 0,
-                tokenizer: str | None = None):
+def build_model(
+    model: str,
+    *,
+    device: str,
+    dtype: str = "float32",
+    layers: int | None = None,
+    seed: int = 0,
+    tokenizer: str | None = None,
+):
     """``(model, tokenizer, is_random)`` — see the module docstring for ``model``.
 
     ``tokenizer``: where a random model takes its tokenizer (default: the embedded checkpoint). Parents
@@ -289,7 +302,9 @@ def base_parser(doc: str):
     """The options every benchmark shares: model, layers (llama7b), device, dtype."""
     import argparse
 
-    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", default="smollm2", help=MODEL_CHOICES_HELP + " (default here: %(default)s)")
     ap.add_argument("--layers", type=int, default=None, help="number of blocks for --model llama7b")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto (default here: %(default)s)")
@@ -336,8 +351,12 @@ def run_in_child(python: str, script: str, job: dict, workdir: Path, name: str) 
     jf, rf = workdir / f"job_{name}.json", workdir / f"result_{name}.json"
     jf.write_text(json.dumps(job))
     t0 = time.perf_counter()
-    r = subprocess.run([python, script, "--child", str(jf), "--child-out", str(rf)], capture_output=True, text=True,
-                       env=os.environ.copy())
+    r = subprocess.run(
+        [python, script, "--child", str(jf), "--child-out", str(rf)],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+    )
     wall = time.perf_counter() - t0
     output = f"{r.stdout}\n{r.stderr}"
     if r.returncode or not rf.exists():

@@ -1,7 +1,8 @@
 """Analysis cost against its floor: a transitions run versus its unavoidable matrix products.
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_analysis.py [--model smollm2-135m] [--prompts 4] [--tokens 96]
-                                                        [--threads 1] [--repeats 2] [--chunk-tokens 32] [--exact]
+                                                        [--threads 1] [--repeats 2] [--chunk-tokens 32]
+                                                        [--exact]
 
 A fixed prompt set (the first ``--prompts`` default prompts in the chat template, cut at ``--tokens``
 tokens; no decoding enters the timing) is analysed with
@@ -35,7 +36,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--chunk-tokens", type=int, default=32)
-    ap.add_argument("--exact", action="store_true", help="time the reference metrics instead of the fast path")
+    ap.add_argument(
+        "--exact", action="store_true", help="time the reference metrics instead of the fast path"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -69,8 +72,15 @@ def main() -> None:
 
     def analysis() -> float:
         t0 = time.perf_counter()
-        transitions(model, seqs, None, temperatures=(1.0,), batch_size=args.batch_size,
-                    chunk_tokens=args.chunk_tokens, exact=args.exact)
+        transitions(
+            model,
+            seqs,
+            None,
+            temperatures=(1.0,),
+            batch_size=args.batch_size,
+            chunk_tokens=args.chunk_tokens,
+            exact=args.exact,
+        )
         return time.perf_counter() - t0
 
     floor()  # warm-up
@@ -79,15 +89,26 @@ def main() -> None:
         tf.append(floor())
         ta.append(analysis())
     f, a = min(tf), min(ta)
-    print(f"model: {args.model or 'smollm2-135m'}  ({adapter.num_layers} layers, vocab {V}, "
-          f"hidden {adapter.config.hidden_size}); threads {args.threads}")
-    print(f"prompt set: the first {len(ids)} default prompts (chat template), at most {args.tokens} tokens each = "
-          f"{n_tok} tokens; "
-          f"{2 * adapter.num_layers} sublayer transitions; {n_states} distinct states per token")
-    print(f"floor (forward passes + {n_tok * n_states} logit-lens rows): {f:7.2f} s   (runs: "
-          + ", ".join(f"{x:.2f}" for x in tf) + ")")
-    print(f"transitions analysis{' (exact metrics)' if args.exact else ''}: {a:7.2f} s   (runs: "
-          + ", ".join(f"{x:.2f}" for x in ta) + ")")
+    print(
+        f"model: {args.model or 'smollm2-135m'}  ({adapter.num_layers} layers, vocab {V}, "
+        f"hidden {adapter.config.hidden_size}); threads {args.threads}"
+    )
+    print(
+        f"prompt set: the first {len(ids)} default prompts (chat template), "
+        f"at most {args.tokens} tokens each = "
+        f"{n_tok} tokens; "
+        f"{2 * adapter.num_layers} sublayer transitions; {n_states} distinct states per token"
+    )
+    print(
+        f"floor (forward passes + {n_tok * n_states} logit-lens rows): {f:7.2f} s   (runs: "
+        + ", ".join(f"{x:.2f}" for x in tf)
+        + ")"
+    )
+    print(
+        f"transitions analysis{' (exact metrics)' if args.exact else ''}: {a:7.2f} s   (runs: "
+        + ", ".join(f"{x:.2f}" for x in ta)
+        + ")"
+    )
     print(f"ratio analysis / floor: {a / f:.2f}×   (goal: < 2×)")
 
 

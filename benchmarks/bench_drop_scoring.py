@@ -46,13 +46,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = C.resolve_device(args.device)
     spec, tok_path = C.resolve_specs(args.model)
-    model, tok, _ = C.build_model(spec, device=device, dtype=args.dtype, layers=args.layers, seed=args.seed,
-                                  tokenizer=tok_path)
+    model, tok, _ = C.build_model(
+        spec, device=device, dtype=args.dtype, layers=args.layers, seed=args.seed, tokenizer=tok_path
+    )
     ids = C.fold_ids(get_calibration(tok, "c4", args.nsamples, args.seqlen, args.seed).input_ids, model)
     bs = args.batch_size
-    print(f"model {args.model} ({model.config.num_hidden_layers} blocks), device {device}, {args.dtype}, "
-          f"torch threads {torch.get_num_threads()}; calibration c4 {args.nsamples} × {args.seqlen} tokens, "
-          f"batch {bs}; window {args.window or 'off'}; load average before {C.loadavg()}")
+    print(
+        f"model {args.model} ({model.config.num_hidden_layers} blocks), device {device}, {args.dtype}, "
+        f"torch threads {torch.get_num_threads()}; calibration c4 {args.nsamples} × {args.seqlen} tokens, "
+        f"batch {bs}; window {args.window or 'off'}; load average before {C.loadavg()}"
+    )
 
     @torch.no_grad()
     def forward():
@@ -76,24 +79,67 @@ def main() -> None:
             sims = scoring()
         score.append(t.s)
         loads.append(C.loadavg()[0])
-        C.stderr(f"rep {r + 1}/{args.reps}: forward {fwd[-1]:.2f} s, scoring {score[-1]:.2f} s (load {loads[-1]:.1f})")
+        C.stderr(
+            f"rep {r + 1}/{args.reps}: forward {fwd[-1]:.2f} s, scoring {score[-1]:.2f} s "
+            f"(load {loads[-1]:.1f})"
+        )
 
     tokens = ids.numel()
-    rows = [[str(r + 1), f"{f:.2f}", f"{s:.2f}", f"{s / f:.3f}", f"{tokens / f:,.0f}", f"{tokens / s:,.0f}", f"{ld:.1f}"]
-            for r, (f, s, ld) in enumerate(zip(fwd, score, loads))]
+    rows = [
+        [
+            str(r + 1),
+            f"{f:.2f}",
+            f"{s:.2f}",
+            f"{s / f:.3f}",
+            f"{tokens / f:,.0f}",
+            f"{tokens / s:,.0f}",
+            f"{ld:.1f}",
+        ]
+        for r, (f, s, ld) in enumerate(zip(fwd, score, loads))
+    ]
     mf, ms = C.median(fwd), C.median(score)
-    rows.append(["median", f"{mf:.2f}", f"{ms:.2f}", f"{ms / mf:.3f}", f"{tokens / mf:,.0f}", f"{tokens / ms:,.0f}", ""])
+    rows.append(
+        [
+            "median",
+            f"{mf:.2f}",
+            f"{ms:.2f}",
+            f"{ms / mf:.3f}",
+            f"{tokens / mf:,.0f}",
+            f"{tokens / ms:,.0f}",
+            "",
+        ]
+    )
     per_rep = [s / f for f, s in zip(fwd, score)]
-    C.print_table(rows, ["rep", "forward s", "scoring s", "scoring/forward", "forward tok/s", "scoring tok/s",
-                         "load 1m"], title=f"Drop scoring vs one forward pass ({tokens:,} tokens)")
-    print(f"\nratio of medians: {ms / mf:.3f}×  (median of per-rep ratios {C.median(per_rep):.3f}×; "
-          f"the issue's limit ≈ 1×)")
+    C.print_table(
+        rows,
+        ["rep", "forward s", "scoring s", "scoring/forward", "forward tok/s", "scoring tok/s", "load 1m"],
+        title=f"Drop scoring vs one forward pass ({tokens:,} tokens)",
+    )
+    print(
+        f"\nratio of medians: {ms / mf:.3f}×  (median of per-rep ratios {C.median(per_rep):.3f}×; "
+        f"the issue's limit ≈ 1×)"
+    )
     best_block = max(range(len(sims.block)), key=lambda i: sims.block[i])
-    print(f"sanity: {sims.tokens:,} tokens scored; most droppable block {best_block} (cos {sims.block[best_block]:.4f})")
-    C.write_json(args.out, {"benchmark": "drop_scoring", "args": vars(args), "machine": C.machine_info(device),
-                            "tokens": tokens, "forward_s": fwd, "scoring_s": score, "loadavg_1m": loads,
-                            "median_forward_s": mf, "median_scoring_s": ms, "ratio_of_medians": ms / mf,
-                            "median_ratio": C.median(per_rep)})
+    print(
+        f"sanity: {sims.tokens:,} tokens scored; most droppable block {best_block} "
+        f"(cos {sims.block[best_block]:.4f})"
+    )
+    C.write_json(
+        args.out,
+        {
+            "benchmark": "drop_scoring",
+            "args": vars(args),
+            "machine": C.machine_info(device),
+            "tokens": tokens,
+            "forward_s": fwd,
+            "scoring_s": score,
+            "loadavg_1m": loads,
+            "median_forward_s": mf,
+            "median_scoring_s": ms,
+            "ratio_of_medians": ms / mf,
+            "median_ratio": C.median(per_rep),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -30,13 +30,21 @@ def child(spec: str) -> None:
     model, tok = loading.load(spec)
     seconds = time.perf_counter() - t0
     src = loading.resolve(spec)
-    print(json.dumps({"seconds": seconds, "checkpoint": str(src.path),
-                      "parameters": sum(p.numel() for p in model.parameters())}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "checkpoint": str(src.path),
+                "parameters": sum(p.numel() for p in model.parameters()),
+            }
+        )
+    )
 
 
 def run(spec: str, env: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", spec], env=env, check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", spec], env=env, check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -60,8 +68,13 @@ def main() -> None:
     med, pl = statistics.median(later), statistics.median(plain)
     print(f"GGUF file: {gguf} ({os.path.getsize(gguf) / 2**20:.0f} MiB, {first['parameters']:,} parameters)")
     print(f"load 1 (converts):        {first['seconds']:7.2f} s")
-    print(f"later loads (cached):     {med:7.2f} s  (median of {args.repeat}, {min(later):.2f}-{max(later):.2f})")
-    print(f"plain safetensors dir:    {pl:7.2f} s  (median of {args.repeat}, {min(plain):.2f}-{max(plain):.2f})")
+    print(
+        f"later loads (cached):     {med:7.2f} s  (median of {args.repeat}, "
+        f"{min(later):.2f}-{max(later):.2f})"
+    )
+    print(
+        f"plain safetensors dir:    {pl:7.2f} s  (median of {args.repeat}, {min(plain):.2f}-{max(plain):.2f})"
+    )
     print(f"later / first:            {med / first['seconds']:7.3f}   (goal: under 0.2)")
     print(f"later / plain safetensors:{med / pl:7.2f}")
     print(f"1-minute load average at the end: {os.getloadavg()[0]:.2f}")

@@ -29,7 +29,9 @@ def main() -> None:
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--tokenizer", default=None, help="tokenizer directory for random models (default: embedded)")
+    ap.add_argument(
+        "--tokenizer", default=None, help="tokenizer directory for random models (default: embedded)"
+    )
     ap.add_argument("--jobs", default="forward,drop8a,wanda,sparsegpt,sparsegpt24,wanda-ts,sparsegpt-ts")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -41,12 +43,17 @@ def main() -> None:
     from prunelens.prune.sparsify import sparsify
 
     device = C.resolve_device(args.device)
-    base, tok, _ = C.build_model(args.model, device=device, dtype=args.dtype, layers=args.layers, tokenizer=args.tokenizer)
+    base, tok, _ = C.build_model(
+        args.model, device=device, dtype=args.dtype, layers=args.layers, tokenizer=args.tokenizer
+    )
     n_params = sum(p.numel() for p in base.parameters())
     cal = get_calibration(tok, "c4", args.nsamples, args.seqlen, 0)
     cal = Calibration(C.fold_ids(cal.input_ids, base), cal.source, cal.seed, cal.num_tokens_available)
-    print(f"{n_params / 1e9:.2f} B parameters, {args.dtype}, {device}; calibration {args.nsamples} × {args.seqlen} "
-          f"tokens; batch {args.batch_size}")
+    print(
+        f"{n_params / 1e9:.2f} B parameters, {args.dtype}, {device}; "
+        f"calibration {args.nsamples} × {args.seqlen} "
+        f"tokens; batch {args.batch_size}"
+    )
     if device == "cuda":
         print(f"GPU: {torch.cuda.get_device_name(0)}")
 
@@ -57,16 +64,34 @@ def main() -> None:
 
     jobs = {
         "forward": ("one forward pass (floor)", forward),
-        "drop8a": ("score + drop 8 attention", lambda m: drop(m, cal, target="attn", n=8, batch_size=args.batch_size)),
-        "wanda": ("Wanda 50 %", lambda m: sparsify(m, cal, method="wanda", sparsity=0.5, batch_size=args.batch_size)),
-        "sparsegpt": ("SparseGPT 50 %", lambda m: sparsify(m, cal, method="sparsegpt", sparsity=0.5,
-                                                          batch_size=args.batch_size)),
-        "sparsegpt24": ("SparseGPT 2:4", lambda m: sparsify(m, cal, method="sparsegpt", pattern="2:4",
-                                                           batch_size=args.batch_size)),
-        "wanda-ts": ("Wanda 50 %, true-sequential", lambda m: sparsify(m, cal, method="wanda", sparsity=0.5,
-                                                                      batch_size=args.batch_size, true_sequential=True)),
-        "sparsegpt-ts": ("SparseGPT 50 %, true-sequential", lambda m: sparsify(
-            m, cal, method="sparsegpt", sparsity=0.5, batch_size=args.batch_size, true_sequential=True)),
+        "drop8a": (
+            "score + drop 8 attention",
+            lambda m: drop(m, cal, target="attn", n=8, batch_size=args.batch_size),
+        ),
+        "wanda": (
+            "Wanda 50 %",
+            lambda m: sparsify(m, cal, method="wanda", sparsity=0.5, batch_size=args.batch_size),
+        ),
+        "sparsegpt": (
+            "SparseGPT 50 %",
+            lambda m: sparsify(m, cal, method="sparsegpt", sparsity=0.5, batch_size=args.batch_size),
+        ),
+        "sparsegpt24": (
+            "SparseGPT 2:4",
+            lambda m: sparsify(m, cal, method="sparsegpt", pattern="2:4", batch_size=args.batch_size),
+        ),
+        "wanda-ts": (
+            "Wanda 50 %, true-sequential",
+            lambda m: sparsify(
+                m, cal, method="wanda", sparsity=0.5, batch_size=args.batch_size, true_sequential=True
+            ),
+        ),
+        "sparsegpt-ts": (
+            "SparseGPT 50 %, true-sequential",
+            lambda m: sparsify(
+                m, cal, method="sparsegpt", sparsity=0.5, batch_size=args.batch_size, true_sequential=True
+            ),
+        ),
     }
     rows, out = [], {"machine": C.machine_info(device), "parameters": n_params, "results": {}}
     for key in [j for j in args.jobs.split(",") if j]:
@@ -87,7 +112,9 @@ def main() -> None:
     if floor:
         for r, key in zip(rows, [j for j in args.jobs.split(",") if j]):
             r.append(f"{out['results'][key]['seconds'] / floor:.1f}×")
-    C.print_table(rows, ["job", "seconds", "peak MiB (2 copies of the model held)"] + (["× forward"] if floor else []))
+    C.print_table(
+        rows, ["job", "seconds", "peak MiB (2 copies of the model held)"] + (["× forward"] if floor else [])
+    )
     C.write_json(args.json, out)
 
 

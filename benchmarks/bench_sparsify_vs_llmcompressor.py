@@ -75,15 +75,19 @@ def block_sparsity(model) -> float:
 
 
 def block_masks(model) -> dict:
-    """Where each decoder-block linear is zero, bit-packed (so the parent can compare the two tools' masks)."""
+    """Where each decoder-block linear is zero, bit-packed
+    (so the parent can compare the two tools' masks)."""
     import numpy as np
     import torch
 
     from prunelens.models.adapter import Adapter
 
     ad = Adapter(model)
-    return {f"{i}.{name}": torch.from_numpy(np.packbits((lin.weight == 0).cpu().numpy().reshape(-1)))
-            for i in range(ad.num_layers) for name, lin in ad.block_linears(i).items()}
+    return {
+        f"{i}.{name}": torch.from_numpy(np.packbits((lin.weight == 0).cpu().numpy().reshape(-1)))
+        for i in range(ad.num_layers)
+        for name, lin in ad.block_linears(i).items()
+    }
 
 
 def mask_agreement(a: dict, b: dict) -> float:
@@ -105,13 +109,23 @@ def run_child(job: dict) -> dict:
         torch.set_num_threads(job["threads"])
     device = job["device"]
     data = torch.load(job["data"])
-    model, tok, is_random = C.build_model(job["model"], device=device, dtype=job["dtype"],
-                                          layers=job.get("layers"), seed=job["seed"], tokenizer=job["tokenizer"])
+    model, tok, is_random = C.build_model(
+        job["model"],
+        device=device,
+        dtype=job["dtype"],
+        layers=job.get("layers"),
+        seed=job["seed"],
+        tokenizer=job["tokenizer"],
+    )
     calib_ids = C.fold_ids(data["calib_ids"], model)
     eval_ids = C.fold_ids(data["eval_ids"], model)
     C.trim_heap()
-    out: dict = {"tool": job["tool"], "method": job["method"], "rss_after_load": C.current_bytes(device),
-                 "loadavg_before": C.loadavg()}
+    out: dict = {
+        "tool": job["tool"],
+        "method": job["method"],
+        "rss_after_load": C.current_bytes(device),
+        "loadavg_before": C.loadavg(),
+    }
     import importlib.metadata as md
 
     out["versions"] = {p: md.version(p) for p in ("torch", "transformers", "prunelens")}
@@ -124,8 +138,14 @@ def run_child(job: dict) -> dict:
         calib = Calibration(calib_ids, "c4", job["seed"], int(calib_ids.numel()))
 
         def prune(model):
-            plan = sparsify(model, calib, method=job["method"], sparsity=job["sparsity"], batch_size=job["batch_size"],
-                            true_sequential=job.get("true_sequential"))
+            plan = sparsify(
+                model,
+                calib,
+                method=job["method"],
+                sparsity=job["sparsity"],
+                batch_size=job["batch_size"],
+                true_sequential=job.get("true_sequential"),
+            )
             out["true_sequential"] = plan.options["true_sequential"]
             return model
     else:
@@ -135,18 +155,29 @@ def run_child(job: dict) -> dict:
         from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
 
         # the same token ids, already tokenised (llm-compressor then skips tokenising)
-        ds = Dataset.from_dict({"input_ids": calib_ids.tolist(),
-                                "attention_mask": torch.ones_like(calib_ids).tolist()})
-        common = dict(sparsity=job["sparsity"], mask_structure="0:0", targets=["Linear"], ignore=["re:.*lm_head"])
+        ds = Dataset.from_dict(
+            {"input_ids": calib_ids.tolist(), "attention_mask": torch.ones_like(calib_ids).tolist()}
+        )
+        common = dict(
+            sparsity=job["sparsity"], mask_structure="0:0", targets=["Linear"], ignore=["re:.*lm_head"]
+        )
         if job["method"] == "wanda":
             recipe = [WandaPruningModifier(**common)]
         else:
             recipe = [SparseGPTModifier(**common, block_size=128, dampening_frac=0.01)]
 
         def prune(model):
-            return oneshot(model=model, tokenizer=tok, recipe=recipe, dataset=ds,
-                           num_calibration_samples=calib_ids.shape[0], max_seq_length=calib_ids.shape[1],
-                           batch_size=job["batch_size"], shuffle_calibration_samples=False)
+            return oneshot(
+                model=model,
+                tokenizer=tok,
+                recipe=recipe,
+                dataset=ds,
+                num_calibration_samples=calib_ids.shape[0],
+                max_seq_length=calib_ids.shape[1],
+                batch_size=job["batch_size"],
+                shuffle_calibration_samples=False,
+            )
+
     C.trim_heap()
     how = C.reset_peak(device)
     C.sync(device)
@@ -180,8 +211,15 @@ def run_child(job: dict) -> dict:
 def has_llmcompressor(python: str) -> tuple[bool, str]:
     if not Path(python).exists():
         return False, f"{python} does not exist (create the benchmark venv: see the docstring)"
-    r = subprocess.run([python, "-c", "import llmcompressor, transformers; print(llmcompressor.__version__, transformers.__version__)"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            python,
+            "-c",
+            "import llmcompressor, transformers; print(llmcompressor.__version__, transformers.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode:
         return False, (r.stderr.strip().splitlines() or ["import failed"])[-1]
     return True, r.stdout.strip().splitlines()[-1]  # llm-compressor logs its own warnings on stdout
@@ -202,7 +240,9 @@ def spawn(python: str, job: dict, workdir: Path, log) -> dict:
 def main() -> None:
     ap = C.base_parser(__doc__)
     ap.add_argument("--nsamples", type=int, default=16, help="calibration windows (the issue's figures: 32)")
-    ap.add_argument("--seqlen", type=int, default=256, help="tokens per calibration window (the issue's: 512)")
+    ap.add_argument(
+        "--seqlen", type=int, default=256, help="tokens per calibration window (the issue's: 512)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--batch-size", type=int, default=8, help="calibration batch size, both tools")
@@ -212,18 +252,39 @@ def main() -> None:
     ap.add_argument("--tools", default="prunelens,llmcompressor")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense perplexity reference")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in each run (default: torch's)")
-    ap.add_argument("--bench-python", default=str(DEFAULT_BENCH_PYTHON),
-                    help="interpreter with llmcompressor (default .venv-bench/bin/python)")
-    ap.add_argument("--prunelens-python", default=None,
-                    help="interpreter for the prunelens runs (default: --bench-python if usable, else this one)")
+    ap.add_argument(
+        "--bench-python",
+        default=str(DEFAULT_BENCH_PYTHON),
+        help="interpreter with llmcompressor (default .venv-bench/bin/python)",
+    )
+    ap.add_argument(
+        "--prunelens-python",
+        default=None,
+        help="interpreter for the prunelens runs (default: --bench-python if usable, else this one)",
+    )
     ap.add_argument("--log", default=None, help="file for the subprocesses' full output (default: temp dir)")
     order = ap.add_mutually_exclusive_group()
-    order.add_argument("--true-sequential", dest="true_sequential", action="store_const", const=True, default=None,
-                       help="prunelens: true-sequential for both methods (default: Wanda yes, SparseGPT no)")
-    order.add_argument("--dense-block-stats", dest="true_sequential", action="store_const", const=False,
-                       help="prunelens: the published procedure for both methods, as llm-compressor runs")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="timed runs per (tool, method), interleaved; the summary uses the median time")
+    order.add_argument(
+        "--true-sequential",
+        dest="true_sequential",
+        action="store_const",
+        const=True,
+        default=None,
+        help="prunelens: true-sequential for both methods (default: Wanda yes, SparseGPT no)",
+    )
+    order.add_argument(
+        "--dense-block-stats",
+        dest="true_sequential",
+        action="store_const",
+        const=False,
+        help="prunelens: the published procedure for both methods, as llm-compressor runs",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="timed runs per (tool, method), interleaved; the summary uses the median time",
+    )
     args = C.parse_or_serve(ap, run_child)
     if args is None:  # this process was a child: its job is done
         return
@@ -247,14 +308,29 @@ def main() -> None:
     torch.save({"calib_ids": calib.input_ids, "eval_ids": stream}, data_file)
     log_path = Path(args.log) if args.log else workdir / "subprocess.log"
 
-    base = {"model": model_spec, "tokenizer": tok_path, "layers": args.layers, "device": device, "dtype": args.dtype, "seed": args.seed,
-            "sparsity": args.sparsity, "batch_size": args.batch_size, "eval_windows": args.eval_windows,
-            "eval_seqlen": args.eval_seqlen, "threads": args.threads, "data": str(data_file),
-            "true_sequential": args.true_sequential}
-    print(f"calibration: c4, {args.nsamples} × {args.seqlen} tokens (seed {args.seed}); evaluation: WikiText-2 "
-          f"test, {args.eval_windows} × {args.eval_seqlen}; sparsity {args.sparsity}; batch {args.batch_size}; "
-          f"device {device}; model {args.model}")
-    print(f"llm-compressor: {'available, ' + llmc_msg + ' (llmcompressor, transformers)' if llmc_ok else 'NOT available: ' + llmc_msg}")
+    base = {
+        "model": model_spec,
+        "tokenizer": tok_path,
+        "layers": args.layers,
+        "device": device,
+        "dtype": args.dtype,
+        "seed": args.seed,
+        "sparsity": args.sparsity,
+        "batch_size": args.batch_size,
+        "eval_windows": args.eval_windows,
+        "eval_seqlen": args.eval_seqlen,
+        "threads": args.threads,
+        "data": str(data_file),
+        "true_sequential": args.true_sequential,
+    }
+    print(
+        f"calibration: c4, {args.nsamples} × {args.seqlen} tokens (seed {args.seed}); evaluation: WikiText-2 "
+        f"test, {args.eval_windows} × {args.eval_seqlen}; sparsity {args.sparsity}; batch {args.batch_size}; "
+        f"device {device}; model {args.model}"
+    )
+    print(
+        f"llm-compressor: {'available, ' + llmc_msg + ' (llmcompressor, transformers)' if llmc_ok else 'NOT available: ' + llmc_msg}"  # noqa: E501
+    )
     print(f"prunelens runs under {pl_python}; llm-compressor under {args.bench_python}")
     print(f"load average before: {C.loadavg()}")
 
@@ -267,23 +343,40 @@ def main() -> None:
                 for tool in tools:
                     if tool == "llmcompressor" and not llmc_ok:
                         if rep == 0:
-                            results.append({"tool": tool, "method": method,
-                                            "error": f"llm-compressor unavailable: {llmc_msg}"})
+                            results.append(
+                                {
+                                    "tool": tool,
+                                    "method": method,
+                                    "error": f"llm-compressor unavailable: {llmc_msg}",
+                                }
+                            )
                         continue
                     py = pl_python if tool == "prunelens" else args.bench_python
                     masks = str(workdir / f"masks_{tool}_{method}.pt") if rep == 0 else None
-                    results.append({**spawn(py, {**base, "tool": tool, "method": method, "masks_to": masks}, workdir, log),
-                                    "rep": rep})
+                    results.append(
+                        {
+                            **spawn(
+                                py, {**base, "tool": tool, "method": method, "masks_to": masks}, workdir, log
+                            ),
+                            "rep": rep,
+                        }
+                    )
 
     def get(tool, method):
         """The run of median time (lower median) among the repeats; its perplexity is the same in each."""
-        runs = sorted((r for r in results if r["tool"] == tool and r["method"] == method and "error" not in r),
-                      key=lambda r: r["seconds"])
+        runs = sorted(
+            (r for r in results if r["tool"] == tool and r["method"] == method and "error" not in r),
+            key=lambda r: r["seconds"],
+        )
         if not runs:
             return None
         ppls = {round(r["ppl"], 6) for r in runs}
-        return {**runs[(len(runs) - 1) // 2], "all_seconds": [r["seconds"] for r in runs], "ppl_varies": len(ppls) > 1,
-                "masks": next((r["masks"] for r in runs if r.get("masks")), None)}  # saved by the first repeat
+        return {
+            **runs[(len(runs) - 1) // 2],
+            "all_seconds": [r["seconds"] for r in runs],
+            "ppl_varies": len(ppls) > 1,
+            "masks": next((r["masks"] for r in runs if r.get("masks")), None),
+        }  # saved by the first repeat
 
     def label(method: str, run: dict) -> str:
         return method + (" (true-seq)" if run.get("true_sequential") else "")
@@ -298,13 +391,35 @@ def main() -> None:
         if "error" in r:
             rows.append([r["tool"], r["method"], "error", "", "", "", "", ""])
             continue
-        rows.append([r["tool"], label(r["method"], r), C.fmt(r["seconds"], ".1f") if r["method"] != "dense" else "—",
-                     C.fmt(r["ppl"], ".3f") + (" (random model)" if r.get("ppl_meaningless") else ""),
-                     C.mib(r["peak_bytes"]) if r["method"] != "dense" else "—", C.mib(r["rss_after_load"]),
-                     f"{100 * r['sparsity']:.2f} %", "/".join(f"{x:.1f}" for x in (r["loadavg_before"][0], r["loadavg_after"][0]))])
-    C.print_table(rows, ["tool", "method", "prune wall s", "ppl", "peak MiB", "after load MiB", "block sparsity",
-                         "load 1m before/after"],
-                  title="Per run (each in a fresh process; peak = high-water mark over the pruning call, weights included)")
+        rows.append(
+            [
+                r["tool"],
+                label(r["method"], r),
+                C.fmt(r["seconds"], ".1f") if r["method"] != "dense" else "—",
+                C.fmt(r["ppl"], ".3f") + (" (random model)" if r.get("ppl_meaningless") else ""),
+                C.mib(r["peak_bytes"]) if r["method"] != "dense" else "—",
+                C.mib(r["rss_after_load"]),
+                f"{100 * r['sparsity']:.2f} %",
+                "/".join(f"{x:.1f}" for x in (r["loadavg_before"][0], r["loadavg_after"][0])),
+            ]
+        )
+    C.print_table(
+        rows,
+        [
+            "tool",
+            "method",
+            "prune wall s",
+            "ppl",
+            "peak MiB",
+            "after load MiB",
+            "block sparsity",
+            "load 1m before/after",
+        ],
+        title=(
+            "Per run (each in a fresh process; peak = high-water mark over the pruning call, "
+            "weights included)"
+        ),
+    )
 
     summary = []
     srows = []
@@ -315,28 +430,72 @@ def main() -> None:
             continue
         ratio = lc["seconds"] / pl["seconds"]
         dppl = pl["ppl"] / lc["ppl"] - 1
-        agree = mask_agreement(torch.load(pl["masks"]), torch.load(lc["masks"])) if pl["masks"] and lc["masks"] else None
+        agree = (
+            mask_agreement(torch.load(pl["masks"]), torch.load(lc["masks"]))
+            if pl["masks"] and lc["masks"]
+            else None
+        )
         met = ratio >= 2.0 and pl["ppl"] <= lc["ppl"] * 1.01
-        summary.append({"method": method, "prunelens_true_sequential": pl.get("true_sequential"),
-                        "prunelens_seconds": pl["all_seconds"], "llmc_seconds": lc["all_seconds"],
-                        "time_ratio_llmc_over_prunelens": ratio,
-                        "ppl_prunelens": pl["ppl"], "ppl_llmcompressor": lc["ppl"], "ppl_rel_diff": dppl,
-                        "peak_ratio_llmc_over_prunelens": lc["peak_bytes"] / pl["peak_bytes"], "mask_agreement": agree,
-                        "goal_met": met})
-        srows.append([label(method, pl), timing(pl), timing(lc), f"{ratio:.2f}×",
-                      f"{pl['ppl']:.3f} vs {lc['ppl']:.3f} ({100 * dppl:+.2f} %)",
-                      f"{lc['peak_bytes'] / pl['peak_bytes']:.2f}×", "—" if agree is None else f"{100 * agree:.2f} %",
-                      "yes" if met else "NO"])
-    C.print_table(srows, ["method", "prunelens s (min–max)", "llm-compressor s (min–max)", "llmc/prunelens", "ppl prunelens vs llmc",
-                          "peak llmc/prunelens", "same mask", "goal (≥2× faster, ppl ≤ +1 %)"],
-                  title="Summary" + (f" (median of {args.repeat} runs each)" if args.repeat > 1 else "")
-                  + {None: "", True: " — prunelens true-sequential", False: " — prunelens dense-block statistics"}[
-                      args.true_sequential])
+        summary.append(
+            {
+                "method": method,
+                "prunelens_true_sequential": pl.get("true_sequential"),
+                "prunelens_seconds": pl["all_seconds"],
+                "llmc_seconds": lc["all_seconds"],
+                "time_ratio_llmc_over_prunelens": ratio,
+                "ppl_prunelens": pl["ppl"],
+                "ppl_llmcompressor": lc["ppl"],
+                "ppl_rel_diff": dppl,
+                "peak_ratio_llmc_over_prunelens": lc["peak_bytes"] / pl["peak_bytes"],
+                "mask_agreement": agree,
+                "goal_met": met,
+            }
+        )
+        srows.append(
+            [
+                label(method, pl),
+                timing(pl),
+                timing(lc),
+                f"{ratio:.2f}×",
+                f"{pl['ppl']:.3f} vs {lc['ppl']:.3f} ({100 * dppl:+.2f} %)",
+                f"{lc['peak_bytes'] / pl['peak_bytes']:.2f}×",
+                "—" if agree is None else f"{100 * agree:.2f} %",
+                "yes" if met else "NO",
+            ]
+        )
+    C.print_table(
+        srows,
+        [
+            "method",
+            "prunelens s (min–max)",
+            "llm-compressor s (min–max)",
+            "llmc/prunelens",
+            "ppl prunelens vs llmc",
+            "peak llmc/prunelens",
+            "same mask",
+            "goal (≥2× faster, ppl ≤ +1 %)",
+        ],
+        title="Summary"
+        + (f" (median of {args.repeat} runs each)" if args.repeat > 1 else "")
+        + {None: "", True: " — prunelens true-sequential", False: " — prunelens dense-block statistics"}[
+            args.true_sequential
+        ],
+    )
     print(f"\nsubprocess output: {log_path}")
-    C.write_json(args.out, {"benchmark": "sparsify_vs_llmcompressor", "args": vars(args), "machine": C.machine_info(device),
-                            "bench_python": args.bench_python, "prunelens_python": pl_python,
-                            "llmcompressor": llmc_msg if llmc_ok else None, "llmcompressor_error": None if llmc_ok else llmc_msg,
-                            "runs": results, "summary": summary})
+    C.write_json(
+        args.out,
+        {
+            "benchmark": "sparsify_vs_llmcompressor",
+            "args": vars(args),
+            "machine": C.machine_info(device),
+            "bench_python": args.bench_python,
+            "prunelens_python": pl_python,
+            "llmcompressor": llmc_msg if llmc_ok else None,
+            "llmcompressor_error": None if llmc_ok else llmc_msg,
+            "runs": results,
+            "summary": summary,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -27,12 +27,22 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import (load_tokenizer, machine_info, mib, model_spec_path, peak_bytes, print_table,  # noqa: E402
-                           reset_peak, set_offline, write_json)
+from _bench_common import (
+    load_tokenizer,
+    machine_info,
+    mib,
+    model_spec_path,
+    peak_bytes,
+    print_table,  # noqa: E402
+    reset_peak,
+    set_offline,
+    write_json,
+)
 
 
-def build_checkpoint(model_dir: Path, *, layers: int, hidden: int | None, dtype: str, device: str, seed: int,
-                     tokenizer: str) -> int:
+def build_checkpoint(
+    model_dir: Path, *, layers: int, hidden: int | None, dtype: str, device: str, seed: int, tokenizer: str
+) -> int:
     """Save a random Llama-2-7B-shaped checkpoint (or a narrower one with ``hidden``) to ``model_dir``; the
     parameter count. Skipped when ``model_dir`` already holds one (resuming)."""
     import torch
@@ -60,8 +70,11 @@ def build_checkpoint(model_dir: Path, *, layers: int, hidden: int | None, dtype:
     tok.save_pretrained(model_dir)
     (model_dir / "params.json").write_text(json.dumps({"parameters": n}))
     del model
-    print(f"built and saved a random {n / 1e9:.2f} B-parameter Llama ({layers} blocks, hidden {cfg.hidden_size}) "
-          f"in {time.perf_counter() - t0:.0f} s")
+    print(
+        f"built and saved a random {n / 1e9:.2f} B-parameter Llama "
+        f"({layers} blocks, hidden {cfg.hidden_size}) "
+        f"in {time.perf_counter() - t0:.0f} s"
+    )
     return n
 
 
@@ -70,9 +83,15 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="study directory (re-run to resume)")
-    ap.add_argument("--model-dir", default=None, help="where the random checkpoint is written (re-used if present)")
-    ap.add_argument("--embedded", action="store_true", help="study the embedded SmolLM2-135M instead of a random model")
-    ap.add_argument("--goal-minutes", type=float, default=20.0, help="print whether the study met this wall time")
+    ap.add_argument(
+        "--model-dir", default=None, help="where the random checkpoint is written (re-used if present)"
+    )
+    ap.add_argument(
+        "--embedded", action="store_true", help="study the embedded SmolLM2-135M instead of a random model"
+    )
+    ap.add_argument(
+        "--goal-minutes", type=float, default=20.0, help="print whether the study met this wall time"
+    )
     ap.add_argument("--config", default=None, help="study config YAML (default: the built-in study)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default="bfloat16")
@@ -99,14 +118,33 @@ def main() -> None:
         if not args.model_dir:
             ap.error("--model-dir is required unless --embedded")
         model_dir = Path(args.model_dir)
-        n = build_checkpoint(model_dir, layers=args.layers, hidden=args.hidden, dtype=args.dtype, device=args.device,
-                             seed=args.seed, tokenizer=args.tokenizer or model_spec_path("smollm2"))
+        n = build_checkpoint(
+            model_dir,
+            layers=args.layers,
+            hidden=args.hidden,
+            dtype=args.dtype,
+            device=args.device,
+            seed=args.seed,
+            tokenizer=args.tokenizer or model_spec_path("smollm2"),
+        )
     weights = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
     dev = "cuda" if args.device.startswith("cuda") else args.device
     reset_peak(dev)
-    spec = "smollm2-135m" if args.embedded else str(model_dir)  # the alias keeps machine paths out of the report
-    cmd = ["study", *([args.config] if args.config else []), "--model", spec, "--device", args.device,
-           "--dtype", args.dtype, "--out", args.out]
+    spec = (
+        "smollm2-135m" if args.embedded else str(model_dir)
+    )  # the alias keeps machine paths out of the report
+    cmd = [
+        "study",
+        *([args.config] if args.config else []),
+        "--model",
+        spec,
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--out",
+        args.out,
+    ]
     print("prunelens " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     try:
@@ -121,20 +159,40 @@ def main() -> None:
     by_kind: dict[str, float] = {}
     for uid, s in units.items():
         by_kind[uid.split("/")[0]] = by_kind.get(uid.split("/")[0], 0.0) + float(s)
-    print_table([[k, f"{v:.0f}"] for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])],
-                ["unit kind", "seconds"], title="time by unit kind (every finished unit, as recorded when it ran)")
-    print_table([[u, f"{s:.1f}"] for u, s in sorted(units.items(), key=lambda kv: -kv[1])[:12]],
-                ["slowest units", "seconds"])
+    print_table(
+        [[k, f"{v:.0f}"] for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])],
+        ["unit kind", "seconds"],
+        title="time by unit kind (every finished unit, as recorded when it ran)",
+    )
+    print_table(
+        [[u, f"{s:.1f}"] for u, s in sorted(units.items(), key=lambda kv: -kv[1])[:12]],
+        ["slowest units", "seconds"],
+    )
     print(f"\nmodel: {n / 1e9:.2f} B parameters, {mib(weights)} MiB of {args.dtype} weights on disk")
-    print(f"study wall time: {wall:.0f} s ({wall / 60:.1f} min); peak {'GPU ' if dev == 'cuda' else ''}memory "
-          f"{mib(peak)} MiB ({peak / max(weights, 1):.2f}× the weights)")
+    print(
+        f"study wall time: {wall:.0f} s ({wall / 60:.1f} min); peak {'GPU ' if dev == 'cuda' else ''}memory "
+        f"{mib(peak)} MiB ({peak / max(weights, 1):.2f}× the weights)"
+    )
     if dev == "cuda":
         print(f"GPU: {torch.cuda.get_device_name(0)}")
     verdict = "met" if wall / 60 <= args.goal_minutes else "NOT met"
-    print(f"goal: under {args.goal_minutes:g} min — {verdict} ({wall / 60:.1f} min; only meaningful for a fresh --out, "
-          "since a resumed study skips finished units)")
-    write_json(args.json, {"machine": machine_info(dev), "parameters": n, "weights_bytes": weights,
-                           "wall_seconds": wall, "peak_bytes": peak, "unit_seconds": units, "by_kind": by_kind})
+    print(
+        f"goal: under {args.goal_minutes:g} min — {verdict} ({wall / 60:.1f} min; "
+        "only meaningful for a fresh --out, "
+        "since a resumed study skips finished units)"
+    )
+    write_json(
+        args.json,
+        {
+            "machine": machine_info(dev),
+            "parameters": n,
+            "weights_bytes": weights,
+            "wall_seconds": wall,
+            "peak_bytes": peak,
+            "unit_seconds": units,
+            "by_kind": by_kind,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -37,10 +37,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-default-apps", "--disable-extensions", "--mute-audio", "--hide-scrollbars")
+CHROMIUM_CANDIDATES = (
+    "/usr/bin/chromium",
+    "chromium",
+    "chromium-browser",
+    "google-chrome",
+    "google-chrome-stable",
+)
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--mute-audio",
+    "--hide-scrollbars",
+)
 
 
 def find_chromium() -> str | None:
@@ -56,7 +73,8 @@ def find_chromium() -> str | None:
 
 
 def ensure_chromium(timeout: float = 1200) -> tuple[str | None, str]:
-    """Return ``(path, "")`` or ``(None, why)``; installs Debian's ``chromium`` with apt-get if missing (root only)."""
+    """Return ``(path, "")`` or ``(None, why)``;
+    installs Debian's ``chromium`` with apt-get if missing (root only)."""
     path = find_chromium()
     if path:
         return path, ""
@@ -69,8 +87,9 @@ def ensure_chromium(timeout: float = 1200) -> tuple[str | None, str]:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     cmd = "apt-get update -q && apt-get install -y -q chromium"
     try:
-        r = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=timeout,
-                           check=False)
+        r = subprocess.run(
+            ["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired:
         return None, f"installing Chromium with apt-get took longer than {timeout:.0f} s"
     if r.returncode != 0:
@@ -109,26 +128,38 @@ class CDPError(RuntimeError):
 
 
 class _Pipe:
-    """CDP over ``--remote-debugging-pipe``: write JSON + NUL to fd 3 of Chromium, read JSON + NUL from its fd 4."""
+    """CDP over ``--remote-debugging-pipe``: write JSON + NUL to fd 3 of Chromium,
+    read JSON + NUL from its fd 4."""
 
     def __init__(self, chromium: str, user_data_dir: str, extra_flags: tuple[str, ...] = ()):
         r_in, self._w = os.pipe()
         self._r, w_out = os.pipe()
-        # Chromium reads commands from fd 3 and writes answers to fd 4. The child's fds are mapped by a tiny bash
-        # wrapper (no preexec_fn: not fork-safe with threads); the ends are first moved to fds >= 10 so that the
-        # mapping can never overwrite one end with the other.
+        # Chromium reads commands from fd 3 and writes answers to fd 4. The child's fds are mapped by a
+        # tiny bash wrapper (no preexec_fn: not fork-safe with threads); the ends are first moved to
+        # fds >= 10 so that the mapping can never overwrite one end with the other.
         hi_in, hi_out = fcntl.fcntl(r_in, fcntl.F_DUPFD, 10), fcntl.fcntl(w_out, fcntl.F_DUPFD, 10)
         for fd in (r_in, w_out):
             os.close(fd)
-        args = [chromium, *CHROMIUM_FLAGS, *extra_flags, f"--user-data-dir={user_data_dir}", "--remote-debugging-pipe",
-                "about:blank"]
+        args = [
+            chromium,
+            *CHROMIUM_FLAGS,
+            *extra_flags,
+            f"--user-data-dir={user_data_dir}",
+            "--remote-debugging-pipe",
+            "about:blank",
+        ]
         remap = 'eval "exec 3<&$1 4>&$2 $1<&- $2>&-"; shift 2; exec "$@"'  # $1, $2: the two fd numbers
         wrapper = [shutil.which("bash") or "/bin/bash", "-c", remap, "browser_check"]
         # stderr goes to a file, not a pipe: nobody reads it while the page loads, and a full pipe would block
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 — lives as long as the browser
-        self.proc = subprocess.Popen([*wrapper, str(hi_in), str(hi_out), *args], pass_fds=(hi_in, hi_out),
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [*wrapper, str(hi_in), str(hi_out), *args],
+            pass_fds=(hi_in, hi_out),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            start_new_session=True,
+        )
         os.close(hi_in)
         os.close(hi_out)
         self._buf = b""
@@ -162,7 +193,9 @@ class _Pipe:
         msg, self._buf = self._buf.split(b"\0", 1)
         return json.loads(msg)
 
-    def call(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 30) -> dict:
+    def call(
+        self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 30
+    ) -> dict:
         """Send a command and wait for its answer; events seen meanwhile are kept in ``events``."""
         i = self.send(method, params, session)
         deadline = time.monotonic() + timeout
@@ -228,8 +261,15 @@ _IMAGES_JS = """(async () => {
 })()"""
 
 
-def check_page(html_path: str | Path, screenshot: str | Path, *, chromium: str | None = None, width: int = 1280,
-               height: int = 900, timeout: float = 60) -> PageCheck:
+def check_page(
+    html_path: str | Path,
+    screenshot: str | Path,
+    *,
+    chromium: str | None = None,
+    width: int = 1280,
+    height: int = 900,
+    timeout: float = 60,
+) -> PageCheck:
     """Open ``html_path`` in headless Chromium and return what it saw (see the module docstring)."""
     t0 = time.monotonic()
     chromium = chromium or find_chromium()
@@ -243,29 +283,46 @@ def check_page(html_path: str | Path, screenshot: str | Path, *, chromium: str |
         cdp = _Pipe(chromium, ud)
         try:
             target = cdp.call("Target.createTarget", {"url": "about:blank"}, timeout=timeout)["targetId"]
-            sid = cdp.call("Target.attachToTarget", {"targetId": target, "flatten": True}, timeout=timeout)["sessionId"]
+            sid = cdp.call("Target.attachToTarget", {"targetId": target, "flatten": True}, timeout=timeout)[
+                "sessionId"
+            ]
             for domain in ("Page", "Runtime", "Log", "Network"):
                 cdp.call(f"{domain}.enable", session=sid, timeout=timeout)
-            cdp.call("Emulation.setDeviceMetricsOverride",
-                     {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=sid)
+            cdp.call(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+                session=sid,
+            )
             nav = cdp.call("Page.navigate", {"url": url}, session=sid, timeout=timeout)
             if nav.get("errorText"):
                 res.console_errors.append(f"navigation failed: {nav['errorText']}")
             cdp.wait_event("Page.loadEventFired", timeout=timeout)
-            ev = cdp.call("Runtime.evaluate", {"expression": _IMAGES_JS, "awaitPromise": True, "returnByValue": True},
-                          session=sid, timeout=timeout)
+            ev = cdp.call(
+                "Runtime.evaluate",
+                {"expression": _IMAGES_JS, "awaitPromise": True, "returnByValue": True},
+                session=sid,
+                timeout=timeout,
+            )
             if "exceptionDetails" in ev:
                 raise CDPError(f"image probe failed: {ev['exceptionDetails']}")
             info = json.loads(ev["result"]["value"])
             res.title, res.page_height, res.images = info["title"], int(info["height"]), info["images"]
-            data = cdp.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True},
-                            session=sid, timeout=timeout)["data"]
+            data = cdp.call(
+                "Page.captureScreenshot",
+                {"format": "png", "captureBeyondViewport": True},
+                session=sid,
+                timeout=timeout,
+            )["data"]
             shot.parent.mkdir(parents=True, exist_ok=True)
             shot.write_bytes(base64.b64decode(data))
             res.screenshot = shot
             # let late events (console output from timers, failed loads) arrive
-            cdp.call("Runtime.evaluate", {"expression": "new Promise(r => setTimeout(r, 200))", "awaitPromise": True},
-                     session=sid, timeout=timeout)
+            cdp.call(
+                "Runtime.evaluate",
+                {"expression": "new Promise(r => setTimeout(r, 200))", "awaitPromise": True},
+                session=sid,
+                timeout=timeout,
+            )
         finally:
             cdp.close()
     for m in cdp.events:
@@ -299,8 +356,11 @@ def main(argv: list[str]) -> int:
         print(__doc__.split("How it works")[0].strip())
         return 2
     r = check_page(argv[0], argv[1])
-    print(f"{r.url}: title {r.title!r}, {len(r.images)} images, page height {r.page_height} px, "
-          f"screenshot {r.screenshot} ({r.screenshot.stat().st_size if r.screenshot else 0} bytes), {r.seconds:.1f} s")
+    print(
+        f"{r.url}: title {r.title!r}, {len(r.images)} images, page height {r.page_height} px, "
+        f"screenshot {r.screenshot} ({r.screenshot.stat().st_size if r.screenshot else 0} bytes), "
+        f"{r.seconds:.1f} s"
+    )
     for p in r.problems():
         print("PROBLEM:", p)
     for w in r.console_warnings:

@@ -26,8 +26,9 @@ def tiny_tokenizer(vocab_size: int = 256):
         vocab[f"w{i}"] = len(vocab)
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="</s>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
 
 
 @pytest.fixture
@@ -41,7 +42,8 @@ def random_text(n_words: int, seed: int = 0, vocab: int = 250) -> str:
 
 
 def missing(reason: str, *, module: bool = False):
-    """Something a test needs is absent: fail under CI (where everything must be installed), skip elsewhere."""
+    """Something a test needs is absent:
+    fail under CI (where everything must be installed), skip elsewhere."""
     if os.environ.get("CI"):
         pytest.fail(f"required in CI: {reason}")
     pytest.skip(reason, allow_module_level=module)

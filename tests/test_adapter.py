@@ -58,7 +58,11 @@ def test_dropped_sublayer_equals_zeroed_contribution(family, kind):
     adapter = Adapter(model)
     before = param_count(model)
     removed = sum(p.numel() for p in adapter.sublayer(0, kind).parameters())
-    removed += sum(p.numel() for n in adapter.sublayer_norms(kind) for p in adapter.layers[0].get_submodule(n).parameters())
+    removed += sum(
+        p.numel()
+        for n in adapter.sublayer_norms(kind)
+        for p in adapter.layers[0].get_submodule(n).parameters()
+    )
     for layer in (0, 2):
         drop_sublayer(adapter, layer, kind)
     with torch.no_grad():
@@ -80,8 +84,12 @@ def test_generation_with_kv_cache_after_drops(family):
             drop_sublayer(adapter, layer, kind)
         prompt = IDS[:, :5]
         with torch.no_grad():
-            cached = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=True, pad_token_id=0)
-            uncached = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=False, pad_token_id=0)
+            cached = model.generate(
+                prompt, max_new_tokens=12, do_sample=False, use_cache=True, pad_token_id=0
+            )
+            uncached = model.generate(
+                prompt, max_new_tokens=12, do_sample=False, use_cache=False, pad_token_id=0
+            )
         assert torch.equal(cached, uncached)
 
 
@@ -98,15 +106,18 @@ def test_drop_blocks_reindexes_and_skips(family):
     assert param_count(model) == before - 2 * per_block
     if types_before is not None:
         assert adapter.layer_types() == [types_before[0], types_before[3]]
-    idx = [getattr(m, "layer_idx") for block in adapter.layers for m in block.modules() if hasattr(m, "layer_idx")]
+    idx = [m.layer_idx for block in adapter.layers for m in block.modules() if hasattr(m, "layer_idx")]
     assert sorted(set(idx)) == [0, 1]
     # reference: the dense model whose blocks 1 and 2 return their input unchanged
     ref_adapter = Adapter(reference)
     hooks = []
     for i in (1, 2):
         block = ref_adapter.layers[i]
-        hooks.append(block.register_forward_hook(
-            lambda m, args, kwargs, out: (args[0] if args else kwargs["hidden_states"]), with_kwargs=True))
+        hooks.append(
+            block.register_forward_hook(
+                lambda m, args, kwargs, out: args[0] if args else kwargs["hidden_states"], with_kwargs=True
+            )
+        )
     with torch.no_grad():
         torch.testing.assert_close(model(IDS).logits, reference(IDS).logits, rtol=0, atol=1e-5)
         prompt = IDS[:, :5]
@@ -144,5 +155,6 @@ def test_logit_lens_applies_softcap(family):
     raw = adapter.unembed(adapter.final_norm(h))
     torch.testing.assert_close(z, torch.tanh(raw / 30.0) * 30.0)
     # the seed scripts' convention skips the final norm
-    torch.testing.assert_close(adapter.logits_from_hidden(h, apply_final_norm=False),
-                               torch.tanh(adapter.unembed(h) / 30.0) * 30.0)
+    torch.testing.assert_close(
+        adapter.logits_from_hidden(h, apply_final_norm=False), torch.tanh(adapter.unembed(h) / 30.0) * 30.0
+    )

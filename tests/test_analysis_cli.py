@@ -9,13 +9,12 @@ import pytest
 from typer.testing import CliRunner
 
 from prunelens.analysis.pipeline import _figures
-from prunelens.analysis.tables import TABLE_COLUMNS, STAT_COLUMNS, write_table
+from prunelens.analysis.tables import STAT_COLUMNS, TABLE_COLUMNS, write_table
 from prunelens.cli import app
 from prunelens.models.tiny import tiny_model
 from prunelens.plan import PrunePlan
 
 from conftest import need_data, tiny_tokenizer
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,22 +26,54 @@ def tiny_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny")
     tiny_model("llama").save_pretrained(d / "dense")
     tiny_tokenizer().save_pretrained(d / "dense")
-    plan = PrunePlan(method="drop", base_model="tiny", family="llama", target="attn", num_layers_before=4,
-                     dropped_sublayers=[{"layer": 1, "sublayer": "attn"}, {"layer": 2, "sublayer": "attn"}])
+    plan = PrunePlan(
+        method="drop",
+        base_model="tiny",
+        family="llama",
+        target="attn",
+        num_layers_before=4,
+        dropped_sublayers=[{"layer": 1, "sublayer": "attn"}, {"layer": 2, "sublayer": "attn"}],
+    )
     plan.save(d)
     (d / "m").mkdir()
-    PrunePlan(method="drop", base_model="tiny", family="llama", target="mlp", num_layers_before=4,
-              dropped_sublayers=[{"layer": 3, "sublayer": "mlp"}]).save(d / "m")
+    PrunePlan(
+        method="drop",
+        base_model="tiny",
+        family="llama",
+        target="mlp",
+        num_layers_before=4,
+        dropped_sublayers=[{"layer": 3, "sublayer": "mlp"}],
+    ).save(d / "m")
     (d / "prompts.txt").write_text("w1 w2 w3 w4\nw5 w6\n\nw7 w8 w9\n")
     return d
 
 
 def test_analyze_tiny_model_dir(tiny_dir, tmp_path):
     out = tmp_path / "run"
-    r = runner.invoke(app, ["analyze", str(tiny_dir / "dense"), str(tiny_dir / "prune_plan.json"),
-                            str(tiny_dir / "m" / "prune_plan.json"), "--out", str(out), "--prompts",
-                            str(tiny_dir / "prompts.txt"), "--max-new-tokens", "4", "-T", "1", "-T", "2",
-                            "--mc", "none", "--threads", "1", "--no-figures"])
+    r = runner.invoke(
+        app,
+        [
+            "analyze",
+            str(tiny_dir / "dense"),
+            str(tiny_dir / "prune_plan.json"),
+            str(tiny_dir / "m" / "prune_plan.json"),
+            "--out",
+            str(out),
+            "--prompts",
+            str(tiny_dir / "prompts.txt"),
+            "--max-new-tokens",
+            "4",
+            "-T",
+            "1",
+            "-T",
+            "2",
+            "--mc",
+            "none",
+            "--threads",
+            "1",
+            "--no-figures",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "Drop-2A" in r.output and "Drop-1M" in r.output
     tables = out / "tables"
@@ -59,12 +90,16 @@ def test_analyze_tiny_model_dir(tiny_dir, tmp_path):
     a, m = t[t["variant"] == "Drop-2A"], t[t["variant"] == "Drop-1M"]
     assert sorted(a.loc[a["in_variant"], "layer"].unique()) == [1, 2]
     assert set(a.loc[a["in_variant"], "sublayer"]) == {"attn"}
-    assert list(m.loc[m["in_variant"], "layer"].unique()) == [3] and set(m.loc[m["in_variant"], "sublayer"]) == {"mlp"}
+    assert list(m.loc[m["in_variant"], "layer"].unique()) == [3] and set(
+        m.loc[m["in_variant"], "sublayer"]
+    ) == {"mlp"}
     # both drop plans share the drop-each measurements; only the in_variant flags differ
     assert a["value"].to_numpy().tobytes() == m["value"].to_numpy().tobytes()
     t = a
     # 3 prompts (blank line skipped) × their tokens, every layer × sublayer, one row per metric
-    n_tok = t[(t["metric"] == "cos") & (t["space"] == "h") & (t["layer"] == 0) & (t["sublayer"] == "attn")].shape[0]
+    n_tok = t[
+        (t["metric"] == "cos") & (t["space"] == "h") & (t["layer"] == 0) & (t["sublayer"] == "attn")
+    ].shape[0]
     assert n_tok == t.groupby("prompt")["position"].max().add(1).sum()
     s = pd.read_parquet(tables / "summary_transitions.parquet")
     assert set(STAT_COLUMNS) <= set(s.columns)
@@ -85,8 +120,15 @@ def test_analyze_tiny_model_dir(tiny_dir, tmp_path):
 
 
 def test_analyze_bad_input_exits_2(tiny_dir, tmp_path):
-    base = ["analyze", str(tiny_dir / "dense"), str(tiny_dir / "prune_plan.json"), "--prompts",
-            str(tiny_dir / "prompts.txt"), "--mc", "none"]
+    base = [
+        "analyze",
+        str(tiny_dir / "dense"),
+        str(tiny_dir / "prune_plan.json"),
+        "--prompts",
+        str(tiny_dir / "prompts.txt"),
+        "--mc",
+        "none",
+    ]
     r = runner.invoke(app, base + ["--out", str(tmp_path / "a"), "-T", "0"])
     assert r.exit_code == 2 and "temperature" in r.output
     r = runner.invoke(app, base + ["--out", str(tmp_path / "a"), "-T", "-1.5"])
@@ -97,13 +139,37 @@ def test_analyze_bad_input_exits_2(tiny_dir, tmp_path):
     assert r.exit_code == 2 and "--overwrite" in r.output
     other = tmp_path / "qwen"
     tiny_model("qwen2").save_pretrained(other)
-    r = runner.invoke(app, ["analyze", str(tiny_dir / "dense"), str(other), "--out", str(tmp_path / "b"),
-                            "--prompts", str(tiny_dir / "prompts.txt"), "--mc", "none"])
+    r = runner.invoke(
+        app,
+        [
+            "analyze",
+            str(tiny_dir / "dense"),
+            str(other),
+            "--out",
+            str(tmp_path / "b"),
+            "--prompts",
+            str(tiny_dir / "prompts.txt"),
+            "--mc",
+            "none",
+        ],
+    )
     assert r.exit_code == 2 and "architecture mismatch" in r.output
     r = runner.invoke(app, base + ["--out", str(tmp_path / "c"), "--analyses", "transitions,nonsense"])
     assert r.exit_code == 2
-    r = runner.invoke(app, ["analyze", str(tiny_dir / "dense"), str(tiny_dir / "prune_plan.json"), "--out",
-                            str(tmp_path / "d"), "--prompts", str(tiny_dir / "prompts.txt"), "--mc", "arc_easy"])
+    r = runner.invoke(
+        app,
+        [
+            "analyze",
+            str(tiny_dir / "dense"),
+            str(tiny_dir / "prune_plan.json"),
+            "--out",
+            str(tmp_path / "d"),
+            "--prompts",
+            str(tiny_dir / "prompts.txt"),
+            "--mc",
+            "arc_easy",
+        ],
+    )
     assert r.exit_code == 2  # the tiny vocabulary has no single-token option letters (or no ARC data)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
@@ -119,15 +185,39 @@ def test_write_table_roundtrip(tmp_path):
 
 @pytest.mark.real_model
 def test_analyze_embedded_model_small(tmp_path):
-    plan = PrunePlan(method="drop", base_model="smollm2-135m", family="llama", target="attn", num_layers_before=30,
-                     dropped_sublayers=[{"layer": 1, "sublayer": "attn"}])
+    plan = PrunePlan(
+        method="drop",
+        base_model="smollm2-135m",
+        family="llama",
+        target="attn",
+        num_layers_before=30,
+        dropped_sublayers=[{"layer": 1, "sublayer": "attn"}],
+    )
     plan.save(tmp_path)
     prompts = tmp_path / "p.txt"
     prompts.write_text("What is 2 + 3?\n")
     out = tmp_path / "run"
-    args = ["analyze", "smollm2-135m", str(tmp_path / "prune_plan.json"), "--out", str(out), "--prompts", str(prompts),
-            "--max-new-tokens", "3", "--layers", "0,1", "--mc", "arc_easy", "--mc-limit", "2", "--threads", "1",
-            "--no-csv", "--no-figures"]
+    args = [
+        "analyze",
+        "smollm2-135m",
+        str(tmp_path / "prune_plan.json"),
+        "--out",
+        str(out),
+        "--prompts",
+        str(prompts),
+        "--max-new-tokens",
+        "3",
+        "--layers",
+        "0,1",
+        "--mc",
+        "arc_easy",
+        "--mc-limit",
+        "2",
+        "--threads",
+        "1",
+        "--no-csv",
+        "--no-figures",
+    ]
     r = runner.invoke(app, args)
     if r.exit_code == 2 and "arc" in r.output.lower() and "not" in r.output.lower():
         need_data("arc")  # data missing: fail in CI, skip elsewhere

@@ -10,7 +10,6 @@ import torch
 from prunelens.analysis import metrics as M
 from prunelens.analysis.pairstats import LogitState, logit_stats, p_keys, pair_stats, z_keys
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 V = 600
@@ -45,7 +44,11 @@ def test_fast_matches_reference(kind, scale, T):
     for key in ref:
         a, b = ref[key].double(), fast[key].double()
         fin = torch.isfinite(a) & (a.abs() > 1e-9)
-        denom = {"theorem1_ratio": "one_minus_cos", "theorem2_ratio": "prob_one_minus_cos", "theorem3_ratio": "kl"}
+        denom = {
+            "theorem1_ratio": "one_minus_cos",
+            "theorem2_ratio": "prob_one_minus_cos",
+            "theorem3_ratio": "kl",
+        }
         if key in denom:  # a ratio is only as precise as its (small) denominator
             fin &= ref[denom[key]].double().abs() > 1e-6
         rtol = 2e-3 * torch.ones_like(a)

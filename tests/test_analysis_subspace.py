@@ -7,15 +7,20 @@ import pytest
 import torch
 
 from prunelens.analysis import figures
-from prunelens.analysis.subspace import (OptionTokenError, final_logits, mc_prompt, option_logits,
-                                         option_subspace, option_token_ids)
+from prunelens.analysis.subspace import (
+    OptionTokenError,
+    final_logits,
+    mc_prompt,
+    option_logits,
+    option_subspace,
+    option_token_ids,
+)
 from prunelens.analysis.tables import TABLE_COLUMNS
 from prunelens.analysis.variants import Variant
 from prunelens.data.tasks import MCExample
 from prunelens.models.tiny import tiny_model
 
 from conftest import tiny_tokenizer
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,8 +29,14 @@ LABELS = ("w10", "w11", "w12", "w13")
 
 def _examples():
     return [
-        MCExample(id="q0", context="w1 w2 w3", choices=[" w5", " w6", " w7"], label=0, task="toy",
-                  meta={"question": "w1 w2 w3"}),
+        MCExample(
+            id="q0",
+            context="w1 w2 w3",
+            choices=[" w5", " w6", " w7"],
+            label=0,
+            task="toy",
+            meta={"question": "w1 w2 w3"},
+        ),
         MCExample(id="q1", context="w4 w8", choices=[" w9", " w20", " w21", " w22"], label=2, task="toy"),
         MCExample(id="q2", context="w30 w31 w32 w33", choices=[" w40", " w41"], label=1, task="toy"),
     ]
@@ -52,7 +63,10 @@ def test_option_tokens_on_the_embedded_tokenizer():
     tok = AutoTokenizer.from_pretrained(embedded_checkpoint())
     ids = option_token_ids(tok, "ABCDE")
     assert all(len(x) == 2 for x in ids)  # "A" and " A" are distinct single tokens
-    assert ids[0] == [tok.encode("A", add_special_tokens=False)[0], tok.encode(" A", add_special_tokens=False)[0]]
+    assert ids[0] == [
+        tok.encode("A", add_special_tokens=False)[0],
+        tok.encode(" A", add_special_tokens=False)[0],
+    ]
     with pytest.raises(OptionTokenError):
         option_token_ids(tok, ("Option A", "Option B"))
 
@@ -85,8 +99,9 @@ def test_option_subspace_renormalises_and_detects_changes(tmp_path):
         assert ch["dense_choice"] == int(p.argmax()) and ch["pruned_choice"] == int(q.argmax())
         assert ch["changed"] == (int(p.argmax()) != int(q.argmax()))
         assert ch["n_options"] == len(e.choices)
-    torch.testing.assert_close(option_logits(zd[:1], [[3], [4, 5]], 1.0)[0, 1],
-                               torch.logsumexp(zd[0, [4, 5]].double(), -1))
+    torch.testing.assert_close(
+        option_logits(zd[:1], [[3], [4, 5]], 1.0)[0, 1], torch.logsumexp(zd[0, [4, 5]].double(), -1)
+    )
     frames = res.frames()
     for name, df in frames.items():
         assert list(df.columns) == TABLE_COLUMNS[name], name

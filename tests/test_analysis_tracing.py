@@ -15,7 +15,6 @@ from prunelens.models.adapter import Adapter, drop_sublayer
 from prunelens.models.residual import record_blocks
 from prunelens.models.tiny import TINY_FAMILIES, tiny_model
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -39,8 +38,11 @@ def _overrides(model, layer, kind, seed=0):
     a = Adapter(model)
     prefix = f"{a.spec.layers}.{layer}.{a._path(kind)}."
     g = torch.Generator().manual_seed(seed)
-    return {n: p.detach() * (torch.rand(p.shape, generator=g) > 0.5)
-            for n, p in model.named_parameters() if n.startswith(prefix) and p.dim() == 2}
+    return {
+        n: p.detach() * (torch.rand(p.shape, generator=g) > 0.5)
+        for n, p in model.named_parameters()
+        if n.startswith(prefix) and p.dim() == 2
+    }
 
 
 def _hybrid(model, overrides):
@@ -116,8 +118,13 @@ def test_transitions_alone_equal_padded_batch(family):
     lengths = [len(seqs.full(i)) for i in range(3)]
     assert both.n_tokens == sum(lengths)  # padded positions never enter
     for i in range(3):
-        alone = transitions(model, Sequences([seqs.prompt_ids[i]], [seqs.generated_ids[i]]), v,
-                            temperatures=(1.0, 0.5), batch_size=1)
+        alone = transitions(
+            model,
+            Sequences([seqs.prompt_ids[i]], [seqs.generated_ids[i]]),
+            v,
+            temperatures=(1.0, 0.5),
+            batch_size=1,
+        )
         sel = both.tokens["prompt"] == i
         np.testing.assert_array_equal(both.tokens["position"][sel], np.arange(lengths[i]))
         np.testing.assert_array_equal(both.tokens["token_id"][sel], seqs.full(i))
@@ -165,11 +172,18 @@ def test_estimates_are_exact_to_second_order_for_small_perturbations():
     # the fast path's KL has an absolute error ~1e-8 (pairstats docstring): tiny perturbations need exact=True
     for eps, exact, tol in ((1e-2, False, 0.02), (1e-3, True, 0.005)):
         g = torch.Generator().manual_seed(0)
-        ov = {n: p.detach() * (1 + eps * torch.randn(p.shape, generator=g))
-              for n, p in model.named_parameters() if n.startswith(prefix)}
+        ov = {
+            n: p.detach() * (1 + eps * torch.randn(p.shape, generator=g))
+            for n, p in model.named_parameters()
+            if n.startswith(prefix)
+        }
         res = transitions(model, seqs, Variant("tiny", "t", overrides=ov), scope="variant", exact=exact)
-        for key in (("h", "theorem1_ratio", None), ("z", "theorem1_ratio", None), ("p", "theorem2_ratio", 1.0),
-                    ("p", "theorem3_ratio", 1.0)):
+        for key in (
+            ("h", "theorem1_ratio", None),
+            ("z", "theorem1_ratio", None),
+            ("p", "theorem2_ratio", 1.0),
+            ("p", "theorem3_ratio", 1.0),
+        ):
             np.testing.assert_allclose(res.values[key], 1.0, rtol=tol, err_msg=str((eps, key)))
         kl, rkl = res.values[("p", "kl", 1.0)], res.values[("p", "kl_reverse", 1.0)]
         np.testing.assert_allclose(rkl / kl, 1.0, rtol=tol)

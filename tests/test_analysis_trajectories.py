@@ -7,12 +7,16 @@ import pytest
 import torch
 
 from prunelens.analysis.tracing import forward_final_hidden
-from prunelens.analysis.trajectories import (Sampler, decode, first_divergence, teacher_forced_hidden,
-                                             trajectories)
+from prunelens.analysis.trajectories import (
+    Sampler,
+    decode,
+    first_divergence,
+    teacher_forced_hidden,
+    trajectories,
+)
 from prunelens.analysis.transitions import Sequences
 from prunelens.analysis.variants import Variant
 from prunelens.models.tiny import tiny_model
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

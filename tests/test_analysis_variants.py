@@ -1,4 +1,5 @@
-"""Variants: the pruned side on the dense weights, from plans, checkpoints and shorthands; clear mismatches."""
+"""Variants: the pruned side on the dense weights, from plans, checkpoints and shorthands;
+clear mismatches."""
 
 from __future__ import annotations
 
@@ -7,19 +8,16 @@ import copy
 import pytest
 import torch
 
-from prunelens.analysis.variants import (Variant, VariantMismatchError, resolve_variant,
-                                         variant_from_plan)
+from prunelens.analysis.variants import Variant, VariantMismatchError, resolve_variant, variant_from_plan
 from prunelens.data.calibration import Calibration
-from prunelens.models.adapter import Adapter, drop_blocks
+from prunelens.models.adapter import Adapter, apply_structure, drop_blocks
 from prunelens.models.tiny import tiny_model
-from prunelens.prune.drop import drop
-from prunelens.models.adapter import apply_structure
 from prunelens.plan import PrunePlan
+from prunelens.prune.drop import drop
 from prunelens.prune.save import save_pruned
 from prunelens.prune.sparsify import sparsify
 
 from conftest import tiny_tokenizer
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,8 +30,14 @@ def _logits(model):
 
 
 def _drop_plan(layers_kinds, n_layers=4):
-    return PrunePlan(method="drop", base_model="tiny", family="llama", target="attn", num_layers_before=n_layers,
-                     dropped_sublayers=[{"layer": i, "sublayer": k, "similarity": 0.9} for i, k in layers_kinds])
+    return PrunePlan(
+        method="drop",
+        base_model="tiny",
+        family="llama",
+        target="attn",
+        num_layers_before=n_layers,
+        dropped_sublayers=[{"layer": i, "sublayer": k, "similarity": 0.9} for i, k in layers_kinds],
+    )
 
 
 def test_active_turns_dense_into_pruned_and_restores():
@@ -84,8 +88,14 @@ def test_prunelens_checkpoints_as_variants(tmp_path):
     # block-dropped directory: layer indices are renumbered in the checkpoint, mapped back here
     m3 = copy.deepcopy(model)
     drop_blocks(Adapter(m3), [1])
-    bplan = PrunePlan(method="drop", base_model="tiny", family="llama", target="block", dropped_blocks=[1],
-                      num_layers_before=4)
+    bplan = PrunePlan(
+        method="drop",
+        base_model="tiny",
+        family="llama",
+        target="block",
+        dropped_blocks=[1],
+        num_layers_before=4,
+    )
     save_pruned(m3, tok, bplan, tmp_path / "block")
     vb = resolve_variant(model, str(tmp_path / "block"), tokenizer=tok)
     assert vb.drops == ((1, "attn"), (1, "mlp")) and not vb.overrides

@@ -34,8 +34,26 @@ def dense_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pruned_dir(dense_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("pruned") / "drop"
-    res = runner.invoke(app, ["prune", "drop", str(dense_dir), "--target", "attn", "--n", "1", "--out", str(out),
-                              "--calib", str(dense_dir.parent / "calib.txt"), "--nsamples", "4", "--seqlen", "16"])
+    res = runner.invoke(
+        app,
+        [
+            "prune",
+            "drop",
+            str(dense_dir),
+            "--target",
+            "attn",
+            "--n",
+            "1",
+            "--out",
+            str(out),
+            "--calib",
+            str(dense_dir.parent / "calib.txt"),
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "16",
+        ],
+    )
     assert res.exit_code == 0, res.output
     return out
 
@@ -62,14 +80,24 @@ def _one_line_error(res, *needles):
 def _set(key, value):
     def edit(plan):
         plan[key] = value
+
     return edit
 
 
 PLAN_CASES = {
-    "layer out of range": (lambda p: p["dropped_sublayers"][0].update(layer=99), "dropped_sublayers[0].layer"),
-    "sublayer kind": (lambda p: p["dropped_sublayers"][0].update(sublayer="ffn"), "dropped_sublayers[0].sublayer"),
+    "layer out of range": (
+        lambda p: p["dropped_sublayers"][0].update(layer=99),
+        "dropped_sublayers[0].layer",
+    ),
+    "sublayer kind": (
+        lambda p: p["dropped_sublayers"][0].update(sublayer="ffn"),
+        "dropped_sublayers[0].sublayer",
+    ),
     "negative layer": (lambda p: p["dropped_sublayers"][0].update(layer=-1), "dropped_sublayers[0].layer"),
-    "duplicate": (lambda p: p["dropped_sublayers"].append(dict(p["dropped_sublayers"][0])), "dropped_sublayers[1]"),
+    "duplicate": (
+        lambda p: p["dropped_sublayers"].append(dict(p["dropped_sublayers"][0])),
+        "dropped_sublayers[1]",
+    ),
     "family": (_set("family", "gemma2"), "'family'"),
     "family missing": (_set("family", None), "'family'"),
     "format": (_set("format", "prunelens.plan/9"), "'format'"),
@@ -93,14 +121,17 @@ def test_bad_plan_is_refused_by_info_and_eval(pruned_dir, tmp_path, case):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("sparsity, field", [({"sparsity": 1.5}, "sparsity.sparsity"),
-                                             ({"pattern": "4:2"}, "sparsity.pattern"),
-                                             ({}, "'sparsity'")])
+@pytest.mark.parametrize(
+    "sparsity, field",
+    [({"sparsity": 1.5}, "sparsity.sparsity"), ({"pattern": "4:2"}, "sparsity.pattern"), ({}, "'sparsity'")],
+)
 def test_sparsity_fields_are_validated(sparsity, field, tmp_path):
     data = PrunePlan(method="wanda", base_model="m", family="llama", sparsity=sparsity).to_dict()
     with pytest.raises(PlanError, match=field.replace("[", r"\[").replace("]", r"\]")):
         PrunePlan.from_dict(data, source=tmp_path / PLAN_FILE)
-    ok = PrunePlan(method="wanda", base_model="m", family="llama", sparsity={"pattern": "2:4", "sparsity": 0.5})
+    ok = PrunePlan(
+        method="wanda", base_model="m", family="llama", sparsity={"pattern": "2:4", "sparsity": 0.5}
+    )
     assert PrunePlan.from_dict(ok.to_dict()).sparsity["pattern"] == "2:4"
 
 
@@ -116,7 +147,9 @@ def test_truncated_safetensors_names_the_file(pruned_dir, dense_dir, tmp_path):
         _truncate(bad / "model.safetensors")
         _one_line_error(runner.invoke(app, ["info", str(bad)]), "model.safetensors", "incomplete")
         out = tmp_path / f"eval-{src.name}"
-        res = runner.invoke(app, ["eval", str(bad), "--tasks", "wikitext2", "--limit", "2", "--out", str(out)])
+        res = runner.invoke(
+            app, ["eval", str(bad), "--tasks", "wikitext2", "--limit", "2", "--out", str(out)]
+        )
         _one_line_error(res, "model.safetensors")
         assert not out.exists()
 
@@ -124,8 +157,12 @@ def test_truncated_safetensors_names_the_file(pruned_dir, dense_dir, tmp_path):
 def test_safetensors_check(tmp_path, dense_dir):
     good = dense_dir / "model.safetensors"
     check_safetensors(good)
-    for name, mangle in {"short": lambda b: b[:5], "header": lambda b: b[:8] + b"{not json" + b[17:],
-                         "tail": lambda b: b + b"\0\0", "cut": lambda b: b[: len(b) - 10]}.items():
+    for name, mangle in {
+        "short": lambda b: b[:5],
+        "header": lambda b: b[:8] + b"{not json" + b[17:],
+        "tail": lambda b: b + b"\0\0",
+        "cut": lambda b: b[: len(b) - 10],
+    }.items():
         f = tmp_path / f"{name}.safetensors"
         f.write_bytes(mangle(good.read_bytes()))
         with pytest.raises(ArtifactError, match=f.name):
@@ -150,14 +187,22 @@ def _no_model_load(monkeypatch):
     monkeypatch.setattr(loading, "load", refuse)
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["--nsamples", "0"], ["--nsamples must be positive"]),
-    (["--seqlen", "0"], ["--seqlen must be positive"]),
-    (["--seqlen", "100000"], ["--seqlen 100000", "context length of 256"]),
-    (["--calib", "missing-file.txt"], ["missing-file.txt", "does not exist"]),
-])
-@pytest.mark.parametrize("command", [["prune", "drop", "--target", "attn", "--n", "1"],
-                                     ["prune", "sparsify", "--method", "wanda", "--sparsity", "0.5"]])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--nsamples", "0"], ["--nsamples must be positive"]),
+        (["--seqlen", "0"], ["--seqlen must be positive"]),
+        (["--seqlen", "100000"], ["--seqlen 100000", "context length of 256"]),
+        (["--calib", "missing-file.txt"], ["missing-file.txt", "does not exist"]),
+    ],
+)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["prune", "drop", "--target", "attn", "--n", "1"],
+        ["prune", "sparsify", "--method", "wanda", "--sparsity", "0.5"],
+    ],
+)
 def test_cheap_checks_come_before_the_model_loads(dense_dir, tmp_path, monkeypatch, command, args, needles):
     _no_model_load(monkeypatch)
     out = tmp_path / "out"
@@ -169,8 +214,22 @@ def test_cheap_checks_come_before_the_model_loads(dense_dir, tmp_path, monkeypat
 
 def test_drop_count_is_checked_from_the_config(dense_dir, tmp_path, monkeypatch):
     _no_model_load(monkeypatch)
-    res = runner.invoke(app, ["prune", "drop", str(dense_dir), "--target", "attn", "--n", "9",
-                              "--out", str(tmp_path / "o"), "--calib", str(dense_dir.parent / "calib.txt")])
+    res = runner.invoke(
+        app,
+        [
+            "prune",
+            "drop",
+            str(dense_dir),
+            "--target",
+            "attn",
+            "--n",
+            "9",
+            "--out",
+            str(tmp_path / "o"),
+            "--calib",
+            str(dense_dir.parent / "calib.txt"),
+        ],
+    )
     assert res.exit_code == 2 and not (tmp_path / "o").exists()
 
 

@@ -23,7 +23,9 @@ from conftest import need_data, random_text
 def test_local_file_formats(tmp_path, tok):
     (tmp_path / "a.txt").write_text(random_text(300, 1))
     (tmp_path / "b.json").write_text(json.dumps([{"text": random_text(50, 2)}, random_text(60, 3)]))
-    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"text": random_text(40, i)}) for i in range(3)) + "\n")
+    (tmp_path / "c.jsonl").write_text(
+        "\n".join(json.dumps({"text": random_text(40, i)}) for i in range(3)) + "\n"
+    )
     assert len(read_text_file(tmp_path / "a.txt")) == 1
     assert len(read_text_file(tmp_path / "b.json")) == 2
     assert len(read_text_file(tmp_path / "c.jsonl")) == 3
@@ -40,8 +42,14 @@ def test_sampling_is_seeded(tok, tmp_path):
     c = get_calibration(tok, str(tmp_path / "a.txt"), 8, 32, seed=4)
     assert torch.equal(a.input_ids, b.input_ids)
     assert not torch.equal(a.input_ids, c.input_ids)
-    assert a.describe() == {"source": str(tmp_path / "a.txt"), "nsamples": 8, "seqlen": 32, "seed": 3,
-                            "tokens_available": 500, "bos_id": None}
+    assert a.describe() == {
+        "source": str(tmp_path / "a.txt"),
+        "nsamples": 8,
+        "seqlen": 32,
+        "seed": 3,
+        "tokens_available": 500,
+        "bos_id": None,
+    }
 
 
 def test_errors_are_clear(tok, tmp_path):

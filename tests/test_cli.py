@@ -34,32 +34,69 @@ def _common(model_dir):
 def test_help_explains():
     res = runner.invoke(app, ["prune", "drop", "--help"])
     assert res.exit_code == 0
-    for word in ("--target", "--n", "--calib", "--nsamples", "--seqlen", "--seed", "--dtype", "--device", "--overwrite"):
+    for word in (
+        "--target",
+        "--n",
+        "--calib",
+        "--nsamples",
+        "--seqlen",
+        "--seed",
+        "--dtype",
+        "--device",
+        "--overwrite",
+    ):
         assert word in res.output
 
 
 def test_drop_then_info(model_dir, tmp_path):
     out = tmp_path / "drop"
-    res = runner.invoke(app, ["prune", "drop", str(model_dir), "--target", "attn", "--n", "2", "--out", str(out),
-                              *_common(model_dir)])
+    res = runner.invoke(
+        app,
+        [
+            "prune",
+            "drop",
+            str(model_dir),
+            "--target",
+            "attn",
+            "--n",
+            "2",
+            "--out",
+            str(out),
+            *_common(model_dir),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "Drop-2A" in res.output
     plan = json.loads((out / PLAN_FILE).read_text())
-    assert plan["calibration"] == {"source": str(model_dir.parent / "calib.txt"), "nsamples": 4, "seqlen": 16,
-                                   "seed": 0, "tokens_available": 2000, "bos_id": None}
+    assert plan["calibration"] == {
+        "source": str(model_dir.parent / "calib.txt"),
+        "nsamples": 4,
+        "seqlen": 16,
+        "seed": 0,
+        "tokens_available": 2000,
+        "bos_id": None,
+    }
     res = runner.invoke(app, ["info", str(out), "--json"])
     assert res.exit_code == 0, res.output
     info = json.loads(res.stdout)
     assert info["layers"] == 4 and len(info["dropped_attention"]) == 2 and info["plan"]["target"] == "attn"
 
 
-@pytest.mark.parametrize("args", [["--method", "wanda", "--sparsity", "0.5"], ["--method", "sparsegpt", "--pattern", "2:4"],
-                                  ["--method", "magnitude", "--sparsity", "0.3"],
-                                  ["--method", "wanda", "--sparsity", "0.5", "--dense-block-stats"],
-                                  ["--method", "sparsegpt", "--sparsity", "0.5", "--true-sequential"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--method", "wanda", "--sparsity", "0.5"],
+        ["--method", "sparsegpt", "--pattern", "2:4"],
+        ["--method", "magnitude", "--sparsity", "0.3"],
+        ["--method", "wanda", "--sparsity", "0.5", "--dense-block-stats"],
+        ["--method", "sparsegpt", "--sparsity", "0.5", "--true-sequential"],
+    ],
+)
 def test_sparsify(model_dir, tmp_path, args):
     out = tmp_path / "sp"
-    res = runner.invoke(app, ["prune", "sparsify", str(model_dir), *args, "--out", str(out), *_common(model_dir)])
+    res = runner.invoke(
+        app, ["prune", "sparsify", str(model_dir), *args, "--out", str(out), *_common(model_dir)]
+    )
     assert res.exit_code == 0, res.output
     assert (out / "model.safetensors").exists() and (out / PLAN_FILE).exists()
     options = json.loads((out / PLAN_FILE).read_text())["options"]
@@ -68,16 +105,19 @@ def test_sparsify(model_dir, tmp_path, args):
         assert options["true_sequential"] is expected
 
 
-@pytest.mark.parametrize("args,message", [
-    (["prune", "drop", "--target", "attn", "--n", "4"], "n must be between 1 and 3"),
-    (["prune", "drop", "--target", "attn", "--n", "0"], "must be positive"),
-    (["prune", "drop", "--target", "heads", "--n", "1"], "unknown target"),
-    (["prune", "drop", "--target", "mlp", "--n", "1", "--window"], "--window only applies"),
-    (["prune", "sparsify", "--method", "wanda", "--sparsity", "1.0"], "[0, 1)"),
-    (["prune", "sparsify", "--method", "wanda", "--sparsity", "-0.2"], "[0, 1)"),
-    (["prune", "sparsify", "--method", "wanda", "--pattern", "4:4"], "0 < N < M"),
-    (["prune", "sparsify", "--method", "wanda", "--pattern", "2:4", "--sparsity", "0.5"], "exactly one"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["prune", "drop", "--target", "attn", "--n", "4"], "n must be between 1 and 3"),
+        (["prune", "drop", "--target", "attn", "--n", "0"], "must be positive"),
+        (["prune", "drop", "--target", "heads", "--n", "1"], "unknown target"),
+        (["prune", "drop", "--target", "mlp", "--n", "1", "--window"], "--window only applies"),
+        (["prune", "sparsify", "--method", "wanda", "--sparsity", "1.0"], "[0, 1)"),
+        (["prune", "sparsify", "--method", "wanda", "--sparsity", "-0.2"], "[0, 1)"),
+        (["prune", "sparsify", "--method", "wanda", "--pattern", "4:4"], "0 < N < M"),
+        (["prune", "sparsify", "--method", "wanda", "--pattern", "2:4", "--sparsity", "0.5"], "exactly one"),
+    ],
+)
 def test_refusals_exit_2_and_write_nothing(model_dir, tmp_path, args, message):
     out = tmp_path / "out"
     cmd = args[:2] + [str(model_dir)] + args[2:] + ["--out", str(out), *_common(model_dir)]
@@ -91,12 +131,37 @@ def test_existing_output_and_unknown_model(model_dir, tmp_path):
     out = tmp_path / "busy"
     out.mkdir()
     (out / "x").write_text("keep")
-    res = runner.invoke(app, ["prune", "drop", str(model_dir), "--target", "attn", "--n", "1", "--out", str(out),
-                              *_common(model_dir)])
+    res = runner.invoke(
+        app,
+        [
+            "prune",
+            "drop",
+            str(model_dir),
+            "--target",
+            "attn",
+            "--n",
+            "1",
+            "--out",
+            str(out),
+            *_common(model_dir),
+        ],
+    )
     assert res.exit_code == 2 and "--overwrite" in res.output
     assert (out / "x").read_text() == "keep"
-    res = runner.invoke(app, ["prune", "drop", "nobody/nothing-here", "--target", "attn", "--n", "1",
-                              "--out", str(tmp_path / "n")])
+    res = runner.invoke(
+        app,
+        [
+            "prune",
+            "drop",
+            "nobody/nothing-here",
+            "--target",
+            "attn",
+            "--n",
+            "1",
+            "--out",
+            str(tmp_path / "n"),
+        ],
+    )
     assert res.exit_code == 2 and "unknown model" in res.output
     assert not (tmp_path / "n").exists()
 
@@ -104,8 +169,24 @@ def test_existing_output_and_unknown_model(model_dir, tmp_path):
 def test_too_short_calibration_is_refused(model_dir, tmp_path):
     short = tmp_path / "short.txt"
     short.write_text(random_text(5))
-    res = runner.invoke(app, ["prune", "drop", str(model_dir), "--target", "attn", "--n", "1", "--out",
-                              str(tmp_path / "o"), "--calib", str(short), "--seqlen", "16"])
+    res = runner.invoke(
+        app,
+        [
+            "prune",
+            "drop",
+            str(model_dir),
+            "--target",
+            "attn",
+            "--n",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+            "--calib",
+            str(short),
+            "--seqlen",
+            "16",
+        ],
+    )
     assert res.exit_code == 2 and "found 5 tokens" in " ".join(res.output.split())
     assert not (tmp_path / "o").exists()
 
@@ -115,19 +196,42 @@ def test_eval_and_compare(model_dir, tmp_path):
 
     need_data("wikitext2_tokens/test.txt")
     dense, pruned = tmp_path / "e-dense", tmp_path / "e-drop"
-    res = runner.invoke(app, ["eval", str(model_dir), "--tasks", "wikitext2,arc_easy", "--limit", "2",
-                              "--out", str(dense)])
+    res = runner.invoke(
+        app, ["eval", str(model_dir), "--tasks", "wikitext2,arc_easy", "--limit", "2", "--out", str(dense)]
+    )
     assert res.exit_code == 0, res.output
     drop_dir = tmp_path / "drop"
-    assert runner.invoke(app, ["prune", "drop", str(model_dir), "--target", "mlp", "--n", "2", "--out", str(drop_dir),
-                               *_common(model_dir)]).exit_code == 0
-    res = runner.invoke(app, ["eval", str(drop_dir), "--tasks", "wikitext2,arc_easy", "--limit", "2", "--out", str(pruned)])
+    assert (
+        runner.invoke(
+            app,
+            [
+                "prune",
+                "drop",
+                str(model_dir),
+                "--target",
+                "mlp",
+                "--n",
+                "2",
+                "--out",
+                str(drop_dir),
+                *_common(model_dir),
+            ],
+        ).exit_code
+        == 0
+    )
+    res = runner.invoke(
+        app, ["eval", str(drop_dir), "--tasks", "wikitext2,arc_easy", "--limit", "2", "--out", str(pruned)]
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads((pruned / "summary.json").read_text())
     assert summary["model"]["name"] == "Drop-2M" and set(summary["results"]) == {"wikitext2", "arc_easy"}
     assert len((pruned / "tasks" / "arc_easy.jsonl").read_text().splitlines()) == 2
     iv = summary["results"]["arc_easy"]["interval"]
-    assert iv["method"] == "wilson" and iv["n"] == 2 and iv["low"] <= summary["results"]["arc_easy"]["score"] <= iv["high"]
+    assert (
+        iv["method"] == "wilson"
+        and iv["n"] == 2
+        and iv["low"] <= summary["results"]["arc_easy"]["score"] <= iv["high"]
+    )
     ppl = summary["results"]["wikitext2"]
     assert ppl["interval"]["method"] == "bootstrap over windows" and ppl["interval"]["n"] == 2
     assert len((pruned / "tasks" / "wikitext2.jsonl").read_text().splitlines()) == 2  # one record per window

@@ -12,6 +12,7 @@ import warnings
 
 import pytest
 import torch
+from test_multiple_choice import _brute_force, _examples
 
 from prunelens.analysis.trajectories import decode
 from prunelens.evaluate.multiple_choice import evaluate_multiple_choice
@@ -19,13 +20,15 @@ from prunelens.models.adapter import Adapter, drop_sublayer
 from prunelens.models.compat import CACHE_KW, cache_kwargs, module_cache, output_cache
 from prunelens.models.tiny import TINY_FAMILIES, tiny_model
 
-
-from test_multiple_choice import _brute_force, _examples
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # lengths 2..11: a left-padded batch, some prompts longer than the tiny sliding window (8)
-PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], [16, 17], [18, 19, 20, 21, 22], [23, 24, 25, 26, 27, 28, 29, 30, 31]]
+PROMPTS = [
+    [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+    [16, 17],
+    [18, 19, 20, 21, 22],
+    [23, 24, 25, 26, 27, 28, 29, 30, 31],
+]
 
 DROPS = {
     "attn0": ((0, "attn"),),

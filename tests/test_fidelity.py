@@ -43,8 +43,10 @@ def test_rouge_l_hand_example():
 def test_rouge_l_agrees_with_rouge_score_if_installed():
     rs = pytest.importorskip("rouge_score.rouge_scorer")
     scorer = rs.RougeScorer(["rougeL"], use_stemmer=False)
-    for pred, ref in [("the cat was on the mat now", "the cat sat on the mat"),
-                      ("def f(x): return x + 1", "def f(y): return y + 1")]:
+    for pred, ref in [
+        ("the cat was on the mat now", "the cat sat on the mat"),
+        ("def f(x): return x + 1", "def f(y): return y + 1"),
+    ]:
         assert rouge_l(pred, ref) == pytest.approx(scorer.score(ref, pred)["rougeL"].fmeasure)
 
 
@@ -70,8 +72,10 @@ def test_distinct_n():
 
 
 def _recs(texts, **extra):
-    return [{"id": str(i), "prompt": f"p{i}", "text": t, "score": extra.get("scores", [1.0] * len(texts))[i]}
-            for i, t in enumerate(texts)]
+    return [
+        {"id": str(i), "prompt": f"p{i}", "text": t, "score": extra.get("scores", [1.0] * len(texts))[i]}
+        for i, t in enumerate(texts)
+    ]
 
 
 def test_fidelity_rows_and_summary():
@@ -107,9 +111,11 @@ def test_record_tokens_prefers_ids_then_tokenizer(tok):
 
 
 def test_degeneration_summary():
-    recs = [{"text": "a b c d e f", "finish_reason": "eos"},
-            {"text": "z z z z z z z z", "finish_reason": "length"},
-            {"text": "", "finish_reason": "eos"}]
+    recs = [
+        {"text": "a b c d e f", "finish_reason": "eos"},
+        {"text": "z z z z z z z z", "finish_reason": "length"},
+        {"text": "", "finish_reason": "eos"},
+    ]
     d = degeneration(recs, n_rep=4)
     # rep4: 0, (5 positions, 1 distinct -> 4/5), 0
     assert d["rep4_mean"] == pytest.approx((0 + 0.8 + 0) / 3)

@@ -63,9 +63,9 @@ def test_batched_equals_one_by_one(tiny):
     # and the same as a plain unpadded call of model.generate
     ids = tok(prompts[0], return_tensors="pt").input_ids
     ref = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
-    ref = ref[0, ids.shape[1]:].tolist()
+    ref = ref[0, ids.shape[1] :].tolist()
     if tok.eos_token_id in ref:
-        ref = ref[:ref.index(tok.eos_token_id)]
+        ref = ref[: ref.index(tok.eos_token_id)]
     assert batched[0].token_ids == ref
 
 
@@ -96,7 +96,7 @@ def test_stop_strings_truncate_and_end_early(tiny):
         pos = min(p for p in (f.raw_text.find(s) for s in stops) if p > 0)
         assert c.finish_reason == "stop" and c.stop in stops
         assert c.text == f.raw_text[:pos]
-        assert c.token_ids == f.token_ids[:len(c.token_ids)]  # a prefix of the free run
+        assert c.token_ids == f.token_ids[: len(c.token_ids)]  # a prefix of the free run
         assert tok.decode(c.token_ids).startswith(c.text) and len(c.token_ids) < len(f.token_ids)
     assert len(calls) < 16  # generation ended early: every row hit its stop string
     # the backward-compatible wrapper returns stripped strings
@@ -110,8 +110,9 @@ def test_seeded_sampling_is_reproducible(tiny):
     state = torch.random.get_rng_state()
     a = generate_batch(model, tok, prompts, max_new_tokens=10, chat=False, do_sample=True, seed=1)
     b = generate_batch(model, tok, prompts, max_new_tokens=10, chat=False, do_sample=True, seed=1)
-    c = generate_batch(model, tok, prompts, max_new_tokens=10, chat=False, do_sample=True, seed=2,
-                       temperature=5.0)
+    c = generate_batch(
+        model, tok, prompts, max_new_tokens=10, chat=False, do_sample=True, seed=2, temperature=5.0
+    )
     assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is untouched
     assert [g.token_ids for g in a] == [g.token_ids for g in b]
     assert [g.token_ids for g in a] != [g.token_ids for g in c]
@@ -120,8 +121,11 @@ def test_seeded_sampling_is_reproducible(tiny):
 def test_format_prompt_with_and_without_template():
     tok = tiny_tokenizer()
     assert format_prompt(tok, "w1 w2") == "w1 w2"  # no template: raw text
-    msgs = [{"role": "user", "content": "w1"}, {"role": "assistant", "content": "w2"},
-            {"role": "user", "content": "w3"}]
+    msgs = [
+        {"role": "user", "content": "w1"},
+        {"role": "assistant", "content": "w2"},
+        {"role": "user", "content": "w3"},
+    ]
     assert format_prompt(tok, msgs) == "w1\n\nw2\n\nw3"
     tok.chat_template = SIMPLE_TEMPLATE
     assert format_prompt(tok, "w1") == "<s>user w1</s>\n<s>assistant"
@@ -143,23 +147,35 @@ def test_chat_prompts_are_encoded_without_extra_special_tokens(tiny):
 
 
 def _gsm_example():
-    return GenExample(id="t0", prompt="Question: w1?\nAnswer:", target="3", task="gsm8k",
-                      meta={"question": "w1?", "solution": "w2 <<1+2=3>>3\n#### 3"})
+    return GenExample(
+        id="t0",
+        prompt="Question: w1?\nAnswer:",
+        target="3",
+        task="gsm8k",
+        meta={"question": "w1?", "solution": "w2 <<1+2=3>>3\n#### 3"},
+    )
 
 
 def test_prompt_builders():
     ex = _gsm_example()
-    shot = GenExample(id="s0", prompt="Question: q?\nAnswer:", target="1,000", task="gsm8k",
-                      meta={"question": "q?", "solution": "x <<2*500=1000>>1000\n#### 1,000"})
+    shot = GenExample(
+        id="s0",
+        prompt="Question: q?\nAnswer:",
+        target="1,000",
+        task="gsm8k",
+        meta={"question": "q?", "solution": "x <<2*500=1000>>1000\n#### 1,000"},
+    )
     msgs = gsm8k_prompt(ex, [shot], chat=True)
     assert [m["role"] for m in msgs] == ["user", "assistant", "user"]
     assert msgs[1]["content"] == "x 1000\nThe final answer is 1,000" and "w1?" in msgs[2]["content"]
     plain = gsm8k_prompt(ex, [shot], chat=False)
     assert plain == "Question: q?\nAnswer: x <<2*500=1000>>1000\n#### 1,000\n\nQuestion: w1?\nAnswer:"
-    nq = GenExample(id="n", prompt="", target=["Paris"], task="nq_open",
-                    meta={"question": "capital of france"})
+    nq = GenExample(
+        id="n", prompt="", target=["Paris"], task="nq_open", meta={"question": "capital of france"}
+    )
     assert nq_prompt(nq, [nq], chat=False) == (
-        "Answer these questions:\nQ: capital of france?\nA: Paris\nQ: capital of france?\nA:")
+        "Answer these questions:\nQ: capital of france?\nA: Paris\nQ: capital of france?\nA:"
+    )
     assert nq_prompt(nq, chat=True)[-1]["content"].endswith("Question: capital of france?")
 
 
@@ -168,8 +184,12 @@ def test_specs_name_scorers_that_resolve():
     from prunelens.evaluate.generative import GEN_TASKS, TASK_DEFAULTS, resolve_function, score_gsm8k
 
     assert GEN_TASKS == ("gsm8k", "nq_open", "humaneval", "mbpp")
-    assert TASK_DEFAULTS == {"gsm8k": {"max_new_tokens": 256}, "nq_open": {"max_new_tokens": 32},
-                             "humaneval": {"max_new_tokens": 384}, "mbpp": {"max_new_tokens": 384}}
+    assert TASK_DEFAULTS == {
+        "gsm8k": {"max_new_tokens": 256},
+        "nq_open": {"max_new_tokens": 32},
+        "humaneval": {"max_new_tokens": 384},
+        "mbpp": {"max_new_tokens": 384},
+    }
     for t in GEN_TASKS:
         assert callable(resolve_function(TASKS[t].scorer))
     assert resolve_function("prunelens.evaluate.generative:score_gsm8k") is score_gsm8k
@@ -208,8 +228,9 @@ def test_gsm8k_reference_solutions_score_one():
     assert all(s["score"] == 1.0 for s in scored)
     wrong = score_outputs("gsm8k", exs[:5], [f"The answer is {float(e.target) + 1}" for e in exs[:5]])
     assert all(s["score"] == 0.0 for s in wrong)
-    chat_style = score_outputs("gsm8k", exs[:5],
-                               [f"So...\nThe final answer is ${int(e.target):,}." for e in exs[:5]])
+    chat_style = score_outputs(
+        "gsm8k", exs[:5], [f"So...\nThe final answer is ${int(e.target):,}." for e in exs[:5]]
+    )
     assert all(s["score"] == 1.0 for s in chat_style)
 
 
@@ -227,8 +248,9 @@ def test_humaneval_canonical_passes_wrong_fails():
     canon = [e.meta["canonical_solution"] for e in exs]
     assert [s["score"] for s in score_outputs("humaneval", exs, canon)] == [1.0] * 4
     # a chat answer: prose, then the whole function (signature repeated) in a fenced block
-    fenced = [f"Here is the solution:\n```python\n{e.prompt}{e.meta['canonical_solution']}```\nDone."
-              for e in exs]
+    fenced = [
+        f"Here is the solution:\n```python\n{e.prompt}{e.meta['canonical_solution']}```\nDone." for e in exs
+    ]
     scored = score_outputs("humaneval", exs, fenced, chat=True)
     assert [s["score"] for s in scored] == [1.0] * 4 and {s["code_mode"] for s in scored} == {"function"}
     wrong = score_outputs("humaneval", exs, ["    return None\n"] * 4)
@@ -237,6 +259,7 @@ def test_humaneval_canonical_passes_wrong_fails():
     assert broken[0]["score"] == 0.0 and broken[0]["status"] == "error"
     # a completion with trailing junk is cut by the HumanEval stop strings before scoring
     from prunelens.evaluate.answers import truncate_at_stop
+
     junk = canon[0] + "\n\nprint(" + exs[0].meta["entry_point"] + "(1))\nraise SystemExit(1)\n"
     assert score_outputs("humaneval", exs[:1], [truncate_at_stop(junk, HUMANEVAL_STOPS)])[0]["score"] == 1.0
 
@@ -262,16 +285,32 @@ def test_mbpp_canonical_passes_wrong_fails():
 
 def test_evaluate_generative_structure_on_tiny_model(tiny):
     model, tok = tiny
-    exs = [GenExample(id=f"t{i}", prompt=f"Question: {random_text(5, seed=i)}\nAnswer:", target=str(i),
-                      task="gsm8k", meta={"question": random_text(5, seed=i), "solution": f"#### {i}"})
-           for i in range(3)]
+    exs = [
+        GenExample(
+            id=f"t{i}",
+            prompt=f"Question: {random_text(5, seed=i)}\nAnswer:",
+            target=str(i),
+            task="gsm8k",
+            meta={"question": random_text(5, seed=i), "solution": f"#### {i}"},
+        )
+        for i in range(3)
+    ]
     res = evaluate_generative(model, tok, "gsm8k", exs, batch_size=2, max_new_tokens=8)
     assert isinstance(res, TaskResult) and res.kind == "gen" and res.n == 3
     assert res.main_metric == "exact_match"
     assert 0.0 <= res.score <= 1.0 and res.config["chat"] is False and res.config["max_new_tokens"] == 8
     for ex, r in zip(exs, res.records):
-        assert {"id", "prompt", "target", "prediction", "score", "text", "token_ids", "finish_reason",
-                "input_text"} <= set(r)
+        assert {
+            "id",
+            "prompt",
+            "target",
+            "prediction",
+            "score",
+            "text",
+            "token_ids",
+            "finish_reason",
+            "input_text",
+        } <= set(r)
         assert r["id"] == ex.id and r["n_tokens"] <= 8
     assert "degen_rep4_mean" in res.metrics and "generation_s" in res.metrics
     same = fidelity(res, res, tok)

@@ -30,7 +30,11 @@ def test_layers_import_only_downward():
         if mine is None:
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("prunelens."):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.level == 0
+                and (node.module or "").startswith("prunelens.")
+            ):
                 other = _layer(node.module.split(".", 1)[1])
                 if other is not None and ORDER.index(other) > ORDER.index(mine):
                     bad.append(f"{rel}:{node.lineno} ({mine}) imports {node.module} ({other})")

@@ -54,8 +54,11 @@ def _requests(seed: int = 0) -> list[MCExample]:
         choices = [" " + random_text(1 + (i + j) % 3, seed=seed + 50 + 7 * i + j) for j in range(2 + i % 2)]
         exs.append(MCExample(str(i), ctx, choices, 0, "t"))
     exs.append(MCExample("empty", "", [" w5 w6", " w7"], 0, "t"))  # empty context -> BOS
-    exs.append(MCExample("wino", "w1 w2", [" w9 w8", " w9 w8"], 1, "winogrande",
-                         contexts=["w1 w2 w3", "w1 w2 w4 w5"]))
+    exs.append(
+        MCExample(
+            "wino", "w1 w2", [" w9 w8", " w9 w8"], 1, "winogrande", contexts=["w1 w2 w3", "w1 w2 w4 w5"]
+        )
+    )
     return exs
 
 
@@ -76,7 +79,8 @@ def test_loglikelihoods_equal_hflm_on_a_tiny_model(bos):
     tok = tiny_tokenizer()
     if bos:  # a tokenizer that adds BOS by itself (Llama-2/Gemma style)
         tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
-            single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+            single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)]
+        )
     model = tiny_model("llama", seed=3)
     exs = _requests()
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=3)
@@ -97,8 +101,10 @@ def _write_arc(path, n: int = 12) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for i in range(n):
             labels = ["A", "B", "C", "D"][: 3 + i % 2]
-            choices = [{"text": random_text(1 + (i + k) % 3, seed=1000 + 10 * i + k), "label": lab}
-                       for k, lab in enumerate(labels)]
+            choices = [
+                {"text": random_text(1 + (i + k) % 3, seed=1000 + 10 * i + k), "label": lab}
+                for k, lab in enumerate(labels)
+            ]
             stem = random_text(3 + i % 5, seed=900 + i)
             key = labels[i % len(labels)]
             row = {"id": f"q{i}", "question": {"stem": stem, "choices": choices}, "answerKey": key}
@@ -135,20 +141,37 @@ def _write_fixture(name: str, path) -> None:
     rows = []
     for i in range(6):
         if name == "hellaswag":
-            rows.append({"ind": i, "activity_label": random_text(2, seed=10 + i),
-                         "ctx_a": random_text(5, seed=20 + i), "ctx_b": random_text(3, seed=30 + i),
-                         "ctx": "",
-                         "split": "val", "split_type": "indomain", "source_id": f"s{i}", "label": i % 4,
-                         "endings": [random_text(2 + (i + k) % 4, seed=40 + 4 * i + k) for k in range(4)]})
+            rows.append(
+                {
+                    "ind": i,
+                    "activity_label": random_text(2, seed=10 + i),
+                    "ctx_a": random_text(5, seed=20 + i),
+                    "ctx_b": random_text(3, seed=30 + i),
+                    "ctx": "",
+                    "split": "val",
+                    "split_type": "indomain",
+                    "source_id": f"s{i}",
+                    "label": i % 4,
+                    "endings": [random_text(2 + (i + k) % 4, seed=40 + 4 * i + k) for k in range(4)],
+                }
+            )
         else:
             sentence = f"{random_text(4, seed=50 + i)} _ {random_text(3, seed=60 + i)}"
-            rows.append({"qID": f"q{i}", "sentence": sentence, "option1": random_text(1, seed=70 + i),
-                         "option2": random_text(2, seed=80 + i), "answer": str(1 + i % 2)})
+            rows.append(
+                {
+                    "qID": f"q{i}",
+                    "sentence": sentence,
+                    "option1": random_text(1, seed=70 + i),
+                    "option2": random_text(2, seed=80 + i),
+                    "answer": str(1 + i % 2),
+                }
+            )
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-@pytest.mark.parametrize("name, filename",
-                         [("hellaswag", "hellaswag_val.jsonl"), ("winogrande", "dev.jsonl")])
+@pytest.mark.parametrize(
+    "name, filename", [("hellaswag", "hellaswag_val.jsonl"), ("winogrande", "dev.jsonl")]
+)
 def test_local_configs_for_tasks_without_shared_data(tmp_path, name, filename):
     # HellaSwag is not in the shared data and WinoGrande is there as Arrow: check their converters and
     # lm-eval's templates (HellaSwag's preprocessing, WinoGrande's per-choice contexts) on fixtures
@@ -228,14 +251,20 @@ def agreement():
         exs = load_task(name, limit=n, seed=0)
         ours = evaluate_multiple_choice(model, tok, exs, batch_size=16)
         res, secs = lm_runs[name]
-        out[name] = {"ours": ours, "theirs": lm_eval_records(res, f"prunelens_{name}"),
-                     "theirs_metrics": res["results"][f"prunelens_{name}"], "theirs_seconds": secs}
+        out[name] = {
+            "ours": ours,
+            "theirs": lm_eval_records(res, f"prunelens_{name}"),
+            "theirs_metrics": res["results"][f"prunelens_{name}"],
+            "theirs_seconds": secs,
+        }
     print(f"\nagreement on the embedded model ({time.perf_counter() - t0:.0f} s in all)")
     for name, d in out.items():
         m, t = d["ours"].metrics, d["theirs_metrics"]
-        print(f"  {name:9s} n={d['ours'].n:3d}  prunelens acc {m['acc']:.3f} acc_norm {m['acc_norm']:.3f} "
-              f"({d['ours'].seconds:.1f} s) | lm-eval acc {t['acc,none']:.3f} "
-              f"acc_norm {t.get('acc_norm,none', float('nan')):.3f} ({d['theirs_seconds']:.1f} s)")
+        print(
+            f"  {name:9s} n={d['ours'].n:3d}  prunelens acc {m['acc']:.3f} acc_norm {m['acc_norm']:.3f} "
+            f"({d['ours'].seconds:.1f} s) | lm-eval acc {t['acc,none']:.3f} "
+            f"acc_norm {t.get('acc_norm,none', float('nan')):.3f} ({d['theirs_seconds']:.1f} s)"
+        )
     return out
 
 
@@ -280,7 +309,8 @@ def test_perplexity_equals_lm_eval_rolling_loglikelihood_for_a_bos_tokenizer(tmp
     tok = tiny_tokenizer()
     assert bos_prefix(tok) is None
     tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+        single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)]
+    )
     assert bos_prefix(tok) == tok.bos_token_id
     model = tiny_model("gemma", seed=5)
     # add_bos_token=False: lm-eval then tokenises the document bare and prefixes BOS once; by default this
@@ -288,8 +318,9 @@ def test_perplexity_equals_lm_eval_rolling_loglikelihood_for_a_bos_tokenizer(tmp
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=2, max_length=128, add_bos_token=False)
     for seed, words in ((0, 40), (1, 97)):
         doc = random_text(words, seed=seed)
-        ref = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", doc={}, arguments=(doc,), idx=0)],
-                                       disable_tqdm=True)[0]
+        ref = lm.loglikelihood_rolling(
+            [Instance("loglikelihood_rolling", doc={}, arguments=(doc,), idx=0)], disable_tqdm=True
+        )[0]
         stream = token_stream(tok, [doc])
         ours = perplexity(model, stream, seqlen=stream.numel() + 1, bos_id=bos_prefix(tok))
         assert ours.tokens == words

@@ -11,12 +11,21 @@ from torch import nn
 from prunelens.data.calibration import Calibration
 from prunelens.models.adapter import Adapter
 from prunelens.models.tiny import TINY_FAMILIES, tiny_model
+from prunelens.prune import sparsify as sparsify_module
 from prunelens.prune.lockstep import LockstepError, run_in_lockstep
 from prunelens.prune.sparse_math import score_mask, wanda_scores
-from prunelens.prune import sparsify as sparsify_module
-from prunelens.prune.sparsify import (TRUE_SEQUENTIAL_DEFAULT, CalibrationMemoryError, _collect_stats, _run_block,
-                                      _SharedStats, _sparsegpt_group, _zero, capture_block_inputs, linear_groups,
-                                      sparsify)
+from prunelens.prune.sparsify import (
+    TRUE_SEQUENTIAL_DEFAULT,
+    CalibrationMemoryError,
+    _collect_stats,
+    _run_block,
+    _SharedStats,
+    _sparsegpt_group,
+    _zero,
+    capture_block_inputs,
+    linear_groups,
+    sparsify,
+)
 
 IDS = torch.randint(3, 256, (6, 16), generator=torch.Generator().manual_seed(2))
 CAL = Calibration(IDS, "random", 0, IDS.numel())
@@ -44,9 +53,15 @@ def _lockstep(mod, xs, gates, **kw):
     def run(j):
         outs[j] = mod(xs[j])
 
-    run_in_lockstep(run, len(xs), {mod.a: "ab", mod.c: "c"}, members={mod.b: "ab"},
-                    on_arrive=lambda key, x: gates.append(("arrive", key, x.shape[0])),
-                    on_gate=lambda key: gates.append(("gate", key)), **kw)
+    run_in_lockstep(
+        run,
+        len(xs),
+        {mod.a: "ab", mod.c: "c"},
+        members={mod.b: "ab"},
+        on_arrive=lambda key, x: gates.append(("arrive", key, x.shape[0])),
+        on_gate=lambda key: gates.append(("gate", key)),
+        **kw,
+    )
     return outs
 
 
@@ -74,11 +89,18 @@ def test_on_gate_sees_every_batch_and_changes_what_follows():
     def run(j):
         outs[j] = mod(xs[j])
 
-    run_in_lockstep(run, 3, {mod.a: "ab", mod.c: "c"}, on_arrive=arrive,
-                    on_gate=lambda key: getattr(mod, key[0]).weight.data.zero_())
+    run_in_lockstep(
+        run,
+        3,
+        {mod.a: "ab", mod.c: "c"},
+        on_arrive=arrive,
+        on_gate=lambda key: getattr(mod, key[0]).weight.data.zero_(),
+    )
     assert seen == {"ab": 6, "c": 6}
-    for o, x in zip(outs, xs):
-        torch.testing.assert_close(o, mod.c.bias.expand(2, 3))  # a zeroed → relu(bias_a)·b(x); c zeroed → bias
+    for o, _x in zip(outs, xs):
+        torch.testing.assert_close(
+            o, mod.c.bias.expand(2, 3)
+        )  # a zeroed → relu(bias_a)·b(x); c zeroed → bias
 
 
 def test_finish_false_stops_once_the_last_gate_opened():
@@ -114,8 +136,13 @@ def test_an_error_at_a_gate_is_raised_and_calls_outside_the_lockstep_pass_freely
     with pytest.raises(RuntimeError, match="pruning failed"):
         run_in_lockstep(lambda j: mod(xs[j]), 2, {mod.a: "ab"}, on_arrive=lambda k, x: None, on_gate=gate)
     arrived = []
-    run_in_lockstep(lambda j: mod(xs[j]), 1, {mod.a: "ab"}, on_arrive=lambda k, x: arrived.append(k),
-                    on_gate=lambda k: mod(xs[1]))  # the gate's own call of the module is not gated
+    run_in_lockstep(
+        lambda j: mod(xs[j]),
+        1,
+        {mod.a: "ab"},
+        on_arrive=lambda k, x: arrived.append(k),
+        on_gate=lambda k: mod(xs[1]),
+    )  # the gate's own call of the module is not gated
     assert arrived == ["ab"]
 
 
@@ -131,10 +158,17 @@ def test_batches_on_different_paths_are_refused():
     mod = Branchy()
     xs = [torch.ones(1, 4), -torch.ones(1, 4)]
     with pytest.raises(LockstepError, match="different paths"):
-        run_in_lockstep(lambda j: mod(xs[j]), 2, {mod.left: "L", mod.right: "R"}, on_arrive=lambda k, x: None,
-                        on_gate=lambda k: None)
+        run_in_lockstep(
+            lambda j: mod(xs[j]),
+            2,
+            {mod.left: "L", mod.right: "R"},
+            on_arrive=lambda k, x: None,
+            on_gate=lambda k: None,
+        )
     with pytest.raises(LockstepError, match="different paths"):  # one batch never reaches the gate
-        run_in_lockstep(lambda j: mod(xs[j]), 2, {mod.left: "L"}, on_arrive=lambda k, x: None, on_gate=lambda k: None)
+        run_in_lockstep(
+            lambda j: mod(xs[j]), 2, {mod.left: "L"}, on_arrive=lambda k, x: None, on_gate=lambda k: None
+        )
 
 
 def test_a_member_reading_another_tensor_is_refused():
@@ -148,8 +182,14 @@ def test_a_member_reading_another_tensor_is_refused():
 
     mod = TwoInputs()
     with pytest.raises(LockstepError, match="does not read the tensor"):
-        run_in_lockstep(lambda j: mod(torch.ones(1, 4)), 2, {mod.a: "ab"}, members={mod.b: "ab"},
-                        on_arrive=lambda k, x: None, on_gate=lambda k: None)
+        run_in_lockstep(
+            lambda j: mod(torch.ones(1, 4)),
+            2,
+            {mod.a: "ab"},
+            members={mod.b: "ab"},
+            on_arrive=lambda k, x: None,
+            on_gate=lambda k: None,
+        )
 
 
 def _group_by_group(model, method):
@@ -167,7 +207,10 @@ def _group_by_group(model, method):
                 if method == "wanda":
                     for n in names:
                         w = linears[n].weight
-                        _zero(w, score_mask(wanda_scores(w, stats[owner].sq), sparsity=0.5, nm=None, per_row=True))
+                        _zero(
+                            w,
+                            score_mask(wanda_scores(w, stats[owner].sq), sparsity=0.5, nm=None, per_row=True),
+                        )
                 else:
                     _sparsegpt_group([linears[n].weight for n in names], stats[owner].H, 0.5, None, 128, 0.01)
             _run_block(block, inps, outs, kwargs[i], 4)
@@ -209,16 +252,26 @@ def test_each_method_has_its_own_default(method):
     assert TRUE_SEQUENTIAL_DEFAULT == {"wanda": True, "sparsegpt": False}
 
 
-@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory"),
-                                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.cuda.OutOfMemoryError("CUDA out of memory"),
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB"),
+    ],
+)
 def test_running_out_of_memory_says_what_to_change(monkeypatch, error):
     def fail(*args, **kwargs):
         raise error
 
     monkeypatch.setattr(sparsify_module, "run_in_lockstep", fail)
-    with pytest.raises(CalibrationMemoryError, match="true_sequential=False.*--dense-block-stats.*6 calibration windows"
-                       "|6 calibration windows.*true_sequential=False"):
+    with pytest.raises(
+        CalibrationMemoryError,
+        match="true_sequential=False.*--dense-block-stats.*6 calibration windows"
+        "|6 calibration windows.*true_sequential=False",
+    ):
         sparsify(tiny_model("llama"), CAL, method="wanda", sparsity=0.5, batch_size=4, true_sequential=True)
-    monkeypatch.setattr(sparsify_module, "run_in_lockstep", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("other")))
+    monkeypatch.setattr(
+        sparsify_module, "run_in_lockstep", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("other"))
+    )
     with pytest.raises(RuntimeError, match="^other$"):
         sparsify(tiny_model("llama"), CAL, method="wanda", sparsity=0.5, batch_size=4, true_sequential=True)

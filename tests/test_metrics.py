@@ -141,20 +141,42 @@ def test_geometry_vs_reference(dt):
     check(dec.par, per_vector(lambda a, d: r_decomp(a, d)[0], xn, dxn), dt)
     check(dec.perp, per_vector(lambda a, d: r_decomp(a, d)[1], xn, dxn), dt)
     check(dec.alpha, per_vector(lambda a, d: r_decomp(a, d)[2], xn, dxn), dt)
-    check(M.theorem1_estimate(x, y),
-          per_vector(lambda a, b: np.dot(r_decomp(a, b - a)[1], r_decomp(a, b - a)[1]) / (2 * np.dot(a, a)),
-                     xn, yn), dt)
+    check(
+        M.theorem1_estimate(x, y),
+        per_vector(
+            lambda a, b: np.dot(r_decomp(a, b - a)[1], r_decomp(a, b - a)[1]) / (2 * np.dot(a, a)), xn, yn
+        ),
+        dt,
+    )
 
     def ref_stats(a, b):
         par, perp, alpha = r_decomp(a, b - a)
         na = math.sqrt(np.dot(a, a))
         c = r_cos(a, b)
         t1 = np.dot(perp, perp) / (2 * na * na)
-        return [c, 1 - c, np.linalg.norm(b - a) / na, np.linalg.norm(par) / na, np.linalg.norm(perp) / na,
-                np.linalg.norm(par) / np.linalg.norm(perp), alpha, t1, t1 / (1 - c)]
+        return [
+            c,
+            1 - c,
+            np.linalg.norm(b - a) / na,
+            np.linalg.norm(par) / na,
+            np.linalg.norm(perp) / na,
+            np.linalg.norm(par) / np.linalg.norm(perp),
+            alpha,
+            t1,
+            t1 / (1 - c),
+        ]
 
-    keys = ["cos", "one_minus_cos", "rel_norm", "rel_par", "rel_perp", "par_perp_ratio", "alpha",
-            "theorem1", "theorem1_ratio"]
+    keys = [
+        "cos",
+        "one_minus_cos",
+        "rel_norm",
+        "rel_par",
+        "rel_perp",
+        "par_perp_ratio",
+        "alpha",
+        "theorem1",
+        "theorem1_ratio",
+    ]
     stats = M.perturbation_stats(x, y)
     assert list(stats) == keys
     ref = per_vector(ref_stats, xn, yn)
@@ -172,18 +194,28 @@ def test_probability_space_vs_reference(dt, T):
     z, y, zn, yn = pair(dt, scale=2.0)
     check(M.log_probs(z, T), per_vector(lambda a: r_logsoftmax(a, T), zn), dt)
     check(M.probs(z, T), per_vector(lambda a: r_softmax(a, T), zn), dt)
-    check(M.prob_cosine(z, y, T),
-          per_vector(lambda a, b: r_cos(r_softmax(a, T), r_softmax(b, T)), zn, yn), dt)
-    check(M.prob_one_minus_cos(z, y, T),
-          per_vector(lambda a, b: 1 - r_cos(r_softmax(a, T), r_softmax(b, T)), zn, yn), dt)
+    check(
+        M.prob_cosine(z, y, T), per_vector(lambda a, b: r_cos(r_softmax(a, T), r_softmax(b, T)), zn, yn), dt
+    )
+    check(
+        M.prob_one_minus_cos(z, y, T),
+        per_vector(lambda a, b: 1 - r_cos(r_softmax(a, T), r_softmax(b, T)), zn, yn),
+        dt,
+    )
     check(M.kl(z, y, T), per_vector(lambda a, b: r_kl(a, b, T), zn, yn), dt)
     check(M.reverse_kl(z, y, T), per_vector(lambda a, b: r_kl(b, a, T), zn, yn), dt)
     check(M.theorem2_weights(z, T), per_vector(lambda a: r_r(a, T), zn), dt)
     check(M.topk_weights(z, 5, T), per_vector(lambda a: r_topk_w(a, 5, T), zn), dt)
-    check(M.theorem2_estimate(z, y, T),
-          per_vector(lambda a, b: r_wvar(b - a, r_r(a, T)) / (2 * T * T), zn, yn), dt)
-    check(M.theorem3_estimate(z, y, T),
-          per_vector(lambda a, b: r_wvar(b - a, r_softmax(a, T)) / (2 * T * T), zn, yn), dt)
+    check(
+        M.theorem2_estimate(z, y, T),
+        per_vector(lambda a, b: r_wvar(b - a, r_r(a, T)) / (2 * T * T), zn, yn),
+        dt,
+    )
+    check(
+        M.theorem3_estimate(z, y, T),
+        per_vector(lambda a, b: r_wvar(b - a, r_softmax(a, T)) / (2 * T * T), zn, yn),
+        dt,
+    )
 
     def ref_split(a, b):
         r = r_r(a, T)
@@ -197,8 +229,13 @@ def test_probability_space_vs_reference(dt, T):
 
     def ref_vars(a, b):
         d = b - a
-        return [r_wvar(d, r_softmax(a, T)), r_wvar(d, r_r(a, T)), r_wvar(d, np.ones_like(d)),
-                r_wvar(d, r_topk_w(a, 5, T)), r_wvar(d, r_topk_w(a, 10, T))]
+        return [
+            r_wvar(d, r_softmax(a, T)),
+            r_wvar(d, r_r(a, T)),
+            r_wvar(d, np.ones_like(d)),
+            r_wvar(d, r_topk_w(a, 5, T)),
+            r_wvar(d, r_topk_w(a, 10, T)),
+        ]
 
     var = M.dz_variances(z, y, T)
     ref = per_vector(ref_vars, zn, yn)
@@ -220,28 +257,34 @@ def test_weighted_moments_vs_reference(dt):
     xi[..., 0], xi[..., 1] = math.inf, math.nan
     wz = w.clone().double()
     wz[..., :2] = 0
-    check(M.weighted_var(xi, wz).to(out_dtype(dt)),
-          per_vector(lambda a, c: r_wvar(a[2:], c[2:]), xn, wn), dt)
+    check(M.weighted_var(xi, wz).to(out_dtype(dt)), per_vector(lambda a, c: r_wvar(a[2:], c[2:]), xn, wn), dt)
     # broadcast weights: uniform
-    check(M.weighted_var(x, torch.ones(V, dtype=dt)),
-          per_vector(lambda a: r_wvar(a, np.ones_like(a)), xn), dt)
+    check(
+        M.weighted_var(x, torch.ones(V, dtype=dt)), per_vector(lambda a: r_wvar(a, np.ones_like(a)), xn), dt
+    )
 
 
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("k", [1, 3, 10])
 def test_top_tokens_vs_reference(dt, k):
     z, y, zn, yn = distinct_pair(dt, seed=k)
-    check(M.topk_overlap(z, y, k),
-          per_vector(lambda a, b: len(set(r_topk(a, k)) & set(r_topk(b, k))) / k, zn, yn), dt)
+    check(
+        M.topk_overlap(z, y, k),
+        per_vector(lambda a, b: len(set(r_topk(a, k)) & set(r_topk(b, k))) / k, zn, yn),
+        dt,
+    )
     check(M.top1_match(z, y), per_vector(lambda a, b: float(np.argmax(a) == np.argmax(b)), zn, yn), dt)
     r0, r1 = M.topk_ranks(z, y, k)
     assert r0.dtype == r1.dtype == torch.long and r0.shape == (*LEAD, k)
     np.testing.assert_array_equal(r0.numpy(), per_vector(lambda a: [r_rank(a, i) for i in r_topk(a, k)], zn))
     np.testing.assert_array_equal(
-        r1.numpy(), per_vector(lambda a, b: [r_rank(b, i) for i in r_topk(a, k)], zn, yn))
-    check(M.rank_shift(z, y, k),
-          per_vector(lambda a, b: np.mean([abs(r_rank(b, i) - r_rank(a, i)) for i in r_topk(a, k)]),
-                     zn, yn), dt)
+        r1.numpy(), per_vector(lambda a, b: [r_rank(b, i) for i in r_topk(a, k)], zn, yn)
+    )
+    check(
+        M.rank_shift(z, y, k),
+        per_vector(lambda a, b: np.mean([abs(r_rank(b, i) - r_rank(a, i)) for i in r_topk(a, k)]), zn, yn),
+        dt,
+    )
 
 
 def test_topk_ranks_with_ties():
@@ -346,8 +389,11 @@ def test_kl_small_perturbation_float32():
     y = z + 1e-3 * torch.randn(100, 500, generator=g)
     ref = M.kl(z.double(), y.double(), 1.0).numpy()
     np.testing.assert_allclose(M.kl(z, y, 1.0).double().numpy(), ref, rtol=5e-3)  # naive Σp·Δlogp: ~1
-    np.testing.assert_allclose(M.prob_one_minus_cos(z, y).double().numpy(),
-                               M.prob_one_minus_cos(z.double(), y.double()).numpy(), rtol=5e-3)
+    np.testing.assert_allclose(
+        M.prob_one_minus_cos(z, y).double().numpy(),
+        M.prob_one_minus_cos(z.double(), y.double()).numpy(),
+        rtol=5e-3,
+    )
 
 
 def test_kl_nonnegative_and_zero():
@@ -365,8 +411,9 @@ def test_kl_extreme_logits():
     z = torch.tensor([0.0, -100.0])
     y = torch.tensor([0.0, 0.0])
     assert math.isclose(M.kl(z, y).item(), math.log(2), rel_tol=1e-6)
-    assert math.isclose(M.reverse_kl(z, y).item(), 0.5 * math.log(0.5 / 1.0) + 0.5 * (100 + math.log(0.5)),
-                        rel_tol=1e-5)
+    assert math.isclose(
+        M.reverse_kl(z, y).item(), 0.5 * math.log(0.5 / 1.0) + 0.5 * (100 + math.log(0.5)), rel_tol=1e-5
+    )
     # masked vocabulary (−inf) in both: contributes nothing
     zm = torch.tensor([1.0, 2.0, -math.inf])
     ym = torch.tensor([1.5, 2.0, -math.inf])
@@ -407,8 +454,10 @@ def test_shift_invariance(dt):
         lambda a, b: M.theorem3_estimate(a, b, T),
         lambda a, b: M.theorem2_weights(a, T),
         lambda a, b: M.topk_weights(a, 5, T),
-        *[(lambda key: lambda a, b: M.dz_variances(a, b, T)[key])(k)
-          for k in ("var_p", "var_r", "var_uniform", "var_top5", "var_top10")],
+        *[
+            (lambda key: lambda a, b: M.dz_variances(a, b, T)[key])(k)
+            for k in ("var_p", "var_r", "var_uniform", "var_top5", "var_top10")
+        ],
         lambda a, b: M.theorem2_split(a, b, T)["var_r"],
     ]
     for fn in fns:
@@ -439,11 +488,18 @@ def test_var_r_split_sums():
 def test_bad_temperature(T):
     z, y, _, _ = pair(torch.float32)
     calls = [
-        lambda: M.probs(z, T), lambda: M.log_probs(z, T), lambda: M.prob_cosine(z, y, T),
-        lambda: M.prob_one_minus_cos(z, y, T), lambda: M.kl(z, y, T), lambda: M.reverse_kl(z, y, T),
-        lambda: M.theorem2_weights(z, T), lambda: M.topk_weights(z, 3, T),
-        lambda: M.theorem2_estimate(z, y, T), lambda: M.theorem2_split(z, y, T),
-        lambda: M.theorem3_estimate(z, y, T), lambda: M.dz_variances(z, y, T),
+        lambda: M.probs(z, T),
+        lambda: M.log_probs(z, T),
+        lambda: M.prob_cosine(z, y, T),
+        lambda: M.prob_one_minus_cos(z, y, T),
+        lambda: M.kl(z, y, T),
+        lambda: M.reverse_kl(z, y, T),
+        lambda: M.theorem2_weights(z, T),
+        lambda: M.topk_weights(z, 3, T),
+        lambda: M.theorem2_estimate(z, y, T),
+        lambda: M.theorem2_split(z, y, T),
+        lambda: M.theorem3_estimate(z, y, T),
+        lambda: M.dz_variances(z, y, T),
         lambda: M.logit_space_stats(z, y, T),
     ]
     for call in calls:
@@ -565,8 +621,9 @@ def _std_direction(u, w):
 
 
 @TAYLOR
-@given(seed=st.integers(0, 2**31 - 1), n=st.integers(3, 64), zscale=st.floats(0.1, 2.0),
-       T=st.floats(0.5, 2.0))
+@given(
+    seed=st.integers(0, 2**31 - 1), n=st.integers(3, 64), zscale=st.floats(0.1, 2.0), T=st.floats(0.5, 2.0)
+)
 def test_theorem2_taylor(seed, n, zscale, T):
     z, u = _logit_case(seed, n, zscale)
     r = M.theorem2_weights(z, T)
@@ -582,8 +639,9 @@ def test_theorem2_taylor(seed, n, zscale, T):
 
 
 @TAYLOR
-@given(seed=st.integers(0, 2**31 - 1), n=st.integers(3, 64), zscale=st.floats(0.1, 2.0),
-       T=st.floats(0.5, 2.0))
+@given(
+    seed=st.integers(0, 2**31 - 1), n=st.integers(3, 64), zscale=st.floats(0.1, 2.0), T=st.floats(0.5, 2.0)
+)
 def test_theorem3_taylor(seed, n, zscale, T):
     z, u = _logit_case(seed, n, zscale)
     p = M.probs(z, T)

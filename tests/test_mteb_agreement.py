@@ -15,7 +15,6 @@ Two comparisons:
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -26,11 +25,11 @@ from prunelens.models.embedder_loading import load_embedder
 from conftest import need_data, need_minilm, need_package
 
 
-
 @pytest.fixture(scope="module", autouse=True)
 def _packages():
     for name in ("mteb", "sentence_transformers", "pytrec_eval"):
         need_package(name)
+
 
 # MTEB's own deprecation notices about sentence-transformers 6 (not ours to fix)
 pytestmark = pytest.mark.filterwarnings(
@@ -84,8 +83,13 @@ def test_mteb_scores_our_embeddings_identically(beir_folder, ours):
     n_before = emb.encoded
     scores = mteb_evaluate(emb, beir_folder, batch_size=32)
     assert emb.encoded == n_before, "MTEB asked for texts we did not encode (different document strings)"
-    for mine, theirs in [("ndcg@10", "ndcg_at_10"), ("ndcg@1", "ndcg_at_1"), ("recall@100", "recall_at_100"),
-                         ("recall@10", "recall_at_10"), ("mrr@10", "mrr_at_10")]:
+    for mine, theirs in [
+        ("ndcg@10", "ndcg_at_10"),
+        ("ndcg@1", "ndcg_at_1"),
+        ("recall@100", "recall_at_100"),
+        ("recall@10", "recall_at_10"),
+        ("mrr@10", "mrr_at_10"),
+    ]:
         assert result.metrics[mine] == pytest.approx(scores[theirs], abs=1e-4), mine
     assert scores["main_score"] == pytest.approx(result.score, abs=1e-4)
 
@@ -95,8 +99,10 @@ def test_ndcg_agrees_with_mteb_sentence_transformers(beir_folder, ours):
     _, result = ours
     st = st_mod.SentenceTransformer(str(need_minilm()), device="cpu", local_files_only=True)
     scores = mteb_evaluate(st, beir_folder, batch_size=32)
-    print(f"\nnDCG@10 prunelens {result.metrics['ndcg@10']:.5f} vs MTEB {scores['ndcg_at_10']:.5f}; "
-          f"Recall@100 {result.metrics['recall@100']:.5f} vs {scores['recall_at_100']:.5f}")
+    print(
+        f"\nnDCG@10 prunelens {result.metrics['ndcg@10']:.5f} vs MTEB {scores['ndcg_at_10']:.5f}; "
+        f"Recall@100 {result.metrics['recall@100']:.5f} vs {scores['recall_at_100']:.5f}"
+    )
     assert abs(result.metrics["ndcg@10"] - scores["ndcg_at_10"]) <= TOL
     assert abs(result.metrics["recall@100"] - scores["recall_at_100"]) <= TOL
     assert abs(result.metrics["mrr@10"] - scores["mrr_at_10"]) <= TOL

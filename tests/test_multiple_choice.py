@@ -38,8 +38,16 @@ def _winogrande_like(n: int = 4) -> list[MCExample]:
         prefix = random_text(4 + i, seed=300 + i)
         opts = [random_text(1, seed=400 + 2 * i), random_text(2, seed=401 + 2 * i)]
         cont = " " + random_text(3 + i, seed=500 + i)
-        out.append(MCExample(f"w{i}", prefix, [cont, cont], label=i % 2, task="winogrande",
-                             contexts=[prefix + " " + o for o in opts]))
+        out.append(
+            MCExample(
+                f"w{i}",
+                prefix,
+                [cont, cont],
+                label=i % 2,
+                task="winogrande",
+                contexts=[prefix + " " + o for o in opts],
+            )
+        )
     return out
 
 
@@ -51,7 +59,7 @@ def _brute_force(model, tok, ex: MCExample, max_length: int | None = None) -> li
         c, k = encode_pair(tok, ctx, cont)
         seq = c + k
         if max_length is not None:
-            seq = seq[-(max_length + 1):]
+            seq = seq[-(max_length + 1) :]
         logp = model(torch.tensor([seq[:-1]])).logits[0].float().log_softmax(-1)
         n = len(seq) - 1
         out.append(sum(float(logp[n - len(k) + j, t]) for j, t in enumerate(k)))
@@ -172,8 +180,16 @@ def test_metrics_are_means_of_record_decisions(llama, tok):
         assert (rec["prediction"], rec["prediction_norm"]) == (pred, pred_norm)
         assert rec["acc"] == float(pred == ex.label) and rec["acc_norm"] == float(pred_norm == ex.label)
         assert rec["score"] == rec["acc_norm"] and rec["target"] == ex.label
-        assert set(rec) >= {"id", "prompt", "choices", "target", "prediction", "prediction_norm", "logprobs",
-                            "score"}
+        assert set(rec) >= {
+            "id",
+            "prompt",
+            "choices",
+            "target",
+            "prediction",
+            "prediction_norm",
+            "logprobs",
+            "score",
+        }
     assert res.metrics["acc"] == pytest.approx(sum(r["acc"] for r in res.records) / 8)
     assert res.metrics["acc_norm"] == pytest.approx(sum(r["acc_norm"] for r in res.records) / 8)
     assert res.score == res.metrics["acc_norm"]
@@ -225,7 +241,8 @@ def test_encode_pair_follows_lm_eval():
     # a string that already starts with the BOS text gets no second one
     bos = tiny_tokenizer()
     bos.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", bos.bos_token_id)])
+        single="<s> $A", special_tokens=[("<s>", bos.bos_token_id)]
+    )
     assert encode_pair(bos, "w1", " w2") == ([bos.bos_token_id, ids("w1")], [ids("w2")])
     assert encode_pair(bos, "<s> w1", " w2") == ([bos.bos_token_id, ids("w1")], [ids("w2")])
     # add_bos_token=True asks for the tokenizer's special tokens: this one has no template, so none

@@ -21,8 +21,12 @@ IDS = torch.randint(3, 256, (4, 16), generator=torch.Generator().manual_seed(0))
 def offloaded(tmp_path):
     dense = tiny_model("llama")
     dense.save_pretrained(tmp_path / "m")
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m", device_map="auto", max_memory={"cpu": "100KB"},
-                                                 offload_folder=str(tmp_path / "offload"))
+    model = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "m",
+        device_map="auto",
+        max_memory={"cpu": "100KB"},
+        offload_folder=str(tmp_path / "offload"),
+    )
     return dense, model.eval()
 
 

@@ -91,6 +91,10 @@ def test_drop_8_attention_real(dense, calib, tmp_path):
     ids = tok("Question: what is 12 plus 30?\nAnswer:", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, pruned(ids).logits)
-        cached = loaded.generate(ids, max_new_tokens=16, do_sample=False, use_cache=True, pad_token_id=tok.pad_token_id)
-        uncached = loaded.generate(ids, max_new_tokens=16, do_sample=False, use_cache=False, pad_token_id=tok.pad_token_id)
+        cached = loaded.generate(
+            ids, max_new_tokens=16, do_sample=False, use_cache=True, pad_token_id=tok.pad_token_id
+        )
+        uncached = loaded.generate(
+            ids, max_new_tokens=16, do_sample=False, use_cache=False, pad_token_id=tok.pad_token_id
+        )
     assert torch.equal(cached, uncached)

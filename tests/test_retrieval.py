@@ -15,6 +15,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
+from prunelens.data.calibration import encoder_calibration
 from prunelens.data.tasks import RetrievalData, load_task, write_beir
 from prunelens.evaluate.retrieval import (
     cosine_scores,
@@ -29,16 +30,21 @@ from prunelens.evaluate.retrieval import (
     subsample,
 )
 from prunelens.models.adapter import param_count
-from prunelens.data.calibration import encoder_calibration
 from prunelens.models.embedders import DecoderEmbedder, SentenceTransformerEmbedder, TransformerEmbedder, pool
-from prunelens.models.encoder_adapter import DroppedEncoderAttention, DroppedEncoderOutput, DroppedIntermediate, EncoderAdapter, apply_encoder_plan, drop_encoder_sublayer
-from prunelens.prune.encoder_drop import drop_encoder, encoder_similarities, prune_embedder
+from prunelens.models.encoder_adapter import (
+    DroppedEncoderAttention,
+    DroppedEncoderOutput,
+    DroppedIntermediate,
+    EncoderAdapter,
+    apply_encoder_plan,
+    drop_encoder_sublayer,
+)
 from prunelens.models.tiny import tiny_model
-from prunelens.prune.drop import PruneConfigError
 from prunelens.plan import PrunePlan
+from prunelens.prune.drop import PruneConfigError
+from prunelens.prune.encoder_drop import drop_encoder, encoder_similarities, prune_embedder
 
 from conftest import need_data, need_minilm, tiny_tokenizer
-
 
 # --------------------------------------------------------------------------------------------------
 # Metrics
@@ -50,7 +56,9 @@ def test_ndcg_graded_relevance_hand_computed():
     # linear gains (trec_eval): DCG = 1/log2(2) + 0 + 0 + 2/log2(5); ideal gains 2, 1, 1
     expected = (1 + 2 / math.log2(5)) / (2 + 1 / math.log2(3) + 1 / math.log2(4))
     assert ndcg_at_k(ranking, qrels, 10) == pytest.approx(expected, abs=1e-12)
-    assert ndcg_at_k(ranking, qrels, 10) == pytest.approx(0.5945049115278096, abs=1e-12)  # pytrec_eval's value
+    assert ndcg_at_k(ranking, qrels, 10) == pytest.approx(
+        0.5945049115278096, abs=1e-12
+    )  # pytrec_eval's value
     # cut at k: only rank 1 counts; ideal@1 is the top gain (2)
     assert ndcg_at_k(ranking, qrels, 1) == pytest.approx(1 / 2)
     assert ndcg_at_k(["a", "z", "b"], qrels, 3) == pytest.approx(1.0)
@@ -58,7 +66,9 @@ def test_ndcg_graded_relevance_hand_computed():
 
 
 def test_ndcg_negative_and_missing_relevance():
-    assert ndcg_at_k(["a", "b"], {"a": -1, "b": 1}, 10) == pytest.approx(1 / math.log2(3))  # negative = gain 0
+    assert ndcg_at_k(["a", "b"], {"a": -1, "b": 1}, 10) == pytest.approx(
+        1 / math.log2(3)
+    )  # negative = gain 0
     assert ndcg_at_k(["a", "b"], {"a": 0}, 10) == 0.0  # no relevant document
     assert ndcg_at_k([f"d{i}" for i in range(20)], {"d10": 1}, 10) == 0.0  # first relevant at rank 11
 
@@ -151,14 +161,15 @@ def test_doc_text_follows_mteb():
 
 
 def test_pool_hand_computed():
-    h = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [9.0, 9.0]],
-                      [[9.0, 9.0], [2.0, 4.0], [4.0, 0.0]]])
+    h = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [9.0, 9.0]], [[9.0, 9.0], [2.0, 4.0], [4.0, 0.0]]])
     right = torch.tensor([[1, 1, 0], [0, 1, 1]])  # row 0 right-padded, row 1 left-padded
     torch.testing.assert_close(pool(h, right, "mean"), torch.tensor([[2.0, 1.0], [3.0, 2.0]]))
     torch.testing.assert_close(pool(h, right, "max"), torch.tensor([[3.0, 2.0], [4.0, 4.0]]))
     torch.testing.assert_close(pool(h, right, "last"), torch.tensor([[3.0, 2.0], [4.0, 0.0]]))
     torch.testing.assert_close(pool(h, right, "cls"), h[:, 0])
-    torch.testing.assert_close(pool(h, right, "mean_sqrt_len"), torch.tensor([[4.0, 2.0], [6.0, 4.0]]) / math.sqrt(2))
+    torch.testing.assert_close(
+        pool(h, right, "mean_sqrt_len"), torch.tensor([[4.0, 2.0], [6.0, 4.0]]) / math.sqrt(2)
+    )
     with pytest.raises(ValueError):
         pool(h, right, "nope")
 
@@ -170,8 +181,9 @@ TEXTS = ["w1 w2 w3 w4 w5 w6 w7", "w8", "w9 w10 w11", "w12 w13 w14 w15 w16"]
 @pytest.mark.parametrize("pooling", ["last", "mean"])
 def test_decoder_embedder_padding_equals_unpadded(padding_side, pooling):
     """A batch with padding (either side) embeds each text exactly as it embeds alone."""
-    emb = DecoderEmbedder(tiny_model("llama"), tiny_tokenizer(), pooling=pooling, padding_side=padding_side,
-                          batch_size=4)
+    emb = DecoderEmbedder(
+        tiny_model("llama"), tiny_tokenizer(), pooling=pooling, padding_side=padding_side, batch_size=4
+    )
     batched = emb.encode(TEXTS)
     alone = torch.cat([emb.encode([t]) for t in TEXTS])
     torch.testing.assert_close(batched, alone, rtol=0, atol=2e-6)
@@ -199,9 +211,18 @@ def test_decoder_embedder_last_token_is_eos_and_instruction_prefix():
 
 def tiny_bert(family: str = "bert", seed: int = 0, layers: int = 4):
     torch.manual_seed(seed)
-    cfg = AutoConfig.for_model(family, vocab_size=256, hidden_size=32, num_hidden_layers=layers,
-                               num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
-                               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=2)
+    cfg = AutoConfig.for_model(
+        family,
+        vocab_size=256,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=2,
+    )
     return AutoModel.from_config(cfg, add_pooling_layer=False).eval()
 
 
@@ -230,7 +251,9 @@ def _unit_params(model, layer, kind):
     if kind == "attn":
         return sum(p.numel() for p in ad.unit(layer, "attn").parameters())
     blk = ad.layers[layer]
-    return sum(p.numel() for p in blk.intermediate.parameters()) + sum(p.numel() for p in blk.output.parameters())
+    return sum(p.numel() for p in blk.intermediate.parameters()) + sum(
+        p.numel() for p in blk.output.parameters()
+    )
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta"])
@@ -305,7 +328,9 @@ def test_encoder_similarities_match_hidden_states():
             g = blk.attention(hs[layer])[0]
         assert sims.attn[layer] == pytest.approx(float(cos(hs[layer], g, dim=-1).mean()), abs=1e-5)
         assert sims.mlp[layer] == pytest.approx(float(cos(g, hs[layer + 1], dim=-1).mean()), abs=1e-5)
-        assert sims.block[layer] == pytest.approx(float(cos(hs[layer], hs[layer + 1], dim=-1).mean()), abs=1e-5)
+        assert sims.block[layer] == pytest.approx(
+            float(cos(hs[layer], hs[layer + 1], dim=-1).mean()), abs=1e-5
+        )
     assert sims.tokens == IDS.numel()
     drop_encoder_sublayer(model, 0, "mlp")
     again = encoder_similarities(model, IDS)
@@ -336,7 +361,9 @@ def test_drop_encoder_plan_and_replay(target, mode):
     sims = encoder_similarities(dense, IDS)
     plan = drop_encoder(model, IDS, target=target, n=2, mode=mode)
     kinds = ("attn", "mlp") if target == "joint" else (target,)
-    cands = sorted(((getattr(sims, k)[i], i, k) for k in kinds for i in range(4)), key=lambda c: (-c[0], c[1], c[2]))
+    cands = sorted(
+        ((getattr(sims, k)[i], i, k) for k in kinds for i in range(4)), key=lambda c: (-c[0], c[1], c[2])
+    )
     assert {(d["layer"], d["sublayer"]) for d in plan.dropped_sublayers} == {(i, k) for _, i, k in cands[:2]}
     assert plan.params_after < plan.params_before == param_count(dense)
     assert plan.params_after == param_count(model)
@@ -419,8 +446,12 @@ class BagOfWords:
 
 def test_evaluate_retrieval_records_and_metrics():
     data = RetrievalData(
-        corpus={"d1": {"title": "", "text": "red apple fruit"}, "d2": {"title": "Car", "text": "fast engine"},
-                "d3": {"title": "", "text": "green apple pie"}, "d4": {"title": "", "text": "blue ocean"}},
+        corpus={
+            "d1": {"title": "", "text": "red apple fruit"},
+            "d2": {"title": "Car", "text": "fast engine"},
+            "d3": {"title": "", "text": "green apple pie"},
+            "d4": {"title": "", "text": "blue ocean"},
+        },
         queries={"q1": "apple fruit", "q2": "engine car", "q3": "nothing relevant"},
         qrels={"q1": {"d1": 2, "d3": 1}, "q2": {"d2": 1}, "q3": {"d4": 0}},
     )

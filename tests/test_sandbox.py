@@ -45,7 +45,7 @@ def live_pids_in_group(pgid: int) -> list[int]:
             stat = Path(f"/proc/{name}/stat").read_bytes()
         except OSError:
             continue
-        fields = stat[stat.rfind(b")") + 2:].split()
+        fields = stat[stat.rfind(b")") + 2 :].split()
         if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
             pids.append(int(name))
     return pids
@@ -309,8 +309,10 @@ def test_file_deletion_outside_sandbox_blocked_by_kernel(tmp_path, protections):
 
 
 def test_sandbox_directory_is_throwaway():
-    r = run("import os, tempfile\nopen('f.txt', 'w').write('x')\ntempfile.mkstemp()\n"
-            "print(os.getcwd(), os.environ['HOME'], tempfile.gettempdir())\n")
+    r = run(
+        "import os, tempfile\nopen('f.txt', 'w').write('x')\ntempfile.mkstemp()\n"
+        "print(os.getcwd(), os.environ['HOME'], tempfile.gettempdir())\n"
+    )
     assert r.status == "passed", r.stderr
     cwd, home, tmp = r.stdout.split()
     assert cwd == home == tmp
@@ -319,8 +321,12 @@ def test_sandbox_directory_is_throwaway():
 
 
 def test_disk_filling_is_bounded(protections):
-    r = run("i = 0\nwhile True:\n    open(f'f{i}', 'wb').write(b'x' * 1024 * 1024)\n    i += 1\n",
-            timeout_s=5.0, disk_mb=8, max_file_mb=2)
+    r = run(
+        "i = 0\nwhile True:\n    open(f'f{i}', 'wb').write(b'x' * 1024 * 1024)\n    i += 1\n",
+        timeout_s=5.0,
+        disk_mb=8,
+        max_file_mb=2,
+    )
     if protections["sandbox_tmpfs_mb"]:
         assert r.status == "error" and r.exception == "OSError"  # ENOSPC on the 8 MB tmpfs
         assert r.wall_s < 3
@@ -389,8 +395,12 @@ def test_output_flood_is_truncated_without_hang():
     assert r.stdout_truncated
     assert len(r.stdout) == 10_000
     assert r.status in ("error", "timeout")
-    r = run("import sys\nwhile True:\n    sys.stderr.write('y' * 4096)\n", timeout_s=5.0,
-            max_output_bytes=1000, max_file_mb=1)
+    r = run(
+        "import sys\nwhile True:\n    sys.stderr.write('y' * 4096)\n",
+        timeout_s=5.0,
+        max_output_bytes=1000,
+        max_file_mb=1,
+    )
     assert r.stderr_truncated and len(r.stderr) == 1000
 
 
@@ -408,8 +418,18 @@ def test_parent_environment_not_visible(monkeypatch):
 
 
 def test_sandbox_protections_report(protections):
-    for key in ("user_namespace", "network_namespace", "mount_namespace", "readonly_filesystem",
-                "rlimit_cpu_s", "rlimit_as_mb", "rlimit_nproc", "nproc_enforced", "python_guard", "notes"):
+    for key in (
+        "user_namespace",
+        "network_namespace",
+        "mount_namespace",
+        "readonly_filesystem",
+        "rlimit_cpu_s",
+        "rlimit_as_mb",
+        "rlimit_nproc",
+        "nproc_enforced",
+        "python_guard",
+        "notes",
+    ):
         assert key in protections
     assert protections["python_guard"] is True
     assert protections["rlimit_as_mb"] == 1024

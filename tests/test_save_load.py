@@ -10,12 +10,11 @@ from transformers import AutoModelForCausalLM
 
 import prunelens
 from prunelens.data.calibration import Calibration
-from prunelens.models.adapter import param_count
+from prunelens.models.adapter import apply_structure, param_count
 from prunelens.models.loading import ModelNotFoundError, load
 from prunelens.models.tiny import tiny_model
-from prunelens.prune.drop import drop
-from prunelens.models.adapter import apply_structure
 from prunelens.plan import PLAN_FILE, PrunePlan
+from prunelens.prune.drop import drop
 from prunelens.prune.save import save_pruned
 from prunelens.prune.sparsify import sparsify
 from prunelens.utils.io import OutputExistsError, atomic_output_dir
@@ -79,10 +78,18 @@ def test_plan_reapplies_to_the_dense_parent(tmp_path):
 
 
 def test_plan_names_and_format():
-    p = PrunePlan(method="drop", base_model="m", family="llama", target="attn",
-                  dropped_sublayers=[{"layer": i, "sublayer": "attn"} for i in range(8)])
+    p = PrunePlan(
+        method="drop",
+        base_model="m",
+        family="llama",
+        target="attn",
+        dropped_sublayers=[{"layer": i, "sublayer": "attn"} for i in range(8)],
+    )
     assert p.name == "Drop-8A"
-    assert PrunePlan(method="wanda", base_model="m", family="llama", sparsity={"sparsity": 0.5}).name == "Wanda-50%"
+    assert (
+        PrunePlan(method="wanda", base_model="m", family="llama", sparsity={"sparsity": 0.5}).name
+        == "Wanda-50%"
+    )
     assert PrunePlan(method="drop", base_model="m", family="llama", dropped_blocks=[3, 4]).name == "Drop-2B"
     with pytest.raises(ValueError, match="format"):
         PrunePlan.from_dict({**p.to_dict(), "format": "other/9"})

@@ -95,7 +95,8 @@ def test_sparsegpt_with_identity_hessian_is_magnitude_per_block():
 
 @pytest.mark.parametrize("kind", ["unstructured", "2:4", "4:8"])
 def test_sparsegpt_beats_masking_alone_on_reconstruction(kind):
-    """The OBS update lowers ‖(W − Ŵ)Xᵀ‖ below magnitude and Wanda masks of the same sparsity (one column block)."""
+    """The OBS update lowers ‖(W − Ŵ)Xᵀ‖ below magnitude and Wanda masks of the same sparsity
+    (one column block)."""
     w, x, h = _layer_data(cols=128, seed=3)
     nm = None if kind == "unstructured" else parse_pattern(kind)
     new_w, mask = sparsegpt_prune(w, h, sparsity=0.5 if nm is None else None, nm=nm, blocksize=128)
@@ -171,7 +172,9 @@ def _sparsegpt_column_loop(weight, hessian, sparsity=None, nm=None, blocksize=12
     return W, mask
 
 
-@pytest.mark.parametrize("sparsity,nm,blocksize", [(0.5, None, 32), (0.7, None, 64), (None, (2, 4), 32), (None, (1, 4), 64)])
+@pytest.mark.parametrize(
+    "sparsity,nm,blocksize", [(0.5, None, 32), (0.7, None, 64), (None, (2, 4), 32), (None, (1, 4), 64)]
+)
 def test_vectorised_sparsegpt_equals_the_column_loop(sparsity, nm, blocksize):
     w, _, h = _layer_data(rows=24, cols=128, seed=11)
     ref_w, ref_mask = _sparsegpt_column_loop(w.double(), h.double(), sparsity, nm, blocksize)
@@ -182,14 +185,17 @@ def test_vectorised_sparsegpt_equals_the_column_loop(sparsity, nm, blocksize):
 
 @pytest.mark.parametrize("d", [1, 7, 64])
 def test_inverse_upper_cholesky_is_the_factor_of_the_inverse(d):
-    """U is upper triangular with a positive diagonal and UᵀU = H⁻¹, so it equals chol(H⁻¹) (unique factor)."""
+    """U is upper triangular with a positive diagonal and UᵀU = H⁻¹,
+    so it equals chol(H⁻¹) (unique factor)."""
     g = torch.Generator().manual_seed(d)
     x = torch.randn(3 * d + 5, d, generator=g, dtype=torch.float64)
     h = x.T @ x + 0.1 * torch.eye(d, dtype=torch.float64)
     u = inverse_upper_cholesky(h)
     assert torch.equal(u, u.triu()) and (torch.diag(u) > 0).all()
     torch.testing.assert_close(u.T @ u, torch.linalg.inv(h), rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(u, torch.linalg.cholesky(torch.linalg.inv(h), upper=True), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(
+        u, torch.linalg.cholesky(torch.linalg.inv(h), upper=True), rtol=1e-9, atol=1e-9
+    )
 
 
 @pytest.mark.parametrize("per_row", [True, False])
@@ -213,8 +219,9 @@ def test_sparsegpt_on_a_stack_equals_one_call_per_matrix(sparsity, nm):
     """q/k/v share a Hessian: pruning them stacked (masks chosen per segment) equals pruning each alone."""
     w, _, h = _layer_data(rows=40, cols=64, seed=13)
     parts = [w[:16], w[16:24], w[24:]]
-    got_w, got_mask = sparsegpt_prune(w.double(), h.double(), sparsity=sparsity, nm=nm, blocksize=32,
-                                      segments=[p.shape[0] for p in parts])
+    got_w, got_mask = sparsegpt_prune(
+        w.double(), h.double(), sparsity=sparsity, nm=nm, blocksize=32, segments=[p.shape[0] for p in parts]
+    )
     alone = [sparsegpt_prune(p.double(), h.double(), sparsity=sparsity, nm=nm, blocksize=32) for p in parts]
     assert torch.equal(got_mask, torch.cat([m for _, m in alone]))
     torch.testing.assert_close(got_w, torch.cat([x for x, _ in alone]), rtol=1e-9, atol=1e-9)
@@ -245,8 +252,12 @@ def test_lower_triangular_inverse_by_halves(d, leaf):
     L.diagonal().copy_(torch.rand(d, generator=g, dtype=torch.float64) + 1.0)
     inv = lower_triangular_inverse(L, leaf)
     assert torch.equal(inv, inv.tril())
-    torch.testing.assert_close(inv, torch.linalg.solve_triangular(L, torch.eye(d, dtype=torch.float64), upper=False),
-                               rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(
+        inv,
+        torch.linalg.solve_triangular(L, torch.eye(d, dtype=torch.float64), upper=False),
+        rtol=1e-9,
+        atol=1e-9,
+    )
 
 
 @pytest.mark.parametrize("n", [10, 5000, 70000])

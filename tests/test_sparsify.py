@@ -11,8 +11,16 @@ from prunelens.data.calibration import Calibration
 from prunelens.models.adapter import Adapter
 from prunelens.models.residual import record_blocks
 from prunelens.models.tiny import TINY_FAMILIES, tiny_model
-from prunelens.prune.sparsify import (_collect_stats, _run_block, _SharedStats, _Stats, capture_block_inputs, layer_kwargs, sparsify,
-                                      validate_sparsity)
+from prunelens.prune.sparsify import (
+    _collect_stats,
+    _run_block,
+    _SharedStats,
+    _Stats,
+    capture_block_inputs,
+    layer_kwargs,
+    sparsify,
+    validate_sparsity,
+)
 
 IDS = torch.randint(3, 256, (6, 16), generator=torch.Generator().manual_seed(1))
 CAL = Calibration(IDS, "random", 0, IDS.numel())
@@ -44,14 +52,17 @@ def test_unstructured_half(family, method):
     adapter = Adapter(model)
     for i in range(adapter.num_layers):
         for name, lin in adapter.block_linears(i).items():
-            zeros = (lin.weight == 0)
+            zeros = lin.weight == 0
             if method == "wanda":  # compared within each output row
                 assert (zeros.sum(1) == lin.in_features // 2).all(), name
             else:
                 assert abs(zeros.float().mean().item() - 0.5) < 0.01, name
     assert torch.equal(adapter.embed.weight, embed)  # embeddings stay dense
     assert abs(plan.sparsity["achieved"]["overall"] - 0.5) < 0.01
-    assert set(plan.sparsity["achieved"]["by_group"]) and len(plan.sparsity["achieved"]["by_layer"]) == adapter.num_layers
+    assert (
+        set(plan.sparsity["achieved"]["by_group"])
+        and len(plan.sparsity["achieved"]["by_layer"]) == adapter.num_layers
+    )
     with torch.no_grad():
         assert torch.isfinite(model(IDS).logits).all()
 
@@ -88,19 +99,22 @@ def test_sparsegpt_is_deterministic():
     a, b = tiny_model("qwen2"), tiny_model("qwen2")
     sparsify(a, CAL, method="sparsegpt", sparsity=0.5, batch_size=4)
     sparsify(b, CAL, method="sparsegpt", sparsity=0.5, batch_size=2)
-    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
+    for (na, pa), (_nb, pb) in zip(a.named_parameters(), b.named_parameters()):
         torch.testing.assert_close(pa, pb, rtol=0, atol=1e-5, msg=na)
 
 
-@pytest.mark.parametrize("args,match", [
-    (("wanda", 1.0, None), r"\[0, 1\)"),
-    (("wanda", -0.1, None), r"\[0, 1\)"),
-    (("wanda", None, "4:4"), "0 < N < M"),
-    (("wanda", None, "5:4"), "0 < N < M"),
-    (("wanda", 0.5, "2:4"), "exactly one"),
-    (("wanda", None, None), "exactly one"),
-    (("obs", 0.5, None), "unknown method"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (("wanda", 1.0, None), r"\[0, 1\)"),
+        (("wanda", -0.1, None), r"\[0, 1\)"),
+        (("wanda", None, "4:4"), "0 < N < M"),
+        (("wanda", None, "5:4"), "0 < N < M"),
+        (("wanda", 0.5, "2:4"), "exactly one"),
+        (("wanda", None, None), "exactly one"),
+        (("obs", 0.5, None), "unknown method"),
+    ],
+)
 def test_validate_sparsity_refuses(args, match):
     with pytest.raises(ValueError, match=match):
         validate_sparsity(*args)
@@ -156,7 +170,8 @@ def test_shared_statistics_refuse_a_changed_sharing():
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_statistics_pass_stops_after_the_last_linear_input(family):
-    """The statistics pass records every linear's input and skips the last product (its output is not needed)."""
+    """The statistics pass records every linear's input and skips the last product
+    (its output is not needed)."""
     block, linears, inps, kw = _first_block(family)
     full = {n: _Stats(lin.in_features, "cpu", True) for n, lin in linears.items()}
     ran: list[str] = []
@@ -191,8 +206,10 @@ def test_reuse_freed_memory_is_a_scoped_setting():
 
 def _kwargs_by_real_forward(model, adapter, ids):
     got = [None] * adapter.num_layers
-    hooks = [b.register_forward_pre_hook(lambda m, a, kw, i=i: got.__setitem__(i, kw), with_kwargs=True)
-             for i, b in enumerate(adapter.layers)]
+    hooks = [
+        b.register_forward_pre_hook(lambda m, a, kw, i=i: got.__setitem__(i, kw), with_kwargs=True)
+        for i, b in enumerate(adapter.layers)
+    ]
     with torch.no_grad():
         model(ids, use_cache=False)
     for h in hooks:
@@ -217,8 +234,11 @@ def test_layer_kwargs_come_without_running_the_blocks(family):
     ids = IDS[:1]
     ref = _kwargs_by_real_forward(model, adapter, ids)
     ran = []
-    hooks = [adapter.sublayer(i, s).register_forward_hook(lambda *a: ran.append(1))
-             for i in range(adapter.num_layers) for s in ("attn", "mlp")]
+    hooks = [
+        adapter.sublayer(i, s).register_forward_hook(lambda *a: ran.append(1))
+        for i in range(adapter.num_layers)
+        for s in ("attn", "mlp")
+    ]
     got = layer_kwargs(model, adapter, ids)
     for h in hooks:
         h.remove()

@@ -11,31 +11,97 @@ from prunelens.study.runner import plan_units
 
 def test_default_config_is_the_documented_study():
     cfg = load_config(None)
-    assert [v.name for v in cfg.variants] == ["Full", "Drop-4A", "Drop-8A", "Drop-4M", "Drop-8M", "Drop-4B",
-                                              "Wanda-50%", "SparseGPT-2:4"]
+    assert [v.name for v in cfg.variants] == [
+        "Full",
+        "Drop-4A",
+        "Drop-8A",
+        "Drop-4M",
+        "Drop-8M",
+        "Drop-4B",
+        "Wanda-50%",
+        "SparseGPT-2:4",
+    ]
     kinds = {t.task for t in cfg.tasks}
     assert {"arc_easy", "piqa", "boolq", "wikitext2", "boolq_retrieval", "gsm8k", "nq_open"} <= kinds
     assert parse_config(yaml.safe_load(DEFAULT_CONFIG_YAML)).to_dict() == cfg.to_dict()
 
 
-@pytest.mark.parametrize("patch,field,allowed", [
-    ({"variants": [{"name": "X", "drop": {"target": "heads", "n": 2}}]}, "variants[0].drop.target", "attn, mlp, block, joint"),
-    ({"variants": [{"name": "X", "drop": {"target": "attn", "n": 0}}]}, "variants[0].drop.n", "integer ≥ 1"),
-    ({"variants": [{"name": "X", "sparsify": {"method": "obs", "sparsity": 0.5}}]}, "variants[0].sparsify.method", "magnitude, wanda, sparsegpt"),
-    ({"variants": [{"name": "X", "sparsify": {"method": "wanda", "sparsity": 1.5}}]}, "variants[0].sparsify", "[0, 1)"),
-    ({"variants": [{"name": "X", "drop": {"target": "attn", "n": 2}, "sparsify": {"method": "wanda", "sparsity": 0.5}}]}, "variants[0]", "exactly one"),
-    ({"variants": [{"name": "X", "sparsify": {"method": "wanda", "sparsity": 0.5, "true_sequential": "yes"}}]},
-     "variants[0].sparsify.true_sequential", "true or false"),
-    ({"variants": [{"name": "X", "sparsify": {"method": "wanda", "sparsity": 0.5, "order": 1}}]},
-     "variants[0].sparsify", "allowed: method, sparsity, pattern, true_sequential"),
-    ({"variants": [{"name": "A", "drop": {"target": "attn", "n": 1}}, {"name": "A", "drop": {"target": "mlp", "n": 1}}]}, "variants", "unique"),
-    ({"tasks": [{"task": "arc_hard"}]}, "tasks[0].task", "arc_easy"),
-    ({"tasks": [{"task": "arc_easy", "limit": -3}]}, "tasks[0].limit", "≥ 1"),
-    ({"tasks": [{"task": "arc_easy", "shots": 3}]}, "tasks[0]", "allowed: limit, max_new_tokens, num_fewshot, task"),
-    ({"dtype": "int4"}, "dtype", "float32, bfloat16, float16, auto"),
-    ({"analyses": {"transitions": {"temperatures": [0]}}}, "analyses.transitions.temperatures", "positive"),
-    ({"colour": "blue"}, "(top level)", "allowed:"),
-])
+@pytest.mark.parametrize(
+    "patch,field,allowed",
+    [
+        (
+            {"variants": [{"name": "X", "drop": {"target": "heads", "n": 2}}]},
+            "variants[0].drop.target",
+            "attn, mlp, block, joint",
+        ),
+        (
+            {"variants": [{"name": "X", "drop": {"target": "attn", "n": 0}}]},
+            "variants[0].drop.n",
+            "integer ≥ 1",
+        ),
+        (
+            {"variants": [{"name": "X", "sparsify": {"method": "obs", "sparsity": 0.5}}]},
+            "variants[0].sparsify.method",
+            "magnitude, wanda, sparsegpt",
+        ),
+        (
+            {"variants": [{"name": "X", "sparsify": {"method": "wanda", "sparsity": 1.5}}]},
+            "variants[0].sparsify",
+            "[0, 1)",
+        ),
+        (
+            {
+                "variants": [
+                    {
+                        "name": "X",
+                        "drop": {"target": "attn", "n": 2},
+                        "sparsify": {"method": "wanda", "sparsity": 0.5},
+                    }
+                ]
+            },
+            "variants[0]",
+            "exactly one",
+        ),
+        (
+            {
+                "variants": [
+                    {"name": "X", "sparsify": {"method": "wanda", "sparsity": 0.5, "true_sequential": "yes"}}
+                ]
+            },
+            "variants[0].sparsify.true_sequential",
+            "true or false",
+        ),
+        (
+            {"variants": [{"name": "X", "sparsify": {"method": "wanda", "sparsity": 0.5, "order": 1}}]},
+            "variants[0].sparsify",
+            "allowed: method, sparsity, pattern, true_sequential",
+        ),
+        (
+            {
+                "variants": [
+                    {"name": "A", "drop": {"target": "attn", "n": 1}},
+                    {"name": "A", "drop": {"target": "mlp", "n": 1}},
+                ]
+            },
+            "variants",
+            "unique",
+        ),
+        ({"tasks": [{"task": "arc_hard"}]}, "tasks[0].task", "arc_easy"),
+        ({"tasks": [{"task": "arc_easy", "limit": -3}]}, "tasks[0].limit", "≥ 1"),
+        (
+            {"tasks": [{"task": "arc_easy", "shots": 3}]},
+            "tasks[0]",
+            "allowed: limit, max_new_tokens, num_fewshot, task",
+        ),
+        ({"dtype": "int4"}, "dtype", "float32, bfloat16, float16, auto"),
+        (
+            {"analyses": {"transitions": {"temperatures": [0]}}},
+            "analyses.transitions.temperatures",
+            "positive",
+        ),
+        ({"colour": "blue"}, "(top level)", "allowed:"),
+    ],
+)
 def test_invalid_configs_name_the_field(patch, field, allowed):
     with pytest.raises(StudyConfigError) as err:
         parse_config(patch)
@@ -44,12 +110,21 @@ def test_invalid_configs_name_the_field(patch, field, allowed):
 
 
 def test_sparsify_variants_spell_out_their_calibration_order():
-    """The method's default is written into the variant, so a changed default re-runs the variant on resume."""
+    """The method's default is written into the variant,
+    so a changed default re-runs the variant on resume."""
     cfg = load_config(None)
     by_name = {v.name: v.sparsify for v in cfg.variants if v.sparsify}
-    assert by_name["Wanda-50%"]["true_sequential"] is True and by_name["SparseGPT-2:4"]["true_sequential"] is False
-    explicit = parse_config({"variants": [{"name": "W", "sparsify": {"method": "wanda", "sparsity": 0.5,
-                                                                      "true_sequential": False}}]})
+    assert (
+        by_name["Wanda-50%"]["true_sequential"] is True
+        and by_name["SparseGPT-2:4"]["true_sequential"] is False
+    )
+    explicit = parse_config(
+        {
+            "variants": [
+                {"name": "W", "sparsify": {"method": "wanda", "sparsity": 0.5, "true_sequential": False}}
+            ]
+        }
+    )
     assert next(v for v in explicit.variants if v.name == "W").sparsify["true_sequential"] is False
 
 
@@ -97,28 +172,41 @@ def test_study_command_overrides_model_dtype_and_device(tmp_path):
 def test_partial_nested_blocks_take_the_printed_defaults():
     """A nested block is merged field by field with the defaults --print-config shows (no second set)."""
     printed = yaml.safe_load(DEFAULT_CONFIG_YAML)
-    cfg = parse_config({"analyses": {"trajectories": {}, "subspace": {"task": "piqa"}}, "calibration": {"nsamples": 4},
-                        "case_study": {"gsm8k": 1}})
+    cfg = parse_config(
+        {
+            "analyses": {"trajectories": {}, "subspace": {"task": "piqa"}},
+            "calibration": {"nsamples": 4},
+            "case_study": {"gsm8k": 1},
+        }
+    )
     assert cfg.analyses.trajectories.max_new_tokens == printed["analyses"]["trajectories"]["max_new_tokens"]
-    assert cfg.analyses.subspace.limit == printed["analyses"]["subspace"]["limit"] and cfg.analyses.subspace.task == "piqa"
+    assert (
+        cfg.analyses.subspace.limit == printed["analyses"]["subspace"]["limit"]
+        and cfg.analyses.subspace.task == "piqa"
+    )
     assert cfg.analyses.prompts == printed["analyses"]["prompts"]
     assert cfg.analyses.enabled == ("trajectories", "subspace")  # listed analyses run, the others do not
     assert cfg.calibration.seqlen == printed["calibration"]["seqlen"] and cfg.calibration.nsamples == 4
-    assert cfg.case_study.max_new_tokens == printed["case_study"]["max_new_tokens"] and cfg.case_study.gsm8k == 1
+    assert (
+        cfg.case_study.max_new_tokens == printed["case_study"]["max_new_tokens"] and cfg.case_study.gsm8k == 1
+    )
     assert parse_config({"analyses": {"scope": "all"}}).analyses.enabled == ("transitions",)
     assert parse_config(None).analyses.enabled == ("transitions", "trajectories", "subspace")
     # what goes to disk parses back to the same config (the runner re-reads it in every worker)
     assert parse_config(cfg.to_dict()).to_dict() == cfg.to_dict()
 
 
-@pytest.mark.parametrize("patch, field", [
-    ({"analyses": {"trajectories": {"max_new_tokens": 0}}}, "analyses.trajectories.max_new_tokens"),
-    ({"analyses": {"subspace": {"task": "gsm8k"}}}, "analyses.subspace.task"),
-    ({"analyses": {"subspace": {"tsk": "piqa"}}}, "analyses.subspace"),
-    ({"case_study": {"max_new_tokens": 0}}, "case_study.max_new_tokens"),
-    ({"case_study": {"mmlu": 3}}, "case_study"),
-    ({"calibration": {"seqlen": 4}}, "calibration.seqlen"),
-])
+@pytest.mark.parametrize(
+    "patch, field",
+    [
+        ({"analyses": {"trajectories": {"max_new_tokens": 0}}}, "analyses.trajectories.max_new_tokens"),
+        ({"analyses": {"subspace": {"task": "gsm8k"}}}, "analyses.subspace.task"),
+        ({"analyses": {"subspace": {"tsk": "piqa"}}}, "analyses.subspace"),
+        ({"case_study": {"max_new_tokens": 0}}, "case_study.max_new_tokens"),
+        ({"case_study": {"mmlu": 3}}, "case_study"),
+        ({"calibration": {"seqlen": 4}}, "calibration.seqlen"),
+    ],
+)
 def test_nested_fields_are_validated(patch, field):
     with pytest.raises(StudyConfigError, match=f"'{field}'"):
         parse_config(patch)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from prunelens.report import AnalysisHeadline, build_report, load_study, rankdata, spearman
 from prunelens.study import guidance as G
 from prunelens.study.guidance import VariantFacts
-from prunelens.report import AnalysisHeadline, build_report, load_study, rankdata, spearman
 
 from conftest import missing
 
@@ -23,8 +23,12 @@ from conftest import missing
 # a synthetic study directory in the runner's layout
 
 TASKS = {  # task: (kind, main metric)
-    "arc_easy": ("mc", "acc"), "piqa": ("mc", "acc"), "boolq_retrieval": ("retrieval", "ndcg@10"),
-    "wikitext2": ("ppl", "perplexity"), "gsm8k": ("gen", "exact_match"), "nq_open": ("gen", "exact_match"),
+    "arc_easy": ("mc", "acc"),
+    "piqa": ("mc", "acc"),
+    "boolq_retrieval": ("retrieval", "ndcg@10"),
+    "wikitext2": ("ppl", "perplexity"),
+    "gsm8k": ("gen", "exact_match"),
+    "nq_open": ("gen", "exact_match"),
 }
 SCORES = {  # arc, piqa, retrieval, ppl, gsm8k, nq
     "Full": (0.60, 0.65, 0.70, 20.0, 0.20, 0.10),
@@ -33,11 +37,20 @@ SCORES = {  # arc, piqa, retrieval, ppl, gsm8k, nq
     "Drop-4M": (0.40, 0.50, 0.60, 45.0, 0.00, 0.01),
     "Wanda-50%": (0.57, 0.62, 0.68, 25.0, 0.12, 0.07),
 }
-PARAMS = {"Full": 134_515_008, "Drop-2A": 133_000_000, "Drop-2M": 130_000_000, "Drop-4M": 125_000_000,
-          "Wanda-50%": 134_515_008}
-SPECS = [{"name": "Full"}, {"name": "Drop-2A", "drop": {"target": "attn", "n": 2}},
-         {"name": "Drop-2M", "drop": {"target": "mlp", "n": 2}}, {"name": "Drop-4M", "drop": {"target": "mlp", "n": 4}},
-         {"name": "Wanda-50%", "sparsify": {"method": "wanda", "sparsity": 0.5}}]
+PARAMS = {
+    "Full": 134_515_008,
+    "Drop-2A": 133_000_000,
+    "Drop-2M": 130_000_000,
+    "Drop-4M": 125_000_000,
+    "Wanda-50%": 134_515_008,
+}
+SPECS = [
+    {"name": "Full"},
+    {"name": "Drop-2A", "drop": {"target": "attn", "n": 2}},
+    {"name": "Drop-2M", "drop": {"target": "mlp", "n": 2}},
+    {"name": "Drop-4M", "drop": {"target": "mlp", "n": 4}},
+    {"name": "Wanda-50%", "sparsify": {"method": "wanda", "sparsity": 0.5}},
+]
 EXACT = {"Drop-2A": 0.4, "Drop-2M": 0.2, "Drop-4M": 0.0, "Wanda-50%": 0.3}
 PREDICTOR = {"Drop-2A": 0.01, "Wanda-50%": 0.05, "Drop-2M": 0.2, "Drop-4M": 0.9}
 EVIL = '<script>alert("x")</script> a < b & c'
@@ -48,10 +61,19 @@ def tiny_png(w: int = 48, h: int = 32, rgb=(40, 90, 160)) -> bytes:
     raw = b"".join(b"\0" + bytes(rgb) * w for _ in range(h))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _w(path: Path, data) -> None:
@@ -62,9 +84,20 @@ def _w(path: Path, data) -> None:
 ROUGE = {"Drop-2A": 0.8, "Drop-2M": 0.3, "Drop-4M": 0.1, "Wanda-50%": 0.5}
 
 
-def analysis_summary(name: str, *, cos=(0.99, 0.97, 0.8), kl=0.02, ratios=(1.1, 0.95), tf=(0.9, 0.04),
-                     fr=(0.5, 0.1), steps=(3, 3, None), flips=0.1, kl_options=0.01, kl_full=0.02,
-                     own_sublayers: bool = True) -> dict:
+def analysis_summary(
+    name: str,
+    *,
+    cos=(0.99, 0.97, 0.8),
+    kl=0.02,
+    ratios=(1.1, 0.95),
+    tf=(0.9, 0.04),
+    fr=(0.5, 0.1),
+    steps=(3, 3, None),
+    flips=0.1,
+    kl_options=0.01,
+    kl_full=0.02,
+    own_sublayers: bool = True,
+) -> dict:
     """``analysis/<name>/summary.json`` as :func:`prunelens.analysis.pipeline.run_analysis` writes it for one
     variant (the keys of ``headline_transitions`` / ``headline_trajectories`` / ``headline_subspace``).
 
@@ -76,92 +109,199 @@ def analysis_summary(name: str, *, cos=(0.99, 0.97, 0.8), kl=0.02, ratios=(1.1, 
     h, z, p = cos
 
     def block(scale: float) -> dict:  # one headline_transitions group; ``all_sublayers`` gets other numbers
-        return {"n_sublayers": 2,
-                "median_cos": {"h": h * scale, "z": z * scale, "z_centered": z * scale, "p": p * scale},
-                "median_one_minus_cos": {"h": 1 - h * scale, "z": 1 - z * scale, "p": 1 - p * scale},
-                "median_kl": kl / scale, "median_kl_reverse": kl / scale,
-                "median_estimate_ratio": {"theorem1_h": 1.0, "theorem1_z": 1.0, "theorem2": ratios[0] * scale,
-                                          "theorem3": ratios[1] * scale},
-                "top1_agreement": 0.9, "median_cos_attn": {"h": h, "z": z, "p": p, "kl": kl}}
+        return {
+            "n_sublayers": 2,
+            "median_cos": {"h": h * scale, "z": z * scale, "z_centered": z * scale, "p": p * scale},
+            "median_one_minus_cos": {"h": 1 - h * scale, "z": 1 - z * scale, "p": 1 - p * scale},
+            "median_kl": kl / scale,
+            "median_kl_reverse": kl / scale,
+            "median_estimate_ratio": {
+                "theorem1_h": 1.0,
+                "theorem1_z": 1.0,
+                "theorem2": ratios[0] * scale,
+                "theorem3": ratios[1] * scale,
+            },
+            "top1_agreement": 0.9,
+            "median_cos_attn": {"h": h, "z": z, "p": p, "kl": kl},
+        }
 
     def regime(cos_p: float, regime_kl: float) -> dict:
-        return {"steps": 6, "median_cos": {"h": 0.9, "z": 0.9, "z_centered": 0.9, "p": cos_p},
-                "median_kl": regime_kl, "mean_kl": regime_kl, "q90_kl": regime_kl * 2, "top1_agreement": 0.5,
-                "median_estimate_ratio": {"theorem2": 1.0, "theorem3": 1.0}, "median_kl_first_quarter": None,
-                "median_kl_last_quarter": None, "first_divergence_steps": list(steps),
-                "diverged": sum(s is not None for s in steps), "prompts": len(steps)}
+        return {
+            "steps": 6,
+            "median_cos": {"h": 0.9, "z": 0.9, "z_centered": 0.9, "p": cos_p},
+            "median_kl": regime_kl,
+            "mean_kl": regime_kl,
+            "q90_kl": regime_kl * 2,
+            "top1_agreement": 0.5,
+            "median_estimate_ratio": {"theorem2": 1.0, "theorem3": 1.0},
+            "median_kl_first_quarter": None,
+            "median_kl_last_quarter": None,
+            "first_divergence_steps": list(steps),
+            "diverged": sum(s is not None for s in steps),
+            "prompts": len(steps),
+        }
 
-    transitions = {"all_sublayers": block(1.0) if not own_sublayers else block(0.5), "temperature": 1.0,
-                   "notes": [], "tokens": 6}
+    transitions = {
+        "all_sublayers": block(1.0) if not own_sublayers else block(0.5),
+        "temperature": 1.0,
+        "notes": [],
+        "tokens": 6,
+    }
     if own_sublayers:
         transitions["variant_sublayers"] = block(1.0)
     entry = {
-        "description": {"name": name, "source": "plan",
-                        "dropped_sublayers": [{"layer": 3, "sublayer": "attn"}], "override_tensors": 0,
-                        "override_bytes": 0, "override_names": [], "plan": None},
+        "description": {
+            "name": name,
+            "source": "plan",
+            "dropped_sublayers": [{"layer": 3, "sublayer": "attn"}],
+            "override_tensors": 0,
+            "override_bytes": 0,
+            "override_names": [],
+            "plan": None,
+        },
         "transitions": transitions,
         "trajectories": {"temperature": 1.0, "teacher_forced": regime(*tf), "free_running": regime(*fr)},
-        "subspace": {"temperature": 1.0, "questions": 4, "chosen_option_changed": flips,
-                     "dense_accuracy": 0.5, "pruned_accuracy": 0.5, "median_option_mass_dense": 0.2,
-                     "median_kl": {"full": kl_full, "options": kl_options},
-                     "median_cos_p": {"full": 0.99, "options": 0.99},
-                     "median_estimate_ratio_theorem3": {"full": 1.0, "options": 1.0}},
+        "subspace": {
+            "temperature": 1.0,
+            "questions": 4,
+            "chosen_option_changed": flips,
+            "dense_accuracy": 0.5,
+            "pruned_accuracy": 0.5,
+            "median_option_mass_dense": 0.2,
+            "median_kl": {"full": kl_full, "options": kl_options},
+            "median_cos_p": {"full": 0.99, "options": 0.99},
+            "median_estimate_ratio_theorem3": {"full": 1.0, "options": 1.0},
+        },
     }
-    return {"dense": "Full", "variants": {name: entry}, "timings_s": {"total": 1.0, "write": 0.1},
-            "memory": {"peak_rss_bytes": 1}, "notes": [],
-            "dense_generations": [{"prompt": "gsm8k-0", "text": "7"}],
-            "figures": [f"figures/layerwise_{name}.png"]}
+    return {
+        "dense": "Full",
+        "variants": {name: entry},
+        "timings_s": {"total": 1.0, "write": 0.1},
+        "memory": {"peak_rss_bytes": 1},
+        "notes": [],
+        "dense_generations": [{"prompt": "gsm8k-0", "text": "7"}],
+        "figures": [f"figures/layerwise_{name}.png"],
+    }
 
 
 def make_study(root: Path, dense_generates: bool = True, piqa_chance: bool = False) -> Path:
     """``dense_generates=False``: every generative score is 0 (as for the 135M embedded model), so the report
     must fall back to fidelity (ROUGE-L against the dense outputs) for its generative axis."""
-    config = {"model": "smollm2-135m", "dtype": "float32", "device": "cpu", "seed": 7,
-              "calibration": {"source": "c4", "nsamples": 32, "seqlen": 256}, "variants": SPECS,
-              "tasks": [{"task": t, "limit": 10, "max_new_tokens": 64 if k == "gen" else None, "num_fewshot": 0}
-                        for t, (k, _) in TASKS.items()],
-              "batch_size": 8, "analyses": {"prompts": {"gsm8k": 2}, "transitions": {"temperatures": [1.0]}},
-              "case_study": {"gsm8k": 1, "nq_open": 1, "max_new_tokens": 64}}
-    _w(root / "study.json", {"config": config, "versions": {"prunelens": "0.1.0", "torch": "2.13.0", "python": "3.11"},
-                             "created": "2026-03-01T12:00:00+00:00",
-                             "timings": {"total_seconds": 1234.5,
-                                         "units": {"eval/Full": 300.0, "eval/Drop-2A": 280.0, "analysis/Drop-2A": 90.0}}})
+    config = {
+        "model": "smollm2-135m",
+        "dtype": "float32",
+        "device": "cpu",
+        "seed": 7,
+        "calibration": {"source": "c4", "nsamples": 32, "seqlen": 256},
+        "variants": SPECS,
+        "tasks": [
+            {"task": t, "limit": 10, "max_new_tokens": 64 if k == "gen" else None, "num_fewshot": 0}
+            for t, (k, _) in TASKS.items()
+        ],
+        "batch_size": 8,
+        "analyses": {"prompts": {"gsm8k": 2}, "transitions": {"temperatures": [1.0]}},
+        "case_study": {"gsm8k": 1, "nq_open": 1, "max_new_tokens": 64},
+    }
+    _w(
+        root / "study.json",
+        {
+            "config": config,
+            "versions": {"prunelens": "0.1.0", "torch": "2.13.0", "python": "3.11"},
+            "created": "2026-03-01T12:00:00+00:00",
+            "timings": {
+                "total_seconds": 1234.5,
+                "units": {"eval/Full": 300.0, "eval/Drop-2A": 280.0, "analysis/Drop-2A": 90.0},
+            },
+        },
+    )
     for name, scores in SCORES.items():
         plan = None if name == "Full" else {"method": "drop", "target": "attn"}
         _w(root / "variants" / name / "info.json", {"name": name, "parameters": PARAMS[name], "plan": plan})
         results = {}
         for (task, (kind, metric)), s in zip(TASKS.items(), scores):
             s = s if dense_generates or kind != "gen" else 0.0
-            chance = {"arc_easy": {"chance": 0.25}, **({"piqa": {"chance": 0.5}} if piqa_chance else {})}.get(task, {})
-            results[task] = {"kind": kind, "main_metric": metric, "score": s, "metrics": {metric: s, **chance},
-                             "n": 10, "seconds": 1.0}
-            _w(root / "eval" / name / "tasks" / f"{task}.jsonl",
-               json.dumps({"id": 0, "prompt": "q", "target": "a", "prediction": "a", "score": s}) + "\n")
-        _w(root / "eval" / name / "summary.json",
-           {"model": {"name": f"/some/path/{name}", "parameters": PARAMS[name]}, "results": results})
-    _w(root / "eval" / "fidelity.json",
-       {v: {t: {"exact_match": em, "prefix_tokens": 5.0, "rouge_l": ROUGE[v], "repeat_ngram_rate": 0.1,
-                "distinct_2": 0.8}
-            for t in ("gsm8k", "nq_open")} for v, em in EXACT.items()})
+            chance = {"arc_easy": {"chance": 0.25}, **({"piqa": {"chance": 0.5}} if piqa_chance else {})}.get(
+                task, {}
+            )
+            results[task] = {
+                "kind": kind,
+                "main_metric": metric,
+                "score": s,
+                "metrics": {metric: s, **chance},
+                "n": 10,
+                "seconds": 1.0,
+            }
+            _w(
+                root / "eval" / name / "tasks" / f"{task}.jsonl",
+                json.dumps({"id": 0, "prompt": "q", "target": "a", "prediction": "a", "score": s}) + "\n",
+            )
+        _w(
+            root / "eval" / name / "summary.json",
+            {"model": {"name": f"/some/path/{name}", "parameters": PARAMS[name]}, "results": results},
+        )
+    _w(
+        root / "eval" / "fidelity.json",
+        {
+            v: {
+                t: {
+                    "exact_match": em,
+                    "prefix_tokens": 5.0,
+                    "rouge_l": ROUGE[v],
+                    "repeat_ngram_rate": 0.1,
+                    "distinct_2": 0.8,
+                }
+                for t in ("gsm8k", "nq_open")
+            }
+            for v, em in EXACT.items()
+        },
+    )
     for name, kl in (("Drop-2A", 0.02), ("Drop-4M", 0.9)):
-        _w(root / "analysis" / name / "summary.json",
-           analysis_summary(name, kl=kl, tf=(0.9, kl * 2), fr=(0.5, kl * 5), kl_full=kl))
-    _w(root / "analysis" / "Drop-2M" / "summary.json",
-       analysis_summary("Drop-2M", cos=(0.98, 0.95, 0.6), kl=0.3, ratios=(1.2, 0.9), tf=(0.7, 0.5),
-                        fr=(0.3, 1.5), steps=(2, 6, None), flips=0.25, kl_options=0.05, kl_full=0.3))
+        _w(
+            root / "analysis" / name / "summary.json",
+            analysis_summary(name, kl=kl, tf=(0.9, kl * 2), fr=(0.5, kl * 5), kl_full=kl),
+        )
+    _w(
+        root / "analysis" / "Drop-2M" / "summary.json",
+        analysis_summary(
+            "Drop-2M",
+            cos=(0.98, 0.95, 0.6),
+            kl=0.3,
+            ratios=(1.2, 0.9),
+            tf=(0.7, 0.5),
+            fr=(0.3, 1.5),
+            steps=(2, 6, None),
+            flips=0.25,
+            kl_options=0.05,
+            kl_full=0.3,
+        ),
+    )
     for name in ("layerwise_Drop-2A", "decoding_steps_Drop-2A"):
         p = root / "analysis" / "Drop-2A" / "figures" / f"{name}.png"
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(tiny_png())
     _w(root / "predictor.json", {v: {"var_p_dz_over_2T2": x, "kl": x * 1.1} for v, x in PREDICTOR.items()})
-    prompts = [{"id": "gsm8k-0", "task": "gsm8k", "prompt": "Tom has 3 apples and buys 4 more. How many?", "target": "7"},
-               {"id": "nq-0", "task": "nq_open", "prompt": "who wrote hamlet?", "target": "Shakespeare"}]
-    _w(root / "case_study.json", {"prompts": prompts, "answers": {
-        "Full": ["Tom has 3 + 4 = 7 apples. The answer is 7.", "William Shakespeare"],
-        "Drop-2A": ["3 + 4 = 7. The answer is 7.", "Shakespeare"],
-        "Drop-2M": ["Tom has apples apples apples apples", EVIL],
-        "Drop-4M": ["the the the the the", "the the the"],
-        "Wanda-50%": ["Tom has 7 apples.", "Christopher Marlowe"]}})
+    prompts = [
+        {
+            "id": "gsm8k-0",
+            "task": "gsm8k",
+            "prompt": "Tom has 3 apples and buys 4 more. How many?",
+            "target": "7",
+        },
+        {"id": "nq-0", "task": "nq_open", "prompt": "who wrote hamlet?", "target": "Shakespeare"},
+    ]
+    _w(
+        root / "case_study.json",
+        {
+            "prompts": prompts,
+            "answers": {
+                "Full": ["Tom has 3 + 4 = 7 apples. The answer is 7.", "William Shakespeare"],
+                "Drop-2A": ["3 + 4 = 7. The answer is 7.", "Shakespeare"],
+                "Drop-2M": ["Tom has apples apples apples apples", EVIL],
+                "Drop-4M": ["the the the the the", "the the the"],
+                "Wanda-50%": ["Tom has 7 apples.", "Christopher Marlowe"],
+            },
+        },
+    )
     return root
 
 
@@ -266,11 +406,27 @@ def test_rule_text_is_written_from_the_constants(monkeypatch):
 
 
 def _facts(**over):
-    base = [VariantFacts("Full", group="dense"),
-            VariantFacts("Drop-8A", group="attn", n=8, retained_nongen=0.99, retained_gen=0.7,
-                         retained_by_kind={"mc": 0.99}, kl_transitions=0.05),
-            VariantFacts("Drop-8M", group="mlp", n=8, retained_nongen=0.97, retained_gen=0.1,
-                         retained_by_kind={"mc": 0.96}, kl_transitions=0.8)]
+    base = [
+        VariantFacts("Full", group="dense"),
+        VariantFacts(
+            "Drop-8A",
+            group="attn",
+            n=8,
+            retained_nongen=0.99,
+            retained_gen=0.7,
+            retained_by_kind={"mc": 0.99},
+            kl_transitions=0.05,
+        ),
+        VariantFacts(
+            "Drop-8M",
+            group="mlp",
+            n=8,
+            retained_nongen=0.97,
+            retained_gen=0.1,
+            retained_by_kind={"mc": 0.96},
+            kl_transitions=0.8,
+        ),
+    ]
     for f in base:
         for k, v in over.get(f.name, {}).items():
             setattr(f, k, v)
@@ -279,7 +435,9 @@ def _facts(**over):
 
 def test_answer_agrees_with_the_paper():
     text = G.answer_for_model("tiny", _facts())
-    assert text.startswith("On tiny, attention drops (Drop-8A) keep 99% of the non-generative and 70% of the generative")
+    assert text.startswith(
+        "On tiny, attention drops (Drop-8A) keep 99% of the non-generative and 70% of the generative"
+    )
     assert "As the paper claims, every pruned variant loses more on generation" in text
     assert "As in the paper, dropping attention is gentler" in text
     assert "Unlike" not in text
@@ -287,9 +445,15 @@ def test_answer_agrees_with_the_paper():
 
 
 def test_answer_says_plainly_where_the_model_differs():
-    text = G.answer_for_model("tiny", _facts(**{"Drop-8M": {"retained_nongen": 0.6, "retained_by_kind": {"mc": 0.55},
-                                                             "retained_gen": 0.6},
-                                               "Drop-8A": {"retained_gen": 0.3}}))
+    text = G.answer_for_model(
+        "tiny",
+        _facts(
+            **{
+                "Drop-8M": {"retained_nongen": 0.6, "retained_by_kind": {"mc": 0.55}, "retained_gen": 0.6},
+                "Drop-8A": {"retained_gen": 0.3},
+            }
+        ),
+    )
     assert "Unlike the paper's claim that non-generative scores survive pruning" in text
     assert "MLP drops hurt multiple choice too" in text and "55% on multiple choice" in text
     assert "Unlike the paper, dropping attention hurts generation more" in text
@@ -325,9 +489,15 @@ def test_answer_uses_fidelity_when_the_dense_model_cannot_answer():
     for f in facts:
         f.dense_gen = 0.0
     text = G.answer_for_model("tiny", facts)
-    assert "attention drops (Drop-8A) keep 99% of the dense model's non-generative score and reach a ROUGE-L of 0.41" in text
+    assert (
+        "attention drops (Drop-8A) keep 99% of the dense model's non-generative score "
+        "and reach a ROUGE-L of 0.41" in text
+    )
     assert "judged instead by the fidelity to the dense generations" in text
-    assert "dropping attention is gentler on generation than dropping as many MLPs (Drop-8A ROUGE-L 0.41 vs Drop-8M ROUGE-L 0.08)" in text
+    assert (
+        "dropping attention is gentler on generation than dropping as many MLPs "
+        "(Drop-8A ROUGE-L 0.41 vs Drop-8M ROUGE-L 0.08)" in text
+    )
     assert "70%" not in text  # the meaningless retained generative fraction is not quoted
 
 
@@ -350,12 +520,35 @@ def test_answer_without_results():
 
 
 def test_analysis_headline_reads_the_pipeline_summary():
-    summary = analysis_summary("V", cos=(0.9, 0.8, 0.1), kl=2.0, ratios=(1.5, 1.0), tf=(0.7, 0.4),
-                               fr=(0.2, 3.0), steps=(1, 5, None), flips=0.5, kl_options=0.01, kl_full=0.3)
+    summary = analysis_summary(
+        "V",
+        cos=(0.9, 0.8, 0.1),
+        kl=2.0,
+        ratios=(1.5, 1.0),
+        tf=(0.7, 0.4),
+        fr=(0.2, 3.0),
+        steps=(1, 5, None),
+        flips=0.5,
+        kl_options=0.01,
+        kl_full=0.3,
+    )
     a = AnalysisHeadline.from_summary(summary, "V")
-    assert a == AnalysisHeadline(cos_h=0.9, cos_z=0.8, cos_p=0.1, kl_transitions=2.0, ratio_theorem2=1.5,
-                                 ratio_theorem3=1.0, tf_cos_p=0.7, tf_kl=0.4, fr_cos_p=0.2, fr_kl=3.0,
-                                 first_divergence=3.0, choice_flip_rate=0.5, kl_options=0.01, kl_full=0.3)
+    assert a == AnalysisHeadline(
+        cos_h=0.9,
+        cos_z=0.8,
+        cos_p=0.1,
+        kl_transitions=2.0,
+        ratio_theorem2=1.5,
+        ratio_theorem3=1.0,
+        tf_cos_p=0.7,
+        tf_kl=0.4,
+        fr_cos_p=0.2,
+        fr_kl=3.0,
+        first_divergence=3.0,
+        choice_flip_rate=0.5,
+        kl_options=0.01,
+        kl_full=0.3,
+    )
     # a variant with none of its own sublayers measured: the numbers over every sublayer
     b = AnalysisHeadline.from_summary(analysis_summary("V", kl=0.4, own_sublayers=False), "V")
     assert (b.cos_p, b.kl_transitions) == (0.8, 0.4)
@@ -390,7 +583,9 @@ def test_tables_written(built):
     avg = {r[0]: r for r in rows}
     assert float(avg["non_generative average"][2]) == pytest.approx(0.65)  # mc + retrieval, no perplexity
     assert float(avg["generative average"][2]) == pytest.approx(0.15)
-    assert float(avg["wikitext2"][7]) == pytest.approx(20 / 21, abs=1e-4)  # retained perplexity = dense / pruned
+    assert float(avg["wikitext2"][7]) == pytest.approx(
+        20 / 21, abs=1e-4
+    )  # retained perplexity = dense / pruned
     md = (root / "report" / "table.md").read_text()
     assert md.startswith("| task | metric | Full | Drop-2A") and "non_generative average" in md
 
@@ -406,7 +601,17 @@ def test_figures_written(built):
 def test_report_sections_and_self_contained(built):
     root, page, text = built
     assert page == root / "report" / "report.html"
-    for sid in ("question", "answer", "missing", "table", "figures", "hierarchy", "case-study", "guidance", "how-run"):
+    for sid in (
+        "question",
+        "answer",
+        "missing",
+        "table",
+        "figures",
+        "hierarchy",
+        "case-study",
+        "guidance",
+        "how-run",
+    ):
         assert f'<section id="{sid}">' in text, sid
     imgs = re.findall(r"<img [^>]*>", text)
     assert len(imgs) == 4  # summary, predictor, two analysis figures
@@ -420,12 +625,20 @@ def test_report_sections_and_self_contained(built):
 def test_report_content_from_data(built):
     _, _, text = built
     # answer paragraph
-    assert "On smollm2-135m, attention drops (Drop-2A) keep 98% of the non-generative and 98% of the generative" in text
+    assert (
+        "On smollm2-135m, attention drops (Drop-2A) keep 98% of the non-generative and 98% of the generative"
+        in text
+    )
     assert "MLP drops hurt multiple choice too" in text
     # captions written from the data
-    assert ("Drop-4M keeps 3% of the generative score (77% of the non-generative score kept) and its median "
-            "probability-space KL is 0.9") in text
-    assert "Spearman correlation between predictor and degradation (1 − retained generative score) across 4 variants is 1.00" in text
+    assert (
+        "Drop-4M keeps 3% of the generative score (77% of the non-generative score kept) and its median "
+        "probability-space KL is 0.9"
+    ) in text
+    assert (
+        "Spearman correlation between predictor and degradation (1 − retained generative score) "
+        "across 4 variants is 1.00" in text
+    )
     assert "its median ratio to the measured KL is 0.91" in text  # predictor / measured KL = 1 / 1.1
     assert "Drop-2A: Cosine in hidden, logit and probability space and KL per layer" in text
     assert "first greedy divergence at step 3" in text
@@ -438,13 +651,17 @@ def test_report_content_from_data(built):
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; a &lt; b &amp; c" in text
     assert "Christopher Marlowe" in text and "Reference answer: <b>Shakespeare</b>" in text
     # how it was run
-    assert "seed <b>7</b>" in text and "model: smollm2-135m" in text and "torch" in text and "eval/Full" in text
+    assert (
+        "seed <b>7</b>" in text and "model: smollm2-135m" in text and "torch" in text and "eval/Full" in text
+    )
     assert "20.6 min" in text
 
 
 def test_tasks_near_chance_are_flagged_and_not_judged(built, tmp_path):
     root, _, text = built
-    assert json.loads((root / "report" / "guidance.json").read_text())["near_chance"] == []  # ARC 0.60 vs 0.25
+    assert (
+        json.loads((root / "report" / "guidance.json").read_text())["near_chance"] == []
+    )  # ARC 0.60 vs 0.25
     assert "Near chance" not in text
     root = make_study(tmp_path / "study", piqa_chance=True)
     text = build_report(root).read_text()
@@ -454,7 +671,10 @@ def test_tasks_near_chance_are_flagged_and_not_judged(built, tmp_path):
     assert [f["task"] for f in g["near_chance"]] == ["piqa"]
     assert g["near_chance"][0]["bound"] == pytest.approx(0.5 + 2 * math.sqrt(0.025))
     assert "near chance on piqa: that task is left out of the judged non-generative averages" in g["answer"]
-    assert "Near chance: the dense model is within two standard errors of random guessing on piqa: 0.65 against chance 0.50" in text
+    assert (
+        "Near chance: the dense model is within two standard errors of random guessing on piqa: "
+        "0.65 against chance 0.50" in text
+    )
     # judged without PIQA, Drop-2M keeps (0.48 + 0.64) / (0.60 + 0.70) = 86% (84% with it): care, not unsafe
     v = {x["variant"]: x for x in g["variants"]}
     assert v["Drop-2M"]["non_generative"]["verdict"] == G.CARE
@@ -467,8 +687,12 @@ def test_guidance_verdicts(built):
     g = {v["variant"]: v for v in json.loads((root / "report" / "guidance.json").read_text())["variants"]}
     assert set(g) == {"Drop-2A", "Drop-2M", "Drop-4M", "Wanda-50%"}
     verdict = {k: (v["non_generative"]["verdict"], v["generative"]["verdict"]) for k, v in g.items()}
-    assert verdict == {"Drop-2A": (G.SAFE, G.CARE),  # generative score kept, but only 40% identical generations
-                       "Drop-2M": (G.UNSAFE, G.UNSAFE), "Drop-4M": (G.UNSAFE, G.UNSAFE), "Wanda-50%": (G.SAFE, G.UNSAFE)}
+    assert verdict == {
+        "Drop-2A": (G.SAFE, G.CARE),  # generative score kept, but only 40% identical generations
+        "Drop-2M": (G.UNSAFE, G.UNSAFE),
+        "Drop-4M": (G.UNSAFE, G.UNSAFE),
+        "Wanda-50%": (G.SAFE, G.UNSAFE),
+    }
     for line in G.rule_text():
         assert line.replace("'", "&#x27;") in text
 
@@ -515,7 +739,9 @@ def test_odd_values_are_tolerated(tmp_path):
     s["results"]["gsm8k"]["score"] = None
     s["results"]["weird"] = "not a dict"
     (root / "eval" / "Drop-2A" / "summary.json").write_text(json.dumps(s))
-    (root / "case_study.json").write_text(json.dumps({"prompts": ["bare prompt"], "answers": {"Full": "not a list"}}))
+    (root / "case_study.json").write_text(
+        json.dumps({"prompts": ["bare prompt"], "answers": {"Full": "not a list"}})
+    )
     (root / "predictor.json").write_text(json.dumps({"Drop-2A": "x", "Drop-2M": {"var_p_dz_over_2T2": -1}}))
     text = build_report(root).read_text()
     assert '<section id="case-study">' in text and "bare prompt" in text
@@ -554,9 +780,11 @@ def test_browser_check_catches_problems(chromium, tmp_path):
     from browser_check import check_page
 
     bad = tmp_path / "bad.html"
-    bad.write_text('<!DOCTYPE html><html><head><title>bad</title></head><body><p>x</p>'
-                   '<img src="missing.png"><img src="http://127.0.0.1:9/x.png">'
-                   '<script>console.error("boom"); undefinedFunction();</script></body></html>')
+    bad.write_text(
+        "<!DOCTYPE html><html><head><title>bad</title></head><body><p>x</p>"
+        '<img src="missing.png"><img src="http://127.0.0.1:9/x.png">'
+        '<script>console.error("boom"); undefinedFunction();</script></body></html>'
+    )
     r = check_page(bad, tmp_path / "bad.png", chromium=chromium, timeout=30)
     joined = " ".join(r.problems())
     assert "boom" in joined and "undefinedFunction" in joined

@@ -25,8 +25,9 @@ def _tokenizer():
         vocab[f"w{i}"] = len(vocab)
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="</s>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,18 +39,29 @@ def tiny_dir(tmp_path_factory):
 
 
 def _config(model_dir):
-    return parse_config({
-        "model": str(model_dir),
-        "calibration": {"source": "c4", "nsamples": 2, "seqlen": 32},
-        "variants": [{"name": "Drop-1A", "drop": {"target": "attn", "n": 1}},
-                     {"name": "Mag-50%", "sparsify": {"method": "magnitude", "sparsity": 0.5}}],
-        "tasks": [{"task": "arc_easy", "limit": 2}, {"task": "wikitext2", "limit": 1},
-                  {"task": "gsm8k", "limit": 2, "max_new_tokens": 4}],
-        "batch_size": 2,
-        "analyses": {"prompts": {"gsm8k": 1, "nq_open": 1}, "transitions": {"temperatures": [1.0]},
-                     "trajectories": {"max_new_tokens": 3}, "subspace": {"task": "arc_easy", "limit": 2}},
-        "case_study": {"gsm8k": 1, "nq_open": 1, "max_new_tokens": 4},
-    })
+    return parse_config(
+        {
+            "model": str(model_dir),
+            "calibration": {"source": "c4", "nsamples": 2, "seqlen": 32},
+            "variants": [
+                {"name": "Drop-1A", "drop": {"target": "attn", "n": 1}},
+                {"name": "Mag-50%", "sparsify": {"method": "magnitude", "sparsity": 0.5}},
+            ],
+            "tasks": [
+                {"task": "arc_easy", "limit": 2},
+                {"task": "wikitext2", "limit": 1},
+                {"task": "gsm8k", "limit": 2, "max_new_tokens": 4},
+            ],
+            "batch_size": 2,
+            "analyses": {
+                "prompts": {"gsm8k": 1, "nq_open": 1},
+                "transitions": {"temperatures": [1.0]},
+                "trajectories": {"max_new_tokens": 3},
+                "subspace": {"task": "arc_easy", "limit": 2},
+            },
+            "case_study": {"gsm8k": 1, "nq_open": 1, "max_new_tokens": 4},
+        }
+    )
 
 
 def test_local_study_runs_resumes_and_reports(tiny_dir, tmp_path):
@@ -77,7 +89,11 @@ def test_local_study_runs_resumes_and_reports(tiny_dir, tmp_path):
         run_study(changed, tmp_path / "s")
     seen.clear()
     run_study(changed, tmp_path / "s", overwrite=True, report=lambda u, s, cached: seen.append((u, cached)))
-    assert sorted(u for u, c in seen if not c) == ["eval/Drop-1A/arc_easy", "eval/Full/arc_easy", "eval/Mag-50%/arc_easy"]
+    assert sorted(u for u, c in seen if not c) == [
+        "eval/Drop-1A/arc_easy",
+        "eval/Full/arc_easy",
+        "eval/Mag-50%/arc_easy",
+    ]
 
     from prunelens.report import build_report, load_study
 
@@ -87,8 +103,14 @@ def test_local_study_runs_resumes_and_reports(tiny_dir, tmp_path):
     headline = load_study(tmp_path / "s").analysis
     assert set(headline) == {"Drop-1A", "Mag-50%"}
     for a in headline.values():
-        assert None not in (a.cos_p, a.kl_transitions, a.tf_kl, a.fr_kl, a.first_divergence,
-                            a.choice_flip_rate)
+        assert None not in (
+            a.cos_p,
+            a.kl_transitions,
+            a.tf_kl,
+            a.fr_kl,
+            a.first_divergence,
+            a.choice_flip_rate,
+        )
 
 
 def test_ray_local_cluster_runs_units_once_and_retries(tiny_dir, tmp_path, monkeypatch):
@@ -129,5 +151,7 @@ def test_impossible_drops_and_unknown_models_are_refused_before_anything_is_writ
     cfg.write_text(yaml.safe_dump(raw))
     res = CliRunner().invoke(app, ["study", str(cfg), "--out", str(tmp_path / "s")])
     assert res.exit_code == 2 and "variant Drop-9A" in res.output and not (tmp_path / "s").exists()
-    res = CliRunner().invoke(app, ["study", str(cfg), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "s")])
+    res = CliRunner().invoke(
+        app, ["study", str(cfg), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "s")]
+    )
     assert res.exit_code == 2 and "no such model" in res.output and not (tmp_path / "s").exists()

@@ -161,8 +161,12 @@ def test_openbookqa_spot_check():
     ex = local("openbookqa", "test")[0]
     assert ex.id == "8-343"
     assert ex.context.endswith("they decide the best way to save money is to")
-    assert ex.choices == [" make more phone calls", " quit eating lunch out", " buy less with monopoly money",
-                          " have lunch with friends"]
+    assert ex.choices == [
+        " make more phone calls",
+        " quit eating lunch out",
+        " buy less with monopoly money",
+        " have lunch with friends",
+    ]
     assert ex.label == 1
 
 
@@ -412,10 +416,19 @@ def test_hellaswag_preprocess():
 
 def test_winogrande_official_jsonl(tmp_path):
     rows = [
-        {"qID": "q1", "sentence": "The trophy doesn't fit in the suitcase because _ is too big.",
-         "option1": "the trophy", "option2": "the suitcase"},
-        {"qID": "q2", "sentence": "The cat chased the dog until _ got tired.", "option1": "the cat",
-         "option2": "the dog", "answer": "2"},
+        {
+            "qID": "q1",
+            "sentence": "The trophy doesn't fit in the suitcase because _ is too big.",
+            "option1": "the trophy",
+            "option2": "the suitcase",
+        },
+        {
+            "qID": "q2",
+            "sentence": "The cat chased the dog until _ got tired.",
+            "option1": "the cat",
+            "option2": "the dog",
+            "answer": "2",
+        },
     ]
     (tmp_path / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "dev-labels.lst").write_text("1\n2\n")
@@ -432,10 +445,16 @@ def test_winogrande_official_jsonl(tmp_path):
 def _write_beir_fixture(folder: Path) -> None:
     (folder / "qrels").mkdir(parents=True)
     corpus = [
-        {"_id": "4983", "title": "Microstructural development of human newborn cerebral white matter",
-         "text": "Alterations of the architecture of cerebral white matter in the developing human brain."},
-        {"_id": "5836", "title": "",
-         "text": "Induction of myelodysplasia by myeloid-derived suppressor cells."},
+        {
+            "_id": "4983",
+            "title": "Microstructural development of human newborn cerebral white matter",
+            "text": "Alterations of the architecture of cerebral white matter in the developing human brain.",
+        },
+        {
+            "_id": "5836",
+            "title": "",
+            "text": "Induction of myelodysplasia by myeloid-derived suppressor cells.",
+        },
         {"_id": "7912", "text": "A document with no title field."},
     ]
     queries = [
@@ -497,12 +516,20 @@ def test_hub_rows_convert(monkeypatch):
     calls = []
     hub_rows = {
         ("allenai/ai2_arc", "ARC-Easy", "test"): [
-            {"id": "x1", "question": "Which is a gas?", "answerKey": "2",
-             "choices": {"text": ["rock", "steam", "ice"], "label": ["1", "2", "3"]}}
+            {
+                "id": "x1",
+                "question": "Which is a gas?",
+                "answerKey": "2",
+                "choices": {"text": ["rock", "steam", "ice"], "label": ["1", "2", "3"]},
+            }
         ],
         ("cais/mmlu", "all", "test"): [
-            {"question": " What is 2+2? ", "subject": "elementary_mathematics",
-             "choices": ["3", "4", "5", "6"], "answer": 1}
+            {
+                "question": " What is 2+2? ",
+                "subject": "elementary_mathematics",
+                "choices": ["3", "4", "5", "6"],
+                "answer": 1,
+            }
         ],
         ("aps/super_glue", "rte", "validation"): [
             {"premise": "P.", "hypothesis": "H.", "idx": 7, "label": 0}

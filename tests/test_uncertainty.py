@@ -7,8 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from prunelens.evaluate.uncertainty import (bootstrap_interval, mcnemar_exact, minimum_detectable_difference,
-                                            paired_accuracy, paired_bootstrap, wilson_interval)
+from prunelens.evaluate.uncertainty import (
+    bootstrap_interval,
+    mcnemar_exact,
+    minimum_detectable_difference,
+    paired_accuracy,
+    paired_bootstrap,
+    wilson_interval,
+)
 
 from conftest import need_package
 
@@ -58,8 +64,10 @@ def test_paired_bootstrap_identity_and_shift():
 def test_paired_bootstrap_p_value_is_calibrated_under_the_null():
     """Under no difference, p < 0.05 in about 5 % of repeated experiments."""
     rng = np.random.default_rng(7)
-    hits = sum(paired_bootstrap(a, a + rng.normal(0, 1, 60), resamples=500, seed=s).p_value < 0.05
-               for s, a in enumerate(rng.normal(size=(200, 60))))
+    hits = sum(
+        paired_bootstrap(a, a + rng.normal(0, 1, 60), resamples=500, seed=s).p_value < 0.05
+        for s, a in enumerate(rng.normal(size=(200, 60)))
+    )
     assert 2 <= hits <= 20  # 10 expected; binomial(200, 0.05) is in [2, 20] with probability > 0.998
 
 
@@ -77,7 +85,9 @@ def test_paired_accuracy_counts_discordant_pairs():
 def test_minimum_detectable_difference():
     # 200 questions at 60 % accuracy, independent errors: (1.96 + 0.84) * sqrt(0.48 / 200) = 0.137
     assert minimum_detectable_difference(200, 0.6) == pytest.approx(0.1372, abs=2e-4)
-    assert minimum_detectable_difference(800, 0.6) == pytest.approx(minimum_detectable_difference(200, 0.6) / 2)
+    assert minimum_detectable_difference(800, 0.6) == pytest.approx(
+        minimum_detectable_difference(200, 0.6) / 2
+    )
     assert minimum_detectable_difference(200, 0.6, discordance=0.1) < minimum_detectable_difference(200, 0.6)
 
 

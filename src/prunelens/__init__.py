@@ -11,7 +11,8 @@ __all__ = ["__version__", "DEFAULT_MODEL", "load"]
 
 
 def load(spec: str | None = None, **kwargs):
-    """Load ``(model, tokenizer)`` from a hub id, local directory, ``.gguf`` file, prunelens checkpoint or alias.
+    """Load ``(model, tokenizer)`` from a hub id, local directory, ``.gguf`` file,
+    prunelens checkpoint or alias.
 
     See :func:`prunelens.models.loading.load` for the options.
     """

@@ -15,7 +15,6 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -25,16 +24,22 @@ from rich.table import Table
 from prunelens import DEFAULT_MODEL
 
 app = typer.Typer(
-    help="prunelens: prune LLMs and measure when pruning works, and why (hidden → logit → probability space).",
+    help=(
+        "prunelens: prune LLMs and measure when pruning works, and why (hidden → logit → probability space)."
+    ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-prune_app = typer.Typer(help="Prune a model: drop sublayers/blocks, or sparsify weights.", no_args_is_help=True)
+prune_app = typer.Typer(
+    help="Prune a model: drop sublayers/blocks, or sparsify weights.", no_args_is_help=True
+)
 app.add_typer(prune_app, name="prune")
 out_console = Console()
 err_console = Console(stderr=True)
 
-MODEL_HELP = "Hub id, local checkpoint dir, .gguf file, prunelens dir, or alias (default: smollm2-135m, embedded)."
+MODEL_HELP = (
+    "Hub id, local checkpoint dir, .gguf file, prunelens dir, or alias (default: smollm2-135m, embedded)."
+)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -43,7 +48,7 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _threads(threads: Optional[int]) -> None:
+def _threads(threads: int | None) -> None:
     import torch
 
     if threads:
@@ -53,18 +58,26 @@ def _threads(threads: Optional[int]) -> None:
 class _Common:
     """Options shared by the prune commands."""
 
-    calib = typer.Option("c4", "--calib", help="Calibration: c4, c4-heldout, wikitext2, a .txt/.json/.jsonl file, or hub:NAME[:CONFIG[:SPLIT]].")
+    calib = typer.Option(
+        "c4",
+        "--calib",
+        help=(
+            "Calibration: c4, c4-heldout, wikitext2, a .txt/.json/.jsonl file, or hub:NAME[:CONFIG[:SPLIT]]."
+        ),
+    )
     nsamples = typer.Option(64, "--nsamples", help="Number of calibration windows.")
     seqlen = typer.Option(256, "--seqlen", help="Tokens per calibration window.")
     seed = typer.Option(0, "--seed", help="Seed for calibration sampling.")
     dtype = typer.Option("float32", "--dtype", help="Model dtype: float32, bfloat16, float16 or auto.")
-    device = typer.Option("cpu", "--device", help="Device: cpu, cuda, cuda:N, or auto (accelerate device map over all devices).")
+    device = typer.Option(
+        "cpu", "--device", help="Device: cpu, cuda, cuda:N, or auto (accelerate device map over all devices)."
+    )
     batch_size = typer.Option(8, "--batch-size", help="Calibration windows per forward pass.")
     overwrite = typer.Option(False, "--overwrite", help="Replace a non-empty output directory.")
     threads = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice).")
 
 
-def _resolve(model: Optional[str]):
+def _resolve(model: str | None):
     """Resolve the model spec and run the cheap checks (files, config, plan) before any weights load."""
     from prunelens.models.adapter import UnsupportedArchitectureError, spec_for
     from prunelens.models.loading import ModelNotFoundError, resolve
@@ -132,15 +145,21 @@ def _check_out(out: Path, overwrite: bool) -> None:
 def _print_plan(plan, out: Path, seconds: float) -> None:
     t = Table(title=f"{plan.name} saved to {out}", show_header=False)
     t.add_row("method", plan.method + (f" ({plan.target})" if plan.target else ""))
-    t.add_row("parameters", f"{plan.params_before:,} → {plan.params_after:,} "
-              f"({100 * (1 - plan.params_after / plan.params_before):.1f}% fewer)")
+    t.add_row(
+        "parameters",
+        f"{plan.params_before:,} → {plan.params_after:,} "
+        f"({100 * (1 - plan.params_after / plan.params_before):.1f}% fewer)",
+    )
     if plan.dropped_sublayers:
         t.add_row("dropped", ", ".join(f"{d['sublayer']}@{d['layer']}" for d in plan.dropped_sublayers))
     if plan.dropped_blocks:
         t.add_row("dropped blocks", ", ".join(map(str, plan.dropped_blocks)))
     if "achieved" in plan.sparsity:
         ach = plan.sparsity["achieved"]
-        t.add_row("sparsity", f"{ach['overall']:.4f} overall; " + ", ".join(f"{k} {v:.3f}" for k, v in ach["by_group"].items()))
+        t.add_row(
+            "sparsity",
+            f"{ach['overall']:.4f} overall; " + ", ".join(f"{k} {v:.3f}" for k, v in ach["by_group"].items()),
+        )
     if plan.calibration:
         c = plan.calibration
         t.add_row("calibration", f"{c['source']}: {c['nsamples']}×{c['seqlen']} tokens, seed {c['seed']}")
@@ -150,19 +169,32 @@ def _print_plan(plan, out: Path, seconds: float) -> None:
 
 @prune_app.command("drop")
 def prune_drop(
-    model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
-    target: str = typer.Option(..., "--target", help="attn | mlp | block | joint (attention and MLP ranked together)."),
+    model: str | None = typer.Argument(None, help=MODEL_HELP),
+    target: str = typer.Option(
+        ..., "--target", help="attn | mlp | block | joint (attention and MLP ranked together)."
+    ),
     n: int = typer.Option(..., "--n", help="How many sublayers (or blocks) to drop."),
     out: Path = typer.Option(..., "--out", help="Output directory for the pruned checkpoint."),
-    iterative: bool = typer.Option(False, "--iterative", help="Re-score after each removal (n scoring passes)."),
-    window: bool = typer.Option(False, "--window", help="block only: drop the best window of n consecutive blocks."),
-    calib: str = _Common.calib, nsamples: int = _Common.nsamples, seqlen: int = _Common.seqlen,
-    seed: int = _Common.seed, dtype: str = _Common.dtype, device: str = _Common.device,
-    batch_size: int = _Common.batch_size, overwrite: bool = _Common.overwrite, threads: Optional[int] = _Common.threads,
+    iterative: bool = typer.Option(
+        False, "--iterative", help="Re-score after each removal (n scoring passes)."
+    ),
+    window: bool = typer.Option(
+        False, "--window", help="block only: drop the best window of n consecutive blocks."
+    ),
+    calib: str = _Common.calib,
+    nsamples: int = _Common.nsamples,
+    seqlen: int = _Common.seqlen,
+    seed: int = _Common.seed,
+    dtype: str = _Common.dtype,
+    device: str = _Common.device,
+    batch_size: int = _Common.batch_size,
+    overwrite: bool = _Common.overwrite,
+    threads: int | None = _Common.threads,
 ):
-    """Drop the N least important attention/MLP sublayers or blocks (highest input/output cosine similarity)."""
-    from prunelens.prune.drop import PruneConfigError, drop, validate_drop
+    """Drop the N least important attention/MLP sublayers or blocks \
+(highest input/output cosine similarity)."""
     from prunelens.plan import DROP_TARGETS
+    from prunelens.prune.drop import PruneConfigError, drop, validate_drop
     from prunelens.prune.save import save_pruned
 
     _threads(threads)
@@ -184,36 +216,60 @@ def prune_drop(
     texts = _check_calibration_request(src, calib, nsamples, seqlen)
     m, tok, _ = _load(src, dtype, device)
     cal = _calibration(tok, calib, nsamples, seqlen, seed, texts)
-    plan = drop(m, cal, target=target, n=n, iterative=iterative, window=window, batch_size=batch_size,
-                base_model=model or DEFAULT_MODEL)
+    plan = drop(
+        m,
+        cal,
+        target=target,
+        n=n,
+        iterative=iterative,
+        window=window,
+        batch_size=batch_size,
+        base_model=model or DEFAULT_MODEL,
+    )
     save_pruned(m, tok, plan, out, overwrite=overwrite)
     _print_plan(plan, out, time.perf_counter() - t0)
 
 
 @prune_app.command("sparsify")
 def prune_sparsify(
-    model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
+    model: str | None = typer.Argument(None, help=MODEL_HELP),
     method: str = typer.Option(..., "--method", help="magnitude | wanda | sparsegpt."),
-    sparsity: Optional[float] = typer.Option(None, "--sparsity", help="Unstructured sparsity in [0, 1), e.g. 0.5."),
-    pattern: Optional[str] = typer.Option(None, "--pattern", help="N:M semi-structured pattern, N kept in every M (e.g. 2:4)."),
+    sparsity: float | None = typer.Option(
+        None, "--sparsity", help="Unstructured sparsity in [0, 1), e.g. 0.5."
+    ),
+    pattern: str | None = typer.Option(
+        None, "--pattern", help="N:M semi-structured pattern, N kept in every M (e.g. 2:4)."
+    ),
     out: Path = typer.Option(..., "--out", help="Output directory for the pruned checkpoint."),
-    calib: str = _Common.calib, nsamples: int = _Common.nsamples, seqlen: int = _Common.seqlen,
-    seed: int = _Common.seed, dtype: str = _Common.dtype, device: str = _Common.device,
-    batch_size: int = _Common.batch_size, overwrite: bool = _Common.overwrite, threads: Optional[int] = _Common.threads,
+    calib: str = _Common.calib,
+    nsamples: int = _Common.nsamples,
+    seqlen: int = _Common.seqlen,
+    seed: int = _Common.seed,
+    dtype: str = _Common.dtype,
+    device: str = _Common.device,
+    batch_size: int = _Common.batch_size,
+    overwrite: bool = _Common.overwrite,
+    threads: int | None = _Common.threads,
     blocksize: int = typer.Option(128, "--blocksize", help="SparseGPT column block size."),
-    percdamp: float = typer.Option(0.01, "--percdamp", help="SparseGPT Hessian dampening (fraction of mean diagonal)."),
-    true_sequential: Optional[bool] = typer.Option(
-        None, "--true-sequential/--dense-block-stats",
-        help="Calibration inside a block. --true-sequential prunes the linears group by group (q/k/v, o, gate/up, "
-             "down), each on the inputs the already-pruned groups give it, in one pass, holding all calibration "
-             "activations of the block at once. --dense-block-stats is the published procedure: every linear's "
-             "statistics from the dense block, then a second pass over the pruned block. Default: true-sequential "
-             "for Wanda (faster, equal or better perplexity measured), dense-block for SparseGPT (its perplexity "
-             "was worse true-sequentially)."),
+    percdamp: float = typer.Option(
+        0.01, "--percdamp", help="SparseGPT Hessian dampening (fraction of mean diagonal)."
+    ),
+    true_sequential: bool | None = typer.Option(
+        None,
+        "--true-sequential/--dense-block-stats",
+        help="Calibration inside a block. --true-sequential prunes the linears group by group "
+        "(q/k/v, o, gate/up, "
+        "down), each on the inputs the already-pruned groups give it, in one pass, holding all calibration "
+        "activations of the block at once. --dense-block-stats is the published procedure: every linear's "
+        "statistics from the dense block, then a second pass over the pruned block. Default: true-sequential "
+        "for Wanda (faster, equal or better perplexity measured), dense-block for SparseGPT (its perplexity "
+        "was worse true-sequentially).",
+    ),
 ):
-    """Zero weights of every linear layer in the blocks (layer by layer, calibrated on pruned predecessors)."""
-    from prunelens.prune.sparsify import sparsify, validate_sparsity
+    """Zero weights of every linear layer in the blocks \
+(layer by layer, calibrated on pruned predecessors)."""
     from prunelens.prune.save import save_pruned
+    from prunelens.prune.sparsify import sparsify, validate_sparsity
 
     _threads(threads)
     try:
@@ -224,7 +280,10 @@ def prune_sparsify(
     t0 = time.perf_counter()
     exec_device = None
     if device not in ("cpu", "auto"):
-        exec_device, device = device, "cpu"  # keep weights on the CPU, process one block at a time on the device
+        exec_device, device = (
+            device,
+            "cpu",
+        )  # keep weights on the CPU, process one block at a time on the device
     src = _resolve(model)
     if src.plan is not None:
         _fail("the model is already pruned; prune its dense parent instead (plans do not stack yet)")
@@ -232,9 +291,19 @@ def prune_sparsify(
     m, tok, _ = _load(src, dtype, device)
     cal = None if method == "magnitude" else _calibration(tok, calib, nsamples, seqlen, seed, texts)
     try:
-        plan = sparsify(m, cal, method=method, sparsity=sparsity, pattern=pattern, batch_size=batch_size,
-                        blocksize=blocksize, percdamp=percdamp, device=exec_device, base_model=model or DEFAULT_MODEL,
-                        true_sequential=true_sequential)
+        plan = sparsify(
+            m,
+            cal,
+            method=method,
+            sparsity=sparsity,
+            pattern=pattern,
+            batch_size=batch_size,
+            blocksize=blocksize,
+            percdamp=percdamp,
+            device=exec_device,
+            base_model=model or DEFAULT_MODEL,
+            true_sequential=true_sequential,
+        )
     except (ValueError, MemoryError) as exc:
         _fail(str(exc))
     save_pruned(m, tok, plan, out, overwrite=overwrite)
@@ -242,8 +311,10 @@ def prune_sparsify(
 
 
 @app.command()
-def info(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
-         as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")):
+def info(
+    model: str | None = typer.Argument(None, help=MODEL_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+):
     """Parameters, layers, family, and the prune plan if the model was pruned by prunelens."""
     from prunelens.models.adapter import Adapter, param_count
 
@@ -284,21 +355,29 @@ def info(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
     out_console.print(t)
 
 
-DEMO_PROMPT = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?"
+DEMO_PROMPT = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?"
+)
 
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo-drop8a"), "--out", help="Where the pruned checkpoint and summary go."),
-    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
+    out: Path = typer.Option(
+        Path("runs/demo-drop8a"), "--out", help="Where the pruned checkpoint and summary go."
+    ),
+    model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
     n: int = typer.Option(8, "--n", help="Attention sublayers to drop."),
     nsamples: int = typer.Option(32, "--nsamples", help="Calibration windows (C4 sample, 256 tokens each)."),
-    ppl_windows: int = typer.Option(16, "--ppl-windows", help="256-token windows of held-out C4 for perplexity."),
+    ppl_windows: int = typer.Option(
+        16, "--ppl-windows", help="256-token windows of held-out C4 for perplexity."
+    ),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
-    threads: Optional[int] = _Common.threads,
+    threads: int | None = _Common.threads,
 ):
-    """A 90-second tour (`prunelens study` is the whole job): drop the N least important attention sublayers of the
+    """A 90-second tour (`prunelens study` is the whole job): drop the N least important attention \
+sublayers of the
     embedded model, save it, and print a before/after summary (parameters, perplexity on held-out C4,
     one greedy generation from each)."""
     from prunelens.data.calibration import bos_prefix, load_texts, token_stream
@@ -315,23 +394,36 @@ def demo(
     m, tok, _ = _load(model, "float32", "cpu")
     err_console.print(f"loaded {model or 'smollm2-135m'} ({param_count(m):,} parameters)")
     stream = token_stream(tok, load_texts("c4-heldout"))
-    before_ppl = perplexity(m, stream, seqlen=256, max_windows=ppl_windows, bos_id=bos_prefix(tok),
-                            desc="perplexity (dense)")
+    before_ppl = perplexity(
+        m, stream, seqlen=256, max_windows=ppl_windows, bos_id=bos_prefix(tok), desc="perplexity (dense)"
+    )
     before_gen = generate(m, tok, [DEMO_PROMPT], max_new_tokens=max_new_tokens)[0]
     params_before = param_count(m)
     cal = _calibration(tok, "c4", nsamples, 256, 0)
     plan = drop(m, cal, target="attn", n=n, base_model=model or DEFAULT_MODEL)
-    after_ppl = perplexity(m, stream, seqlen=256, max_windows=ppl_windows, bos_id=bos_prefix(tok),
-                           desc=f"perplexity ({plan.name})")
+    after_ppl = perplexity(
+        m,
+        stream,
+        seqlen=256,
+        max_windows=ppl_windows,
+        bos_id=bos_prefix(tok),
+        desc=f"perplexity ({plan.name})",
+    )
     after_gen = generate(m, tok, [DEMO_PROMPT], max_new_tokens=max_new_tokens)[0]
     save_pruned(m, tok, plan, out, overwrite=overwrite)
     summary = {
-        "model": model or DEFAULT_MODEL, "variant": plan.name,
+        "model": model or DEFAULT_MODEL,
+        "variant": plan.name,
         "dropped": plan.dropped_sublayers,
         "parameters": {"dense": params_before, "pruned": plan.params_after},
         "perplexity_c4_heldout": {"dense": before_ppl.to_dict(), "pruned": after_ppl.to_dict()},
-        "generation": {"prompt": DEMO_PROMPT, "dense": before_gen, "pruned": after_gen,
-                       "max_new_tokens": max_new_tokens, "decoding": "greedy, chat template"},
+        "generation": {
+            "prompt": DEMO_PROMPT,
+            "dense": before_gen,
+            "pruned": after_gen,
+            "max_new_tokens": max_new_tokens,
+            "decoding": "greedy, chat template",
+        },
         "seconds": time.perf_counter() - t0,
     }
     atomic_write_json(out / "demo_summary.json", summary)
@@ -348,28 +440,57 @@ def demo(
     out_console.print(f"summary: {out / 'demo_summary.json'}   time: {summary['seconds']:.0f} s")
 
 
-def _model_info(spec: Optional[str], model, plan) -> dict:
+def _model_info(spec: str | None, model, plan) -> dict:
     from prunelens.models.adapter import param_count
 
-    name = plan.name if plan is not None else ("dense" if spec in (None, DEFAULT_MODEL) else Path(str(spec)).name)
-    return {"spec": spec or DEFAULT_MODEL, "name": name, "parameters": param_count(model),
-            "plan": plan.to_dict() if plan is not None else None}
+    name = (
+        plan.name
+        if plan is not None
+        else ("dense" if spec in (None, DEFAULT_MODEL) else Path(str(spec)).name)
+    )
+    return {
+        "spec": spec or DEFAULT_MODEL,
+        "name": name,
+        "parameters": param_count(model),
+        "plan": plan.to_dict() if plan is not None else None,
+    }
 
 
 @app.command("eval")
 def eval_cmd(
-    model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
-    tasks: str = typer.Option(..., "--tasks", help="Comma-separated tasks, e.g. arc_easy,boolq,piqa,gsm8k,nq_open,humaneval,mbpp,wikitext2,boolq_retrieval."),
+    model: str | None = typer.Argument(None, help=MODEL_HELP),
+    tasks: str = typer.Option(
+        ...,
+        "--tasks",
+        help=(
+            "Comma-separated tasks, e.g. "
+            "arc_easy,boolq,piqa,gsm8k,nq_open,humaneval,mbpp,wikitext2,boolq_retrieval."
+        ),
+    ),
     out: Path = typer.Option(..., "--out", help="Output directory (re-running resumes finished tasks)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Seeded deterministic subset of N examples per task (perplexity: N windows)."),
+    limit: int | None = typer.Option(
+        None, "--limit", help="Seeded deterministic subset of N examples per task (perplexity: N windows)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed for subsets, few-shot examples and sampling."),
     batch_size: int = typer.Option(8, "--batch-size"),
     max_new_tokens: int = typer.Option(192, "--max-new-tokens", help="Generation budget per example."),
-    num_fewshot: int = typer.Option(0, "--num-fewshot", help="Few-shot examples for generative tasks that support them (GSM8K)."),
-    embedder: Optional[str] = typer.Option(None, "--embedder", help="Retrieval: embedding model (sentence-transformers dir/id); default: the evaluated model with last-token pooling."),
-    dtype: str = _Common.dtype, device: str = _Common.device,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a directory written with other settings."),
-    threads: Optional[int] = _Common.threads,
+    num_fewshot: int = typer.Option(
+        0, "--num-fewshot", help="Few-shot examples for generative tasks that support them (GSM8K)."
+    ),
+    embedder: str | None = typer.Option(
+        None,
+        "--embedder",
+        help=(
+            "Retrieval: embedding model (sentence-transformers dir/id); "
+            "default: the evaluated model with last-token pooling."
+        ),
+    ),
+    dtype: str = _Common.dtype,
+    device: str = _Common.device,
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a directory written with other settings."
+    ),
+    threads: int | None = _Common.threads,
 ):
     """Evaluate a (pruned) model on non-generative and generative tasks; per-example JSONL + summary JSON."""
     from prunelens.evaluate.runner import EvalSettings, evaluate_model, task_kind
@@ -392,16 +513,25 @@ def eval_cmd(
         _fail(f"--batch-size must be positive (got {batch_size})")
     m, tok, plan = _load(_resolve(model), dtype, device)
     info = _model_info(model, m, plan)
-    settings = EvalSettings(limit=limit, seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                            num_fewshot=num_fewshot, embedder=embedder)
+    settings = EvalSettings(
+        limit=limit,
+        seed=seed,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        num_fewshot=num_fewshot,
+        embedder=embedder,
+    )
 
     def done(result, cached):
-        err_console.print(f"{'[dim]cached[/]' if cached else '[green]done[/]'}  {result.task}: "
-                          f"{result.main_metric} = {result.score:.4f}  (n={result.n}, {result.seconds:.0f} s)")
+        err_console.print(
+            f"{'[dim]cached[/]' if cached else '[green]done[/]'}  {result.task}: "
+            f"{result.main_metric} = {result.score:.4f}  (n={result.n}, {result.seconds:.0f} s)"
+        )
 
     try:
-        summary = evaluate_model(m, tok, names, out, settings=settings, model_info=info, overwrite=overwrite,
-                                 on_task_done=done)
+        summary = evaluate_model(
+            m, tok, names, out, settings=settings, model_info=info, overwrite=overwrite, on_task_done=done
+        )
     except OutputExistsError as exc:
         _fail(str(exc))
     t = Table(title=f"{info['name']} ({info['parameters']:,} parameters) → {out}")
@@ -414,8 +544,12 @@ def eval_cmd(
 
 @app.command()
 def compare(
-    dirs: list[Path] = typer.Argument(..., help="`prunelens eval` output directories; the first is the reference (dense)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the table as CSV, Markdown and JSON (FILE without suffix)."),
+    dirs: list[Path] = typer.Argument(
+        ..., help="`prunelens eval` output directories; the first is the reference (dense)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Also write the table as CSV, Markdown and JSON (FILE without suffix)."
+    ),
 ):
     """The paper-style table across evaluated models: tasks × models with 95 % intervals, averages, retained
     fraction of dense, and a paired test of each model against the first on the examples they share."""
@@ -444,21 +578,40 @@ def compare(
 
     t.add_row("parameters", "", *[f"{p / 1e6:.1f}M" if p else "—" for p in table["parameters"]])
     for r in table["rows"]:
-        t.add_row(r["task"], r["metric"], *[fmt(v, k, iv) for v, k, iv in zip(r["scores"], r["retained"],
-                                                                          r["intervals"])])
+        t.add_row(
+            r["task"],
+            r["metric"],
+            *[fmt(v, k, iv) for v, k, iv in zip(r["scores"], r["retained"], r["intervals"])],
+        )
     av = table["averages"]
-    t.add_row("[bold]non-generative avg[/]", "", *[fmt(v, k) for v, k in zip(av["non_generative"], av["non_generative_retained"])])
-    t.add_row("[bold]generative avg[/]", "", *[fmt(v, k) for v, k in zip(av["generative"], av["generative_retained"])])
+    t.add_row(
+        "[bold]non-generative avg[/]",
+        "",
+        *[fmt(v, k) for v, k in zip(av["non_generative"], av["non_generative_retained"])],
+    )
+    t.add_row(
+        "[bold]generative avg[/]",
+        "",
+        *[fmt(v, k) for v, k in zip(av["generative"], av["generative_retained"])],
+    )
     out_console.print(t)
-    paired = Table(title=f"paired against {table['models'][0]} (same examples; Δ = model − reference, 95 % interval)")
+    paired = Table(
+        title=f"paired against {table['models'][0]} (same examples; Δ = model − reference, 95 % interval)"
+    )
     for col in ("task", "model", "n", "Δ", "interval", "p", "test"):
         paired.add_column(col, justify="left" if col in ("task", "model", "test") else "right")
     for r in table["rows"]:
         for name, c in zip(table["models"][1:], r.get("paired", [None])[1:]):
             if c is not None:
-                paired.add_row(r["task"], name, str(c["n"]), f"{c['difference']:+.3f}",
-                               f"[{c['interval'][0]:+.3f}, {c['interval'][1]:+.3f}]", f"{c['p_value']:.3g}",
-                               c["test"] + (" (NLL)" if r["kind"] == "ppl" else ""))
+                paired.add_row(
+                    r["task"],
+                    name,
+                    str(c["n"]),
+                    f"{c['difference']:+.3f}",
+                    f"[{c['interval'][0]:+.3f}, {c['interval'][1]:+.3f}]",
+                    f"{c['p_value']:.3g}",
+                    c["test"] + (" (NLL)" if r["kind"] == "ppl" else ""),
+                )
     if paired.row_count:
         out_console.print(paired)
     if out is not None:
@@ -468,24 +621,44 @@ def compare(
 
 @app.command()
 def study(
-    config: Optional[Path] = typer.Argument(None, help="Study config (YAML). Default: the built-in study on the embedded model."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Study directory (re-running the same command resumes it)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Override the config's model. " + MODEL_HELP),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="Override the config's dtype: float32, bfloat16 or float16."),
-    device: Optional[str] = typer.Option(None, "--device", help="Override the config's device: cpu, cuda, cuda:N or auto."),
-    print_config: bool = typer.Option(False, "--print-config", help="Print the default config (copy, edit, pass back) and exit."),
-    engine: str = typer.Option("local", "--engine", help="local (one process) or ray (variants as Ray tasks; local cluster or --ray-address)."),
+    config: Path | None = typer.Argument(
+        None, help="Study config (YAML). Default: the built-in study on the embedded model."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Study directory (re-running the same command resumes it)."
+    ),
+    model: str | None = typer.Option(None, "--model", help="Override the config's model. " + MODEL_HELP),
+    dtype: str | None = typer.Option(
+        None, "--dtype", help="Override the config's dtype: float32, bfloat16 or float16."
+    ),
+    device: str | None = typer.Option(
+        None, "--device", help="Override the config's device: cpu, cuda, cuda:N or auto."
+    ),
+    print_config: bool = typer.Option(
+        False, "--print-config", help="Print the default config (copy, edit, pass back) and exit."
+    ),
+    engine: str = typer.Option(
+        "local",
+        "--engine",
+        help="local (one process) or ray (variants as Ray tasks; local cluster or --ray-address).",
+    ),
     workers: int = typer.Option(2, "--workers", help="Ray: worker processes of the local cluster."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray: join a running cluster (e.g. auto)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Re-use a directory written with another config (units it changes are re-run)."),
-    threads: Optional[int] = _Common.threads,
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Ray: join a running cluster (e.g. auto)."
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Re-use a directory written with another config (units it changes are re-run).",
+    ),
+    threads: int | None = _Common.threads,
 ):
     """The whole study: prune several ways, evaluate every variant on non-generative and generative tasks,
     analyse the representation hierarchy, and write tables, figures and report.html."""
-    from prunelens.study.config import DEFAULT_CONFIG_YAML, StudyConfigError, load_config
     from prunelens.models.adapter import UnsupportedArchitectureError
     from prunelens.models.loading import ContextLengthError, ModelNotFoundError
     from prunelens.prune.drop import PruneConfigError
+    from prunelens.study.config import DEFAULT_CONFIG_YAML, StudyConfigError, load_config
     from prunelens.study.runner import run_study
     from prunelens.utils.artifacts import ArtifactError
     from prunelens.utils.io import OutputExistsError
@@ -516,28 +689,60 @@ def study(
 
     hf_logging.disable_progress_bar()  # one overall bar; transformers' per-load bars would interleave with it
     t0 = time.perf_counter()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    with Progress(TextColumn("[bold]study"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
-                  TimeRemainingColumn(), console=err_console, transient=False) as progress:
+    with Progress(
+        TextColumn("[bold]study"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    ) as progress:
         task = progress.add_task("study", total=len(units))
 
         def report(unit_id: str, seconds: float, cached: bool) -> None:
-            progress.console.print(f"{'[dim]cached[/]' if cached else '[green]done[/]  '} {unit_id}"
-                                   + ("" if cached else f"  ({seconds:.0f} s)"))
+            progress.console.print(
+                f"{'[dim]cached[/]' if cached else '[green]done[/]  '} {unit_id}"
+                + ("" if cached else f"  ({seconds:.0f} s)")
+            )
             progress.advance(task)
 
         try:
-            timings = run_study(cfg, out, overwrite=overwrite, engine=engine, workers=workers,
-                                ray_address=ray_address, report=report)
-        except (OutputExistsError, PruneConfigError, ModelNotFoundError, UnsupportedArchitectureError,
-                ArtifactError, ContextLengthError) as exc:
+            timings = run_study(
+                cfg,
+                out,
+                overwrite=overwrite,
+                engine=engine,
+                workers=workers,
+                ray_address=ray_address,
+                report=report,
+            )
+        except (
+            OutputExistsError,
+            PruneConfigError,
+            ModelNotFoundError,
+            UnsupportedArchitectureError,
+            ArtifactError,
+            ContextLengthError,
+        ) as exc:
             _fail(str(exc))
     from prunelens.report import build_report
 
     path = build_report(out)
-    out_console.print(f"study finished in {time.perf_counter() - t0:.0f} s "
-                      f"(unit time {timings['total_unit_seconds']:.0f} s); report: {path}")
+    out_console.print(
+        f"study finished in {time.perf_counter() - t0:.0f} s "
+        f"(unit time {timings['total_unit_seconds']:.0f} s); report: {path}"
+    )
 
 
 @app.command()
@@ -551,13 +756,19 @@ def report(study_dir: Path = typer.Argument(..., help="A `prunelens study` outpu
 
 
 @app.command("cache")
-def cache_cmd(action: str = typer.Argument("list", help="list: show converted GGUF checkpoints; clear: remove them.")):
+def cache_cmd(
+    action: str = typer.Argument("list", help="list: show converted GGUF checkpoints; clear: remove them."),
+):
     """The cache of converted GGUF files (each GGUF is de-quantised once, then loads as safetensors)."""
     from prunelens.models.loading import clear_gguf_cache, gguf_cache_root
 
     root = gguf_cache_root()
     if action == "list":
-        entries = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.exists() else []
+        entries = (
+            sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+            if root.exists()
+            else []
+        )
         for p in entries:
             size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
             out_console.print(f"{p}  ({size / 2**20:.0f} MiB)", soft_wrap=True)
@@ -570,7 +781,10 @@ def cache_cmd(action: str = typer.Argument("list", help="list: show converted GG
         _fail(f"unknown cache action {action!r}; choose list or clear")
 
 
-from prunelens.analysis.cli import analyze as _analyze; app.command("analyze")(_analyze)  # noqa: E402,E702
+# `prunelens analyze` is defined with the analysis it drives; registered here, after the app exists
+from prunelens.analysis.cli import analyze as _analyze  # noqa: E402
+
+app.command("analyze")(_analyze)
 
 
 def main() -> None:  # pragma: no cover

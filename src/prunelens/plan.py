@@ -2,8 +2,8 @@
 
 A plan is plain data at the bottom of the package (it imports nothing from models or pruning), as
 human-readable JSON that is enough to recreate a *dropped* model from its dense parent without a second
-copy of the weights (:func:`prunelens.models.adapter.apply_structure` applies it). For sparsified models the plan
-records the method, pattern, calibration and achieved sparsity; the zeros live in the weights.
+copy of the weights (:func:`prunelens.models.adapter.apply_structure` applies it). For sparsified models
+the plan records the method, pattern, calibration and achieved sparsity; the zeros live in the weights.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import datetime as _dt
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from prunelens import __version__
 from prunelens.utils.artifacts import ArtifactError, read_json
@@ -47,7 +47,9 @@ class PrunePlan:
     params_after: int | None = None
     num_layers_before: int | None = None
     prunelens_version: str = __version__
-    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(
+        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    )
     format: str = PLAN_FORMAT
 
     @property
@@ -64,7 +66,9 @@ class PrunePlan:
             letter = "A" if kinds == {"attn"} else "M" if kinds == {"mlp"} else "J"
             return f"Drop-{len(self.dropped_sublayers)}{letter}"
         pattern = self.sparsity.get("pattern")
-        label = {"magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT"}.get(self.method, self.method)
+        label = {"magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT"}.get(
+            self.method, self.method
+        )
         if pattern:
             return f"{label}-{pattern}"
         return f"{label}-{round(100 * float(self.sparsity.get('sparsity', 0)))}%"
@@ -81,20 +85,22 @@ class PrunePlan:
         return path
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str | Path = PLAN_FILE) -> "PrunePlan":
+    def from_dict(cls, data: dict[str, Any], source: str | Path = PLAN_FILE) -> PrunePlan:
         """A plan from its JSON form, every field checked (:class:`PlanError` names the first bad one)."""
         _check_fields(data, Path(source))
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
-    def load(cls, path: str | Path) -> "PrunePlan":
+    def load(cls, path: str | Path) -> PrunePlan:
         path = Path(path)
         if path.is_dir():
             path = path / PLAN_FILE
         return cls.from_dict(read_json(path), source=path)
 
-    def check_against(self, *, model_type: str | None, num_layers: int, source: str | Path = PLAN_FILE) -> None:
+    def check_against(
+        self, *, model_type: str | None, num_layers: int, source: str | Path = PLAN_FILE
+    ) -> None:
         """Check the plan fits the checkpoint it sits beside (``config.json``'s family and layer count).
 
         ``num_layers`` is the layer count of the saved model: the dense count for sublayer drops and
@@ -102,26 +108,36 @@ class PrunePlan:
         """
         source = Path(source)
         if model_type is not None and not self.options.get("encoder") and self.family != model_type:
-            raise PlanError(source, f"is {self.family!r} but the checkpoint's config is {model_type!r}", "family")
+            raise PlanError(
+                source, f"is {self.family!r} but the checkpoint's config is {model_type!r}", "family"
+            )
         dense = num_layers + len(self.dropped_blocks)
         if self.num_layers_before is not None and self.num_layers_before != dense:
-            raise PlanError(source, f"is {self.num_layers_before}, but the checkpoint has {num_layers} layers"
-                            + (f" after dropping {len(self.dropped_blocks)} blocks" if self.dropped_blocks else ""),
-                            "num_layers_before")
+            raise PlanError(
+                source,
+                f"is {self.num_layers_before}, but the checkpoint has {num_layers} layers"
+                + (f" after dropping {len(self.dropped_blocks)} blocks" if self.dropped_blocks else ""),
+                "num_layers_before",
+            )
         for i, item in enumerate(self.dropped_sublayers):
             if item["layer"] >= dense:
-                raise PlanError(source, f"names layer {item['layer']} of a {dense}-layer model",
-                                f"dropped_sublayers[{i}].layer")
+                raise PlanError(
+                    source,
+                    f"names layer {item['layer']} of a {dense}-layer model",
+                    f"dropped_sublayers[{i}].layer",
+                )
         for i, layer in enumerate(self.dropped_blocks):
             if layer >= dense:
-                raise PlanError(source, f"names block {layer} of a {dense}-layer model", f"dropped_blocks[{i}]")
+                raise PlanError(
+                    source, f"names block {layer} of a {dense}-layer model", f"dropped_blocks[{i}]"
+                )
 
 
 class PlanError(ArtifactError):
     """A ``prune_plan.json`` that is malformed or does not fit its checkpoint."""
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -137,12 +153,18 @@ def _check_fields(data: Any, source: Path) -> None:
     if method not in methods:
         raise PlanError(source, f"is {method!r}; expected one of {', '.join(methods)}", "method")
     if not isinstance(data.get("base_model"), str):
-        raise PlanError(source, f"must be a string (the dense model's spec; got {data.get('base_model')!r})", "base_model")
+        raise PlanError(
+            source, f"must be a string (the dense model's spec; got {data.get('base_model')!r})", "base_model"
+        )
     if not isinstance(data.get("family"), str) or not data["family"]:
-        raise PlanError(source, f"must be the model family, e.g. 'llama' (got {data.get('family')!r})", "family")
+        raise PlanError(
+            source, f"must be the model family, e.g. 'llama' (got {data.get('family')!r})", "family"
+        )
     target = data.get("target")
     if method == "drop" and target not in DROP_TARGETS:
-        raise PlanError(source, f"is {target!r}; a drop plan needs one of {', '.join(DROP_TARGETS)}", "target")
+        raise PlanError(
+            source, f"is {target!r}; a drop plan needs one of {', '.join(DROP_TARGETS)}", "target"
+        )
     for key in ("num_layers_before", "params_before", "params_after"):
         v = data.get(key)
         if v is not None and not (_is_int(v) and v > 0):
@@ -155,7 +177,9 @@ def _check_fields(data: Any, source: Path) -> None:
     n = data.get("num_layers_before")
     subs = data.get("dropped_sublayers", [])
     if not isinstance(subs, list):
-        raise PlanError(source, "must be a list of {\"layer\": int, \"sublayer\": \"attn\"|\"mlp\"}", "dropped_sublayers")
+        raise PlanError(
+            source, 'must be a list of {"layer": int, "sublayer": "attn"|"mlp"}', "dropped_sublayers"
+        )
     seen = set()
     for i, item in enumerate(subs):
         where = f"dropped_sublayers[{i}]"
@@ -166,7 +190,9 @@ def _check_fields(data: Any, source: Path) -> None:
             bound = f"[0, {n})" if n is not None else "a non-negative integer"
             raise PlanError(source, f"is {layer!r}; must be in {bound}", f"{where}.layer")
         if kind not in SUBLAYERS:
-            raise PlanError(source, f"is {kind!r}; expected one of {', '.join(SUBLAYERS)}", f"{where}.sublayer")
+            raise PlanError(
+                source, f"is {kind!r}; expected one of {', '.join(SUBLAYERS)}", f"{where}.sublayer"
+            )
         if (layer, kind) in seen:
             raise PlanError(source, f"names {kind}@{layer} twice", where)
         seen.add((layer, kind))
@@ -182,7 +208,9 @@ def _check_fields(data: Any, source: Path) -> None:
     if n is not None and blocks and len(blocks) >= n:
         raise PlanError(source, f"drops all {n} blocks", "dropped_blocks")
     if method == "drop" and not subs and not blocks:
-        raise PlanError(source, "a drop plan must name at least one dropped sublayer or block", "dropped_sublayers")
+        raise PlanError(
+            source, "a drop plan must name at least one dropped sublayer or block", "dropped_sublayers"
+        )
     sparsity = data.get("sparsity", {})
     if method in SPARSE_METHODS:
         if "sparsity" not in sparsity and "pattern" not in sparsity:
@@ -194,5 +222,11 @@ def _check_fields(data: Any, source: Path) -> None:
         if "pattern" in sparsity and sparsity["pattern"] is not None:
             pat = sparsity["pattern"]
             parts = pat.split(":") if isinstance(pat, str) else []
-            if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 0 < int(parts[0]) < int(parts[1]):
-                raise PlanError(source, f"is {pat!r}; must be N:M with 0 < N < M (e.g. 2:4)", "sparsity.pattern")
+            if (
+                len(parts) != 2
+                or not all(p.isdigit() for p in parts)
+                or not 0 < int(parts[0]) < int(parts[1])
+            ):
+                raise PlanError(
+                    source, f"is {pat!r}; must be N:M with 0 < N < M (e.g. 2:4)", "sparsity.pattern"
+                )

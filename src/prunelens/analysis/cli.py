@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -34,7 +33,7 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _csv_list(value: Optional[str]) -> list[str]:
+def _csv_list(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
 
 
@@ -53,43 +52,79 @@ def _fmt(v) -> str:
 
 
 def analyze(
-    dense: str = typer.Argument(..., help="Dense model: alias (smollm2-135m), local dir, .gguf file or hub id."),
-    pruned: List[str] = typer.Argument(..., help="Pruned side(s): prunelens dir, prune_plan.json, checkpoint of the "
-                                                 "same architecture, or drop-N{a,m,j,b} (e.g. drop-8a)."),
-    out: Path = typer.Option(..., "--out", help="Output directory (tables, figures, config.json, summary.json)."),
-    prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompt file (.txt/.json/.jsonl) or task name "
-                                                                  "(default: 8 GSM8K questions + 4 open questions)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N prompts."),
-    temperature: List[float] = typer.Option([1.0], "--temperature", "-T", help="Softmax temperature(s) for p; repeat."),
+    dense: str = typer.Argument(
+        ..., help="Dense model: alias (smollm2-135m), local dir, .gguf file or hub id."
+    ),
+    pruned: list[str] = typer.Argument(
+        ...,
+        help="Pruned side(s): prunelens dir, prune_plan.json, checkpoint of the "
+        "same architecture, or drop-N{a,m,j,b} (e.g. drop-8a).",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Output directory (tables, figures, config.json, summary.json)."
+    ),
+    prompts: str | None = typer.Option(
+        None,
+        "--prompts",
+        help="Prompt file (.txt/.json/.jsonl) or task name (default: 8 GSM8K questions + 4 open questions).",
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="Use only the first N prompts."),
+    temperature: list[float] = typer.Option(
+        [1.0], "--temperature", "-T", help="Softmax temperature(s) for p; repeat."
+    ),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Tokens decoded per prompt."),
-    mc: Optional[str] = typer.Option(None, "--mc", help="Multiple-choice task for the option subspace (arc_easy, "
-                                                        "arc_challenge, openbookqa, mmlu, ...) or 'none'. Default: "
-                                                        "arc_easy when its data is available."),
+    mc: str | None = typer.Option(
+        None,
+        "--mc",
+        help="Multiple-choice task for the option subspace (arc_easy, "
+        "arc_challenge, openbookqa, mmlu, ...) or 'none'. Default: "
+        "arc_easy when its data is available.",
+    ),
     mc_limit: int = typer.Option(32, "--mc-limit", help="Multiple-choice questions (seeded subset)."),
-    option_labels: Optional[str] = typer.Option(None, "--option-labels", help="Comma-separated option labels "
-                                                                              "(default A,B,C,...)."),
-    analyses: str = typer.Option("transitions,trajectories,subspace", "--analyses", help="Comma-separated subset."),
-    scope: str = typer.Option("all", "--scope", help="Transitions: 'all' layers (drop-each counterfactual where the "
-                                                     "variant keeps a sublayer) or only the 'variant' sublayers."),
-    layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layer indices (default: all)."),
-    positions: str = typer.Option("all", "--positions", help="Transitions over all, prompt or generated tokens."),
-    no_final_norm: bool = typer.Option(False, "--no-final-norm", help="Logit lens without the final norm (the seed "
-                                                                      "scripts' convention) for intermediate states."),
-    sample: bool = typer.Option(False, "--sample",
-                                help="Sample (Gumbel-max, noise shared by dense and pruned) instead of greedy."),
-    sample_temperature: float = typer.Option(1.0, "--sample-temperature", help="Sampling temperature with --sample."),
+    option_labels: str | None = typer.Option(
+        None, "--option-labels", help="Comma-separated option labels (default A,B,C,...)."
+    ),
+    analyses: str = typer.Option(
+        "transitions,trajectories,subspace", "--analyses", help="Comma-separated subset."
+    ),
+    scope: str = typer.Option(
+        "all",
+        "--scope",
+        help="Transitions: 'all' layers (drop-each counterfactual where the "
+        "variant keeps a sublayer) or only the 'variant' sublayers.",
+    ),
+    layers: str | None = typer.Option(None, "--layers", help="Comma-separated layer indices (default: all)."),
+    positions: str = typer.Option(
+        "all", "--positions", help="Transitions over all, prompt or generated tokens."
+    ),
+    no_final_norm: bool = typer.Option(
+        False,
+        "--no-final-norm",
+        help="Logit lens without the final norm (the seed scripts' convention) for intermediate states.",
+    ),
+    sample: bool = typer.Option(
+        False, "--sample", help="Sample (Gumbel-max, noise shared by dense and pruned) instead of greedy."
+    ),
+    sample_temperature: float = typer.Option(
+        1.0, "--sample-temperature", help="Sampling temperature with --sample."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed for sampling, prompt and question subsets."),
     batch_size: int = typer.Option(4, "--batch-size", help="Prompts per forward pass."),
-    chunk_tokens: int = typer.Option(32, "--chunk-tokens",
-                                     help="Tokens per logit-lens chunk (memory ~ chunk × vocab)."),
-    exact: bool = typer.Option(False, "--exact", help="Reference metrics (prunelens.analysis.metrics) instead of the "
-                                                      "fast streaming path (~4x slower; exact KL below ~1e-6)."),
+    chunk_tokens: int = typer.Option(
+        32, "--chunk-tokens", help="Tokens per logit-lens chunk (memory ~ chunk × vocab)."
+    ),
+    exact: bool = typer.Option(
+        False,
+        "--exact",
+        help="Reference metrics (prunelens.analysis.metrics) instead of the "
+        "fast streaming path (~4x slower; exact KL below ~1e-6).",
+    ),
     calib: str = typer.Option("c4", "--calib", help="Calibration source for drop-N shorthands."),
     nsamples: int = typer.Option(32, "--nsamples", help="Calibration windows for drop-N shorthands."),
     seqlen: int = typer.Option(256, "--seqlen", help="Tokens per calibration window."),
     dtype: str = typer.Option("float32", "--dtype", help="Model dtype."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads."),
     no_csv: bool = typer.Option(False, "--no-csv", help="Write Parquet only."),
     no_figures: bool = typer.Option(False, "--no-figures", help="Skip the figures."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
@@ -112,9 +147,14 @@ def analyze(
         _fail(f"--scope must be 'all' or 'variant' (got {scope!r})")
     if positions not in ("all", "prompt", "generated"):
         _fail(f"--positions must be all, prompt or generated (got {positions!r})")
-    for name, val in (("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size),
-                      ("--chunk-tokens", chunk_tokens), ("--mc-limit", mc_limit), ("--nsamples", nsamples),
-                      ("--seqlen", seqlen)):
+    for name, val in (
+        ("--max-new-tokens", max_new_tokens),
+        ("--batch-size", batch_size),
+        ("--chunk-tokens", chunk_tokens),
+        ("--mc-limit", mc_limit),
+        ("--nsamples", nsamples),
+        ("--seqlen", seqlen),
+    ):
         if val < 1:
             _fail(f"{name} must be positive (got {val})")
     if limit is not None and limit < 1:
@@ -135,10 +175,23 @@ def analyze(
         torch.set_num_threads(threads)
     try:
         config = AnalysisConfig(
-            temperatures=tuple(temperature), max_new_tokens=max_new_tokens, analyses=tuple(chosen), scope=scope,
-            final_norm=not no_final_norm, sample=sample, sample_temperature=sample_temperature, seed=seed,
-            positions=positions, batch_size=batch_size, chunk_tokens=chunk_tokens, exact=exact, layers=layer_list,
-            option_labels=tuple(_csv_list(option_labels)) or None, csv=not no_csv, figures=not no_figures)
+            temperatures=tuple(temperature),
+            max_new_tokens=max_new_tokens,
+            analyses=tuple(chosen),
+            scope=scope,
+            final_norm=not no_final_norm,
+            sample=sample,
+            sample_temperature=sample_temperature,
+            seed=seed,
+            positions=positions,
+            batch_size=batch_size,
+            chunk_tokens=chunk_tokens,
+            exact=exact,
+            layers=layer_list,
+            option_labels=tuple(_csv_list(option_labels)) or None,
+            csv=not no_csv,
+            figures=not no_figures,
+        )
     except ValueError as exc:
         _fail(str(exc))
 
@@ -172,8 +225,10 @@ def analyze(
 
         task = mc or "arc_easy"
         if task not in TASKS or TASKS[task].kind != "mc":
-            _fail(f"--mc {task!r} is not a multiple-choice task "
-                  f"({', '.join(sorted(k for k, s in TASKS.items() if s.kind == 'mc'))})")
+            _fail(
+                f"--mc {task!r} is not a multiple-choice task "
+                f"({', '.join(sorted(k for k, s in TASKS.items() if s.kind == 'mc'))})"
+            )
         try:
             mc_examples = load_task(task, limit=mc_limit, seed=seed)
             mc_task = task
@@ -211,27 +266,54 @@ def analyze(
     variants = []
     for spec in pruned:
         try:
-            v = resolve_variant(model, spec, tokenizer=tok, base_model=dense, calibration_factory=calibration,
-                                sims_cache=sims_cache)
-        except (VariantMismatchError, ModelNotFoundError, UnsupportedArchitectureError, ValueError, OSError) as exc:
+            v = resolve_variant(
+                model,
+                spec,
+                tokenizer=tok,
+                base_model=dense,
+                calibration_factory=calibration,
+                sims_cache=sims_cache,
+            )
+        except (
+            VariantMismatchError,
+            ModelNotFoundError,
+            UnsupportedArchitectureError,
+            ValueError,
+            OSError,
+        ) as exc:
             _fail(f"{spec}: {exc}")
         if any(v.name == w.name for w in variants):
             v.name = f"{v.name}#{len(variants)}"
         variants.append(v)
-        err_console.print(f"variant {v.name}: {len(v.drops)} dropped sublayers, {len(v.overrides)} overridden tensors "
-                          f"({v.override_bytes / 2**20:.1f} MiB held twice)")
+        err_console.print(
+            f"variant {v.name}: {len(v.drops)} dropped sublayers, {len(v.overrides)} overridden tensors "
+            f"({v.override_bytes / 2**20:.1f} MiB held twice)"
+        )
 
     # ---- run
     from prunelens.analysis.pipeline import headline, run_analysis
 
-    report = run_analysis(model, tok, variants, prompt_set, config, out=out, overwrite=overwrite, dense_name=dense,
-                          mc_examples=mc_examples, mc_task=mc_task, notes=notes,
-                          log=lambda m: err_console.print(m))
+    report = run_analysis(
+        model,
+        tok,
+        variants,
+        prompt_set,
+        config,
+        out=out,
+        overwrite=overwrite,
+        dense_name=dense,
+        mc_examples=mc_examples,
+        mc_task=mc_task,
+        notes=notes,
+        log=lambda m: err_console.print(m),
+    )
     rows = headline(report.summary)
     if rows:
         metrics = list(dict.fromkeys(k for r in rows for k in r if k != "variant"))
-        t = Table(title=f"{dense}: medians (T={config.temperatures[0]:g}); transitions over each variant's own "
-                        "sublayers; TF = teacher-forced, FR = free-running")
+        t = Table(
+            title=f"{dense}: medians (T={config.temperatures[0]:g}); transitions over each variant's own "
+            "sublayers; TF = teacher-forced, FR = free-running"
+        )
         t.add_column("")
         for r in rows:
             t.add_column(str(r["variant"]), overflow="fold")
@@ -241,5 +323,7 @@ def analyze(
     for n in report.summary.get("notes", []):
         err_console.print(f"note: {n}")
     mem = report.summary["memory"]
-    out_console.print(f"results: {out}  (tables/, figures/, summary.json, config.json)   "
-                      f"time: {time.perf_counter() - t0:.0f} s   peak memory: {mem['peak_rss_bytes'] / 2**30:.2f} GiB")
+    out_console.print(
+        f"results: {out}  (tables/, figures/, summary.json, config.json)   "
+        f"time: {time.perf_counter() - t0:.0f} s   peak memory: {mem['peak_rss_bytes'] / 2**30:.2f} GiB"
+    )

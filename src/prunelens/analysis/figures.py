@@ -26,8 +26,12 @@ import pandas as pd
 
 __all__ = ["layerwise", "estimate_vs_real", "decoding_steps", "option_subspace", "top_tokens", "save", "slug"]
 
-_SPACE_STYLE = {"h": ("#1f77b4", "h (hidden)"), "z": ("#2ca02c", "z (logits)"), "zc": ("#98df8a", "z centred"),
-                "p": ("#d62728", "p (probabilities)")}
+_SPACE_STYLE = {
+    "h": ("#1f77b4", "h (hidden)"),
+    "z": ("#2ca02c", "z (logits)"),
+    "zc": ("#98df8a", "z centred"),
+    "p": ("#d62728", "p (probabilities)"),
+}
 
 
 def pyplot():
@@ -64,7 +68,8 @@ def _t0(df: pd.DataFrame) -> float | None:
 
 
 def layerwise(summary: pd.DataFrame, directory, variant: str, T: float | None = None) -> list[Path]:
-    """``summary``: the ``summary_transitions`` table (one row per variant × layer × sublayer × space × metric)."""
+    """``summary``: the ``summary_transitions`` table
+    (one row per variant × layer × sublayer × space × metric)."""
     plt = pyplot()
     s = summary[summary["variant"] == variant]
     T = _t0(s) if T is None else T
@@ -90,12 +95,19 @@ def layerwise(summary: pd.DataFrame, directory, variant: str, T: float | None = 
         ax.set_ylabel("cosine (median, IQR band)")
         ax.grid(alpha=0.3)
         ax = axes[1, col]
-        for metric, color, label in (("kl", "#d62728", "KL(p‖p′)"), ("theorem3", "#ff9896", "Theorem 3 estimate")):
-            g = k[(k["space"] == "p") & (k["metric"] == metric) & np.isclose(k["temperature"], T)].sort_values("layer")
+        for metric, color, label in (
+            ("kl", "#d62728", "KL(p‖p′)"),
+            ("theorem3", "#ff9896", "Theorem 3 estimate"),
+        ):
+            g = k[
+                (k["space"] == "p") & (k["metric"] == metric) & np.isclose(k["temperature"], T)
+            ].sort_values("layer")
             if g.empty:
                 continue
             ax.plot(g["layer"], g["median"].clip(lower=1e-12), "-o", ms=3, color=color, label=label)
-            ax.fill_between(g["layer"], g["q25"].clip(lower=1e-12), g["q75"].clip(lower=1e-12), color=color, alpha=0.15)
+            ax.fill_between(
+                g["layer"], g["q25"].clip(lower=1e-12), g["q75"].clip(lower=1e-12), color=color, alpha=0.15
+            )
         ax.set_yscale("log")
         ax.set_xlabel("layer")
         ax.set_ylabel(f"KL at T={T:g} (median, IQR)")
@@ -104,8 +116,11 @@ def layerwise(summary: pd.DataFrame, directory, variant: str, T: float | None = 
         ax = next((a for a in axes[row] if a.get_legend_handles_labels()[0]), None)
         if ax is not None:
             ax.legend(fontsize=8, loc=loc)
-    fig.suptitle(f"{variant}: similarity in hidden, logit and probability space per layer "
-                 "(circles: sublayers the variant prunes; others: drop-each)", fontsize=10)
+    fig.suptitle(
+        f"{variant}: similarity in hidden, logit and probability space per layer "
+        "(circles: sublayers the variant prunes; others: drop-each)",
+        fontsize=10,
+    )
     return save(fig, directory, f"layerwise_{slug(variant)}")
 
 
@@ -113,7 +128,9 @@ def _pairs(df: pd.DataFrame, space: str, est: str, real: str, T, max_points: int
     d = df[df["space"] == space]
     if space == "p":
         d = d[np.isclose(d["temperature"], T)]
-    key = ["prompt", "position", "layer", "sublayer"] if "layer" in d.columns else ["prompt", "step", "regime"]
+    key = (
+        ["prompt", "position", "layer", "sublayer"] if "layer" in d.columns else ["prompt", "step", "regime"]
+    )
     a = d[d["metric"] == est].set_index(key)["value"]
     b = d[d["metric"] == real].set_index(key)["value"]
     j = pd.concat([a.rename("est"), b.rename("real")], axis=1, join="inner").dropna()
@@ -124,16 +141,19 @@ def _pairs(df: pd.DataFrame, space: str, est: str, real: str, T, max_points: int
     return j["real"].to_numpy(), j["est"].to_numpy()
 
 
-def estimate_vs_real(transitions: pd.DataFrame, directory, variant: str, T: float | None = None,
-                     max_points: int = 4000) -> list[Path]:
+def estimate_vs_real(
+    transitions: pd.DataFrame, directory, variant: str, T: float | None = None, max_points: int = 4000
+) -> list[Path]:
     """Per-token estimates against exact values (``transitions`` long table, or ``trajectories``)."""
     plt = pyplot()
     d = transitions[transitions["variant"] == variant]
     T = _t0(d) if T is None else T
-    panels = [("h", "theorem1", "one_minus_cos", "Theorem 1, h: ‖Δh⊥‖²/2‖h‖² vs 1 − cos"),
-              ("z", "theorem1", "one_minus_cos", "Theorem 1, z: ‖Δz⊥‖²/2‖z‖² vs 1 − cos"),
-              ("p", "theorem2", "one_minus_cos", f"Theorem 2: Var_r(Δz)/2T² vs 1 − cos(p) (T={T:g})"),
-              ("p", "theorem3", "kl", f"Theorem 3: Var_p(Δz)/2T² vs KL(p‖p′) (T={T:g})")]
+    panels = [
+        ("h", "theorem1", "one_minus_cos", "Theorem 1, h: ‖Δh⊥‖²/2‖h‖² vs 1 − cos"),
+        ("z", "theorem1", "one_minus_cos", "Theorem 1, z: ‖Δz⊥‖²/2‖z‖² vs 1 − cos"),
+        ("p", "theorem2", "one_minus_cos", f"Theorem 2: Var_r(Δz)/2T² vs 1 − cos(p) (T={T:g})"),
+        ("p", "theorem3", "kl", f"Theorem 3: Var_p(Δz)/2T² vs KL(p‖p′) (T={T:g})"),
+    ]
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.5))
     for ax, (space, est, real, title) in zip(axes, panels):
         x, y = _pairs(d, space, est, real, T, max_points)
@@ -149,12 +169,15 @@ def estimate_vs_real(transitions: pd.DataFrame, directory, variant: str, T: floa
         ax.set_xlabel("exact")
         ax.set_ylabel("estimate")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{variant}: second-order estimates against exact values (per token and sublayer)", fontsize=10)
+    fig.suptitle(
+        f"{variant}: second-order estimates against exact values (per token and sublayer)", fontsize=10
+    )
     return save(fig, directory, f"estimate_vs_real_{slug(variant)}")
 
 
-def decoding_steps(summary_steps: pd.DataFrame, divergence: pd.DataFrame, directory, variant: str,
-                   T: float | None = None) -> list[Path]:
+def decoding_steps(
+    summary_steps: pd.DataFrame, divergence: pd.DataFrame, directory, variant: str, T: float | None = None
+) -> list[Path]:
     """``summary_steps``: ``summary_trajectory_steps`` (per variant × regime × step × space × metric)."""
     plt = pyplot()
     s = summary_steps[summary_steps["variant"] == variant]
@@ -179,11 +202,14 @@ def decoding_steps(summary_steps: pd.DataFrame, divergence: pd.DataFrame, direct
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower left")
         ax = axes[1, col]
-        d = g[(g["space"] == "p") & (g["metric"] == "kl") & np.isclose(g["temperature"], T)].sort_values("step")
+        d = g[(g["space"] == "p") & (g["metric"] == "kl") & np.isclose(g["temperature"], T)].sort_values(
+            "step"
+        )
         if not d.empty:
             ax.plot(d["step"], d["median"].clip(lower=1e-12), color="#d62728", label="KL median")
-            ax.fill_between(d["step"], d["q25"].clip(lower=1e-12), d["q75"].clip(lower=1e-12), color="#d62728",
-                            alpha=0.15)
+            ax.fill_between(
+                d["step"], d["q25"].clip(lower=1e-12), d["q75"].clip(lower=1e-12), color="#d62728", alpha=0.15
+            )
             ax.plot(d["step"], d["q95"].clip(lower=1e-12), ":", color="#d62728", label="KL q95")
         ax.set_yscale("log")
         ax.set_xlabel("decoding step")
@@ -202,15 +228,18 @@ def decoding_steps(summary_steps: pd.DataFrame, divergence: pd.DataFrame, direct
     return save(fig, directory, f"decoding_steps_{slug(variant)}")
 
 
-def option_subspace(subspace: pd.DataFrame, choices: pd.DataFrame, directory, variant: str,
-                    T: float | None = None) -> list[Path]:
+def option_subspace(
+    subspace: pd.DataFrame, choices: pd.DataFrame, directory, variant: str, T: float | None = None
+) -> list[Path]:
     plt = pyplot()
     d = subspace[subspace["variant"] == variant]
     T = _t0(d) if T is None else T
     d = d[np.isclose(d["temperature"], T)]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for ax, metric, label in ((axes[0], "kl", "KL(p‖p′)"), (axes[1], "one_minus_cos", "1 − cos(p, p′)")):
-        w = d[d["metric"] == metric].pivot_table(index="example", columns="space", values="value", observed=True)
+        w = d[d["metric"] == metric].pivot_table(
+            index="example", columns="space", values="value", observed=True
+        )
         if {"p_full", "p_options"} <= set(w.columns):
             x, y = w["p_full"].clip(lower=1e-12), w["p_options"].clip(lower=1e-12)
             ax.scatter(x, y, s=10, alpha=0.6, rasterized=True)
@@ -227,8 +256,11 @@ def option_subspace(subspace: pd.DataFrame, choices: pd.DataFrame, directory, va
     ax = axes[2]
     if len(c):
         vals = [c["changed"].mean(), c["dense_correct"].mean(), c["pruned_correct"].mean()]
-        ax.bar(["chosen option\nchanged", "dense\naccuracy", "pruned\naccuracy"], vals,
-               color=["#d62728", "#1f77b4", "#ff7f0e"])
+        ax.bar(
+            ["chosen option\nchanged", "dense\naccuracy", "pruned\naccuracy"],
+            vals,
+            color=["#d62728", "#1f77b4", "#ff7f0e"],
+        )
         for i, v in enumerate(vals):
             ax.text(i, v + 0.01, f"{v:.2f}", ha="center", fontsize=9)
         ax.set_ylim(0, 1.05)
@@ -241,7 +273,9 @@ def top_tokens(top: pd.DataFrame, directory, variant: str, n_examples: int = 4) 
     plt = pyplot()
     t = top[top["variant"] == variant]
     examples = list(dict.fromkeys(t["example"]))[:n_examples]
-    fig, axes = plt.subplots(1, max(1, len(examples)), figsize=(5 * max(1, len(examples)), 4.5), squeeze=False)
+    fig, axes = plt.subplots(
+        1, max(1, len(examples)), figsize=(5 * max(1, len(examples)), 4.5), squeeze=False
+    )
     for ax, ex in zip(axes[0], examples):
         g = t[t["example"] == ex].sort_values("rank")
         x = np.arange(len(g))
@@ -252,5 +286,7 @@ def top_tokens(top: pd.DataFrame, directory, variant: str, n_examples: int = 4) 
         ax.set_title(str(ex)[:40], fontsize=9)
         ax.set_ylabel("probability")
         ax.legend(fontsize=8)
-    fig.suptitle(f"{variant}: dense top tokens at the answer position, dense vs pruned probability", fontsize=10)
+    fig.suptitle(
+        f"{variant}: dense top tokens at the answer position, dense vs pruned probability", fontsize=10
+    )
     return save(fig, directory, f"top_tokens_{slug(variant)}")

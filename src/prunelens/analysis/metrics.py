@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -87,8 +87,9 @@ def _up(*ts) -> tuple[Tensor, ...]:
 def _pair(x, y) -> tuple[Tensor, Tensor]:
     x, y = _up(x, y)
     if x.shape != y.shape:
-        raise ValueError(f"dense and perturbed tensors must have the same shape, got {tuple(x.shape)} "
-                         f"and {tuple(y.shape)}")
+        raise ValueError(
+            f"dense and perturbed tensors must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if x.dim() == 0:
         raise ValueError("expected at least one dimension (the vector dimension, last)")
     return x, y
@@ -145,7 +146,7 @@ def _decompose(x: Tensor, dx: Tensor, nx2: Tensor | None = None) -> Decompositio
     return Decomposition(par, dx - par, alpha)
 
 
-def _geometry(x: Tensor, y: Tensor) -> dict[str, Tensor]:
+def _geometry(x: Tensor, y: Tensor) -> dict[str, Any]:
     """Shared core of cosine / 1 − cos / decomposition for upcast, same-shape ``x`` (dense), ``y``."""
     nx2, ny2 = _sq(x), _sq(y)
     nx, ny = nx2.sqrt(), ny2.sqrt()
@@ -225,7 +226,7 @@ def perturbation_stats(x: Tensor, x_pert: Tensor) -> dict[str, Tensor]:
     return _perturbation_stats(_geometry(x, y))
 
 
-def _perturbation_stats(g: dict[str, Tensor]) -> dict[str, Tensor]:
+def _perturbation_stats(g: dict[str, Any]) -> dict[str, Tensor]:
     nx = g["nx2"].sqrt()
     perp_n = g["perp2"].sqrt()
     par_n = g["dec"].alpha.abs() * nx
@@ -391,7 +392,7 @@ def topk_ranks(z: Tensor, z_pert: Tensor, k: int) -> tuple[Tensor, Tensor]:
 def rank_shift(z: Tensor, z_pert: Tensor, k: int) -> Tensor:
     """Mean absolute rank change of the dense top-k tokens.
 
-        rank_shift = (1/k) Σ_{i ∈ S_k(z)} |rank_z'(i) − rank_z(i)|      (ranks as in :func:`topk_ranks`)
+    rank_shift = (1/k) Σ_{i ∈ S_k(z)} |rank_z'(i) − rank_z(i)|      (ranks as in :func:`topk_ranks`)
     """
     z, y = _pair(z, z_pert)
     r0, r1 = _topk_ranks(z, y, _check_k(k, z.shape[-1]))
@@ -526,7 +527,9 @@ def dz_variances(z: Tensor, z_pert: Tensor, T: float = 1.0, ks: Sequence[int] = 
     return _dz_variances(z, y - z, lp.exp(), torch.softmax(2.0 * lp, -1), T, ks)
 
 
-def _dz_variances(z: Tensor, dz: Tensor, p: Tensor, r: Tensor, T: float, ks: Sequence[int]) -> dict[str, Tensor]:
+def _dz_variances(
+    z: Tensor, dz: Tensor, p: Tensor, r: Tensor, T: float, ks: Sequence[int]
+) -> dict[str, Tensor]:
     out = {
         "var_p": _wcov(dz, dz, p),
         "var_r": _wcov(dz, dz, r),

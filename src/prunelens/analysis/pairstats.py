@@ -50,15 +50,28 @@ DEFAULT_KS: tuple[int, ...] = (5, 10)
 
 
 def default_k(ks: Sequence[int] = DEFAULT_KS, V: int | None = None) -> int:
-    """Top-K cached per state: at least 64 and twice the largest k (ranks beyond it cost vocabulary passes)."""
+    """Top-K cached per state: at least 64 and twice the largest k
+    (ranks beyond it cost vocabulary passes)."""
     K = max(64, 2 * max(ks, default=1))
     return K if V is None else min(K, V)
 
 
 def z_keys(ks: Sequence[int] = DEFAULT_KS) -> list[str]:
     """Keys of :func:`pair_stats` that describe logit space (temperature independent)."""
-    keys = ["cos", "one_minus_cos", "rel_norm", "rel_par", "rel_perp", "par_perp_ratio", "alpha", "theorem1",
-            "theorem1_ratio", "centered_cos", "centered_one_minus_cos", "top1_match"]
+    keys = [
+        "cos",
+        "one_minus_cos",
+        "rel_norm",
+        "rel_par",
+        "rel_perp",
+        "par_perp_ratio",
+        "alpha",
+        "theorem1",
+        "theorem1_ratio",
+        "centered_cos",
+        "centered_one_minus_cos",
+        "top1_match",
+    ]
     for k in ks:
         keys += [f"top{k}_overlap", f"top{k}_rank_shift"]
     return keys
@@ -66,9 +79,23 @@ def z_keys(ks: Sequence[int] = DEFAULT_KS) -> list[str]:
 
 def p_keys(ks: Sequence[int] = DEFAULT_KS) -> list[str]:
     """Keys of :func:`pair_stats` that describe probability space (they depend on T)."""
-    return ["prob_cos", "prob_one_minus_cos", "kl", "kl_reverse", "theorem2", "theorem2_ratio", "var_r", "var_r_par",
-            "var_r_perp", "var_r_cross", "theorem3", "theorem3_ratio", "var_p", "var_uniform",
-            *[f"var_top{k}" for k in ks]]
+    return [
+        "prob_cos",
+        "prob_one_minus_cos",
+        "kl",
+        "kl_reverse",
+        "theorem2",
+        "theorem2_ratio",
+        "var_r",
+        "var_r_par",
+        "var_r_perp",
+        "var_r_cross",
+        "theorem3",
+        "theorem3_ratio",
+        "var_p",
+        "var_uniform",
+        *[f"var_top{k}" for k in ks],
+    ]
 
 
 class _Scratch:
@@ -135,7 +162,7 @@ class _TState:
 
     __slots__ = ("p", "r", "rzc", "lse", "np2", "var_r_z")
 
-    def __init__(self, s: "LogitState", T: float):
+    def __init__(self, s: LogitState, T: float):
         z = s.z
         x = torch.sub(z, s.zmax.unsqueeze(-1), out=_POOL.take(z))
         if T != 1.0:
@@ -212,7 +239,8 @@ def _geometry(nx2: Tensor, ny2: Tensor, xd: Tensor, nd2: Tensor, perp2: Tensor) 
 
 
 def _ranks_outside(y: Tensor, vals: Tensor, need: Tensor) -> Tensor:
-    """Exact ``#{j : y_j > v}`` for every entry of the rows of ``vals`` that have an entry flagged in ``need``."""
+    """Exact ``#{j : y_j > v}`` for every entry of the rows of ``vals``
+    that have an entry flagged in ``need``."""
     out = torch.zeros(vals.shape, dtype=torch.long, device=vals.device)
     rows = need.any(-1).nonzero().flatten()
     if len(rows):
@@ -222,9 +250,17 @@ def _ranks_outside(y: Tensor, vals: Tensor, need: Tensor) -> Tensor:
     return out
 
 
-def pair_stats(dense: LogitState, pruned: LogitState, T: float = 1.0, ks: Sequence[int] = DEFAULT_KS,
-               *, want_z: bool = True, want_p: bool = True) -> dict[str, Tensor]:
-    """Every key of :func:`metrics.logit_space_stats` for ``z = dense.z``, ``z' = pruned.z`` at temperature ``T``.
+def pair_stats(
+    dense: LogitState,
+    pruned: LogitState,
+    T: float = 1.0,
+    ks: Sequence[int] = DEFAULT_KS,
+    *,
+    want_z: bool = True,
+    want_p: bool = True,
+) -> dict[str, Tensor]:
+    """Every key of :func:`metrics.logit_space_stats` for ``z = dense.z``, ``z' = pruned.z``
+    at temperature ``T``.
 
     Per position (leading shape of the states). ``want_z=False`` skips the temperature-independent
     logit-space keys (for a second temperature), ``want_p=False`` the probability-space ones.
@@ -233,11 +269,15 @@ def pair_stats(dense: LogitState, pruned: LogitState, T: float = 1.0, ks: Sequen
     ks = tuple(int(k) for k in ks)
     V = dense.V
     if pruned.z.shape != dense.z.shape:
-        raise ValueError(f"dense and pruned logits must have the same shape, got {tuple(dense.z.shape)} and "
-                         f"{tuple(pruned.z.shape)}")
+        raise ValueError(
+            f"dense and pruned logits must have the same shape, got {tuple(dense.z.shape)} and "
+            f"{tuple(pruned.z.shape)}"
+        )
     kmax = max(ks) if ks else 1
     if ks and (kmax > dense.K or kmax > pruned.K):
-        raise ValueError(f"the states cache the top-{min(dense.K, pruned.K)}; top-{kmax} metrics need K >= {kmax}")
+        raise ValueError(
+            f"the states cache the top-{min(dense.K, pruned.K)}; top-{kmax} metrics need K >= {kmax}"
+        )
     for k in ks:
         M._check_k(k, V)
     out: dict[str, Tensor] = {}
@@ -282,11 +322,19 @@ def pair_stats(dense: LogitState, pruned: LogitState, T: float = 1.0, ks: Sequen
         perp_n = nperp2.sqrt()
         par_n = alpha.abs() * g["nx"]
         theorem1 = nperp2 / (2.0 * _nz(g["nx2"]))
-        out.update({
-            "cos": g["cos"], "one_minus_cos": g["omc"], "rel_norm": g["nd2"].sqrt() / nx_safe,
-            "rel_par": par_n / nx_safe, "rel_perp": perp_n / nx_safe, "par_perp_ratio": par_n / perp_n,
-            "alpha": alpha, "theorem1": theorem1, "theorem1_ratio": theorem1 / g["omc"],
-        })
+        out.update(
+            {
+                "cos": g["cos"],
+                "one_minus_cos": g["omc"],
+                "rel_norm": g["nd2"].sqrt() / nx_safe,
+                "rel_par": par_n / nx_safe,
+                "rel_perp": perp_n / nx_safe,
+                "par_perp_ratio": par_n / perp_n,
+                "alpha": alpha,
+                "theorem1": theorem1,
+                "theorem1_ratio": theorem1 / g["omc"],
+            }
+        )
         gc = _geometry(dense.nzc2, pruned.nzc2, zcdz, ndzc2, perp2=nperpc2)
         out["centered_cos"], out["centered_one_minus_cos"] = gc["cos"], gc["omc"]
         out["top1_match"] = (dense.top_idx[..., 0] == pruned.top_idx[..., 0]).to(zd.dtype)
@@ -342,8 +390,14 @@ def pair_stats(dense: LogitState, pruned: LogitState, T: float = 1.0, ks: Sequen
     return out
 
 
-def logit_stats(z: Tensor, z_pert: Tensor, T: float | Sequence[float] = 1.0, ks: Sequence[int] = DEFAULT_KS,
-                *, exact: bool = False) -> dict[str, Tensor] | dict[float, dict[str, Tensor]]:
+def logit_stats(
+    z: Tensor,
+    z_pert: Tensor,
+    T: float | Sequence[float] = 1.0,
+    ks: Sequence[int] = DEFAULT_KS,
+    *,
+    exact: bool = False,
+) -> dict[str, Tensor] | dict[float, dict[str, Tensor]]:
     """Convenience: the stats of one pair of logit tensors (``exact=True`` calls the metrics reference).
 
     With a sequence of temperatures returns ``{T: stats}``; the logit-space keys appear in every entry.

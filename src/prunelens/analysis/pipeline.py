@@ -28,12 +28,18 @@ from prunelens.analysis import ANALYSES
 from prunelens.analysis import tables as TB
 from prunelens.analysis.pairstats import DEFAULT_KS
 from prunelens.analysis.tracing import peak_rss_bytes, plan_counterfactuals
-from prunelens.analysis.trajectories import REGIMES, Sampler, decode, eos_ids_of, teacher_forced_hidden, trajectories
+from prunelens.analysis.trajectories import (
+    REGIMES,
+    Sampler,
+    decode,
+    eos_ids_of,
+    teacher_forced_hidden,
+    trajectories,
+)
 from prunelens.analysis.transitions import Sequences, transitions
 from prunelens.models.adapter import Adapter, param_count
 
 __all__ = ["ANALYSES", "AnalysisConfig", "AnalysisReport", "run_analysis", "headline"]
-
 
 
 @dataclass
@@ -103,8 +109,16 @@ def _transition_summary(res) -> pd.DataFrame:
     kinds = res.tokens["position_kind"]
     for (space, metric, T), arr in res.values.items():
         for j, (layer, kind, cf, inv) in enumerate(res.entries):
-            base = {"variant": res.variant, "layer": layer, "sublayer": kind, "counterfactual": cf, "in_variant": inv,
-                    "space": space, "metric": metric, "temperature": np.nan if T is None else T}
+            base = {
+                "variant": res.variant,
+                "layer": layer,
+                "sublayer": kind,
+                "counterfactual": cf,
+                "in_variant": inv,
+                "space": space,
+                "metric": metric,
+                "temperature": np.nan if T is None else T,
+            }
             rows.append({**base, "position_kind": "all", **TB.summarize_values(arr[j])})
             for pk in ("prompt", "generated"):
                 m = kinds == pk
@@ -121,28 +135,42 @@ def headline_transitions(res) -> dict[str, Any]:
     for label, inv in groups.items():
         if inv and not any(e.in_variant for e in res.entries):
             continue
-        sel = lambda s, m, T=None: res.select(s, m, T, in_variant=inv)  # noqa: E731
+
+        def sel(s, m, T=None, inv=inv):
+            return res.select(s, m, T, in_variant=inv)
+
         d = {
             "n_sublayers": sum(1 for e in res.entries if inv is None or e.in_variant == inv),
-            "median_cos": {"h": _s(sel("h", "cos")), "z": _s(sel("z", "cos")),
-                           "z_centered": _s(sel("z", "centered_cos")), "p": _s(sel("p", "cos", T0))},
-            "median_one_minus_cos": {"h": _s(sel("h", "one_minus_cos")), "z": _s(sel("z", "one_minus_cos")),
-                                     "p": _s(sel("p", "one_minus_cos", T0))},
+            "median_cos": {
+                "h": _s(sel("h", "cos")),
+                "z": _s(sel("z", "cos")),
+                "z_centered": _s(sel("z", "centered_cos")),
+                "p": _s(sel("p", "cos", T0)),
+            },
+            "median_one_minus_cos": {
+                "h": _s(sel("h", "one_minus_cos")),
+                "z": _s(sel("z", "one_minus_cos")),
+                "p": _s(sel("p", "one_minus_cos", T0)),
+            },
             "median_kl": _s(sel("p", "kl", T0)),
             "median_kl_reverse": _s(sel("p", "kl_reverse", T0)),
-            "median_estimate_ratio": {"theorem1_h": _s(sel("h", "theorem1_ratio")),
-                                      "theorem1_z": _s(sel("z", "theorem1_ratio")),
-                                      "theorem2": _s(sel("p", "theorem2_ratio", T0)),
-                                      "theorem3": _s(sel("p", "theorem3_ratio", T0))},
+            "median_estimate_ratio": {
+                "theorem1_h": _s(sel("h", "theorem1_ratio")),
+                "theorem1_z": _s(sel("z", "theorem1_ratio")),
+                "theorem2": _s(sel("p", "theorem2_ratio", T0)),
+                "theorem3": _s(sel("p", "theorem3_ratio", T0)),
+            },
             "top1_agreement": _mean(sel("z", "top1_match")),
         }
         for kind in ("attn", "mlp"):
             ent = [e for e in res.entries if e.kind == kind and (inv is None or e.in_variant == inv)]
             if ent:
-                d[f"median_cos_{kind}"] = {"h": _s(res.select("h", "cos", in_variant=inv, kind=kind)),
-                                           "z": _s(res.select("z", "cos", in_variant=inv, kind=kind)),
-                                           "p": _s(res.select("p", "cos", T0, in_variant=inv, kind=kind)),
-                                           "kl": _s(res.select("p", "kl", T0, in_variant=inv, kind=kind))}
+                d[f"median_cos_{kind}"] = {
+                    "h": _s(res.select("h", "cos", in_variant=inv, kind=kind)),
+                    "z": _s(res.select("z", "cos", in_variant=inv, kind=kind)),
+                    "p": _s(res.select("p", "cos", T0, in_variant=inv, kind=kind)),
+                    "kl": _s(res.select("p", "kl", T0, in_variant=inv, kind=kind)),
+                }
         out[label] = d
     out["temperature"] = T0
     return out
@@ -156,7 +184,7 @@ def headline_trajectories(res) -> dict[str, Any]:
         if not keys:
             continue
 
-        def cat(space, metric, T=None):
+        def cat(space, metric, T=None, regime=regime):
             arrs = res.values.get((regime, space, metric, T if space == "p" else None), [])
             return np.concatenate(arrs) if arrs else np.empty(0)
 
@@ -166,18 +194,24 @@ def headline_trajectories(res) -> dict[str, Any]:
             n = len(a)
             if n >= 4:
                 early.append(a[: n // 4])
-                late.append(a[-(n // 4):])
+                late.append(a[-(n // 4) :])
         div = res.divergence.get(regime, [])
         out[regime] = {
             "steps": int(sum(len(a) for a in kl_steps)),
-            "median_cos": {"h": _s(cat("h", "cos")), "z": _s(cat("z", "cos")),
-                           "z_centered": _s(cat("z", "centered_cos")), "p": _s(cat("p", "cos", T0))},
+            "median_cos": {
+                "h": _s(cat("h", "cos")),
+                "z": _s(cat("z", "cos")),
+                "z_centered": _s(cat("z", "centered_cos")),
+                "p": _s(cat("p", "cos", T0)),
+            },
             "median_kl": _s(cat("p", "kl", T0)),
             "mean_kl": _mean(cat("p", "kl", T0)),
             "q90_kl": _s(cat("p", "kl", T0), 0.9),
             "top1_agreement": _mean(cat("z", "top1_match")),
-            "median_estimate_ratio": {"theorem2": _s(cat("p", "theorem2_ratio", T0)),
-                                      "theorem3": _s(cat("p", "theorem3_ratio", T0))},
+            "median_estimate_ratio": {
+                "theorem2": _s(cat("p", "theorem2_ratio", T0)),
+                "theorem3": _s(cat("p", "theorem3_ratio", T0)),
+            },
             "median_kl_first_quarter": _s(np.concatenate(early)) if early else None,
             "median_kl_last_quarter": _s(np.concatenate(late)) if late else None,
             "first_divergence_steps": div,
@@ -200,8 +234,10 @@ def headline_subspace(res) -> dict[str, Any]:
         "median_option_mass_dense": _s([c["option_mass_dense"] for c in ch]),
         "median_kl": {"full": _s(get("p_full", "kl")), "options": _s(get("p_options", "kl"))},
         "median_cos_p": {"full": _s(get("p_full", "cos")), "options": _s(get("p_options", "cos"))},
-        "median_estimate_ratio_theorem3": {"full": _s(get("p_full", "theorem3_ratio")),
-                                           "options": _s(get("p_options", "theorem3_ratio"))},
+        "median_estimate_ratio_theorem3": {
+            "full": _s(get("p_full", "theorem3_ratio")),
+            "options": _s(get("p_options", "theorem3_ratio")),
+        },
     }
 
 
@@ -213,36 +249,57 @@ def headline(summary: dict[str, Any]) -> list[dict[str, Any]]:
         tv = t.get("variant_sublayers") or t.get("all_sublayers") or {}
         row: dict[str, Any] = {"variant": name}
         if tv:
-            row.update({"cos h": tv["median_cos"]["h"], "cos z": tv["median_cos"]["z"],
-                        "cos z (centred)": tv["median_cos"]["z_centered"], "cos p": tv["median_cos"]["p"],
-                        "KL(p‖p')": tv["median_kl"],
-                        "Thm 1 est/real (h)": tv["median_estimate_ratio"]["theorem1_h"],
-                        "Thm 1 est/real (z)": tv["median_estimate_ratio"]["theorem1_z"],
-                        "Thm 2 est/real": tv["median_estimate_ratio"]["theorem2"],
-                        "Thm 3 est/real": tv["median_estimate_ratio"]["theorem3"]})
+            row.update(
+                {
+                    "cos h": tv["median_cos"]["h"],
+                    "cos z": tv["median_cos"]["z"],
+                    "cos z (centred)": tv["median_cos"]["z_centered"],
+                    "cos p": tv["median_cos"]["p"],
+                    "KL(p‖p')": tv["median_kl"],
+                    "Thm 1 est/real (h)": tv["median_estimate_ratio"]["theorem1_h"],
+                    "Thm 1 est/real (z)": tv["median_estimate_ratio"]["theorem1_z"],
+                    "Thm 2 est/real": tv["median_estimate_ratio"]["theorem2"],
+                    "Thm 3 est/real": tv["median_estimate_ratio"]["theorem3"],
+                }
+            )
         tr = v.get("trajectories", {})
         for regime, short in (("teacher_forced", "TF"), ("free_running", "FR")):
             if regime in tr:
                 row[f"{short} cos h / z / p"] = " / ".join(
                     "—" if tr[regime]["median_cos"][s] is None else f"{tr[regime]['median_cos'][s]:.4f}"
-                    for s in ("h", "z", "p"))
+                    for s in ("h", "z", "p")
+                )
                 row[f"{short} KL median / q90"] = " / ".join(
-                    "—" if x is None else f"{x:.3g}" for x in (tr[regime]["median_kl"], tr[regime]["q90_kl"]))
+                    "—" if x is None else f"{x:.3g}" for x in (tr[regime]["median_kl"], tr[regime]["q90_kl"])
+                )
         if "free_running" in tr:
             row["first divergence step"] = tr["free_running"]["first_divergence_steps"]
         sub = v.get("subspace")
         if sub:
             row["MC option changed"] = sub["chosen_option_changed"]
             row["MC KL full / options"] = " / ".join(
-                "—" if x is None else f"{x:.3g}" for x in (sub["median_kl"]["full"], sub["median_kl"]["options"]))
+                "—" if x is None else f"{x:.3g}"
+                for x in (sub["median_kl"]["full"], sub["median_kl"]["options"])
+            )
         rows.append(row)
     return rows
 
 
-def run_analysis(model, tokenizer, variants, prompts: list[tuple[str, str]], config: AnalysisConfig, *,
-                 out: str | Path | None = None, overwrite: bool = False, dense_name: str = "",
-                 mc_examples=None, mc_task: str | None = None, notes: list[str] | None = None,
-                 log=None) -> AnalysisReport:
+def run_analysis(
+    model,
+    tokenizer,
+    variants,
+    prompts: list[tuple[str, str]],
+    config: AnalysisConfig,
+    *,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    dense_name: str = "",
+    mc_examples=None,
+    mc_task: str | None = None,
+    notes: list[str] | None = None,
+    log=None,
+) -> AnalysisReport:
     """Run the configured analyses of ``variants`` of ``model`` (see the module docstring)."""
     from prunelens.analysis.prompts import encode_prompts
     from prunelens.utils.io import atomic_output_dir, check_output_dir
@@ -263,11 +320,21 @@ def run_analysis(model, tokenizer, variants, prompts: list[tuple[str, str]], con
     dense = None
     if need_decode:
         t0 = time.perf_counter()
-        dense = decode(model, prompt_ids, max_new_tokens=config.max_new_tokens, eos_ids=eos, pad_id=pad_id,
-                       sampler=sampler, batch_size=config.batch_size, desc="decoding (dense)")
+        dense = decode(
+            model,
+            prompt_ids,
+            max_new_tokens=config.max_new_tokens,
+            eos_ids=eos,
+            pad_id=pad_id,
+            sampler=sampler,
+            batch_size=config.batch_size,
+            desc="decoding (dense)",
+        )
         timings["decode_dense"] = time.perf_counter() - t0
-        log(f"decoded {len(prompt_ids)} prompts with the dense model "
-            f"({sum(map(len, dense.tokens))} tokens) in {timings['decode_dense']:.1f} s")
+        log(
+            f"decoded {len(prompt_ids)} prompts with the dense model "
+            f"({sum(map(len, dense.tokens))} tokens) in {timings['decode_dense']:.1f} s"
+        )
     seqs = Sequences(prompt_ids, dense.tokens, labels) if dense is not None else None
     frames: dict[str, list[pd.DataFrame]] = {}
     summaries: dict[str, list[pd.DataFrame]] = {}
@@ -280,17 +347,42 @@ def run_analysis(model, tokenizer, variants, prompts: list[tuple[str, str]], con
         if "transitions" in config.analyses:
             t0 = time.perf_counter()
             cf_plan, _ = plan_counterfactuals(adapter, v, scope=config.scope, layers=config.layers)
-            signature = tuple(sorted((key, cf.kind, tuple(sorted((n, id(t)) for d in (cf.params, cf.pre_norm,
-                                                                                   cf.post_norm) for n, t in d.items())))
-                                     for key, cf in cf_plan.items()))
+            signature = tuple(
+                sorted(
+                    (
+                        key,
+                        cf.kind,
+                        tuple(
+                            sorted(
+                                (n, id(t))
+                                for d in (cf.params, cf.pre_norm, cf.post_norm)
+                                for n, t in d.items()
+                            )
+                        ),
+                    )
+                    for key, cf in cf_plan.items()
+                )
+            )
             if signature in measured:
                 res = measured[signature].relabel(v.name, {key: cf.in_variant for key, cf in cf_plan.items()})
                 log(f"{v.name}: transitions shared with an earlier variant (same counterfactuals)")
             else:
-                res = transitions(model, seqs, v, temperatures=config.temperatures, scope=config.scope,
-                                  layers=config.layers, final_norm=config.final_norm, batch_size=config.batch_size,
-                                  chunk_tokens=config.chunk_tokens, ks=config.ks, exact=config.exact,
-                                  positions=config.positions, pad_id=pad_id, desc=f"transitions ({v.name})")
+                res = transitions(
+                    model,
+                    seqs,
+                    v,
+                    temperatures=config.temperatures,
+                    scope=config.scope,
+                    layers=config.layers,
+                    final_norm=config.final_norm,
+                    batch_size=config.batch_size,
+                    chunk_tokens=config.chunk_tokens,
+                    ks=config.ks,
+                    exact=config.exact,
+                    positions=config.positions,
+                    pad_id=pad_id,
+                    desc=f"transitions ({v.name})",
+                )
                 measured[signature] = res
             timings[f"transitions/{v.name}"] = time.perf_counter() - t0
             memory[f"trace_states_bytes/{v.name}"] = res.state_bytes
@@ -299,16 +391,30 @@ def run_analysis(model, tokenizer, variants, prompts: list[tuple[str, str]], con
             vs["transitions"] = headline_transitions(res)
             vs["transitions"]["notes"] = res.notes
             vs["transitions"]["tokens"] = res.n_tokens
-            log(f"{v.name}: transitions over {res.n_tokens} tokens × {len(res.entries)} sublayers "
-                f"in {timings[f'transitions/{v.name}']:.1f} s")
+            log(
+                f"{v.name}: transitions over {res.n_tokens} tokens × {len(res.entries)} sublayers "
+                f"in {timings[f'transitions/{v.name}']:.1f} s"
+            )
         if "trajectories" in config.analyses:
             t0 = time.perf_counter()
             if dense_tf is None:
                 dense_tf = teacher_forced_hidden(model, seqs, pad_id=pad_id, batch_size=config.batch_size)
-            tr = trajectories(model, v, prompt_ids, dense=dense, max_new_tokens=config.max_new_tokens,
-                              temperatures=config.temperatures, sampler=sampler, eos_ids=eos, pad_id=pad_id,
-                              batch_size=config.batch_size, ks=config.ks, exact=config.exact, labels=labels,
-                              dense_hidden_tf=dense_tf)
+            tr = trajectories(
+                model,
+                v,
+                prompt_ids,
+                dense=dense,
+                max_new_tokens=config.max_new_tokens,
+                temperatures=config.temperatures,
+                sampler=sampler,
+                eos_ids=eos,
+                pad_id=pad_id,
+                batch_size=config.batch_size,
+                ks=config.ks,
+                exact=config.exact,
+                labels=labels,
+                dense_hidden_tf=dense_tf,
+            )
             timings[f"trajectories/{v.name}"] = time.perf_counter() - t0
             for name, df in tr.frames().items():
                 frames.setdefault(name, []).append(df)
@@ -318,14 +424,27 @@ def run_analysis(model, tokenizer, variants, prompts: list[tuple[str, str]], con
             from prunelens.analysis.subspace import DEFAULT_LABELS, option_subspace
 
             t0 = time.perf_counter()
-            sub = option_subspace(model, tokenizer, v, mc_examples, temperatures=config.temperatures,
-                                  labels=config.option_labels or DEFAULT_LABELS, batch_size=config.batch_size,
-                                  chat=config.chat, exact=config.exact, ks=config.ks, pad_id=pad_id)
+            sub = option_subspace(
+                model,
+                tokenizer,
+                v,
+                mc_examples,
+                temperatures=config.temperatures,
+                labels=config.option_labels or DEFAULT_LABELS,
+                batch_size=config.batch_size,
+                chat=config.chat,
+                exact=config.exact,
+                ks=config.ks,
+                pad_id=pad_id,
+            )
             timings[f"subspace/{v.name}"] = time.perf_counter() - t0
             for name, df in sub.frames().items():
                 frames.setdefault(name, []).append(df)
             vs["subspace"] = headline_subspace(sub)
-            log(f"{v.name}: option subspace over {len(mc_examples)} questions in {timings[f'subspace/{v.name}']:.1f} s")
+            log(
+                f"{v.name}: option subspace over {len(mc_examples)} questions "
+                f"in {timings[f'subspace/{v.name}']:.1f} s"
+            )
         summary_variants[v.name] = vs
     tables = {name: TB.concat(fs, name) for name, fs in frames.items()}
     for name, fs in summaries.items():
@@ -333,38 +452,61 @@ def run_analysis(model, tokenizer, variants, prompts: list[tuple[str, str]], con
     if "trajectories" in tables and len(tables["trajectories"]):
         t = tables["trajectories"]
         tables["summary_trajectory_steps"] = TB.summarize_frame(
-            t, ["variant", "regime", "space", "metric", "temperature", "step"])
-        tables["summary_trajectories"] = TB.summarize_frame(t, ["variant", "regime", "space", "metric", "temperature"])
+            t, ["variant", "regime", "space", "metric", "temperature", "step"]
+        )
+        tables["summary_trajectories"] = TB.summarize_frame(
+            t, ["variant", "regime", "space", "metric", "temperature"]
+        )
     if "subspace" in tables and len(tables["subspace"]):
-        tables["summary_subspace"] = TB.summarize_frame(tables["subspace"],
-                                                        ["variant", "space", "metric", "temperature"])
+        tables["summary_subspace"] = TB.summarize_frame(
+            tables["subspace"], ["variant", "space", "metric", "temperature"]
+        )
     memory["peak_rss_bytes"] = peak_rss_bytes()
     if torch.cuda.is_available():
         memory["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
     memory["override_bytes"] = {v.name: v.override_bytes for v in variants}
     memory["model_param_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     summary = {
-        "dense": dense_name, "variants": summary_variants,
+        "dense": dense_name,
+        "variants": summary_variants,
         "timings_s": {**timings, "total": time.perf_counter() - t_start},
-        "memory": memory, "notes": notes,
-        "dense_generations": ([{"prompt": labels[i],
-                                "text": tokenizer.decode(dense.tokens[i], skip_special_tokens=True)}
-                               for i in range(len(labels))] if dense is not None else []),
+        "memory": memory,
+        "notes": notes,
+        "dense_generations": (
+            [
+                {"prompt": labels[i], "text": tokenizer.decode(dense.tokens[i], skip_special_tokens=True)}
+                for i in range(len(labels))
+            ]
+            if dense is not None
+            else []
+        ),
     }
     config_json = {
         "dense_model": dense_name,
-        "model": {"family": adapter.spec.family, "class": type(model).__name__, "layers": adapter.num_layers,
-                  "hidden_size": getattr(model.config, "hidden_size", None),
-                  "vocab_size": adapter.unembed.weight.shape[0], "parameters": param_count(model),
-                  "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-                  "logit_softcap": adapter.logit_softcap},
+        "model": {
+            "family": adapter.spec.family,
+            "class": type(model).__name__,
+            "layers": adapter.num_layers,
+            "hidden_size": getattr(model.config, "hidden_size", None),
+            "vocab_size": adapter.unembed.weight.shape[0],
+            "parameters": param_count(model),
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "logit_softcap": adapter.logit_softcap,
+        },
         "variants": [v.describe() for v in variants],
         "analysis": {**asdict(config), "sampler": sampler.describe()},
         "seed": config.seed,
-        "prompts": [{"label": lab, "text": text, "tokens": len(ids)} for (lab, text), ids in zip(prompts, prompt_ids)],
-        "mc_task": mc_task, "mc_questions": len(mc_examples or []),
-        "versions": {"prunelens": _version(), "torch": torch.__version__, "transformers": _tf_version(),
-                     "python": platform.python_version()},
+        "prompts": [
+            {"label": lab, "text": text, "tokens": len(ids)} for (lab, text), ids in zip(prompts, prompt_ids)
+        ],
+        "mc_task": mc_task,
+        "mc_questions": len(mc_examples or []),
+        "versions": {
+            "prunelens": _version(),
+            "torch": torch.__version__,
+            "transformers": _tf_version(),
+            "python": platform.python_version(),
+        },
         "tables": {name: TB.TABLE_COLUMNS.get(name, list(df.columns)) for name, df in tables.items()},
     }
     report = AnalysisReport(summary, tables)
@@ -398,7 +540,9 @@ def _figures(tables: dict[str, pd.DataFrame], directory: Path, names: list[str])
             keep = t["metric"].isin(["theorem1", "one_minus_cos", "theorem2", "theorem3", "kl"])
             paths += F.estimate_vs_real(t[keep & (t["variant"] == name)], directory, name)
         if "summary_trajectory_steps" in tables:
-            paths += F.decoding_steps(tables["summary_trajectory_steps"], tables["divergence"], directory, name)
+            paths += F.decoding_steps(
+                tables["summary_trajectory_steps"], tables["divergence"], directory, name
+            )
         if "subspace" in tables and len(tables["subspace"]):
             paths += F.option_subspace(tables["subspace"], tables["subspace_choices"], directory, name)
             paths += F.top_tokens(tables["subspace_top_tokens"], directory, name)

@@ -44,14 +44,18 @@ def default_prompts(n_gsm8k: int = 8, seed: int = 0) -> tuple[list[tuple[str, st
         for ex in load_task("gsm8k", limit=n_gsm8k, seed=seed, source="local"):
             out.append((f"gsm8k/{ex.id}", _gen_text(ex)))
     except (DataNotFoundError, OSError, ValueError) as exc:
-        notes.append(f"GSM8K not available locally ({type(exc).__name__}); default prompts are the open questions only")
+        notes.append(
+            f"GSM8K not available locally ({type(exc).__name__}); default prompts are the open questions only"
+        )
     out += [(f"open/{i}", q) for i, q in enumerate(OPEN_QUESTIONS)]
     return out, notes
 
 
-def load_prompts(spec: str | None = None, *, limit: int | None = None,
-                 seed: int = 0) -> tuple[list[tuple[str, str]], list[str]]:
-    """Resolve ``--prompts``: None (default set), a file, or a task name. Returns ``([(label, text)], notes)``."""
+def load_prompts(
+    spec: str | None = None, *, limit: int | None = None, seed: int = 0
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """Resolve ``--prompts``: None (default set), a file, or a task name.
+    Returns ``([(label, text)], notes)``."""
     from prunelens.data.tasks import TASKS, GenExample, MCExample, load_task
 
     notes: list[str] = []
@@ -67,10 +71,14 @@ def load_prompts(spec: str | None = None, *, limit: int | None = None,
             data = load_task(spec, limit=limit, seed=seed)
             if not isinstance(data, list) or not data or not isinstance(data[0], (GenExample, MCExample)):
                 raise PromptError(f"task {spec!r} has no questions to use as prompts")
-            prompts = [(f"{spec}/{ex.id}", _gen_text(ex) if isinstance(ex, GenExample) else mc_prompt(ex))
-                       for ex in data]
+            prompts = [
+                (f"{spec}/{ex.id}", _gen_text(ex) if isinstance(ex, GenExample) else mc_prompt(ex))
+                for ex in data
+            ]
         else:
-            raise PromptError(f"--prompts {spec!r} is neither a file nor a known task ({', '.join(sorted(TASKS))})")
+            raise PromptError(
+                f"--prompts {spec!r} is neither a file nor a known task ({', '.join(sorted(TASKS))})"
+            )
     if limit is not None:
         if limit < 1:
             raise PromptError(f"the prompt limit must be positive, got {limit}")

@@ -34,8 +34,15 @@ from prunelens.analysis.transitions import P_RENAME, check_temperatures, stats_r
 from prunelens.models.adapter import input_device
 from prunelens.utils.progress import progress_bar
 
-__all__ = ["OptionTokenError", "option_token_ids", "mc_prompt", "SubspaceResult", "option_subspace",
-           "DEFAULT_LABELS", "INSTRUCTION"]
+__all__ = [
+    "OptionTokenError",
+    "option_token_ids",
+    "mc_prompt",
+    "SubspaceResult",
+    "option_subspace",
+    "DEFAULT_LABELS",
+    "INSTRUCTION",
+]
 
 DEFAULT_LABELS = tuple(string.ascii_uppercase)
 INSTRUCTION = "Answer with the letter of the correct option."
@@ -65,7 +72,8 @@ def option_token_ids(tokenizer, labels) -> list[list[int]]:
         if not ids:
             raise OptionTokenError(
                 f"answer option {lab!r} is not a single token of this tokenizer ({'; '.join(tried)}); "
-                "choose option labels that are (e.g. --option-labels with single-token labels)")
+                "choose option labels that are (e.g. --option-labels with single-token labels)"
+            )
         for t in ids:
             if t in owner and owner[t] != lab:
                 raise OptionTokenError(f"options {owner[t]!r} and {lab!r} share the token {t}")
@@ -125,7 +133,9 @@ def option_logits(z: Tensor, groups: list[list[int]], T: float) -> Tensor:
 
 
 @torch.no_grad()
-def final_logits(model, prompts: list[list[int]], *, pad_id: int = 0, batch_size: int = 8, desc: str = "") -> Tensor:
+def final_logits(
+    model, prompts: list[list[int]], *, pad_id: int = 0, batch_size: int = 8, desc: str = ""
+) -> Tensor:
     """The model's logits at the last token of each prompt (left padding), ``(N, V)`` float32."""
     device = input_device(model)
     outs = []
@@ -136,8 +146,8 @@ def final_logits(model, prompts: list[list[int]], *, pad_id: int = 0, batch_size
             ids = torch.full((len(seqs), L), int(pad_id), dtype=torch.long)
             mask = torch.zeros((len(seqs), L), dtype=torch.bool)
             for r, s in enumerate(seqs):
-                ids[r, L - len(s):] = torch.tensor(s)
-                mask[r, L - len(s):] = True
+                ids[r, L - len(s) :] = torch.tensor(s)
+                mask[r, L - len(s) :] = True
             out = model_forward(model, ids.to(device), mask.to(device))
             outs.append(out.logits[:, -1].float().cpu())
             bar.advance(len(seqs))
@@ -145,9 +155,21 @@ def final_logits(model, prompts: list[list[int]], *, pad_id: int = 0, batch_size
 
 
 @torch.no_grad()
-def option_subspace(model, tokenizer, variant, examples, *, temperatures=(1.0,), labels=DEFAULT_LABELS,
-                    top_k: int = 10, batch_size: int = 8, chat: bool = True, exact: bool = False,
-                    ks=DEFAULT_KS, pad_id: int | None = None) -> SubspaceResult:
+def option_subspace(
+    model,
+    tokenizer,
+    variant,
+    examples,
+    *,
+    temperatures=(1.0,),
+    labels=DEFAULT_LABELS,
+    top_k: int = 10,
+    batch_size: int = 8,
+    chat: bool = True,
+    exact: bool = False,
+    ks=DEFAULT_KS,
+    pad_id: int | None = None,
+) -> SubspaceResult:
     """Full-vocabulary versus option-subspace metrics of ``variant`` over multiple-choice ``examples``."""
     temps = check_temperatures(temperatures)
     examples = list(examples)
@@ -160,8 +182,9 @@ def option_subspace(model, tokenizer, variant, examples, *, temperatures=(1.0,),
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     z_d = final_logits(model, prompts, pad_id=pad_id, batch_size=batch_size, desc="option subspace (dense)")
     with variant.active(model):
-        z_p = final_logits(model, prompts, pad_id=pad_id, batch_size=batch_size,
-                           desc=f"option subspace ({variant.name})")
+        z_p = final_logits(
+            model, prompts, pad_id=pad_id, batch_size=batch_size, desc=f"option subspace ({variant.name})"
+        )
     N, V = z_d.shape
     values: dict[tuple[str, str, float | None], np.ndarray] = {}
 
@@ -197,7 +220,10 @@ def option_subspace(model, tokenizer, variant, examples, *, temperatures=(1.0,),
             st = M.logit_space_stats(zo, zpo, T, ks=())
             for key in pk:
                 put(("p_options", P_RENAME.get(key, key), T), np.array(idx), st[key])
-            lp_d, lp_p = torch.log_softmax(z_d[sel].double() / T, -1), torch.log_softmax(z_p[sel].double() / T, -1)
+            lp_d, lp_p = (
+                torch.log_softmax(z_d[sel].double() / T, -1),
+                torch.log_softmax(z_p[sel].double() / T, -1),
+            )
             flat = [t for g in groups for t in g]
             mass_d = lp_d[:, flat].exp().sum(-1)
             mass_p = lp_p[:, flat].exp().sum(-1)
@@ -205,10 +231,17 @@ def option_subspace(model, tokenizer, variant, examples, *, temperatures=(1.0,),
             for r, j in enumerate(idx):
                 ex = examples[j]
                 choice_rows[(j, T)] = {
-                    "example": str(ex.id), "task": ex.task, "label": int(ex.label), "n_options": k,
-                    "temperature": T, "dense_choice": int(cd[r]), "pruned_choice": int(cp[r]),
-                    "changed": bool(cd[r] != cp[r]), "dense_correct": bool(int(cd[r]) == ex.label),
-                    "pruned_correct": bool(int(cp[r]) == ex.label), "option_mass_dense": float(mass_d[r]),
+                    "example": str(ex.id),
+                    "task": ex.task,
+                    "label": int(ex.label),
+                    "n_options": k,
+                    "temperature": T,
+                    "dense_choice": int(cd[r]),
+                    "pruned_choice": int(cp[r]),
+                    "changed": bool(cd[r] != cp[r]),
+                    "dense_correct": bool(int(cd[r]) == ex.label),
+                    "pruned_correct": bool(int(cp[r]) == ex.label),
+                    "option_mass_dense": float(mass_d[r]),
                     "option_mass_pruned": float(mass_p[r]),
                 }
     choices = [choice_rows[(j, T)] for j in range(N) for T in temps]
@@ -223,10 +256,25 @@ def option_subspace(model, tokenizer, variant, examples, *, temperatures=(1.0,),
         ex = examples[j]
         for r in range(kk):
             tid = int(top_idx[j, r])
-            top_rows.append({
-                "example": str(ex.id), "task": ex.task, "rank": r + 1, "token_id": tid,
-                "token": tokenizer.decode([tid]), "p_dense": float(p_d[j, tid]), "p_pruned": float(p_p[j, tid]),
-                "rank_pruned": int((z_p[j] > z_p[j, tid]).sum()) + 1,
-            })
-    return SubspaceResult(variant.name, [str(ex.id) for ex in examples], [ex.task for ex in examples], values,
-                          choices, top_rows, temps, groups_all)
+            top_rows.append(
+                {
+                    "example": str(ex.id),
+                    "task": ex.task,
+                    "rank": r + 1,
+                    "token_id": tid,
+                    "token": tokenizer.decode([tid]),
+                    "p_dense": float(p_d[j, tid]),
+                    "p_pruned": float(p_p[j, tid]),
+                    "rank_pruned": int((z_p[j] > z_p[j, tid]).sum()) + 1,
+                }
+            )
+    return SubspaceResult(
+        variant.name,
+        [str(ex.id) for ex in examples],
+        [ex.task for ex in examples],
+        values,
+        choices,
+        top_rows,
+        temps,
+        groups_all,
+    )

@@ -29,29 +29,75 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from prunelens.utils.io import atomic_write_json
 
-__all__ = ["TABLE_COLUMNS", "STAT_COLUMNS", "transitions_frame", "trajectories_frames", "subspace_frames",
-           "write_table", "write_tables", "summarize_frame", "summarize_values", "write_json", "concat"]
+__all__ = [
+    "TABLE_COLUMNS",
+    "STAT_COLUMNS",
+    "transitions_frame",
+    "trajectories_frames",
+    "subspace_frames",
+    "write_table",
+    "write_tables",
+    "summarize_frame",
+    "summarize_values",
+    "write_json",
+    "concat",
+]
 
 TABLE_COLUMNS: dict[str, list[str]] = {
-    "transitions": ["variant", "prompt", "position", "position_kind", "token_id", "layer", "sublayer",
-                    "counterfactual", "in_variant", "space", "metric", "temperature", "value"],
+    "transitions": [
+        "variant",
+        "prompt",
+        "position",
+        "position_kind",
+        "token_id",
+        "layer",
+        "sublayer",
+        "counterfactual",
+        "in_variant",
+        "space",
+        "metric",
+        "temperature",
+        "value",
+    ],
     "trajectories": ["variant", "prompt", "regime", "step", "space", "metric", "temperature", "value"],
     "trajectory_tokens": ["variant", "prompt", "regime", "step", "dense_token", "pruned_token", "match"],
     "divergence": ["variant", "prompt", "regime", "first_divergence_step", "steps_dense", "steps_pruned"],
     "subspace": ["variant", "example", "task", "space", "metric", "temperature", "value"],
-    "subspace_choices": ["variant", "example", "task", "label", "n_options", "temperature", "dense_choice",
-                         "pruned_choice", "changed", "dense_correct", "pruned_correct", "option_mass_dense",
-                         "option_mass_pruned"],
-    "subspace_top_tokens": ["variant", "example", "task", "rank", "token_id", "token", "p_dense", "p_pruned",
-                            "rank_pruned"],
+    "subspace_choices": [
+        "variant",
+        "example",
+        "task",
+        "label",
+        "n_options",
+        "temperature",
+        "dense_choice",
+        "pruned_choice",
+        "changed",
+        "dense_correct",
+        "pruned_correct",
+        "option_mass_dense",
+        "option_mass_pruned",
+    ],
+    "subspace_top_tokens": [
+        "variant",
+        "example",
+        "task",
+        "rank",
+        "token_id",
+        "token",
+        "p_dense",
+        "p_pruned",
+        "rank_pruned",
+    ],
 }
 STAT_COLUMNS = ["n", "n_nan", "mean", "std", "min", "q05", "q25", "median", "q75", "q95", "max"]
 _QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -78,21 +124,23 @@ def transitions_frame(res) -> pd.DataFrame:
     metrics = np.repeat(np.array([k[1] for k in keys], dtype=object), per_key)
     temps = np.repeat(np.array([np.nan if k[2] is None else k[2] for k in keys], dtype=np.float32), per_key)
     values = np.concatenate([res.values[k].reshape(-1) for k in keys]) if keys else np.empty(0, np.float32)
-    df = pd.DataFrame({
-        "variant": _cat(np.full(n_rows, res.variant, dtype=object)),
-        "prompt": tile_tok(res.tokens["prompt"]).astype(np.int32),
-        "position": tile_tok(res.tokens["position"]).astype(np.int32),
-        "position_kind": _cat(tile_tok(res.tokens["position_kind"])),
-        "token_id": tile_tok(res.tokens["token_id"]).astype(np.int32),
-        "layer": rep_ent(ent_layer),
-        "sublayer": _cat(rep_ent(ent_kind)),
-        "counterfactual": _cat(rep_ent(ent_cf)),
-        "in_variant": rep_ent(ent_in),
-        "space": _cat(spaces),
-        "metric": _cat(metrics),
-        "temperature": temps,
-        "value": values.astype(np.float32),
-    })
+    df = pd.DataFrame(
+        {
+            "variant": _cat(np.full(n_rows, res.variant, dtype=object)),
+            "prompt": tile_tok(res.tokens["prompt"]).astype(np.int32),
+            "position": tile_tok(res.tokens["position"]).astype(np.int32),
+            "position_kind": _cat(tile_tok(res.tokens["position_kind"])),
+            "token_id": tile_tok(res.tokens["token_id"]).astype(np.int32),
+            "layer": rep_ent(ent_layer),
+            "sublayer": _cat(rep_ent(ent_kind)),
+            "counterfactual": _cat(rep_ent(ent_cf)),
+            "in_variant": rep_ent(ent_in),
+            "space": _cat(spaces),
+            "metric": _cat(metrics),
+            "temperature": temps,
+            "value": values.astype(np.float32),
+        }
+    )
     return df[TABLE_COLUMNS["transitions"]]
 
 
@@ -140,13 +188,24 @@ def subspace_frames(res) -> dict[str, pd.DataFrame]:
     rows = []
     for (space, metric, T), arr in res.values.items():
         for j, v in enumerate(arr):
-            rows.append((res.variant, res.examples[j], res.tasks[j], space, metric,
-                         np.nan if T is None else T, float(v)))
+            rows.append(
+                (
+                    res.variant,
+                    res.examples[j],
+                    res.tasks[j],
+                    space,
+                    metric,
+                    np.nan if T is None else T,
+                    float(v),
+                )
+            )
     sub = pd.DataFrame(rows, columns=TABLE_COLUMNS["subspace"])
-    choices = pd.DataFrame([{"variant": res.variant, **c} for c in res.choices],
-                           columns=TABLE_COLUMNS["subspace_choices"])
-    top = pd.DataFrame([{"variant": res.variant, **t} for t in res.top_tokens],
-                       columns=TABLE_COLUMNS["subspace_top_tokens"])
+    choices = pd.DataFrame(
+        [{"variant": res.variant, **c} for c in res.choices], columns=TABLE_COLUMNS["subspace_choices"]
+    )
+    top = pd.DataFrame(
+        [{"variant": res.variant, **t} for t in res.top_tokens], columns=TABLE_COLUMNS["subspace_top_tokens"]
+    )
     return {"subspace": sub, "subspace_choices": choices, "subspace_top_tokens": top}
 
 
@@ -161,14 +220,25 @@ def summarize_values(v: np.ndarray) -> dict[str, float]:
         return out
     with np.errstate(invalid="ignore", over="ignore"):
         qs = np.quantile(w, (0.0, *_QUANTILES, 1.0))
-        out.update({"mean": float(np.mean(w)), "std": float(np.std(w)), "min": float(qs[0]), "q05": float(qs[1]),
-                    "q25": float(qs[2]), "median": float(qs[3]), "q75": float(qs[4]), "q95": float(qs[5]),
-                    "max": float(qs[6])})
+        out.update(
+            {
+                "mean": float(np.mean(w)),
+                "std": float(np.std(w)),
+                "min": float(qs[0]),
+                "q05": float(qs[1]),
+                "q25": float(qs[2]),
+                "median": float(qs[3]),
+                "q75": float(qs[4]),
+                "q95": float(qs[5]),
+                "max": float(qs[6]),
+            }
+        )
     return out
 
 
 def summarize_frame(df: pd.DataFrame, by: list[str], value: str = "value") -> pd.DataFrame:
-    """Median, quantiles, mean... of ``value`` per group of ``by`` (NaN group keys kept, NaN values counted)."""
+    """Median, quantiles, mean... of ``value`` per group of ``by``
+    (NaN group keys kept, NaN values counted)."""
     rows = []
     if df.empty:
         return pd.DataFrame(columns=[*by, *STAT_COLUMNS])
@@ -184,8 +254,9 @@ def _tmp_path(path: Path) -> Path:
     return Path(tmp)
 
 
-def write_table(df: pd.DataFrame, directory: str | Path, name: str, *, csv: bool = True,
-                parquet: bool = True) -> list[Path]:
+def write_table(
+    df: pd.DataFrame, directory: str | Path, name: str, *, csv: bool = True, parquet: bool = True
+) -> list[Path]:
     """Write ``df`` as ``name.parquet`` and ``name.csv`` under ``directory`` (each atomically)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -248,8 +319,13 @@ def concat(frames: Iterable[pd.DataFrame], name: str) -> pd.DataFrame:
     frames = [f for f in frames if f is not None and len(f)]
     if not frames:
         return pd.DataFrame(columns=TABLE_COLUMNS.get(name, []))
-    df = pd.concat([f.astype({c: "object" for c in f.columns if isinstance(f[c].dtype, pd.CategoricalDtype)})
-                    for f in frames], ignore_index=True)
+    df = pd.concat(
+        [
+            f.astype({c: "object" for c in f.columns if isinstance(f[c].dtype, pd.CategoricalDtype)})
+            for f in frames
+        ],
+        ignore_index=True,
+    )
     for c in df.columns:
         if df[c].dtype == object:
             try:

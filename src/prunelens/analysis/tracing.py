@@ -43,8 +43,16 @@ from torch.func import functional_call
 from prunelens.models.adapter import SUBLAYERS, Adapter, block_output
 from prunelens.models.compat import CACHE_KWARGS
 
-__all__ = ["SublayerTrace", "Trace", "Counterfactual", "plan_counterfactuals", "trace", "position_ids",
-           "forward_final_hidden", "peak_rss_bytes"]
+__all__ = [
+    "SublayerTrace",
+    "Trace",
+    "Counterfactual",
+    "plan_counterfactuals",
+    "trace",
+    "position_ids",
+    "forward_final_hidden",
+    "peak_rss_bytes",
+]
 
 
 @dataclass
@@ -76,7 +84,8 @@ class SublayerTrace:
 
 @dataclass
 class Trace:
-    """Result of :func:`trace`: per-sublayer states, the attention mask and the final hidden states ``h_L``."""
+    """Result of :func:`trace`: per-sublayer states, the attention mask
+    and the final hidden states ``h_L``."""
 
     sublayers: list[SublayerTrace]
     attention_mask: Tensor  # (B, S) bool
@@ -122,7 +131,7 @@ def _split_overrides(adapter: Adapter, overrides: dict[str, Tensor]) -> tuple[di
         if not name.startswith(prefix):
             left.append(name)
             continue
-        idx, _, rel = name[len(prefix):].partition(".")
+        idx, _, rel = name[len(prefix) :].partition(".")
         if not idx.isdigit():
             left.append(name)
             continue
@@ -135,13 +144,13 @@ def _split_overrides(adapter: Adapter, overrides: dict[str, Tensor]) -> tuple[di
             pre = norms[0] + "." if norms and norms[0] != out_path else None
             cf = out.setdefault((layer, kind), Counterfactual("override"))
             if rel.startswith(sub):
-                cf.params[rel[len(sub):]] = t
+                cf.params[rel[len(sub) :]] = t
                 placed = True
             elif pre and rel.startswith(pre):
-                cf.pre_norm[rel[len(pre):]] = t
+                cf.pre_norm[rel[len(pre) :]] = t
                 placed = True
             elif out_path != adapter._path(kind) and rel.startswith(out_path + "."):
-                cf.post_norm[rel[len(out_path) + 1:]] = t
+                cf.post_norm[rel[len(out_path) + 1 :]] = t
                 placed = True
             if placed:
                 break
@@ -151,8 +160,9 @@ def _split_overrides(adapter: Adapter, overrides: dict[str, Tensor]) -> tuple[di
     return out, left
 
 
-def plan_counterfactuals(adapter: Adapter, variant=None, *, scope: str = "all", layers=None,
-                         kinds=SUBLAYERS) -> tuple[dict[tuple[int, str], Counterfactual], list[str]]:
+def plan_counterfactuals(
+    adapter: Adapter, variant=None, *, scope: str = "all", layers=None, kinds=SUBLAYERS
+) -> tuple[dict[tuple[int, str], Counterfactual], list[str]]:
     """Which counterfactual to trace at each ``(layer, kind)``; returns ``(plan, notes)``.
 
     ``scope="variant"``: only the sublayers the variant prunes. ``scope="all"``: every layer × kind; the
@@ -175,7 +185,8 @@ def plan_counterfactuals(adapter: Adapter, variant=None, *, scope: str = "all", 
             notes.append(
                 f"{len(left)} overridden tensors outside the attention/MLP sublayers and their norms "
                 f"(e.g. {left[:3]}) are shared with the dense model in the counterfactual transitions "
-                "(they are included in the trajectories and the option subspace)")
+                "(they are included in the trajectories and the option subspace)"
+            )
         for d in variant.drops:
             by_sub[d] = Counterfactual("drop")
     plan: dict[tuple[int, str], Counterfactual] = {}
@@ -198,15 +209,26 @@ def _first(out):
 def model_forward(model, input_ids: Tensor, mask: Tensor, **kw):
     pos = position_ids(mask)
     try:
-        return model(input_ids=input_ids, attention_mask=mask.long(), position_ids=pos, use_cache=False,
-                     logits_to_keep=1, **kw)
+        return model(
+            input_ids=input_ids,
+            attention_mask=mask.long(),
+            position_ids=pos,
+            use_cache=False,
+            logits_to_keep=1,
+            **kw,
+        )
     except TypeError:
         return model(input_ids=input_ids, attention_mask=mask.long(), position_ids=pos, use_cache=False, **kw)
 
 
 @torch.no_grad()
-def trace(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None, *,
-          counterfactuals: dict[tuple[int, str], Counterfactual] | None = None) -> Trace:
+def trace(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    counterfactuals: dict[tuple[int, str], Counterfactual] | None = None,
+) -> Trace:
     """One dense forward pass recording, per planned sublayer, ``before`` / ``dense`` / ``pruned`` states.
 
     ``counterfactuals``: from :func:`plan_counterfactuals` (default: drop-each for every sublayer).
@@ -293,12 +315,19 @@ def trace(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = N
 
         handles.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))
         for kind in SUBLAYERS:
-            handles.append(adapter.sublayer_out(i, kind).register_forward_hook(
-                lambda m, a, o, i=i, kind=kind: out_hook(m, a, o, i=i, kind=kind)))
+            handles.append(
+                adapter.sublayer_out(i, kind).register_forward_hook(
+                    lambda m, a, o, i=i, kind=kind: out_hook(m, a, o, i=i, kind=kind)
+                )
+            )
             cf = counterfactuals.get((i, kind))
             if cf is not None and cf.kind == "override":
-                handles.append(adapter.sublayer(i, kind).register_forward_hook(
-                    lambda m, a, k, o, i=i, kind=kind: sub_hook(m, a, k, o, i=i, kind=kind), with_kwargs=True))
+                handles.append(
+                    adapter.sublayer(i, kind).register_forward_hook(
+                        lambda m, a, k, o, i=i, kind=kind: sub_hook(m, a, k, o, i=i, kind=kind),
+                        with_kwargs=True,
+                    )
+                )
         handles.append(block.register_forward_hook(post_hook, with_kwargs=True))
 
     def final_hook(mod, args):

@@ -39,8 +39,17 @@ from prunelens.models.adapter import Adapter, input_device
 from prunelens.models.compat import cache_kwargs, output_cache
 from prunelens.utils.progress import progress_bar
 
-__all__ = ["Sampler", "Decoded", "decode", "teacher_forced_hidden", "compare_steps", "TrajectoriesResult",
-           "trajectories", "eos_ids_of", "first_divergence"]
+__all__ = [
+    "Sampler",
+    "Decoded",
+    "decode",
+    "teacher_forced_hidden",
+    "compare_steps",
+    "TrajectoriesResult",
+    "trajectories",
+    "eos_ids_of",
+    "first_divergence",
+]
 
 REGIMES = ("teacher_forced", "free_running")
 
@@ -71,8 +80,13 @@ class Sampler:
         return (logits.double() / self.temperature + g).argmax(-1)
 
     def describe(self) -> dict:
-        return {"decoding": "greedy" if self.greedy else "sampling (Gumbel-max, noise shared by dense and pruned)",
-                "temperature": None if self.greedy else self.temperature, "seed": self.seed}
+        return {
+            "decoding": "greedy"
+            if self.greedy
+            else "sampling (Gumbel-max, noise shared by dense and pruned)",
+            "temperature": None if self.greedy else self.temperature,
+            "seed": self.seed,
+        }
 
 
 def eos_ids_of(model, tokenizer=None) -> set[int]:
@@ -98,9 +112,19 @@ class Decoded:
 
 
 @torch.no_grad()
-def decode(model, prompt_ids: list[list[int]], *, max_new_tokens: int, eos_ids=(), pad_id: int = 0,
-           sampler: Sampler = Sampler(), use_cache: bool = True, batch_size: int = 8,
-           uids: list[int] | None = None, desc: str = "decoding") -> Decoded:
+def decode(
+    model,
+    prompt_ids: list[list[int]],
+    *,
+    max_new_tokens: int,
+    eos_ids=(),
+    pad_id: int = 0,
+    sampler: Sampler = Sampler(),
+    use_cache: bool = True,
+    batch_size: int = 8,
+    uids: list[int] | None = None,
+    desc: str = "decoding",
+) -> Decoded:
     """Batched decoding (left padding, explicit position ids, KV cache); records ``h_L`` of every step."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
@@ -122,17 +146,23 @@ def decode(model, prompt_ids: list[list[int]], *, max_new_tokens: int, eos_ids=(
                 ids = torch.full((len(idx), L), int(pad_id), dtype=torch.long)
                 mask = torch.zeros((len(idx), L), dtype=torch.long)
                 for r, s in enumerate(seqs):
-                    ids[r, L - len(s):] = torch.tensor(s)
-                    mask[r, L - len(s):] = 1
+                    ids[r, L - len(s) :] = torch.tensor(s)
+                    mask[r, L - len(s) :] = 1
                 ids, mask = ids.to(device), mask.to(device)
                 done = torch.zeros(len(idx), dtype=torch.bool)
                 past = None
                 step_in = ids
                 for step in range(1, max_new_tokens + 1):
                     if use_cache:
-                        pos = position_ids(mask)[:, -step_in.shape[1]:]
-                        out = model(input_ids=step_in, attention_mask=mask, position_ids=pos, **cache_kwargs(past),
-                                    use_cache=True, logits_to_keep=1)
+                        pos = position_ids(mask)[:, -step_in.shape[1] :]
+                        out = model(
+                            input_ids=step_in,
+                            attention_mask=mask,
+                            position_ids=pos,
+                            **cache_kwargs(past),
+                            use_cache=True,
+                            logits_to_keep=1,
+                        )
                         past = output_cache(out)
                     else:
                         out = model_forward(model, ids, mask.bool())
@@ -162,7 +192,9 @@ def decode(model, prompt_ids: list[list[int]], *, max_new_tokens: int, eos_ids=(
 
 
 @torch.no_grad()
-def teacher_forced_hidden(model, sequences: Sequences, *, pad_id: int = 0, batch_size: int = 8) -> list[Tensor]:
+def teacher_forced_hidden(
+    model, sequences: Sequences, *, pad_id: int = 0, batch_size: int = 8
+) -> list[Tensor]:
     """``h_L`` at every decoding step of the dense trajectories, from one causal pass per batch.
 
     Entry ``i`` has shape ``(n_i, d)``: row ``t − 1`` is the state that predicts generated token ``t``.
@@ -181,8 +213,16 @@ def teacher_forced_hidden(model, sequences: Sequences, *, pad_id: int = 0, batch
     return out
 
 
-def compare_steps(adapter: Adapter, h_dense: Tensor, h_pruned: Tensor, temps, *, ks=DEFAULT_KS, exact: bool = False,
-                  chunk: int = 32) -> dict[tuple[str, str, float | None], np.ndarray]:
+def compare_steps(
+    adapter: Adapter,
+    h_dense: Tensor,
+    h_pruned: Tensor,
+    temps,
+    *,
+    ks=DEFAULT_KS,
+    exact: bool = False,
+    chunk: int = 32,
+) -> dict[tuple[str, str, float | None], np.ndarray]:
     """Per-step statistics of dense versus pruned final states ``(n, d)`` in spaces h, z and p."""
     n = h_dense.shape[0]
     out: dict[tuple[str, str, float | None], np.ndarray] = {}
@@ -231,11 +271,24 @@ class TrajectoriesResult:
 
 
 @torch.no_grad()
-def trajectories(model, variant, prompt_ids: list[list[int]], *, dense: Decoded | None = None,
-                 max_new_tokens: int = 32, temperatures=(1.0,), sampler: Sampler = Sampler(), eos_ids=(),
-                 pad_id: int = 0, batch_size: int = 8, ks=DEFAULT_KS, exact: bool = False,
-                 regimes=REGIMES, labels: list[str] | None = None,
-                 dense_hidden_tf: list[Tensor] | None = None) -> TrajectoriesResult:
+def trajectories(
+    model,
+    variant,
+    prompt_ids: list[list[int]],
+    *,
+    dense: Decoded | None = None,
+    max_new_tokens: int = 32,
+    temperatures=(1.0,),
+    sampler: Sampler = Sampler(),
+    eos_ids=(),
+    pad_id: int = 0,
+    batch_size: int = 8,
+    ks=DEFAULT_KS,
+    exact: bool = False,
+    regimes=REGIMES,
+    labels: list[str] | None = None,
+    dense_hidden_tf: list[Tensor] | None = None,
+) -> TrajectoriesResult:
     """Teacher-forced and free-running comparison of the dense model and ``variant`` along decoding.
 
     ``dense``: the dense model's own decoding of ``prompt_ids`` (computed if None, with the same sampler).
@@ -247,20 +300,32 @@ def trajectories(model, variant, prompt_ids: list[list[int]], *, dense: Decoded 
             raise ValueError(f"unknown regime {r!r}; expected {REGIMES}")
     adapter = Adapter(model)
     if dense is None:
-        dense = decode(model, prompt_ids, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
-                       sampler=sampler, batch_size=batch_size, desc="decoding (dense)")
+        dense = decode(
+            model,
+            prompt_ids,
+            max_new_tokens=max_new_tokens,
+            eos_ids=eos_ids,
+            pad_id=pad_id,
+            sampler=sampler,
+            batch_size=batch_size,
+            desc="decoding (dense)",
+        )
     seqs = Sequences(prompt_ids, dense.tokens)
     values: dict[tuple, list[np.ndarray]] = {}
     pruned_tokens: dict[str, list[list[int]]] = {}
     divergence: dict[str, list[int | None]] = {}
+
     def put(regime: str, i: int, res: dict, n_prompts: int):
         for (space, metric, T), arr in res.items():
             values.setdefault((regime, space, metric, T), [np.empty(0, np.float32)] * n_prompts)[i] = arr
 
     n_p = len(prompt_ids)
     if "teacher_forced" in regimes:
-        h_dense = dense_hidden_tf if dense_hidden_tf is not None else teacher_forced_hidden(
-            model, seqs, pad_id=pad_id, batch_size=batch_size)
+        h_dense = (
+            dense_hidden_tf
+            if dense_hidden_tf is not None
+            else teacher_forced_hidden(model, seqs, pad_id=pad_id, batch_size=batch_size)
+        )
         with variant.active(model):
             h_pruned = teacher_forced_hidden(model, seqs, pad_id=pad_id, batch_size=batch_size)
         toks, div = [], []
@@ -269,8 +334,11 @@ def trajectories(model, variant, prompt_ids: list[list[int]], *, dense: Decoded 
             put("teacher_forced", i, res, n_p)
             if h_pruned[i].shape[0]:
                 z = logit_lens(adapter, h_pruned[i])
-                choice = [int(sampler.choose(z[t : t + 1], [i], t + 1)[0]) for t in range(z.shape[0])] \
-                    if not sampler.greedy else z.argmax(-1).tolist()
+                choice = (
+                    [int(sampler.choose(z[t : t + 1], [i], t + 1)[0]) for t in range(z.shape[0])]
+                    if not sampler.greedy
+                    else z.argmax(-1).tolist()
+                )
             else:
                 choice = []
             toks.append(choice)
@@ -279,8 +347,16 @@ def trajectories(model, variant, prompt_ids: list[list[int]], *, dense: Decoded 
         divergence["teacher_forced"] = div
     if "free_running" in regimes:
         with variant.active(model):
-            pr = decode(model, prompt_ids, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
-                        sampler=sampler, batch_size=batch_size, desc=f"decoding ({variant.name})")
+            pr = decode(
+                model,
+                prompt_ids,
+                max_new_tokens=max_new_tokens,
+                eos_ids=eos_ids,
+                pad_id=pad_id,
+                sampler=sampler,
+                batch_size=batch_size,
+                desc=f"decoding ({variant.name})",
+            )
         div = []
         for i in range(n_p):
             n = min(len(dense.tokens[i]), len(pr.tokens[i]))
@@ -289,5 +365,13 @@ def trajectories(model, variant, prompt_ids: list[list[int]], *, dense: Decoded 
             div.append(first_divergence(dense.tokens[i], pr.tokens[i]))
         pruned_tokens["free_running"] = pr.tokens
         divergence["free_running"] = div
-    return TrajectoriesResult(variant.name, values, dense.tokens, pruned_tokens, divergence, temps, sampler,
-                              labels or [str(i) for i in range(n_p)])
+    return TrajectoriesResult(
+        variant.name,
+        values,
+        dense.tokens,
+        pruned_tokens,
+        divergence,
+        temps,
+        sampler,
+        labels or [str(i) for i in range(n_p)],
+    )

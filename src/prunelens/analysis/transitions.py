@@ -38,8 +38,17 @@ from prunelens.utils.progress import progress_bar
 
 __all__ = ["H_METRICS", "TransitionsResult", "transitions", "logit_lens", "Sequences", "stats_rows"]
 
-H_METRICS = ["cos", "one_minus_cos", "rel_norm", "rel_par", "rel_perp", "par_perp_ratio", "alpha", "theorem1",
-             "theorem1_ratio"]
+H_METRICS = [
+    "cos",
+    "one_minus_cos",
+    "rel_norm",
+    "rel_par",
+    "rel_perp",
+    "par_perp_ratio",
+    "alpha",
+    "theorem1",
+    "theorem1_ratio",
+]
 
 #: metric names in the tables: probability-space keys lose their ``prob_`` prefix (space is a column)
 P_RENAME = {"prob_cos": "cos", "prob_one_minus_cos": "one_minus_cos"}
@@ -82,13 +91,14 @@ class Sequences:
                 ids[r, : len(s)] = torch.tensor(s)
                 mask[r, : len(s)] = True
             else:
-                ids[r, L - len(s):] = torch.tensor(s)
-                mask[r, L - len(s):] = True
+                ids[r, L - len(s) :] = torch.tensor(s)
+                mask[r, L - len(s) :] = True
         return ids, mask
 
 
 class TracedSublayer(NamedTuple):
-    """One sublayer a transitions run traced: where it is, how it was perturbed, and whether the variant prunes it."""
+    """One sublayer a transitions run traced: where it is, how it was perturbed,
+    and whether the variant prunes it."""
 
     layer: int
     kind: str  # attn | mlp
@@ -126,33 +136,62 @@ class TransitionsResult:
 
         return transitions_frame(self)
 
-    def relabel(self, variant: str, in_variant: dict[tuple[int, str], bool]) -> "TransitionsResult":
+    def relabel(self, variant: str, in_variant: dict[tuple[int, str], bool]) -> TransitionsResult:
         """The same measurements under another variant name and ``in_variant`` flags (no copy of values)."""
-        entries = [e._replace(in_variant=in_variant.get((e.layer, e.kind), e.in_variant)) for e in self.entries]
-        return TransitionsResult(variant, self.tokens, entries, self.values, self.temperatures, self.final_norm,
-                                 list(self.notes), self.state_bytes, self.unembeddings)
+        entries = [
+            e._replace(in_variant=in_variant.get((e.layer, e.kind), e.in_variant)) for e in self.entries
+        ]
+        return TransitionsResult(
+            variant,
+            self.tokens,
+            entries,
+            self.values,
+            self.temperatures,
+            self.final_norm,
+            list(self.notes),
+            self.state_bytes,
+            self.unembeddings,
+        )
 
-    def select(self, space: str, metric: str, T: float | None = None, *, in_variant: bool | None = None,
-               kind: str | None = None) -> np.ndarray:
+    def select(
+        self,
+        space: str,
+        metric: str,
+        T: float | None = None,
+        *,
+        in_variant: bool | None = None,
+        kind: str | None = None,
+    ) -> np.ndarray:
         """Values of one metric, rows = entries (filtered), columns = tokens."""
         if space == "p" and T is None:
             T = self.temperatures[0]
         v = self.values[(space, metric, T if space == "p" else None)]
-        keep = [j for j, e in enumerate(self.entries)
-                if (in_variant is None or e.in_variant == in_variant) and (kind is None or e.kind == kind)]
+        keep = [
+            j
+            for j, e in enumerate(self.entries)
+            if (in_variant is None or e.in_variant == in_variant) and (kind is None or e.kind == kind)
+        ]
         return v[keep]
 
 
-def stats_rows(dense: LogitState, pruned: LogitState, temps, ks, *, exact: bool = False,
-               z_dense: Tensor | None = None,
-               z_pruned: Tensor | None = None) -> dict[tuple[str, str, float | None], Tensor]:
+def stats_rows(
+    dense: LogitState,
+    pruned: LogitState,
+    temps,
+    ks,
+    *,
+    exact: bool = False,
+    z_dense: Tensor | None = None,
+    z_pruned: Tensor | None = None,
+) -> dict[tuple[str, str, float | None], Tensor]:
     """z- and p-space statistics of one pair for all temperatures, keyed ``(space, metric, T)``."""
     out: dict[tuple[str, str, float | None], Tensor] = {}
     zk, pk = z_keys(ks), p_keys(ks)
     for j, T in enumerate(temps):
         if exact:
-            st = M.logit_space_stats(dense.z if z_dense is None else z_dense,
-                                     pruned.z if z_pruned is None else z_pruned, T, ks)
+            st = M.logit_space_stats(
+                dense.z if z_dense is None else z_dense, pruned.z if z_pruned is None else z_pruned, T, ks
+            )
         else:
             st = pair_stats(dense, pruned, T, ks, want_z=(j == 0))
         if j == 0:
@@ -172,10 +211,24 @@ def check_temperatures(temperatures) -> tuple[float, ...]:
 
 
 @torch.no_grad()
-def transitions(model, sequences: Sequences, variant=None, *, temperatures=(1.0,), scope: str = "all",
-                layers=None, final_norm: bool = True, batch_size: int = 4, chunk_tokens: int = 32,
-                ks=DEFAULT_KS, exact: bool = False, positions: str = "all", pad_id: int = 0,
-                unembed_rows: int = 256, desc: str = "transitions") -> TransitionsResult:
+def transitions(
+    model,
+    sequences: Sequences,
+    variant=None,
+    *,
+    temperatures=(1.0,),
+    scope: str = "all",
+    layers=None,
+    final_norm: bool = True,
+    batch_size: int = 4,
+    chunk_tokens: int = 32,
+    ks=DEFAULT_KS,
+    exact: bool = False,
+    positions: str = "all",
+    pad_id: int = 0,
+    unembed_rows: int = 256,
+    desc: str = "transitions",
+) -> TransitionsResult:
     """Trace ``sequences`` through the dense model and measure every planned sublayer transition.
 
     ``variant``: a :class:`~prunelens.analysis.variants.Variant` (None: drop-each of the dense model);
@@ -194,15 +247,23 @@ def transitions(model, sequences: Sequences, variant=None, *, temperatures=(1.0,
     if not plan:
         raise ValueError("nothing to analyse: the variant prunes no sublayer in the selected layers")
     entries_key = sorted(plan, key=lambda k: (k[0], 0 if k[1] == "attn" else 1))
-    entries = [TracedSublayer(l, k, plan[(l, k)].kind, plan[(l, k)].in_variant) for l, k in entries_key]
-    index = {(l, k): j for j, (l, k, _, _) in enumerate(entries)}
+    entries = [
+        TracedSublayer(layer, k, plan[(layer, k)].kind, plan[(layer, k)].in_variant)
+        for layer, k in entries_key
+    ]
+    index = {(e.layer, e.kind): j for j, e in enumerate(entries)}
     V = adapter.unembed.weight.shape[0]
     for k in ks:
         M._check_k(k, V)
     K = default_k(ks, V)
 
     chunks_vals: dict[tuple, list[np.ndarray]] = {}
-    tok_cols: dict[str, list[np.ndarray]] = {"prompt": [], "position": [], "position_kind": [], "token_id": []}
+    tok_cols: dict[str, list[np.ndarray]] = {
+        "prompt": [],
+        "position": [],
+        "position_kind": [],
+        "token_id": [],
+    }
     state_bytes = 0
     n_unembed = 0
     order = list(range(len(sequences)))
@@ -233,11 +294,13 @@ def transitions(model, sequences: Sequences, variant=None, *, temperatures=(1.0,
             plen = torch.tensor([len(sequences.prompt_ids[i]) for i in idx])[rows.cpu()]
             tok_cols["prompt"].append(pidx.numpy().astype(np.int32))
             tok_cols["position"].append(cols.cpu().numpy().astype(np.int32))
-            tok_cols["position_kind"].append(np.where(cols.cpu().numpy() < plen.numpy(), "prompt", "generated"))
+            tok_cols["position_kind"].append(
+                np.where(cols.cpu().numpy() < plen.numpy(), "prompt", "generated")
+            )
             tok_cols["token_id"].append(ids[rows, cols].cpu().numpy().astype(np.int32))
             flat_states = {}
 
-            def rows_of(t: Tensor, c0: int, c1: int) -> Tensor:
+            def rows_of(t: Tensor, c0: int, c1: int, flat_states=flat_states, flat=flat) -> Tensor:
                 key = id(t)
                 ft = flat_states.get(key)
                 if ft is None:
@@ -245,8 +308,10 @@ def transitions(model, sequences: Sequences, variant=None, *, temperatures=(1.0,
                 return ft.index_select(0, flat[c0:c1])
 
             n_tok = flat.numel()
-            buf = {key: np.empty((len(entries), n_tok), dtype=np.float32)
-                   for key in [("h", m, None) for m in H_METRICS]}
+            buf = {
+                key: np.empty((len(entries), n_tok), dtype=np.float32)
+                for key in [("h", m, None) for m in H_METRICS]
+            }
             # distinct states in first-use order, and the last sublayer that needs each
             state_order: list[Tensor] = []
             last_use: dict[int, int] = {}
@@ -282,8 +347,15 @@ def transitions(model, sequences: Sequences, variant=None, *, temperatures=(1.0,
                                 if exact:
                                     zraw[id(u)] = z
                     sd, sp = cache[id(st.dense)], cache[id(st.pruned)]
-                    res = stats_rows(sd, sp, temps, ks, exact=exact,
-                                     z_dense=zraw.get(id(st.dense)), z_pruned=zraw.get(id(st.pruned)))
+                    res = stats_rows(
+                        sd,
+                        sp,
+                        temps,
+                        ks,
+                        exact=exact,
+                        z_dense=zraw.get(id(st.dense)),
+                        z_pruned=zraw.get(id(st.pruned)),
+                    )
                     for key, v in res.items():
                         arr = buf.get(key)
                         if arr is None:

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -52,10 +53,28 @@ _TARGETS = {"a": "attn", "m": "mlp", "j": "joint", "b": "block"}
 
 # config fields that fix the computation; a pruned side that differs in any of them is another model
 _STRUCTURAL = (
-    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
-    "head_dim", "hidden_act", "hidden_activation", "rms_norm_eps", "layer_norm_eps", "rope_theta", "rope_scaling",
-    "rope_parameters", "partial_rotary_factor", "rotary_pct", "sliding_window", "final_logit_softcapping",
-    "attn_logit_softcapping", "query_pre_attn_scalar", "use_parallel_residual", "tie_word_embeddings",
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "hidden_act",
+    "hidden_activation",
+    "rms_norm_eps",
+    "layer_norm_eps",
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+    "partial_rotary_factor",
+    "rotary_pct",
+    "sliding_window",
+    "final_logit_softcapping",
+    "attn_logit_softcapping",
+    "query_pre_attn_scalar",
+    "use_parallel_residual",
+    "tie_word_embeddings",
 )
 
 
@@ -104,14 +123,19 @@ class Variant:
         for name, t in self.overrides.items():
             ref = params.get(name, buffers.get(name))
             if ref is None:
-                raise VariantMismatchError(f"variant {self.name!r} overrides {name!r}, which the dense model lacks")
+                raise VariantMismatchError(
+                    f"variant {self.name!r} overrides {name!r}, which the dense model lacks"
+                )
             if tuple(ref.shape) != tuple(t.shape):
                 raise VariantMismatchError(
-                    f"variant {self.name!r}: {name} has shape {tuple(t.shape)}, the dense model {tuple(ref.shape)}")
+                    f"variant {self.name!r}: {name} has shape {tuple(t.shape)}, "
+                    f"the dense model {tuple(ref.shape)}"
+                )
 
     @contextmanager
     def active(self, model: nn.Module) -> Iterator[nn.Module]:
-        """Make ``model`` (the dense model) behave as the pruned one inside the ``with`` block; restore it after."""
+        """Make ``model`` (the dense model) behave as the pruned one inside the ``with`` block;
+        restore it after."""
         adapter = Adapter(model)
         self.check(adapter)
         saved_modules: list[tuple[nn.Module, str, nn.Module]] = []
@@ -161,7 +185,9 @@ def _aliases(model: nn.Module) -> dict[str, list[str]]:
 # --------------------------------------------------------------------------------------------------
 
 
-def check_compatible(dense_config, other_config, *, num_layers: int | None = None, what: str = "pruned model") -> None:
+def check_compatible(
+    dense_config, other_config, *, num_layers: int | None = None, what: str = "pruned model"
+) -> None:
     """Raise :class:`VariantMismatchError` unless ``other_config`` describes the same architecture.
 
     ``num_layers``: the number of layers expected in ``other_config`` (block-dropped checkpoints have fewer).
@@ -170,16 +196,22 @@ def check_compatible(dense_config, other_config, *, num_layers: int | None = Non
     o = other_config.to_dict() if hasattr(other_config, "to_dict") else dict(other_config)
     if d.get("model_type") != o.get("model_type"):
         raise VariantMismatchError(
-            f"architecture mismatch: the dense model is {d.get('model_type')!r}, the {what} is {o.get('model_type')!r}")
+            f"architecture mismatch: the dense model is {d.get('model_type')!r}, "
+            f"the {what} is {o.get('model_type')!r}"
+        )
     if d.get("vocab_size") != o.get("vocab_size"):
         raise VariantMismatchError(
-            f"vocabulary mismatch: the dense model has {d.get('vocab_size')} tokens, the {what} {o.get('vocab_size')}")
+            f"vocabulary mismatch: the dense model has {d.get('vocab_size')} tokens, "
+            f"the {what} {o.get('vocab_size')}"
+        )
     diffs = [k for k in _STRUCTURAL if k in d or k in o if _norm(d.get(k)) != _norm(o.get(k))]
     want_layers = d.get("num_hidden_layers") if num_layers is None else num_layers
     if o.get("num_hidden_layers") != want_layers:
         diffs.append(f"num_hidden_layers ({o.get('num_hidden_layers')} vs {want_layers} expected)")
     if diffs:
-        raise VariantMismatchError(f"architecture mismatch between the dense model and the {what}: {', '.join(diffs)}")
+        raise VariantMismatchError(
+            f"architecture mismatch between the dense model and the {what}: {', '.join(diffs)}"
+        )
 
 
 def _norm(v):
@@ -194,7 +226,9 @@ def check_tokenizers(dense_tok, other_tok, what: str = "pruned model") -> None:
     if dense_tok is None or other_tok is None:
         return
     if dense_tok.get_vocab() != other_tok.get_vocab():
-        raise VariantMismatchError(f"vocabulary mismatch: the tokenizer of the {what} differs from the dense model's")
+        raise VariantMismatchError(
+            f"vocabulary mismatch: the tokenizer of the {what} differs from the dense model's"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,19 +248,23 @@ def variant_from_plan(model: nn.Module, plan: PrunePlan, *, source: str = "plan"
     adapter = Adapter(model)
     if plan.family and plan.family != adapter.spec.family:
         raise VariantMismatchError(
-            f"the plan is for a {plan.family!r} model, the dense model is {adapter.spec.family!r}")
+            f"the plan is for a {plan.family!r} model, the dense model is {adapter.spec.family!r}"
+        )
     if plan.num_layers_before is not None and plan.num_layers_before != adapter.num_layers:
         raise VariantMismatchError(
             f"the plan was made for a model with {plan.num_layers_before} layers; "
-            f"the dense model has {adapter.num_layers}")
+            f"the dense model has {adapter.num_layers}"
+        )
     if plan.is_drop:
         v = Variant(plan.name, source, tuple(_plan_drops(plan)), {}, plan)
     elif plan.method == "magnitude":
         v = Variant(plan.name, source, (), _magnitude_overrides(model, adapter, plan), plan)
     else:
         raise ValueError(
-            f"a {plan.method} plan does not hold its pruned weights (they depend on calibration activations); "
-            "pass the pruned checkpoint directory instead of the plan file")
+            f"a {plan.method} plan does not hold its pruned weights "
+            "(they depend on calibration activations); "
+            "pass the pruned checkpoint directory instead of the plan file"
+        )
     v.check(adapter)
     return v
 
@@ -255,7 +293,7 @@ def _layer_map(adapter: Adapter, dropped_blocks: list[int]) -> dict[int, int]:
 def _rename(name: str, prefix: str, layer_map: dict[int, int] | None) -> str:
     if not layer_map or not name.startswith(prefix):
         return name
-    rest = name[len(prefix):]
+    rest = name[len(prefix) :]
     idx, _, tail = rest.partition(".")
     if not idx.isdigit():
         return name
@@ -263,9 +301,18 @@ def _rename(name: str, prefix: str, layer_map: dict[int, int] | None) -> str:
 
 
 @torch.no_grad()
-def variant_from_state(model: nn.Module, tensors, *, name: str, source: str, plan: PrunePlan | None = None,
-                       dropped_blocks: list[int] | None = None, drops: list[tuple[int, str]] | None = None) -> Variant:
-    """Compare ``tensors`` (an iterable of ``(name, tensor)`` from the pruned checkpoint) with the dense model.
+def variant_from_state(
+    model: nn.Module,
+    tensors,
+    *,
+    name: str,
+    source: str,
+    plan: PrunePlan | None = None,
+    dropped_blocks: list[int] | None = None,
+    drops: list[tuple[int, str]] | None = None,
+) -> Variant:
+    """Compare ``tensors`` (an iterable of ``(name, tensor)`` from the pruned checkpoint)
+    with the dense model.
 
     Tensors equal to the dense ones are shared (not kept); differing ones become overrides. A tensor the
     dense model lacks, or of another shape, is an architecture mismatch. ``dropped_blocks``: the
@@ -282,10 +329,13 @@ def variant_from_state(model: nn.Module, tensors, *, name: str, source: str, pla
         ref = dense.get(dname)
         if ref is None:
             raise VariantMismatchError(
-                f"the pruned checkpoint has a weight {key!r} that the dense model lacks (different architecture?)")
+                f"the pruned checkpoint has a weight {key!r} that the dense model lacks "
+                "(different architecture?)"
+            )
         if tuple(ref.shape) != tuple(t.shape):
             raise VariantMismatchError(
-                f"shape mismatch for {key}: pruned {tuple(t.shape)}, dense {tuple(ref.shape)}")
+                f"shape mismatch for {key}: pruned {tuple(t.shape)}, dense {tuple(ref.shape)}"
+            )
         seen.add(dname)
         t = t.to(dtype=ref.dtype, device=ref.device)
         if not torch.equal(ref, t):
@@ -296,12 +346,17 @@ def variant_from_state(model: nn.Module, tensors, *, name: str, source: str, pla
         dropped_prefixes.append(f"{prefix}{layer}.{adapter._path(kind)}.")
         dropped_prefixes += [f"{prefix}{layer}.{n}." for n in adapter.sublayer_norms(kind)]
     aliases = _aliases(model)
-    missing = [n for n in aliases if not any(a in seen for a in aliases[n])
-               and not any(n.startswith(p) for p in dropped_prefixes)]
+    missing = [
+        n
+        for n in aliases
+        if not any(a in seen for a in aliases[n]) and not any(n.startswith(p) for p in dropped_prefixes)
+    ]
     if missing:
         raise VariantMismatchError(
-            f"the pruned checkpoint lacks {len(missing)} weights the dense model has (e.g. {sorted(missing)[:3]}) "
-            "that no prune plan explains")
+            f"the pruned checkpoint lacks {len(missing)} weights the dense model has "
+            f"(e.g. {sorted(missing)[:3]}) "
+            "that no prune plan explains"
+        )
     v = Variant(name, source, tuple(drops), overrides, plan)
     v.check(adapter)
     return v
@@ -328,8 +383,17 @@ def _checkpoint_tensors(path: Path):
     return gen()
 
 
-def resolve_variant(model: nn.Module, spec, *, tokenizer=None, base_model: str = "", calibration=None,
-                    calibration_factory=None, sims_cache: dict | None = None, name: str | None = None) -> Variant:
+def resolve_variant(
+    model: nn.Module,
+    spec,
+    *,
+    tokenizer=None,
+    base_model: str = "",
+    calibration=None,
+    calibration_factory=None,
+    sims_cache: dict | None = None,
+    name: str | None = None,
+) -> Variant:
     """Build a :class:`Variant` of ``model`` from ``spec`` (see the module docstring for the accepted forms).
 
     ``calibration`` / ``calibration_factory()``: calibration windows for the ``drop-N{a,m,j,b}`` shorthands;
@@ -347,8 +411,9 @@ def resolve_variant(model: nn.Module, spec, *, tokenizer=None, base_model: str =
         check_compatible(model.config, spec.config)
         other = Adapter(spec)
         drops = [(i, k) for i in range(other.num_layers) for k in SUBLAYERS if other.is_dropped(i, k)]
-        return variant_from_state(model, spec.state_dict().items(), name=name or "pruned", source="model object",
-                                  drops=drops)
+        return variant_from_state(
+            model, spec.state_dict().items(), name=name or "pruned", source="model object", drops=drops
+        )
     spec = str(spec)
     m = SHORTHAND.match(spec)
     if m:
@@ -386,11 +451,14 @@ def resolve_variant(model: nn.Module, spec, *, tokenizer=None, base_model: str =
             raise VariantMismatchError(f"{path} has no config.json: not a checkpoint directory")
         cfg = AutoConfig.from_pretrained(path)
         blocks = list(plan.dropped_blocks) if plan is not None else []
-        check_compatible(model.config, cfg, num_layers=Adapter(model).num_layers - len(blocks),
-                         what=f"checkpoint {path}")
+        check_compatible(
+            model.config, cfg, num_layers=Adapter(model).num_layers - len(blocks), what=f"checkpoint {path}"
+        )
         if plan is not None and plan.num_layers_before not in (None, Adapter(model).num_layers):
-            raise VariantMismatchError(f"{path} was pruned from a model with {plan.num_layers_before} layers; "
-                                       f"the dense model has {Adapter(model).num_layers}")
+            raise VariantMismatchError(
+                f"{path} was pruned from a model with {plan.num_layers_before} layers; "
+                f"the dense model has {Adapter(model).num_layers}"
+            )
         if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
             if tokenizer is not None:
                 from transformers import AutoTokenizer
@@ -403,7 +471,9 @@ def resolve_variant(model: nn.Module, spec, *, tokenizer=None, base_model: str =
             other, _ = load(str(path), dtype=next(model.parameters()).dtype, device="cpu")
             tensors = other.state_dict().items()
         vname = name or (plan.name if plan is not None else path.name)
-        return variant_from_state(model, tensors, name=vname, source=str(path), plan=plan, dropped_blocks=blocks)
+        return variant_from_state(
+            model, tensors, name=vname, source=str(path), plan=plan, dropped_blocks=blocks
+        )
     # a hub id or a .gguf file: load it whole, then compare
     from prunelens.models.adapter import UnsupportedArchitectureError
     from prunelens.models.loading import load

@@ -57,8 +57,14 @@ class Calibration:
         return self.input_ids.shape[1]
 
     def describe(self) -> dict:
-        return {"source": self.source, "nsamples": self.nsamples, "seqlen": self.seqlen, "seed": self.seed,
-                "tokens_available": self.num_tokens_available, "bos_id": self.bos_id}
+        return {
+            "source": self.source,
+            "nsamples": self.nsamples,
+            "seqlen": self.seqlen,
+            "seed": self.seed,
+            "tokens_available": self.num_tokens_available,
+            "bos_id": self.bos_id,
+        }
 
 
 def _texts_from_json_obj(obj) -> list[str]:
@@ -67,7 +73,9 @@ def _texts_from_json_obj(obj) -> list[str]:
         if isinstance(obj, str):
             return [obj]
     if not isinstance(obj, list):
-        raise CalibrationDataError("JSON calibration data must be a list of strings or of objects with 'text'")
+        raise CalibrationDataError(
+            "JSON calibration data must be a list of strings or of objects with 'text'"
+        )
     out = []
     for item in obj:
         if isinstance(item, str):
@@ -75,7 +83,9 @@ def _texts_from_json_obj(obj) -> list[str]:
         elif isinstance(item, dict) and isinstance(item.get("text"), str):
             out.append(item["text"])
         else:
-            raise CalibrationDataError(f"unreadable calibration record (need a string or {{'text': str}}): {str(item)[:80]}")
+            raise CalibrationDataError(
+                f"unreadable calibration record (need a string or {{'text': str}}): {str(item)[:80]}"
+            )
     return out
 
 
@@ -134,7 +144,11 @@ def load_texts(source: str) -> list[str]:
         return data[:C4_CALIB_DOCS] if source == "c4" else data[C4_CALIB_DOCS:]
     if source.startswith("hub:"):
         parts = source[4:].split(":")
-        name, config, split = parts[0], (parts[1] or None) if len(parts) > 1 else None, parts[2] if len(parts) > 2 else "train"
+        name, config, split = (
+            parts[0],
+            (parts[1] or None) if len(parts) > 1 else None,
+            parts[2] if len(parts) > 2 else "train",
+        )
         return _hub_texts(name, config, split)
     path = Path(source).expanduser()
     if path.exists() or path.suffix:
@@ -176,8 +190,9 @@ def bos_prefix(tokenizer) -> int | None:
     return None
 
 
-def sample_windows(stream: torch.Tensor, nsamples: int, seqlen: int, seed: int,
-                   bos_id: int | None = None) -> torch.Tensor:
+def sample_windows(
+    stream: torch.Tensor, nsamples: int, seqlen: int, seed: int, bos_id: int | None = None
+) -> torch.Tensor:
     """``nsamples`` windows of ``seqlen`` tokens at seeded random offsets in ``stream``.
 
     With ``bos_id`` each window is that token followed by ``seqlen − 1`` stream tokens.
@@ -200,15 +215,23 @@ def sample_windows(stream: torch.Tensor, nsamples: int, seqlen: int, seed: int,
     return torch.stack([stream[s : s + seqlen] for s in starts])
 
 
-def get_calibration(tokenizer, source: str = "c4", nsamples: int = 64, seqlen: int = 256, seed: int = 0,
-                    texts: list[str] | None = None) -> Calibration:
+def get_calibration(
+    tokenizer,
+    source: str = "c4",
+    nsamples: int = 64,
+    seqlen: int = 256,
+    seed: int = 0,
+    texts: list[str] | None = None,
+) -> Calibration:
     """Seeded calibration windows from ``source`` for ``tokenizer`` (BOS first where it prepends one).
 
     ``texts``: the source's documents when the caller already read them (to check the file early).
     """
     stream = token_stream(tokenizer, load_texts(source) if texts is None else texts)
     bos = bos_prefix(tokenizer)
-    return Calibration(sample_windows(stream, nsamples, seqlen, seed, bos), source, seed, int(stream.numel()), bos)
+    return Calibration(
+        sample_windows(stream, nsamples, seqlen, seed, bos), source, seed, int(stream.numel()), bos
+    )
 
 
 def encoder_calibration(tokenizer, source: str = "c4", nsamples: int = 32, seqlen: int = 128, seed: int = 0):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 # A GSM8K data helper: it lives with the task's prompt builders (which use it), re-exported here.
 from prunelens.data.tasks.generative import strip_gsm8k_calculations
@@ -92,8 +92,10 @@ NUMBER_RE = re.compile(
 _MARKERS = [
     re.compile(r"####\s*(.*)", re.S),
     re.compile(r"\\boxed\s*\{([^{}]*)\}"),
-    re.compile(r"(?:final\s+answer|the\s+answer|answer)\s*(?:is|was|would\s+be|will\s+be|[:=])\s*:?\s*(.*)",
-               re.I | re.S),
+    re.compile(
+        r"(?:final\s+answer|the\s+answer|answer)\s*(?:is|was|would\s+be|will\s+be|[:=])\s*:?\s*(.*)",
+        re.I | re.S,
+    ),
 ]
 
 
@@ -233,7 +235,7 @@ def extract_code(text: str, entry_point: str | None = None, *, prose: bool = Fal
         if prose:
             m = _CODE_START.search(code)
             if m:
-                code = code[m.start():]
+                code = code[m.start() :]
         return code
     if entry_point:
         for _, code in blocks:

@@ -19,23 +19,39 @@ def table_rows(table: dict[str, Any]) -> list[list[str]]:
     """Flat rows: header, parameters, one row per task (score and retained fraction), then the averages."""
     models = table["models"]
     pruned = models[1:]
-    header = (["task", "metric"] + [f"{m}" for m in models] + [f"{m} retained" for m in pruned]
-              + [f"{m} 95% interval" for m in models] + [f"{m} {c}" for m in pruned for c in ("paired diff", "p")])
+    header = (
+        ["task", "metric"]
+        + [f"{m}" for m in models]
+        + [f"{m} retained" for m in pruned]
+        + [f"{m} 95% interval" for m in models]
+        + [f"{m} {c}" for m in pruned for c in ("paired diff", "p")]
+    )
     blank = [""] * (2 * len(models) + 2 * len(pruned) - 1)
     rows = [header, ["parameters", ""] + [str(p or "") for p in table["parameters"]] + blank]
     for r in table["rows"]:
-        intervals = [f"[{_fmt(iv['low'])}, {_fmt(iv['high'])}]" if iv else "" for iv in r.get("intervals", [])]
+        intervals = [
+            f"[{_fmt(iv['low'])}, {_fmt(iv['high'])}]" if iv else "" for iv in r.get("intervals", [])
+        ]
         intervals += [""] * (len(models) - len(intervals))
         paired = []
         for c in r.get("paired", [None] * len(models))[1:]:
             paired += ["", ""] if c is None else [_fmt(c["difference"]), f"{c['p_value']:.3g}"]
         paired += [""] * (2 * len(pruned) - len(paired))
-        rows.append([r["task"], r["metric"]] + [_fmt(v) for v in r["scores"]] + [_fmt(v) for v in r["retained"][1:]]
-                    + intervals + paired)
+        rows.append(
+            [r["task"], r["metric"]]
+            + [_fmt(v) for v in r["scores"]]
+            + [_fmt(v) for v in r["retained"][1:]]
+            + intervals
+            + paired
+        )
     av = table["averages"]
     for key in ("non_generative", "generative"):
-        rows.append([f"{key} average", "mean"] + [_fmt(v) for v in av[key]] + [_fmt(v) for v in av[f"{key}_retained"][1:]]
-                    + [""] * (len(models) + 2 * len(pruned)))
+        rows.append(
+            [f"{key} average", "mean"]
+            + [_fmt(v) for v in av[key]]
+            + [_fmt(v) for v in av[f"{key}_retained"][1:]]
+            + [""] * (len(models) + 2 * len(pruned))
+        )
     return rows
 
 

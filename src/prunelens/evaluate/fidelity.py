@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 import statistics
 import time
-from typing import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 from prunelens.evaluate.results import TaskResult
 
@@ -100,7 +100,7 @@ def ngrams(seq: Seq, n: int) -> list[tuple]:
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     seq = list(seq)
-    return [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
+    return [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
 
 
 def repeated_ngram_rate(seq: Seq, n: int = 4) -> float:
@@ -140,12 +140,17 @@ def _stats(xs: list[float], name: str) -> dict[str, float]:
         return {}
     srt = sorted(xs)
     q = lambda p: srt[min(len(srt) - 1, int(p * (len(srt) - 1) + 0.5))]  # noqa: E731 - nearest rank
-    return {f"{name}_mean": sum(xs) / len(xs), f"{name}_median": statistics.median(xs), f"{name}_p10": q(0.1),
-            f"{name}_p90": q(0.9)}
+    return {
+        f"{name}_mean": sum(xs) / len(xs),
+        f"{name}_median": statistics.median(xs),
+        f"{name}_p10": q(0.1),
+        f"{name}_p90": q(0.9),
+    }
 
 
-def degeneration(records: Sequence[dict] | TaskResult, tokenizer=None, *, n_rep: int = 4,
-                 prefix: str = "") -> dict[str, float]:
+def degeneration(
+    records: Sequence[dict] | TaskResult, tokenizer=None, *, n_rep: int = 4, prefix: str = ""
+) -> dict[str, float]:
     """Degeneration metrics of a set of generation records (or a :class:`TaskResult`).
 
     Keys (each prefixed by ``prefix``): ``rep{n_rep}_mean``/``_median``/``_p90`` (per-output repeated
@@ -172,8 +177,14 @@ def degeneration(records: Sequence[dict] | TaskResult, tokenizer=None, *, n_rep:
     return {prefix + k: v for k, v in out.items()}
 
 
-def fidelity(dense: Sequence[dict] | TaskResult, pruned: Sequence[dict] | TaskResult, tokenizer=None, *,
-             n_rep: int = 4, task: str | None = None) -> TaskResult:
+def fidelity(
+    dense: Sequence[dict] | TaskResult,
+    pruned: Sequence[dict] | TaskResult,
+    tokenizer=None,
+    *,
+    n_rep: int = 4,
+    task: str | None = None,
+) -> TaskResult:
     """Compare a pruned model's generations with the dense model's on the same prompts.
 
     ``dense`` and ``pruned`` are the records of two generation runs (or the :class:`TaskResult` s), paired
@@ -203,8 +214,10 @@ def fidelity(dense: Sequence[dict] | TaskResult, pruned: Sequence[dict] | TaskRe
         raise ValueError("fidelity: record ids must be unique on each side")
     if set(ids) != set(by_id):
         missing, extra = set(ids) - set(by_id), set(by_id) - set(ids)
-        raise ValueError(f"fidelity: the two runs hold different examples (only dense: "
-                         f"{sorted(missing)[:5]}, only pruned: {sorted(extra)[:5]})")
+        raise ValueError(
+            f"fidelity: the two runs hold different examples (only dense: "
+            f"{sorted(missing)[:5]}, only pruned: {sorted(extra)[:5]})"
+        )
     rows = []
     for d in dense:
         p = by_id[str(d["id"])]
@@ -243,6 +256,13 @@ def fidelity(dense: Sequence[dict] | TaskResult, pruned: Sequence[dict] | TaskRe
             metrics["score_agreement"] = sum(agree) / len(agree)
         metrics.update(degeneration(dense, tokenizer, n_rep=n_rep, prefix="dense_"))
         metrics.update(degeneration(pruned, tokenizer, n_rep=n_rep, prefix="pruned_"))
-    return TaskResult(task=f"{name or 'generation'}:fidelity", kind="fidelity", main_metric="rouge_l_mean",
-                      metrics=metrics, records=rows, n=len(rows), seconds=time.perf_counter() - t0,
-                      config={"n_rep": n_rep, "pairing": "id", "tokens": "token_ids or tokenizer"})
+    return TaskResult(
+        task=f"{name or 'generation'}:fidelity",
+        kind="fidelity",
+        main_metric="rouge_l_mean",
+        metrics=metrics,
+        records=rows,
+        n=len(rows),
+        seconds=time.perf_counter() - t0,
+        config={"n_rep": n_rep, "pairing": "id", "tokens": "token_ids or tokenizer"},
+    )

@@ -23,21 +23,27 @@ occurrences after some non-whitespace output count).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence, Union
+from typing import Any
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from prunelens.data.tasks.generative import Prompt
 from prunelens.evaluate.answers import find_stop
 from prunelens.models.adapter import input_device
 from prunelens.utils.progress import progress_bar
 
-__all__ = ["Generation", "Prompt", "StopOnStrings", "format_prompt", "has_chat_template", "generate",
-           "generate_batch"]
-
-#: A prompt: a string, or a list of chat messages.
-Prompt = Union[str, Sequence[dict]]
+__all__ = [
+    "Generation",
+    "Prompt",
+    "StopOnStrings",
+    "format_prompt",
+    "has_chat_template",
+    "generate",
+    "generate_batch",
+]
 
 
 def has_chat_template(tokenizer) -> bool:
@@ -99,7 +105,7 @@ class StopOnStrings(StoppingCriteria):
         b = input_ids.shape[0]
         if self.done is None or self.done.shape[0] != b:
             self.done = torch.zeros(b, dtype=torch.bool)
-        gen = input_ids[:, self.prompt_len:].tolist()
+        gen = input_ids[:, self.prompt_len :].tolist()
         for i in range(b):
             if not self.done[i]:
                 text = self.tokenizer.decode(gen[i], skip_special_tokens=True)
@@ -112,7 +118,7 @@ def _eos_ids(model, tokenizer) -> list[int]:
     ids: list[int] = []
     gen_cfg = getattr(model, "generation_config", None)
     for src in (getattr(tokenizer, "eos_token_id", None), getattr(gen_cfg, "eos_token_id", None)):
-        for i in (src if isinstance(src, (list, tuple)) else [src]):
+        for i in src if isinstance(src, (list, tuple)) else [src]:
             if i is not None and int(i) not in ids:
                 ids.append(int(i))
     return ids
@@ -181,20 +187,27 @@ def generate_batch(
     results: list[Generation | None] = [None] * len(prompts)
     with progress_bar(progress or "", total=len(prompts) if progress else None) as bar:
         for b, start in enumerate(range(0, len(order), bs)):
-            idx = order[start:start + bs]
+            idx = order[start : start + bs]
             width = max(len(encoded[i]) for i in idx)
             input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
             for r, i in enumerate(idx):
                 n = len(encoded[i])
                 if n:
-                    input_ids[r, width - n:] = torch.tensor(encoded[i], dtype=torch.long)
-                    mask[r, width - n:] = 1
+                    input_ids[r, width - n :] = torch.tensor(encoded[i], dtype=torch.long)
+                    mask[r, width - n :] = 1
             criteria = StoppingCriteriaList([StopOnStrings(tokenizer, stops, width)]) if stops else None
-            kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_id,
-                          eos_token_id=eos_ids or None, use_cache=True, stopping_criteria=criteria,
-                          temperature=temperature if do_sample else None,
-                          top_p=top_p if do_sample else None, top_k=top_k if do_sample else None)
+            kwargs = dict(
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                pad_token_id=pad_id,
+                eos_token_id=eos_ids or None,
+                use_cache=True,
+                stopping_criteria=criteria,
+                temperature=temperature if do_sample else None,
+                top_p=top_p if do_sample else None,
+                top_k=top_k if do_sample else None,
+            )
             devices = [device] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
                 if do_sample:
@@ -212,23 +225,53 @@ def generate_batch(
                     text, reason, tok_ids = raw[:pos], "stop", _prefix_for(tokenizer, ids, pos)
                 else:
                     text, reason, tok_ids = raw, ("eos" if hit_eos else "length"), ids
-                results[i] = Generation(text=text, raw_text=raw, token_ids=tok_ids, finish_reason=reason,
-                                        stop=which, input_text=texts[i], num_prompt_tokens=len(encoded[i]))
+                results[i] = Generation(
+                    text=text,
+                    raw_text=raw,
+                    token_ids=tok_ids,
+                    finish_reason=reason,
+                    stop=which,
+                    input_text=texts[i],
+                    num_prompt_tokens=len(encoded[i]),
+                )
             bar.advance(len(idx))
     return results  # type: ignore[return-value]
 
 
-def generate(model, tokenizer, prompts: Sequence[Prompt], *, max_new_tokens: int = 64, chat: bool = True,
-             do_sample: bool = False, seed: int = 0, temperature: float = 1.0,
-             stop: Sequence[str] | None = None, batch_size: int | None = None, system: str | None = None,
-             return_details: bool = False, progress: str | None = None) -> list[str] | list[Generation]:
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[Prompt],
+    *,
+    max_new_tokens: int = 64,
+    chat: bool = True,
+    do_sample: bool = False,
+    seed: int = 0,
+    temperature: float = 1.0,
+    stop: Sequence[str] | None = None,
+    batch_size: int | None = None,
+    system: str | None = None,
+    return_details: bool = False,
+    progress: str | None = None,
+) -> list[str] | list[Generation]:
     """Generate a continuation for each prompt (left-padded batches); returns the decoded new text, cut at
     the first stop string and stripped - or, with ``return_details``, the :class:`Generation` records
     (text not stripped, token ids, finish reason). ``batch_size=None``: one batch. See
     :func:`generate_batch`."""
-    gens = generate_batch(model, tokenizer, prompts, max_new_tokens=max_new_tokens, chat=chat, system=system,
-                          stop=stop, do_sample=do_sample, seed=seed, temperature=temperature,
-                          batch_size=batch_size, progress=progress)
+    gens = generate_batch(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        chat=chat,
+        system=system,
+        stop=stop,
+        do_sample=do_sample,
+        seed=seed,
+        temperature=temperature,
+        batch_size=batch_size,
+        progress=progress,
+    )
     if return_details:
         return gens
     return [g.text.strip() for g in gens]

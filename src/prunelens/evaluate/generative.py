@@ -53,11 +53,12 @@ from __future__ import annotations
 import importlib
 import random
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from prunelens.data.paths import DataNotFoundError
 from prunelens.data.tasks import TASKS, GenExample, TaskSpec, load_task
-from prunelens.data.tasks.spec import get_spec
+
 # The stop strings, instructions and prompt builders live with the task specs; re-exported here.
 from prunelens.data.tasks.generative import (  # noqa: F401
     CODE_CHAT_STOPS,
@@ -74,6 +75,7 @@ from prunelens.data.tasks.generative import (  # noqa: F401
     mbpp_prompt,
     nq_prompt,
 )
+from prunelens.data.tasks.spec import get_spec
 from prunelens.evaluate.answers import (
     exact_match,
     extract_code,
@@ -208,8 +210,9 @@ def score_mbpp(ex: GenExample, text: str, chat: bool = False) -> tuple[str, dict
     return mbpp_program(code, ex.meta["test_list"], ex.meta.get("test_setup_code", "")), {"prediction": code}
 
 
-def _run_in_sandbox(built: Sequence[tuple[str, dict[str, Any]]], timeout_s: float,
-                    workers: int | None) -> list[dict[str, Any]]:
+def _run_in_sandbox(
+    built: Sequence[tuple[str, dict[str, Any]]], timeout_s: float, workers: int | None
+) -> list[dict[str, Any]]:
     from prunelens.evaluate.sandbox import run_many
 
     fields = [f for _, f in built]
@@ -219,8 +222,15 @@ def _run_in_sandbox(built: Sequence[tuple[str, dict[str, Any]]], timeout_s: floa
     return fields
 
 
-def score_outputs(task: str, examples: Sequence[GenExample], texts: Sequence[str], *, chat: bool = False,
-                  timeout_s: float = 10.0, workers: int | None = 2) -> list[dict[str, Any]]:
+def score_outputs(
+    task: str,
+    examples: Sequence[GenExample],
+    texts: Sequence[str],
+    *,
+    chat: bool = False,
+    timeout_s: float = 10.0,
+    workers: int | None = 2,
+) -> list[dict[str, Any]]:
     """Score output texts (already cut at the stop strings) against their examples, without a model.
 
     Returns per example the record fields: ``prediction`` (the extracted number / answer line / code),
@@ -292,22 +302,41 @@ def evaluate_generative(
     prompts = [spec.prompt(ex, shots, use_chat) for ex in examples]
 
     t0 = time.perf_counter()
-    gens = generate_batch(model, tokenizer, prompts, max_new_tokens=budget, chat=use_chat, system=system,
-                          stop=stops, do_sample=do_sample, seed=seed, temperature=temperature,
-                          batch_size=batch_size, progress=f"{task}" if progress else None)
+    gens = generate_batch(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=budget,
+        chat=use_chat,
+        system=system,
+        stop=stops,
+        do_sample=do_sample,
+        seed=seed,
+        temperature=temperature,
+        batch_size=batch_size,
+        progress=f"{task}" if progress else None,
+    )
     gen_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    scored = score_outputs(task, examples, [g.text for g in gens], chat=use_chat, timeout_s=timeout_s,
-                           workers=workers)
+    scored = score_outputs(
+        task, examples, [g.text for g in gens], chat=use_chat, timeout_s=timeout_s, workers=workers
+    )
     score_s = time.perf_counter() - t1
 
     records = []
     for ex, g, fields in zip(examples, gens, scored):
         rec = {"id": ex.id, "prompt": ex.prompt, "input_text": g.input_text, "target": ex.target}
         rec.update(fields)
-        rec.update({"text": g.text, "token_ids": g.token_ids, "finish_reason": g.finish_reason,
-                    "n_tokens": len(g.token_ids), "n_prompt_tokens": g.num_prompt_tokens})
+        rec.update(
+            {
+                "text": g.text,
+                "token_ids": g.token_ids,
+                "finish_reason": g.finish_reason,
+                "n_tokens": len(g.token_ids),
+                "n_prompt_tokens": g.num_prompt_tokens,
+            }
+        )
         records.append(rec)
 
     n = len(records)
@@ -330,13 +359,29 @@ def evaluate_generative(
     else:
         metrics[main] = float("nan")
     config = {
-        "task": task, "chat": use_chat, "num_fewshot": num_fewshot, "fewshot_ids": [s.id for s in shots],
-        "max_new_tokens": budget, "batch_size": batch_size, "stop": stops, "system": system,
-        "do_sample": do_sample, "temperature": temperature if do_sample else None, "seed": seed,
+        "task": task,
+        "chat": use_chat,
+        "num_fewshot": num_fewshot,
+        "fewshot_ids": [s.id for s in shots],
+        "max_new_tokens": budget,
+        "batch_size": batch_size,
+        "stop": stops,
+        "system": system,
+        "do_sample": do_sample,
+        "temperature": temperature if do_sample else None,
+        "seed": seed,
         "sandbox_timeout_s": timeout_s if spec.sandbox else None,
     }
-    return TaskResult(task=task, kind="gen", main_metric=main, metrics=metrics, records=records, n=n,
-                      seconds=time.perf_counter() - t0, config=config)
+    return TaskResult(
+        task=task,
+        kind="gen",
+        main_metric=main,
+        metrics=metrics,
+        records=records,
+        n=n,
+        seconds=time.perf_counter() - t0,
+        config=config,
+    )
 
 
 def evaluate_gsm8k(model, tokenizer, examples=None, **kw) -> TaskResult:

@@ -66,9 +66,7 @@ def _lm_eval():
     try:
         import lm_eval
     except ImportError as e:
-        raise LmEvalUnavailableError(
-            "this needs lm-evaluation-harness: pip install 'lm-eval>=0.4.13'"
-        ) from e
+        raise LmEvalUnavailableError("this needs lm-evaluation-harness: pip install 'lm-eval>=0.4.13'") from e
     return lm_eval
 
 
@@ -97,8 +95,12 @@ def _rows_arc(path: Path) -> list[dict]:
         q = r["question"]
         if isinstance(q, dict):
             stem, texts, labels = ai2_question(q)
-            r = {"id": r.get("id"), "question": stem, "choices": {"text": texts, "label": labels},
-                 "answerKey": r["answerKey"]}
+            r = {
+                "id": r.get("id"),
+                "question": stem,
+                "choices": {"text": texts, "label": labels},
+                "answerKey": r["answerKey"],
+            }
         out.append(r)
     return out
 
@@ -112,9 +114,15 @@ def _bool01(v: Any) -> int:
 def _rows_boolq(path: Path) -> list[dict]:
     # SuperGLUE {"question", "passage", "idx", "label": bool | "true"/"false"}
     # -> aps/super_glue boolq (label 0/1)
-    return [{"question": r["question"], "passage": r["passage"], "idx": r.get("idx", i),
-             "label": _bool01(r["label"] if "label" in r else r["answer"])}
-            for i, r in enumerate(_read_jsonl(path))]
+    return [
+        {
+            "question": r["question"],
+            "passage": r["passage"],
+            "idx": r.get("idx", i),
+            "label": _bool01(r["label"] if "label" in r else r["answer"]),
+        }
+        for i, r in enumerate(_read_jsonl(path))
+    ]
 
 
 def _rows_rte(path: Path) -> list[dict]:
@@ -123,8 +131,9 @@ def _rows_rte(path: Path) -> list[dict]:
     for i, r in enumerate(_read_jsonl(path)):
         lab = r["label"]
         lab = {"entailment": 0, "not_entailment": 1}[lab] if isinstance(lab, str) else int(lab)
-        out.append({"premise": r["premise"], "hypothesis": r["hypothesis"], "idx": r.get("idx", i),
-                    "label": lab})
+        out.append(
+            {"premise": r["premise"], "hypothesis": r["hypothesis"], "idx": r.get("idx", i), "label": lab}
+        )
     return out
 
 
@@ -149,17 +158,26 @@ def _rows_openbookqa(path: Path) -> list[dict]:
         for r in _read_jsonl(path):
             if "question_stem" not in r:
                 stem, texts, labels = ai2_question(r["question"])
-                r = {"id": r.get("id"), "question_stem": stem, "choices": {"text": texts, "label": labels},
-                     "answerKey": r["answerKey"]}
+                r = {
+                    "id": r.get("id"),
+                    "question_stem": stem,
+                    "choices": {"text": texts, "label": labels},
+                    "answerKey": r["answerKey"],
+                }
             out.append(r)
         return out
     out = []
     with open(path, encoding="utf-8", newline="") as f:
         for rec in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
             parts = _OBQA_CHOICE.split(rec["Choices"])
-            out.append({"id": rec["ID"], "question_stem": rec["Question Stem"],
-                        "choices": {"text": [t.strip() for t in parts[2::2]], "label": parts[1::2]},
-                        "answerKey": rec["Answer Key"]})
+            out.append(
+                {
+                    "id": rec["ID"],
+                    "question_stem": rec["Question Stem"],
+                    "choices": {"text": [t.strip() for t in parts[2::2]], "label": parts[1::2]},
+                    "answerKey": rec["Answer Key"],
+                }
+            )
     return out
 
 
@@ -185,8 +203,15 @@ def _rows_winogrande(path: Path) -> list[dict]:
         lab = _labels_beside(path)
         if lab.exists():
             rows = [dict(r, answer=lb) for r, lb in zip(rows, _read_lines(lab))]
-    return [{"sentence": r["sentence"], "option1": r["option1"], "option2": r["option2"],
-             "answer": str(r["answer"]).strip()} for r in rows]
+    return [
+        {
+            "sentence": r["sentence"],
+            "option1": r["option1"],
+            "option2": r["option2"],
+            "answer": str(r["answer"]).strip(),
+        }
+        for r in rows
+    ]
 
 
 def _rows_hellaswag(path: Path) -> list[dict]:
@@ -340,8 +365,10 @@ def lm_eval_tasks_for_local_data(
                 "dataset_path": "json",
                 "dataset_name": None,
                 # the datasets cache lives in the folder too: removed with it, never shared
-                "dataset_kwargs": {"data_files": {"test": str(data.resolve())},
-                                   "cache_dir": str((root / "hf_datasets_cache").resolve())},
+                "dataset_kwargs": {
+                    "data_files": {"test": str(data.resolve())},
+                    "cache_dir": str((root / "hf_datasets_cache").resolve()),
+                },
                 "training_split": None,
                 "validation_split": None,
                 "test_split": "test",
@@ -474,8 +501,10 @@ def lm_eval_records(results: dict, task: str, target_delimiter: str = " ") -> li
 
     samples = (results.get("samples") or {}).get(task)
     if samples is None:
-        raise KeyError(f"no samples for {task!r}; run with log_samples=True "
-                       f"(tasks with samples: {sorted(results.get('samples') or {})})")
+        raise KeyError(
+            f"no samples for {task!r}; run with log_samples=True "
+            f"(tasks with samples: {sorted(results.get('samples') or {})})"
+        )
     out = []
     for s in sorted(samples, key=lambda s: s["doc_id"]):
         resps = s["filtered_resps"]
@@ -487,11 +516,18 @@ def lm_eval_records(results: dict, task: str, target_delimiter: str = " ") -> li
             texts = contexts
         else:
             d = target_delimiter
-            texts = [a[1][len(d):] if d and a[1].startswith(d) else a[1] for a in args]
+            texts = [a[1][len(d) :] if d and a[1].startswith(d) else a[1] for a in args]
         chars = [max(1, len(t)) for t in texts]
         pred, pred_norm, _ = mc_predictions(lps, chars)
-        rec = {"doc_id": s["doc_id"], "doc": s.get("doc"), "target": s.get("target"), "logprobs": lps,
-               "is_greedy": greedy, "prediction": pred, "prediction_norm": pred_norm}
+        rec = {
+            "doc_id": s["doc_id"],
+            "doc": s.get("doc"),
+            "target": s.get("target"),
+            "logprobs": lps,
+            "is_greedy": greedy,
+            "prediction": pred,
+            "prediction_norm": pred_norm,
+        }
         for k in ("acc", "acc_norm"):
             if k in s:
                 rec[k] = float(s[k])

@@ -137,7 +137,7 @@ def encode_pair(
     prefix_text = tokenizer.decode([prefix])
     whole = _tok_encode(tokenizer, context + continuation, add_bos_token, prefix_text)
     ctx = _tok_encode(tokenizer, context, add_bos_token, prefix_text)
-    return ctx, whole[len(ctx):]
+    return ctx, whole[len(ctx) :]
 
 
 def default_max_length(model, tokenizer=None, default: int = 2048) -> int:
@@ -168,8 +168,10 @@ def normalisation_lengths(example, target_delimiter: str = _TARGET_DELIMITER) ->
     if getattr(example, "contexts", None) is not None:
         texts = list(example.contexts)
     else:
-        texts = [c[len(target_delimiter):] if target_delimiter and c.startswith(target_delimiter) else c
-                 for c in example.choices]
+        texts = [
+            c[len(target_delimiter) :] if target_delimiter and c.startswith(target_delimiter) else c
+            for c in example.choices
+        ]
     return [max(1, len(t)) for t in texts], [max(1, len(t.encode("utf-8"))) for t in texts]
 
 
@@ -238,7 +240,7 @@ class _Scorer:
     def rows(self, reqs: list[_Req]) -> list[tuple[float, bool]]:
         inps, starts = [], []
         for r in reqs:
-            inp = (r.ctx + r.cont)[-(self.max_length + 1):][:-1]
+            inp = (r.ctx + r.cont)[-(self.max_length + 1) :][:-1]
             inps.append(inp)
             starts.append(len(inp) - len(r.cont))  # logit index predicting cont[0]
         L = max(map(len, inps))
@@ -267,13 +269,18 @@ class _Scorer:
         ids = torch.full((G, Lc), self.pad_id, dtype=torch.long)
         mask = torch.zeros((G, Lc), dtype=torch.long)
         for g, (ctx, _) in enumerate(groups):  # left padding: every context ends at column Lc - 1
-            ids[g, Lc - len(ctx):] = torch.tensor(ctx, dtype=torch.long)
-            mask[g, Lc - len(ctx):] = 1
+            ids[g, Lc - len(ctx) :] = torch.tensor(ctx, dtype=torch.long)
+            mask[g, Lc - len(ctx) :] = 1
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         need_more = any(len(r.cont) > 1 for _, rs in groups for r in rs)
         kw: dict[str, Any] = {"logits_to_keep": 1} if self.keep else {}
-        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                         position_ids=pos.to(self.device), use_cache=need_more, **kw)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=pos.to(self.device),
+            use_cache=need_more,
+            **kw,
+        )
         last = out.logits[:, -1, :]  # (G, V): predicts the first continuation token
         rows = [(g, r) for g, (_, rs) in enumerate(groups) for r in rs]
         first_tok = torch.tensor([r.cont[0] for _, r in rows], dtype=torch.long, device=last.device)
@@ -297,9 +304,13 @@ class _Scorer:
             ctx_len = mask.sum(-1)[gidx.cpu()]
             mask2 = torch.cat([mask[gidx.cpu()], torch.ones((R, Lk), dtype=torch.long)], dim=1)
             pos2 = ctx_len[:, None] + torch.arange(Lk)[None, :]
-            logits = self.model(input_ids=cids.to(self.device), attention_mask=mask2.to(self.device),
-                                position_ids=pos2.to(self.device), **cache_kwargs(cache),
-                                use_cache=True).logits
+            logits = self.model(
+                input_ids=cids.to(self.device),
+                attention_mask=mask2.to(self.device),
+                position_ids=pos2.to(self.device),
+                **cache_kwargs(cache),
+                use_cache=True,
+            ).logits
             lp, greedy = _score_positions(logits, tgts.to(logits.device))
             valid = valid.to(logits.device)
             lps = lps + (lp * valid).sum(-1).to(lps.device)
@@ -455,26 +466,31 @@ def evaluate_multiple_choice(
         chars, nbytes = normalisation_lengths(ex, target_delimiter)
         pred, pred_norm, pred_bytes = mc_predictions(lps, chars, nbytes)
         label = int(ex.label)
-        m = {"acc": float(pred == label), "acc_norm": float(pred_norm == label),
-             "acc_bytes": float(pred_bytes == label)}
+        m = {
+            "acc": float(pred == label),
+            "acc_norm": float(pred_norm == label),
+            "acc_bytes": float(pred_bytes == label),
+        }
         for k in sums:
             sums[k] += m[k]
         contexts = getattr(ex, "contexts", None)
-        records.append({
-            "id": str(getattr(ex, "id", ei)),
-            "prompt": ex.context,
-            **({"contexts": list(contexts)} if contexts is not None else {}),
-            "choices": list(ex.choices),
-            "target": label,
-            "prediction": pred,
-            "prediction_norm": pred_norm,
-            "logprobs": lps,
-            "is_greedy": greedy,
-            "n_tokens": [n_tok[(ei, ci)] for ci in range(n)],
-            "acc": m["acc"],
-            "acc_norm": m["acc_norm"],
-            "score": m[main],
-        })
+        records.append(
+            {
+                "id": str(getattr(ex, "id", ei)),
+                "prompt": ex.context,
+                **({"contexts": list(contexts)} if contexts is not None else {}),
+                "choices": list(ex.choices),
+                "target": label,
+                "prediction": pred,
+                "prediction_norm": pred_norm,
+                "logprobs": lps,
+                "is_greedy": greedy,
+                "n_tokens": [n_tok[(ei, ci)] for ci in range(n)],
+                "acc": m["acc"],
+                "acc_norm": m["acc_norm"],
+                "score": m[main],
+            }
+        )
     metrics = {k: v / len(examples) for k, v in sums.items()}
     # the expected accuracy of a uniform random guess: a score near it says nothing about pruning
     metrics["chance"] = sum(1.0 / len(ex.choices) for ex in examples) / len(examples)
@@ -498,4 +514,3 @@ def evaluate_multiple_choice(
             "logsoftmax_dtype": "float32",
         },
     )
-

@@ -36,8 +36,13 @@ class PerplexityResult:
     window_tokens: list[int] = field(default_factory=list)  # scored tokens per window
 
     def to_dict(self) -> dict:
-        return {"ppl": self.ppl, "nll": self.nll, "tokens": self.tokens, "windows": self.windows,
-                "bos_id": self.bos_id}
+        return {
+            "ppl": self.ppl,
+            "nll": self.nll,
+            "tokens": self.tokens,
+            "windows": self.windows,
+            "bos_id": self.bos_id,
+        }
 
 
 def _windows(n: int, seqlen: int, stride: int, *, prefixed: bool = False) -> list[tuple[int, int, int]]:

@@ -38,8 +38,9 @@ import json
 import math
 import random
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -120,8 +121,9 @@ def cosine_scores(queries: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
     return F.normalize(queries.float(), dim=-1) @ F.normalize(docs.float(), dim=-1).T
 
 
-def rank_documents(queries: torch.Tensor, docs: torch.Tensor, doc_ids: Sequence[str], k: int, *,
-                   chunk: int = 256) -> list[list[tuple[str, float]]]:
+def rank_documents(
+    queries: torch.Tensor, docs: torch.Tensor, doc_ids: Sequence[str], k: int, *, chunk: int = 256
+) -> list[list[tuple[str, float]]]:
     """Top ``k`` ``(doc id, cosine)`` per query, by score descending then doc id descending (trec_eval's
     order), exact also for ties at the cut-off. Query chunks of ``chunk`` rows bound the memory.
     """
@@ -137,13 +139,18 @@ def rank_documents(queries: torch.Tensor, docs: torch.Tensor, doc_ids: Sequence[
         for row, thr in zip(scores, kth):
             cand = (row >= thr).nonzero().flatten().tolist()  # ≥ k entries (more only on ties)
             vals = row[cand].tolist()
-            ranked = sorted(((doc_ids[j], v) for j, v in zip(cand, vals)), key=lambda t: (t[1], t[0]), reverse=True)
+            ranked = sorted(
+                ((doc_ids[j], v) for j, v in zip(cand, vals)), key=lambda t: (t[1], t[0]), reverse=True
+            )
             out.append(ranked[:k])
     return out
 
 
-def score_rankings(rankings: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str, int]],
-                   k_values: Sequence[int] = DEFAULT_K) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+def score_rankings(
+    rankings: Mapping[str, Sequence[str]],
+    qrels: Mapping[str, Mapping[str, int]],
+    k_values: Sequence[int] = DEFAULT_K,
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Aggregate and per-query ``ndcg@k``, ``recall@k``, ``mrr@k`` for ``k`` in ``k_values``.
 
     Only queries of ``rankings`` with at least one ``rel > 0`` document in ``qrels`` are scored; the
@@ -175,9 +182,16 @@ def score_rankings(rankings: Mapping[str, Sequence[str]], qrels: Mapping[str, Ma
 # Evaluation
 
 
-def evaluate_retrieval(embedder, data: RetrievalData, *, task: str = "retrieval",
-                       k_values: Sequence[int] = DEFAULT_K, batch_size: int | None = None,
-                       records: bool = True, record_top: int = 10) -> TaskResult:
+def evaluate_retrieval(
+    embedder,
+    data: RetrievalData,
+    *,
+    task: str = "retrieval",
+    k_values: Sequence[int] = DEFAULT_K,
+    batch_size: int | None = None,
+    records: bool = True,
+    record_top: int = 10,
+) -> TaskResult:
     """Encode ``data``'s corpus (documents) and queries with ``embedder``, rank by cosine, score.
 
     ``embedder``: a :class:`prunelens.models.embedders.Embedder` (anything with
@@ -211,22 +225,43 @@ def evaluate_retrieval(embedder, data: RetrievalData, *, task: str = "retrieval"
             rel = dict(data.qrels[q])
             top = [d for d, _ in r[:record_top]]
             first = next((i + 1 for i, (d, _) in enumerate(r) if rel.get(d, 0) > 0), None)
-            recs.append({
-                "id": q, "query": data.queries[q], f"top{record_top}": top,
-                f"top{record_top}_scores": [v for _, v in r[:record_top]],
-                "relevant": rel, "first_relevant_rank": first, **per_query[q],
-                "prompt": data.queries[q], "target": [d for d, v in rel.items() if v > 0],
-                "prediction": top, "score": per_query[q]["ndcg@10"],
-            })
+            recs.append(
+                {
+                    "id": q,
+                    "query": data.queries[q],
+                    f"top{record_top}": top,
+                    f"top{record_top}_scores": [v for _, v in r[:record_top]],
+                    "relevant": rel,
+                    "first_relevant_rank": first,
+                    **per_query[q],
+                    "prompt": data.queries[q],
+                    "target": [d for d, v in rel.items() if v > 0],
+                    "prediction": top,
+                    "score": per_query[q]["ndcg@10"],
+                }
+            )
     describe = getattr(embedder, "describe", None)
-    config = {**(describe() if callable(describe) else {}), "k_values": list(k_values),
-              "encode_seconds": round(t_enc, 3), "tie_break": "score desc, doc id desc (trec_eval)"}
-    return TaskResult(task=task, kind="retrieval", main_metric="ndcg@10", metrics=agg, records=recs,
-                      n=len(qids), seconds=time.perf_counter() - t0, config=config)
+    config = {
+        **(describe() if callable(describe) else {}),
+        "k_values": list(k_values),
+        "encode_seconds": round(t_enc, 3),
+        "tie_break": "score desc, doc id desc (trec_eval)",
+    }
+    return TaskResult(
+        task=task,
+        kind="retrieval",
+        main_metric="ndcg@10",
+        metrics=agg,
+        records=recs,
+        n=len(qids),
+        seconds=time.perf_counter() - t0,
+        config=config,
+    )
 
 
-def subsample(data: RetrievalData, n_queries: int | None, n_distractors: int | None = None, *,
-              seed: int = 0) -> RetrievalData:
+def subsample(
+    data: RetrievalData, n_queries: int | None, n_distractors: int | None = None, *, seed: int = 0
+) -> RetrievalData:
     """A smaller retrieval set: ``n_queries`` queries (with a relevant doc; seeded, in original order),
     every document judged for them, plus ``n_distractors`` other documents (seeded; ``None`` = all).
 
@@ -262,18 +297,27 @@ def _read_beir_for_mteb(folder: Path, split: str):
         with open(p, encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
 
-    corpus = [{"id": str(r["_id"]), "title": r.get("title") or "", "text": r.get("text") or ""}
-              for r in jsonl(folder / "corpus.jsonl")]
+    corpus = [
+        {"id": str(r["_id"]), "title": r.get("title") or "", "text": r.get("text") or ""}
+        for r in jsonl(folder / "corpus.jsonl")
+    ]
     qrels: dict[str, dict[str, int]] = {}
     with open(folder / "qrels" / f"{split}.tsv", encoding="utf-8", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         next(reader)  # header
         for qid, did, score in reader:
             qrels.setdefault(qid, {})[did] = int(score)
-    queries = [{"id": str(r["_id"]), "text": r["text"]} for r in jsonl(folder / "queries.jsonl")
-               if str(r["_id"]) in qrels]
-    return {"corpus": Dataset.from_list(corpus), "queries": Dataset.from_list(queries),
-            "relevant_docs": qrels, "top_ranked": None}
+    queries = [
+        {"id": str(r["_id"]), "text": r["text"]}
+        for r in jsonl(folder / "queries.jsonl")
+        if str(r["_id"]) in qrels
+    ]
+    return {
+        "corpus": Dataset.from_list(corpus),
+        "queries": Dataset.from_list(queries),
+        "relevant_docs": qrels,
+        "top_ranked": None,
+    }
 
 
 def mteb_task(folder: str | Path, *, split: str = "test", name: str = "PrunelensBEIR"):
@@ -284,11 +328,24 @@ def mteb_task(folder: str | Path, *, split: str = "test", name: str = "Prunelens
 
     folder = Path(folder)
     metadata = TaskMetadata(
-        name=name, dataset={"path": str(folder), "revision": "local"},
-        description=f"Local BEIR folder {folder} (prunelens)", reference=None, type="Retrieval",
-        category="t2t", modalities=["text"], eval_splits=[split], eval_langs=["eng-Latn"],
-        main_score="ndcg_at_10", date=None, domains=None, task_subtypes=None, license=None,
-        annotations_creators=None, dialect=None, sample_creation=None, bibtex_citation=None,
+        name=name,
+        dataset={"path": str(folder), "revision": "local"},
+        description=f"Local BEIR folder {folder} (prunelens)",
+        reference=None,
+        type="Retrieval",
+        category="t2t",
+        modalities=["text"],
+        eval_splits=[split],
+        eval_langs=["eng-Latn"],
+        main_score="ndcg_at_10",
+        date=None,
+        domains=None,
+        task_subtypes=None,
+        license=None,
+        annotations_creators=None,
+        dialect=None,
+        sample_creation=None,
+        bibtex_citation=None,
     )
 
     class LocalBEIRTask(AbsTaskRetrieval):
@@ -314,8 +371,14 @@ def mteb_encoder(embedder, name: str = "prunelens/embedder"):
     class PrunelensEncoder(AbsEncoder):
         def __init__(self, emb):
             self.embedder = emb
-            self.mteb_model_meta = ModelMeta.create_empty(overwrites=dict(
-                name=name, revision="local", similarity_fn_name=ScoringFunction.COSINE, framework=["PyTorch"]))
+            self.mteb_model_meta = ModelMeta.create_empty(
+                overwrites=dict(
+                    name=name,
+                    revision="local",
+                    similarity_fn_name=ScoringFunction.COSINE,
+                    framework=["PyTorch"],
+                )
+            )
 
         def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
             texts = [t for batch in inputs for t in batch["text"]]

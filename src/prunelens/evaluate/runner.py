@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from prunelens import __version__
 from prunelens.evaluate.results import TaskResult
@@ -43,10 +44,17 @@ class EvalSettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"limit": self.limit, "seed": self.seed, "batch_size": self.batch_size,
-                "max_new_tokens": self.max_new_tokens, "num_fewshot": self.num_fewshot,
-                "ppl_seqlen": self.ppl_seqlen, "ppl_stride": self.ppl_stride, "embedder": self.embedder,
-                **self.extra}
+        return {
+            "limit": self.limit,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "max_new_tokens": self.max_new_tokens,
+            "num_fewshot": self.num_fewshot,
+            "ppl_seqlen": self.ppl_seqlen,
+            "ppl_stride": self.ppl_stride,
+            "embedder": self.embedder,
+            **self.extra,
+        }
 
 
 def task_kind(name: str) -> str:
@@ -65,15 +73,36 @@ def evaluate_perplexity(model, tokenizer, task: str, settings: EvalSettings) -> 
     t0 = time.perf_counter()
     docs = load_texts("wikitext2" if task == "wikitext2" else "c4-heldout")
     stream = token_stream(tokenizer, docs)
-    res = perplexity(model, stream, seqlen=settings.ppl_seqlen, stride=settings.ppl_stride,
-                     batch_size=settings.batch_size, max_windows=settings.limit, bos_id=bos_prefix(tokenizer),
-                     desc=f"{task} perplexity")
-    records = [{"id": f"window-{i}", "nll": nll, "tokens": tok, "score": nll / tok}
-               for i, (nll, tok) in enumerate(zip(res.window_nll, res.window_tokens))]
-    return TaskResult(task=task, kind="ppl", main_metric="ppl", metrics=res.to_dict(), records=records,
-                      n=res.windows, seconds=time.perf_counter() - t0,
-                      config={"seqlen": settings.ppl_seqlen, "stride": settings.ppl_stride or settings.ppl_seqlen,
-                              "windows": res.windows, "bos_id": res.bos_id, "text": "c4 documents 250-299" if task == "c4" else "wikitext-2 test"})
+    res = perplexity(
+        model,
+        stream,
+        seqlen=settings.ppl_seqlen,
+        stride=settings.ppl_stride,
+        batch_size=settings.batch_size,
+        max_windows=settings.limit,
+        bos_id=bos_prefix(tokenizer),
+        desc=f"{task} perplexity",
+    )
+    records = [
+        {"id": f"window-{i}", "nll": nll, "tokens": tok, "score": nll / tok}
+        for i, (nll, tok) in enumerate(zip(res.window_nll, res.window_tokens))
+    ]
+    return TaskResult(
+        task=task,
+        kind="ppl",
+        main_metric="ppl",
+        metrics=res.to_dict(),
+        records=records,
+        n=res.windows,
+        seconds=time.perf_counter() - t0,
+        config={
+            "seqlen": settings.ppl_seqlen,
+            "stride": settings.ppl_stride or settings.ppl_seqlen,
+            "windows": res.windows,
+            "bos_id": res.bos_id,
+            "text": "c4 documents 250-299" if task == "c4" else "wikitext-2 test",
+        },
+    )
 
 
 def evaluate_retrieval_task(model, tokenizer, task: str, settings: EvalSettings) -> TaskResult:
@@ -92,8 +121,14 @@ def evaluate_retrieval_task(model, tokenizer, task: str, settings: EvalSettings)
     if settings.embedder:
         embedder = load_embedder(settings.embedder)
     else:
-        embedder = DecoderEmbedder(model, tokenizer, pooling="last", batch_size=settings.batch_size,
-                                   max_length=256, name="evaluated model (last-token pooling)")
+        embedder = DecoderEmbedder(
+            model,
+            tokenizer,
+            pooling="last",
+            batch_size=settings.batch_size,
+            max_length=256,
+            name="evaluated model (last-token pooling)",
+        )
     return evaluate_retrieval(embedder, data, task=task)
 
 
@@ -109,14 +144,23 @@ def run_task(model, tokenizer, name: str, settings: EvalSettings) -> TaskResult:
         from prunelens.evaluate.multiple_choice import evaluate_multiple_choice
 
         examples = load_task(name, limit=settings.limit, seed=settings.seed)
-        result = evaluate_multiple_choice(model, tokenizer, examples, batch_size=settings.batch_size, task=name)
+        result = evaluate_multiple_choice(
+            model, tokenizer, examples, batch_size=settings.batch_size, task=name
+        )
     elif kind == "gen":
         from prunelens.evaluate.generative import evaluate_generative
 
         examples = load_task(name, limit=settings.limit, seed=settings.seed)
-        result = evaluate_generative(model, tokenizer, name, examples, batch_size=settings.batch_size,
-                                     max_new_tokens=settings.max_new_tokens, num_fewshot=settings.num_fewshot,
-                                     seed=settings.seed)
+        result = evaluate_generative(
+            model,
+            tokenizer,
+            name,
+            examples,
+            batch_size=settings.batch_size,
+            max_new_tokens=settings.max_new_tokens,
+            num_fewshot=settings.num_fewshot,
+            seed=settings.seed,
+        )
     else:
         result = evaluate_retrieval_task(model, tokenizer, name, settings)
     if not result.seconds:
@@ -128,8 +172,12 @@ def _versions() -> dict[str, str]:
     import torch
     import transformers
 
-    return {"prunelens": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
+    return {
+        "prunelens": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def score_interval_of(r: TaskResult) -> dict[str, Any] | None:
@@ -144,8 +192,15 @@ def score_interval_of(r: TaskResult) -> dict[str, Any] | None:
 
 
 def _result_dict(r: TaskResult) -> dict[str, Any]:
-    return {"kind": r.kind, "main_metric": r.main_metric, "score": r.score, "metrics": r.metrics, "n": r.n,
-            "interval": score_interval_of(r), "seconds": r.seconds}
+    return {
+        "kind": r.kind,
+        "main_metric": r.main_metric,
+        "score": r.score,
+        "metrics": r.metrics,
+        "n": r.n,
+        "interval": score_interval_of(r),
+        "seconds": r.seconds,
+    }
 
 
 def evaluate_model(
@@ -167,10 +222,15 @@ def evaluate_model(
     cfg_path = out / "config.json"
     if out.exists() and any(out.iterdir()):
         old = json.loads(cfg_path.read_text()) if cfg_path.exists() else None
-        same = old is not None and old.get("model") == config["model"] and old.get("settings") == config["settings"]
+        same = (
+            old is not None
+            and old.get("model") == config["model"]
+            and old.get("settings") == config["settings"]
+        )
         if not same and not overwrite:
             raise OutputExistsError(
-                f"{out} holds results of other settings or another model (pass --overwrite to replace them)")
+                f"{out} holds results of other settings or another model (pass --overwrite to replace them)"
+            )
         if not same:
             import shutil
 
@@ -198,8 +258,10 @@ def evaluate_model(
 def store_task_result(out: str | Path, result: TaskResult, summary: dict[str, Any]) -> None:
     """Write one task's records and summary, then the updated directory summary (each atomically)."""
     out = Path(out)
-    atomic_write_text(out / "tasks" / f"{result.task}.jsonl",
-                      "".join(json.dumps(r, default=str) + "\n" for r in result.records))
+    atomic_write_text(
+        out / "tasks" / f"{result.task}.jsonl",
+        "".join(json.dumps(r, default=str) + "\n" for r in result.records),
+    )
     atomic_write_json(out / "tasks" / f"{result.task}.json", result.summary())
     summary.setdefault("results", {})[result.task] = _result_dict(result)
     atomic_write_json(out / "summary.json", summary)
@@ -208,16 +270,22 @@ def store_task_result(out: str | Path, result: TaskResult, summary: dict[str, An
 def load_summary(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / "summary.json"
     if not path.exists():
-        raise FileNotFoundError(f"{directory} has no summary.json (is it a `prunelens eval` output directory?)")
+        raise FileNotFoundError(
+            f"{directory} has no summary.json (is it a `prunelens eval` output directory?)"
+        )
     return json.loads(path.read_text())
 
 
 def load_records(directory: str | Path, task: str) -> list[dict[str, Any]]:
     path = Path(directory) / "tasks" / f"{task}.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    )
 
 
-def comparison_table(summaries: list[dict[str, Any]], records: list[dict[str, list]] | None = None) -> dict[str, Any]:
+def comparison_table(
+    summaries: list[dict[str, Any]], records: list[dict[str, list]] | None = None
+) -> dict[str, Any]:
     """The paper's table: rows tasks, columns models, with non-generative and generative averages.
 
     The first summary is the reference (dense); every other column also gets its retained fraction of
@@ -236,19 +304,31 @@ def comparison_table(summaries: list[dict[str, Any]], records: list[dict[str, li
     kinds = {t: next(s["results"][t]["kind"] for s in summaries if t in s["results"]) for t in tasks}
     rows = []
     for t in tasks:
-        row = {"task": t, "kind": kinds[t], "metric": next(s["results"][t]["main_metric"] for s in summaries if t in s["results"]),
-               "scores": [s["results"].get(t, {}).get("score") for s in summaries]}
+        row = {
+            "task": t,
+            "kind": kinds[t],
+            "metric": next(s["results"][t]["main_metric"] for s in summaries if t in s["results"]),
+            "scores": [s["results"].get(t, {}).get("score") for s in summaries],
+        }
         ref = row["scores"][0]
-        row["retained"] = [None if (v is None or not ref) else (ref / v if kinds[t] == "ppl" else v / ref)
-                           for v in row["scores"]]
+        row["retained"] = [
+            None if (v is None or not ref) else (ref / v if kinds[t] == "ppl" else v / ref)
+            for v in row["scores"]
+        ]
         rows.append(row)
 
     def avg(kind_set, i):
-        vals = [r["scores"][i] for r in rows if r["kind"] in kind_set and r["kind"] != "ppl" and r["scores"][i] is not None]
+        vals = [
+            r["scores"][i]
+            for r in rows
+            if r["kind"] in kind_set and r["kind"] != "ppl" and r["scores"][i] is not None
+        ]
         return sum(vals) / len(vals) if vals else None
 
-    averages = {"non_generative": [avg(("mc", "retrieval"), i) for i in range(len(summaries))],
-                "generative": [avg(("gen",), i) for i in range(len(summaries))]}
+    averages = {
+        "non_generative": [avg(("mc", "retrieval"), i) for i in range(len(summaries))],
+        "generative": [avg(("gen",), i) for i in range(len(summaries))],
+    }
     for key, vals in list(averages.items()):
         ref = vals[0]
         averages[f"{key}_retained"] = [None if (v is None or not ref) else v / ref for v in vals]
@@ -257,8 +337,10 @@ def comparison_table(summaries: list[dict[str, Any]], records: list[dict[str, li
         r["intervals"] = [s["results"].get(r["task"], {}).get("interval") for s in summaries]
     if records is not None:
         for r in rows:
-            r["paired"] = [None] + [_paired(records[0].get(r["task"], []), rec.get(r["task"], []), r["kind"])
-                                    for rec in records[1:]]
+            r["paired"] = [None] + [
+                _paired(records[0].get(r["task"], []), rec.get(r["task"], []), r["kind"])
+                for rec in records[1:]
+            ]
     return {"models": names, "parameters": params, "rows": rows, "averages": averages}
 
 
@@ -270,7 +352,9 @@ def _paired(dense: list[dict[str, Any]], pruned: list[dict[str, Any]], kind: str
     shared = [(x, by_id[str(x["id"])]) for x in dense if str(x["id"]) in by_id]
     if not shared:
         return None
-    res = compare_paired([float(a["score"]) for a, _ in shared], [float(b["score"]) for _, b in shared]).to_dict()
+    res = compare_paired(
+        [float(a["score"]) for a, _ in shared], [float(b["score"]) for _, b in shared]
+    ).to_dict()
     res["measure"] = "NLL per token, window means (lower is better)" if kind == "ppl" else "per-example score"
     return res
 

@@ -85,11 +85,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any, Iterable, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
 
 __all__ = [
     "ExecResult",
@@ -197,7 +198,6 @@ def check_program(
 _LAUNCHER = Path(__file__).with_name("sandbox_launcher.py")
 
 
-
 # ------------------------------------------------------------------------------------------------------------
 # Parent side
 # ------------------------------------------------------------------------------------------------------------
@@ -263,7 +263,7 @@ def _live_group_members(pgid: int) -> list[int]:
                 stat = f.read()
         except OSError:
             continue
-        fields = stat[stat.rfind(b")") + 2:].split()
+        fields = stat[stat.rfind(b")") + 2 :].split()
         if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
             found.append(int(name))
     return found
@@ -397,8 +397,15 @@ def run_program(
                 t0 = time.monotonic()
                 try:
                     proc = subprocess.Popen(
-                        cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=work, env=env,
-                        start_new_session=True, pass_fds=(report_w,), close_fds=True,
+                        cmd,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=err,
+                        cwd=work,
+                        env=env,
+                        start_new_session=True,
+                        pass_fds=(report_w,),
+                        close_fds=True,
                     )
                 finally:
                     os.close(report_w)
@@ -510,7 +517,7 @@ def run_many(programs: Iterable[str], *, workers: int | None = None, **run_kwarg
         return list(pool.map(lambda p: run_program(p, **run_kwargs), items))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _probe(namespaces: bool, guard: bool) -> tuple[tuple[str, Any], ...]:
     result = run_program("pass\n", timeout_s=10.0, namespaces=namespaces, guard=guard)
     return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in result.protections.items())

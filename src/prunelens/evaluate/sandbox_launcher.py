@@ -7,7 +7,10 @@ the resource limits, installs the file-system guard, reports each step on a pipe
 program.
 """
 
-import os, sys, json, resource
+import json
+import os
+import resource
+import sys
 
 CFG: dict = {}  # the parent's settings (argv[1], JSON); set before main() runs
 REPORT_FD = -1
@@ -23,8 +26,8 @@ def report(obj):
 def unescape_mount_path(s):
     out, i = [], 0
     while i < len(s):
-        if s[i] == "\\" and len(s) >= i + 4 and all(c in "01234567" for c in s[i + 1:i + 4]):
-            out.append(chr(int(s[i + 1:i + 4], 8)))
+        if s[i] == "\\" and len(s) >= i + 4 and all(c in "01234567" for c in s[i + 1 : i + 4]):
+            out.append(chr(int(s[i + 1 : i + 4], 8)))
             i += 4
         else:
             out.append(s[i])
@@ -36,20 +39,26 @@ NEWNS, NEWUSER, NEWNET = 0x00020000, 0x10000000, 0x40000000
 
 
 def write_id_maps(uid, gid):
-    for path, data in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", "%d %d 1" % (uid, uid)),
-                       ("/proc/self/gid_map", "%d %d 1" % (gid, gid))):
+    for path, data in (
+        ("/proc/self/setgroups", "deny"),
+        ("/proc/self/uid_map", "%d %d 1" % (uid, uid)),
+        ("/proc/self/gid_map", "%d %d 1" % (gid, gid)),
+    ):
         with open(path, "w") as f:
             f.write(data)
 
 
 def enter_namespaces(prot):
     import ctypes
+
     libc = ctypes.CDLL(None, use_errno=True)
     libc.unshare.argtypes = [ctypes.c_int]
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 
     def mount(src, target, fstype, flags, data):
-        enc = lambda s: None if s is None else os.fsencode(s)
+        def enc(s):
+            return None if s is None else os.fsencode(s)
+
         if libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), target)
@@ -82,7 +91,10 @@ def enter_namespaces(prot):
         prot["notes"].append("mount namespace unusable: %s" % e)
         return
     prot["mount_namespace"] = True
-    is_proc = lambda mp: mp == "/proc" or mp.startswith("/proc/")
+
+    def is_proc(mp):
+        return mp == "/proc" or mp.startswith("/proc/")
+
     failed = remount_readonly(mount, lambda mp: not is_proc(mp))
     prot["readonly_filesystem"] = "/" not in failed
     disk_mb = CFG["disk_mb"]
@@ -130,9 +142,15 @@ def remount_readonly(mount, select):
         seen.add(mp)
         opts = fields[5].split(",")
         flags = MS_REMOUNT | MS_BIND | MS_RDONLY
-        for name, bit in (("nosuid", MS_NOSUID), ("nodev", MS_NODEV), ("noexec", MS_NOEXEC),
-                          ("nosymfollow", MS_NOSYMFOLLOW), ("noatime", MS_NOATIME),
-                          ("nodiratime", MS_NODIRATIME), ("relatime", MS_RELATIME)):
+        for name, bit in (
+            ("nosuid", MS_NOSUID),
+            ("nodev", MS_NODEV),
+            ("noexec", MS_NOEXEC),
+            ("nosymfollow", MS_NOSYMFOLLOW),
+            ("noatime", MS_NOATIME),
+            ("nodiratime", MS_NODIRATIME),
+            ("relatime", MS_RELATIME),
+        ):
             if name in opts:
                 flags |= bit
         if "noatime" not in opts and "relatime" not in opts:
@@ -204,7 +222,13 @@ def set_limits(prot, host_uid):
 
 
 def install_guard(root):
-    import builtins, errno, io, _io, posix, _socket
+    import _io
+    import _socket
+    import builtins
+    import errno
+    import io
+    import posix
+
     realpath, join, split, isabs = os.path.realpath, os.path.join, os.path.split, os.path.isabs
     getcwd, readlink, fsdecode, fspath = os.getcwd, os.readlink, os.fsdecode, os.fspath
     root = realpath(root)
@@ -217,6 +241,7 @@ def install_guard(root):
 
         def refuse(*args, **kwargs):
             raise PermissionError(errno.EPERM, msg)
+
         refuse.__name__ = name.rsplit(".", 1)[-1]
         return refuse
 
@@ -242,8 +267,11 @@ def install_guard(root):
         except (OSError, TypeError, ValueError):
             ok = False
         if not ok:
-            raise PermissionError(errno.EPERM, "blocked by the prunelens sandbox: %s outside the sandbox "
-                                  "directory" % name, path if isinstance(path, (str, bytes)) else str(path))
+            raise PermissionError(
+                errno.EPERM,
+                "blocked by the prunelens sandbox: %s outside the sandbox directory" % name,
+                path if isinstance(path, (str, bytes)) else str(path),
+            )
 
     def patch(name, value):
         for mod in (os, posix):
@@ -256,6 +284,7 @@ def install_guard(root):
         if isinstance(mode, str) and any(c in mode for c in "wax+"):
             check("open(mode=%r)" % mode, file)
         return orig_io_open(file, mode, *args, **kwargs)
+
     guarded_open.__name__ = "open"
     builtins.open = io.open = _io.open = guarded_open
 
@@ -265,6 +294,7 @@ def install_guard(root):
         if flags & WRITE_FLAGS:
             check("os.open", path, dir_fd)
         return orig_os_open(path, flags, mode, dir_fd=dir_fd)
+
     guarded_os_open.__name__ = "open"
     patch("open", guarded_os_open)
 
@@ -276,13 +306,23 @@ def install_guard(root):
         def wrapper(path, *args, **kwargs):
             check("os." + name, path, kwargs.get("dir_fd"), follow and kwargs.get("follow_symlinks", True))
             return fn(path, *args, **kwargs)
+
         wrapper.__name__ = name
         patch(name, wrapper)
 
     for name in ("remove", "unlink", "rmdir", "mkdir", "mkfifo", "mknod", "removexattr"):
         one_path(name, follow=False)
-    for name in ("truncate", "chmod", "lchmod", "chown", "lchown", "utime", "setxattr", "chflags",
-                 "lchflags"):
+    for name in (
+        "truncate",
+        "chmod",
+        "lchmod",
+        "chown",
+        "lchown",
+        "utime",
+        "setxattr",
+        "chflags",
+        "lchflags",
+    ):
         one_path(name, follow=True)
 
     def two_paths(name, check_src):
@@ -295,6 +335,7 @@ def install_guard(root):
                 check("os." + name, src, kwargs.get("src_dir_fd"), False)
             check("os." + name, dst, kwargs.get("dst_dir_fd", kwargs.get("dir_fd")), False)
             return fn(src, dst, *args, **kwargs)
+
         wrapper.__name__ = name
         patch(name, wrapper)
 
@@ -303,13 +344,25 @@ def install_guard(root):
     two_paths("link", True)
     two_paths("symlink", False)
 
-    for name in ("fork", "forkpty", "system", "popen", "kill", "killpg", "execv", "execve",
-                 "posix_spawn", "posix_spawnp", "chroot"):
+    for name in (
+        "fork",
+        "forkpty",
+        "system",
+        "popen",
+        "kill",
+        "killpg",
+        "execv",
+        "execve",
+        "posix_spawn",
+        "posix_spawnp",
+        "chroot",
+    ):
         if hasattr(os, name) or hasattr(posix, name):
             patch(name, blocked("os." + name))
     fork_exec = blocked("subprocess", "starting a process (subprocess)")
     try:
         import _posixsubprocess
+
         _posixsubprocess.fork_exec = fork_exec  # read by subprocess when it is imported
     except ImportError:
         pass
@@ -319,6 +372,7 @@ def install_guard(root):
         sub._USE_POSIX_SPAWN = False
     try:
         import signal as _signal
+
         if hasattr(_signal, "pidfd_send_signal"):
             _signal.pidfd_send_signal = blocked("signal.pidfd_send_signal")
     except ImportError:
@@ -335,9 +389,16 @@ def install_guard(root):
 
         def __init__(self, *args, **kwargs):
             raise PermissionError(errno.EPERM, "blocked by the prunelens sandbox: " + no_net + " (socket)")
+
     _socket.socket = _socket.SocketType = socket
-    for name in ("socketpair", "getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr",
-                 "getnameinfo"):
+    for name in (
+        "socketpair",
+        "getaddrinfo",
+        "gethostbyname",
+        "gethostbyname_ex",
+        "gethostbyaddr",
+        "getnameinfo",
+    ):
         if hasattr(_socket, name):
             setattr(_socket, name, blocked("socket." + name, no_net + " (socket." + name + ")"))
 
@@ -347,11 +408,23 @@ def install_guard(root):
 
 def main():
     host_uid = os.getuid()
-    prot = {"user_namespace": False, "uid_map": False, "network_namespace": False, "mount_namespace": False,
-            "readonly_filesystem": False, "sandbox_tmpfs_mb": None, "rlimit_cpu_s": None,
-            "rlimit_as_mb": None, "rlimit_fsize_mb": None, "rlimit_nproc": None, "nproc_enforced": False,
-            "python_guard": False,
-            "mounts_locked": False, "uid": None, "notes": []}
+    prot = {
+        "user_namespace": False,
+        "uid_map": False,
+        "network_namespace": False,
+        "mount_namespace": False,
+        "readonly_filesystem": False,
+        "sandbox_tmpfs_mb": None,
+        "rlimit_cpu_s": None,
+        "rlimit_as_mb": None,
+        "rlimit_fsize_mb": None,
+        "rlimit_nproc": None,
+        "nproc_enforced": False,
+        "python_guard": False,
+        "mounts_locked": False,
+        "uid": None,
+        "notes": [],
+    }
     if CFG["namespaces"] and sys.platform.startswith("linux"):
         try:
             enter_namespaces(prot)
@@ -367,6 +440,7 @@ def main():
         code = compile(source, path, "exec", dont_inherit=True)
     except BaseException as e:  # SyntaxError, or resources exhausted while compiling
         import traceback
+
         traceback.print_exception(type(e), e, None)
         report({"event": "start", "protections": prot})
         report({"event": "end", "outcome": "exception", "type": type(e).__name__, "message": str(e)[:1000]})
@@ -387,6 +461,7 @@ def main():
         exit_code = 1
         try:
             import traceback
+
             tb = e.__traceback__
             traceback.print_exception(type(e), e, tb.tb_next if tb is not None else None)
         except BaseException:

@@ -20,11 +20,12 @@ comparisons are paired, which is far more sensitive than comparing two intervals
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_RESAMPLES = 2000
@@ -60,7 +61,7 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2.0 * tail)
 
 
-def _as_array(values: Sequence[float], name: str) -> np.ndarray:
+def _as_array(values: ArrayLike, name: str) -> np.ndarray:
     a = np.asarray(values, dtype=np.float64)
     if a.ndim != 1 or a.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D sequence")
@@ -76,9 +77,14 @@ def _percentiles(samples: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def bootstrap_interval(values: Sequence[float], *, statistic: Callable[[np.ndarray], np.ndarray] | None = None,
-                       confidence: float = DEFAULT_CONFIDENCE, resamples: int = DEFAULT_RESAMPLES,
-                       seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(
+    values: ArrayLike,
+    *,
+    statistic: Callable[[np.ndarray], np.ndarray] | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic`` (default: the mean) over examples."""
     a = _as_array(values, "values")
     _z(confidence)
@@ -119,8 +125,14 @@ def _ratio(pruned: np.ndarray, dense: np.ndarray, idx: np.ndarray, confidence: f
     return float(pruned.mean() / dm), _percentiles(p[ok] / d[ok], confidence) if ok.any() else None
 
 
-def paired_bootstrap(dense: Sequence[float], pruned: Sequence[float], *, confidence: float = DEFAULT_CONFIDENCE,
-                     resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> PairedComparison:
+def paired_bootstrap(
+    dense: ArrayLike,
+    pruned: ArrayLike,
+    *,
+    confidence: float = DEFAULT_CONFIDENCE,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> PairedComparison:
     """Mean difference of paired per-example scores, its percentile interval and a two-sided p-value.
 
     The p-value is the bootstrap's: twice the smaller share of resampled differences on either side
@@ -141,25 +153,50 @@ def paired_bootstrap(dense: Sequence[float], pruned: Sequence[float], *, confide
         extreme = np.sum(np.abs(centred) >= abs(observed) - 1e-15)
         pval = float(min(1.0, (extreme + 1) / (resamples + 1)))
     ratio, ratio_iv = _ratio(p, d, idx, confidence)
-    return PairedComparison(int(d.size), float(d.mean()), float(p.mean()), observed,
-                            _percentiles(boots, confidence), pval, "paired bootstrap", ratio, ratio_iv)
+    return PairedComparison(
+        int(d.size),
+        float(d.mean()),
+        float(p.mean()),
+        observed,
+        _percentiles(boots, confidence),
+        pval,
+        "paired bootstrap",
+        ratio,
+        ratio_iv,
+    )
 
 
-def paired_accuracy(dense_correct: Sequence[bool], pruned_correct: Sequence[bool], *,
-                    confidence: float = DEFAULT_CONFIDENCE, resamples: int = DEFAULT_RESAMPLES,
-                    seed: int = 0) -> PairedComparison:
+def paired_accuracy(
+    dense_correct: ArrayLike,
+    pruned_correct: ArrayLike,
+    *,
+    confidence: float = DEFAULT_CONFIDENCE,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> PairedComparison:
     """Paired accuracy comparison: exact McNemar p-value, paired-bootstrap interval of the difference."""
-    d = _as_array([bool(x) for x in dense_correct], "dense_correct")
-    p = _as_array([bool(x) for x in pruned_correct], "pruned_correct")
+    d = (_as_array(dense_correct, "dense_correct") != 0).astype(np.float64)
+    p = (_as_array(pruned_correct, "pruned_correct") != 0).astype(np.float64)
     boot = paired_bootstrap(d, p, confidence=confidence, resamples=resamples, seed=seed)
     b = int(np.sum((d == 1) & (p == 0)))
     c = int(np.sum((d == 0) & (p == 1)))
-    return PairedComparison(boot.n, boot.dense, boot.pruned, boot.difference, boot.interval, mcnemar_exact(b, c),
-                            "exact McNemar", boot.ratio, boot.ratio_interval, (b, c))
+    return PairedComparison(
+        boot.n,
+        boot.dense,
+        boot.pruned,
+        boot.difference,
+        boot.interval,
+        mcnemar_exact(b, c),
+        "exact McNemar",
+        boot.ratio,
+        boot.ratio_interval,
+        (b, c),
+    )
 
 
-def minimum_detectable_difference(n: int, accuracy: float, *, discordance: float | None = None,
-                                  alpha: float = 0.05, power: float = 0.8) -> float:
+def minimum_detectable_difference(
+    n: int, accuracy: float, *, discordance: float | None = None, alpha: float = 0.05, power: float = 0.8
+) -> float:
     """Smallest true accuracy difference a paired test on ``n`` examples detects with ``power``.
 
     Normal approximation to McNemar: the difference ``δ`` is detectable when
@@ -177,7 +214,7 @@ def minimum_detectable_difference(n: int, accuracy: float, *, discordance: float
     return (_z(1 - alpha) + NormalDist().inv_cdf(power)) * math.sqrt(psi / n)
 
 
-def score_interval(scores: Sequence[float], *, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0) -> dict:
+def score_interval(scores: ArrayLike, *, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0) -> dict:
     """The interval of a mean of per-example scores: Wilson when every score is 0 or 1, else bootstrap."""
     a = _as_array(scores, "scores")
     if np.all((a == 0) | (a == 1)):
@@ -189,19 +226,30 @@ def score_interval(scores: Sequence[float], *, confidence: float = DEFAULT_CONFI
     return {"low": lo, "high": hi, "confidence": confidence, "method": method, "n": int(a.size)}
 
 
-def perplexity_interval(window_nll: Sequence[float], window_tokens: Sequence[int], *,
-                        confidence: float = DEFAULT_CONFIDENCE, resamples: int = DEFAULT_RESAMPLES,
-                        seed: int = 0) -> dict:
+def perplexity_interval(
+    window_nll: ArrayLike,
+    window_tokens: ArrayLike,
+    *,
+    confidence: float = DEFAULT_CONFIDENCE,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> dict:
     """Bootstrap interval of ``exp(Σ nll / Σ tokens)`` resampling windows (each window's summed NLL)."""
     nll, tok = _as_array(window_nll, "window_nll"), _as_array(window_tokens, "window_tokens")
     if nll.shape != tok.shape:
         raise ValueError("one token count per window is needed")
     idx = _resample_indices(nll.size, resamples, seed)
     lo, hi = _percentiles(np.exp(nll[idx].sum(axis=1) / tok[idx].sum(axis=1)), confidence)
-    return {"low": lo, "high": hi, "confidence": confidence, "method": "bootstrap over windows", "n": int(nll.size)}
+    return {
+        "low": lo,
+        "high": hi,
+        "confidence": confidence,
+        "method": "bootstrap over windows",
+        "n": int(nll.size),
+    }
 
 
-def compare_paired(dense_scores: Sequence[float], pruned_scores: Sequence[float], **kw) -> PairedComparison:
+def compare_paired(dense_scores: ArrayLike, pruned_scores: ArrayLike, **kw) -> PairedComparison:
     """The paired test that fits the scores: exact McNemar for 0/1 scores, else the paired bootstrap."""
     d, p = _as_array(dense_scores, "dense"), _as_array(pruned_scores, "pruned")
     binary = bool(np.all((d == 0) | (d == 1)) and np.all((p == 0) | (p == 1)))

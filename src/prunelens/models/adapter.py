@@ -23,12 +23,12 @@ identity for every family.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from prunelens.models.compat import module_cache
 from prunelens.plan import PLAN_FILE, SUBLAYERS, PlanError, PrunePlan
-
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -110,7 +110,8 @@ def spec_for(model_or_config) -> ArchSpec:
     raise UnsupportedArchitectureError(
         f"architecture {model_type!r} is not supported by prunelens (supported: {supported}). "
         "To add a family, add an ArchSpec entry to prunelens.models.adapter.FAMILIES naming its blocks, "
-        "attention, MLP, their norms, final norm and unembedding, and a tiny-config test in tests/test_adapter.py."
+        "attention, MLP, their norms, final norm and unembedding, "
+        "and a tiny-config test in tests/test_adapter.py."
     )
 
 
@@ -191,7 +192,8 @@ class Adapter:
         return isinstance(self.sublayer(layer, kind), (DroppedAttention, DroppedMLP))
 
     def sublayer_modules(self, layer: int, kind: str) -> list[nn.Module]:
-        """The modules that dropping ``kind`` at ``layer`` removes: the sublayer and the norms only it uses."""
+        """The modules that dropping ``kind`` at ``layer`` removes:
+        the sublayer and the norms only it uses."""
         block = self.layers[layer]
         return [self.sublayer(layer, kind)] + [get_submodule(block, p) for p in self.sublayer_norms(kind)]
 
@@ -307,9 +309,12 @@ def apply_structure(model, plan: PrunePlan) -> None:
         return
     adapter = Adapter(model)
     if plan.num_layers_before is not None and adapter.num_layers != plan.num_layers_before:
-        raise PlanError(PLAN_FILE, 
-            f"the plan was made for a model with {plan.num_layers_before} layers; this one has {adapter.num_layers}",
-            "num_layers_before")
+        raise PlanError(
+            PLAN_FILE,
+            f"the plan was made for a model with {plan.num_layers_before} layers; "
+            f"this one has {adapter.num_layers}",
+            "num_layers_before",
+        )
     for item in plan.dropped_sublayers:
         drop_sublayer(adapter, int(item["layer"]), item["sublayer"])
     if plan.dropped_blocks:
@@ -351,4 +356,3 @@ def param_count(model: nn.Module) -> int:
 def block_output(out) -> torch.Tensor:
     """The hidden states of a block's or sublayer's output (a tensor, or the first item of a tuple)."""
     return out[0] if isinstance(out, (tuple, list)) else out
-

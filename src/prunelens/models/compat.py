@@ -30,7 +30,8 @@ def cache_kwargs(cache: Any) -> dict[str, Any]:
 
 
 def output_cache(out: Any) -> Any:
-    """The KV cache a model forward returned (``out.cache`` or, on older releases, ``out.past_key_values``)."""
+    """The KV cache a model forward returned
+    (``out.cache`` or, on older releases, ``out.past_key_values``)."""
     return getattr(out, CACHE_KW)
 
 

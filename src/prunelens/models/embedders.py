@@ -104,7 +104,9 @@ class Embedder:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def batches(self, ids: list[list[int]], batch_size: int) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, ids: list[list[int]], batch_size: int
+    ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
         """``(indices, input_ids, attention_mask)`` batches, longest first, padded on ``padding_side``."""
         order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
         for s in range(0, len(order), batch_size):
@@ -120,7 +122,9 @@ class Embedder:
             yield idx, inp, mask
 
     @torch.no_grad()
-    def encode(self, texts: Sequence[str], *, kind: str = "document", batch_size: int | None = None) -> torch.Tensor:
+    def encode(
+        self, texts: Sequence[str], *, kind: str = "document", batch_size: int | None = None
+    ) -> torch.Tensor:
         """Embeddings ``(len(texts), d)`` in input order (float32, CPU; unit length if ``normalize``)."""
         texts = self.prepare(texts, kind)
         if not texts:
@@ -139,21 +143,37 @@ class Embedder:
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {"embedder": type(self).__name__, "name": self.name, "normalize": self.normalize,
-                "params": param_count(self.model)}
+        return {
+            "embedder": type(self).__name__,
+            "name": self.name,
+            "normalize": self.normalize,
+            "params": param_count(self.model),
+        }
 
 
 class TransformerEmbedder(Embedder):
-    """A bidirectional encoder (``AutoModel``: BERT, RoBERTa, ...) + pooling, as sentence-transformers runs it.
+    """A bidirectional encoder (``AutoModel``: BERT, RoBERTa, ...) + pooling,
+    as sentence-transformers runs it.
 
     Texts are stripped (and lower-cased with ``do_lower_case``), truncated to ``max_length`` tokens
     including the special tokens, right-padded. ``poolings`` may name several methods: their outputs are
     concatenated in that order (sentence-transformers' Pooling module does the same).
     """
 
-    def __init__(self, model: nn.Module, tokenizer, *, pooling: str | Sequence[str] = "mean", normalize: bool = True,
-                 max_length: int = 512, do_lower_case: bool = False, query_prefix: str = "",
-                 document_prefix: str = "", batch_size: int = 32, name: str = ""):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        *,
+        pooling: str | Sequence[str] = "mean",
+        normalize: bool = True,
+        max_length: int = 512,
+        do_lower_case: bool = False,
+        query_prefix: str = "",
+        document_prefix: str = "",
+        batch_size: int = 32,
+        name: str = "",
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.poolings = [pooling] if isinstance(pooling, str) else list(pooling)
@@ -197,10 +217,21 @@ class DecoderEmbedder(Embedder):
     never shifts the positions of real tokens.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, *, pooling: str = "last", padding_side: str = "left",
-                 query_instruction: str | None = None,
-                 query_template: str = "Instruct: {instruction}\nQuery: {query}", append_eos: bool = True,
-                 normalize: bool = True, max_length: int = 512, batch_size: int = 16, name: str = ""):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        *,
+        pooling: str = "last",
+        padding_side: str = "left",
+        query_instruction: str | None = None,
+        query_template: str = "Instruct: {instruction}\nQuery: {query}",
+        append_eos: bool = True,
+        normalize: bool = True,
+        max_length: int = 512,
+        batch_size: int = 16,
+        name: str = "",
+    ):
         if pooling not in ("last", "mean"):
             raise ValueError(f"decoder pooling must be 'last' or 'mean', got {pooling!r}")
         if padding_side not in ("left", "right"):
@@ -234,14 +265,20 @@ class DecoderEmbedder(Embedder):
     def _embed_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         body = self.model.base_model
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      use_cache=False).last_hidden_state
+        hidden = body(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
         return pool(hidden, attention_mask, self.pooling)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "pooling": self.pooling, "padding_side": self.padding_side,
-                "query_instruction": self.query_instruction, "append_eos": self.append_eos,
-                "max_length": self.max_length}
+        return {
+            **super().describe(),
+            "pooling": self.pooling,
+            "padding_side": self.padding_side,
+            "query_instruction": self.query_instruction,
+            "append_eos": self.append_eos,
+            "max_length": self.max_length,
+        }
 
 
 class SentenceTransformerEmbedder(Embedder):
@@ -260,9 +297,12 @@ class SentenceTransformerEmbedder(Embedder):
         self.name = name
 
     @torch.no_grad()
-    def encode(self, texts: Sequence[str], *, kind: str = "document", batch_size: int | None = None) -> torch.Tensor:
+    def encode(
+        self, texts: Sequence[str], *, kind: str = "document", batch_size: int | None = None
+    ) -> torch.Tensor:
         texts = self.prepare(texts, kind)
-        emb = self.st.encode(texts, batch_size=batch_size or self.batch_size, convert_to_tensor=True,
-                             show_progress_bar=False)
+        emb = self.st.encode(
+            texts, batch_size=batch_size or self.batch_size, convert_to_tensor=True, show_progress_bar=False
+        )
         emb = emb.float().cpu()
         return F.normalize(emb, dim=-1) if self.normalize else emb

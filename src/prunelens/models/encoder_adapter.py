@@ -71,8 +71,10 @@ class EncoderAdapter:
         self.model = model
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         if model_type not in ENCODER_FAMILIES:
-            raise ValueError(f"encoder family {model_type!r} is not supported (supported: "
-                             f"{', '.join(sorted(ENCODER_FAMILIES))}); add an EncoderSpec to ENCODER_FAMILIES")
+            raise ValueError(
+                f"encoder family {model_type!r} is not supported (supported: "
+                f"{', '.join(sorted(ENCODER_FAMILIES))}); add an EncoderSpec to ENCODER_FAMILIES"
+            )
         self.spec = ENCODER_FAMILIES[model_type]
         self.base = getattr(model, "base_model", model)
 
@@ -85,14 +87,17 @@ class EncoderAdapter:
         return len(self.layers)
 
     def unit(self, layer: int, kind: str) -> nn.Module:
-        """The module whose forward *output* is the unit's output stream (attention, or the MLP's out part)."""
+        """The module whose forward *output* is the unit's output stream
+        (attention, or the MLP's out part)."""
         path = {"attn": self.spec.attn, "mlp": self.spec.mlp_out}.get(kind)
         if path is None:
             raise ValueError(f"unknown sublayer {kind!r}; expected 'attn' or 'mlp'")
         return get_submodule(self.layers[layer], path)
 
     def norm(self, layer: int, kind: str) -> nn.Module:
-        return get_submodule(self.layers[layer], self.spec.attn_norm if kind == "attn" else self.spec.mlp_norm)
+        return get_submodule(
+            self.layers[layer], self.spec.attn_norm if kind == "attn" else self.spec.mlp_norm
+        )
 
     def is_dropped(self, layer: int, kind: str) -> bool:
         return isinstance(self.unit(layer, kind), (DroppedEncoderAttention, DroppedEncoderOutput))
@@ -141,10 +146,13 @@ DROP_MODES = ("identity", "norm")
 
 
 def drop_encoder_sublayer(model_or_adapter, layer: int, kind: str, mode: str = "identity") -> None:
-    """Drop unit ``kind`` (``attn``/``mlp``) of encoder layer ``layer`` in place (see the module docstring)."""
+    """Drop unit ``kind`` (``attn``/``mlp``) of encoder layer ``layer`` in place
+    (see the module docstring)."""
     if mode not in DROP_MODES:
         raise ValueError(f"mode must be one of {DROP_MODES}, got {mode!r}")
-    ad = model_or_adapter if isinstance(model_or_adapter, EncoderAdapter) else EncoderAdapter(model_or_adapter)
+    ad = (
+        model_or_adapter if isinstance(model_or_adapter, EncoderAdapter) else EncoderAdapter(model_or_adapter)
+    )
     if not 0 <= layer < ad.num_layers:
         raise ValueError(f"layer must be in [0, {ad.num_layers}), got {layer}")
     if ad.is_dropped(layer, kind):
@@ -162,7 +170,9 @@ def apply_encoder_plan(model, plan) -> None:
     """Re-apply an encoder drop plan (from :func:`drop_encoder`) to a dense model of the same family."""
     ad = EncoderAdapter(model)
     if plan.num_layers_before is not None and ad.num_layers != plan.num_layers_before:
-        raise ValueError(f"the plan was made for {plan.num_layers_before} layers; this encoder has {ad.num_layers}")
+        raise ValueError(
+            f"the plan was made for {plan.num_layers_before} layers; this encoder has {ad.num_layers}"
+        )
     if plan.dropped_blocks:
         raise ValueError("encoder plans drop sublayers only")
     mode = plan.options.get("mode", "identity")
@@ -185,7 +195,9 @@ def load_pruned_encoder(path: str | Path, *, dtype: torch.dtype = torch.float32,
     plan = PrunePlan.load(path)
     weights = path / "model.safetensors"
     if not weights.exists():
-        raise FileNotFoundError(f"{weights} not found (sharded or .bin encoder checkpoints are not supported)")
+        raise FileNotFoundError(
+            f"{weights} not found (sharded or .bin encoder checkpoints are not supported)"
+        )
     state = load_file(str(weights))
     config = AutoConfig.from_pretrained(path)
     model = AutoModel.from_config(config, add_pooling_layer=any(k.startswith("pooler.") for k in state))

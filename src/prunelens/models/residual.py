@@ -8,9 +8,9 @@ parallel blocks (GPT-NeoX) have both sublayers reading ``resid_pre``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 
@@ -58,7 +58,9 @@ def record_blocks(
             store["mlp"] = block_output(out)
 
         def post_hook(mod, args, kwargs, out, store=store, i=i):
-            states = BlockStates(i, store.pop("pre"), store.pop("attn"), store.pop("mlp"), block_output(out), parallel)
+            states = BlockStates(
+                i, store.pop("pre"), store.pop("attn"), store.pop("mlp"), block_output(out), parallel
+            )
             callback(states)
 
         handles.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))

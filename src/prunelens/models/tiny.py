@@ -27,10 +27,19 @@ _FAMILY_EXTRA: dict[str, dict] = {
     "qwen3": {"head_dim": 16},
     "phi3": {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2},
     "gemma": {"head_dim": 16},
-    "gemma2": {"head_dim": 16, "sliding_window": 8, "final_logit_softcapping": 30.0,
-               "attn_logit_softcapping": 50.0, "query_pre_attn_scalar": 16},
-    "gemma3_text": {"head_dim": 16, "sliding_window": 8, "query_pre_attn_scalar": 16,
-                    "final_logit_softcapping": 30.0},
+    "gemma2": {
+        "head_dim": 16,
+        "sliding_window": 8,
+        "final_logit_softcapping": 30.0,
+        "attn_logit_softcapping": 50.0,
+        "query_pre_attn_scalar": 16,
+    },
+    "gemma3_text": {
+        "head_dim": 16,
+        "sliding_window": 8,
+        "query_pre_attn_scalar": 16,
+        "final_logit_softcapping": 30.0,
+    },
     "gpt_neox": {"num_key_value_heads": None, "rotary_pct": 0.5, "use_parallel_residual": True},
 }
 
@@ -58,7 +67,12 @@ def llama_7b_config(num_hidden_layers: int = 32, vocab_size: int = 32000):
     """A Llama-2-7B-shaped config (random weights are enough to time pruning). ``vocab_size``: match the
     tokenizer that will feed it (e.g. the embedded one's 49152) when real text goes through the model."""
     return AutoConfig.for_model(
-        "llama", vocab_size=vocab_size, hidden_size=4096, intermediate_size=11008,
-        num_hidden_layers=num_hidden_layers, num_attention_heads=32, num_key_value_heads=32,
+        "llama",
+        vocab_size=vocab_size,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=32,
+        num_key_value_heads=32,
         max_position_embeddings=4096,
     )

@@ -17,7 +17,10 @@ from typing import Protocol
 
 #: target -> the unit kinds it ranks (joint ranks attention and MLP sublayers together)
 TARGET_KINDS: dict[str, tuple[str, ...]] = {
-    "attn": ("attn",), "mlp": ("mlp",), "joint": ("attn", "mlp"), "block": ("block",),
+    "attn": ("attn",),
+    "mlp": ("mlp",),
+    "joint": ("attn", "mlp"),
+    "block": ("block",),
 }
 
 Scores = Mapping[str, Sequence[float | None]]  # kind -> per-layer droppability (None: not a candidate)
@@ -40,9 +43,14 @@ def kinds_for(target: str) -> tuple[str, ...]:
 
 
 def rank(scores: Scores, target: str) -> list[Candidate]:
-    """Every candidate of ``target``, most droppable first; ties broken by layer, then kind (deterministic)."""
-    cands = [Candidate(float(v), layer, kind) for kind in kinds_for(target)
-             for layer, v in enumerate(scores[kind]) if v is not None]
+    """Every candidate of ``target``, most droppable first;
+    ties broken by layer, then kind (deterministic)."""
+    cands = [
+        Candidate(float(v), layer, kind)
+        for kind in kinds_for(target)
+        for layer, v in enumerate(scores[kind])
+        if v is not None
+    ]
     return sorted(cands, key=lambda c: (-c.score, c.layer, c.kind))
 
 
@@ -64,7 +72,8 @@ def best_window(window_scores: Sequence[float]) -> int:
 
 
 class DropSite(Protocol):
-    """What :func:`drop_by_scores` needs of a model: its layers, which units are gone, and a way to drop one."""
+    """What :func:`drop_by_scores` needs of a model:
+    its layers, which units are gone, and a way to drop one."""
 
     @property
     def num_layers(self) -> int: ...
@@ -80,9 +89,16 @@ def count_dropped(site: DropSite, target: str) -> int:
     return sum(site.is_dropped(i, k) for i in range(site.num_layers) for k in kinds)
 
 
-def drop_by_scores(site: DropSite, score: Callable[[], Scores], target: str, n: int, *,
-                   iterative: bool = False, first: Scores | None = None,
-                   on_rescore: Callable[[int], None] | None = None) -> list[dict]:
+def drop_by_scores(
+    site: DropSite,
+    score: Callable[[], Scores],
+    target: str,
+    n: int,
+    *,
+    iterative: bool = False,
+    first: Scores | None = None,
+    on_rescore: Callable[[int], None] | None = None,
+) -> list[dict]:
     """Drop ``n`` sublayers of ``target`` from ``site`` in place; returns the plan entries, sorted by layer.
 
     One-shot ranks ``first`` (or ``score()``) once and drops the top ``n``; iterative drops the top one,

@@ -8,7 +8,7 @@ scores once and drops the ``n`` most similar; iterative re-scores after every re
 from __future__ import annotations
 
 from prunelens.data.calibration import Calibration
-from prunelens.models.adapter import Adapter, drop_blocks, drop_sublayer, param_count
+from prunelens.models.adapter import Adapter, drop_blocks, param_count
 from prunelens.plan import DROP_TARGETS, PrunePlan
 from prunelens.prune.choose import best_window, choose, count_dropped, drop_by_scores
 from prunelens.prune.scoring import Similarities, similarities
@@ -61,18 +61,33 @@ def drop(
     if dry_run and iterative:
         raise PruneConfigError("an iterative drop re-scores the pruned model, so it cannot be a dry run")
     ids = calibration.input_ids
-    plan = PrunePlan(method="drop", base_model=base_model, family=adapter.spec.family, target=target,
-                     calibration=calibration.describe(), seed=calibration.seed, params_before=param_count(model),
-                     num_layers_before=num_layers, options={"iterative": iterative, "window": window})
-    first = sims if sims is not None and (sims.window_size or 0) == (n if window else 0) else \
-        similarities(model, ids, batch_size=batch_size, window=n if window else 0)
-    plan.scores = {**first.to_dict(), "metric": "mean cosine(input stream, output stream) over calibration tokens; "
-                   "higher = less important"}
+    plan = PrunePlan(
+        method="drop",
+        base_model=base_model,
+        family=adapter.spec.family,
+        target=target,
+        calibration=calibration.describe(),
+        seed=calibration.seed,
+        params_before=param_count(model),
+        num_layers_before=num_layers,
+        options={"iterative": iterative, "window": window},
+    )
+    first = (
+        sims
+        if sims is not None and (sims.window_size or 0) == (n if window else 0)
+        else similarities(model, ids, batch_size=batch_size, window=n if window else 0)
+    )
+    plan.scores = {
+        **first.to_dict(),
+        "metric": "mean cosine(input stream, output stream) over calibration tokens; higher = less important",
+    }
     rescore_step = [1]
 
     def rescore() -> dict:
         rescore_step[0] += 1
-        return similarities(model, ids, batch_size=batch_size, desc=f"re-scoring ({rescore_step[0]}/{n})").by_kind()
+        return similarities(
+            model, ids, batch_size=batch_size, desc=f"re-scoring ({rescore_step[0]}/{n})"
+        ).by_kind()
 
     if target == "block":
         if window:
@@ -96,7 +111,9 @@ def drop(
         if not iterative:
             site.drop_block_set(chosen)
     else:
-        plan.dropped_sublayers = drop_by_scores(site, rescore, target, n, iterative=iterative, first=first.by_kind())
+        plan.dropped_sublayers = drop_by_scores(
+            site, rescore, target, n, iterative=iterative, first=first.by_kind()
+        )
     plan.params_after = plan.params_before - site.removed if dry_run else param_count(model)
     return plan
 
@@ -116,7 +133,9 @@ class _DryRun:
 
     def drop_unit(self, layer: int, kind: str) -> None:
         self.dropped.add((layer, kind))
-        self.removed += sum(p.numel() for m in self.adapter.sublayer_modules(layer, kind) for p in m.parameters())
+        self.removed += sum(
+            p.numel() for m in self.adapter.sublayer_modules(layer, kind) for p in m.parameters()
+        )
 
     def drop_block_set(self, layers: list[int]) -> None:
         self.removed += sum(p.numel() for i in layers for p in self.adapter.layers[i].parameters())

@@ -22,7 +22,12 @@ import torch
 
 from prunelens.models.adapter import block_output, param_count
 from prunelens.models.embedders import Embedder
-from prunelens.models.encoder_adapter import DROP_MODES, ENCODER_FAMILIES, EncoderAdapter, drop_encoder_sublayer
+from prunelens.models.encoder_adapter import (
+    DROP_MODES,
+    ENCODER_FAMILIES,
+    EncoderAdapter,
+    drop_encoder_sublayer,
+)
 from prunelens.plan import PrunePlan
 from prunelens.prune.choose import count_dropped, drop_by_scores
 from prunelens.prune.drop import PruneConfigError, drop, validate_drop
@@ -30,8 +35,9 @@ from prunelens.prune.scoring import Similarities, cosine_sum
 
 
 @torch.no_grad()
-def encoder_similarities(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                         batch_size: int = 8):
+def encoder_similarities(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, batch_size: int = 8
+):
     """Mean ``cos(input stream, output stream)`` of every attention / MLP unit and layer over the real
     calibration tokens (float32); ``None`` for dropped units. Returns a
     :class:`prunelens.prune.scoring.Similarities` (same meaning as for decoders: higher = less important).
@@ -59,12 +65,18 @@ def encoder_similarities(model, input_ids: torch.Tensor, attention_mask: torch.T
 
     try:
         for i in range(n):
-            handles.append(ad.layers[i].register_forward_hook(
-                lambda m, a, k, o, i=i: layer_hook(m, a, k, o, i), with_kwargs=True))
+            handles.append(
+                ad.layers[i].register_forward_hook(
+                    lambda m, a, k, o, i=i: layer_hook(m, a, k, o, i), with_kwargs=True
+                )
+            )
             for kind, hook in (("attn", attn_hook), ("mlp", mlp_hook)):
                 if not ad.is_dropped(i, kind):
-                    handles.append(ad.unit(i, kind).register_forward_hook(
-                        lambda m, a, k, o, i=i, hook=hook: hook(m, a, k, o, i), with_kwargs=True))
+                    handles.append(
+                        ad.unit(i, kind).register_forward_hook(
+                            lambda m, a, k, o, i=i, hook=hook: hook(m, a, k, o, i), with_kwargs=True
+                        )
+                    )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         dev = next(model.parameters()).device
@@ -81,11 +93,22 @@ def encoder_similarities(model, input_ids: torch.Tensor, attention_mask: torch.T
     def mean(values, kind):
         return [None if kind and ad.is_dropped(i, kind) else v / tokens for i, v in enumerate(values)]
 
-    return Similarities(mean(sums["attn"], "attn"), mean(sums["mlp"], "mlp"), mean(sums["block"], None), tokens=tokens)
+    return Similarities(
+        mean(sums["attn"], "attn"), mean(sums["mlp"], "mlp"), mean(sums["block"], None), tokens=tokens
+    )
 
 
-def drop_encoder(model, calibration, *, target: str, n: int, mode: str = "identity", iterative: bool = False,
-                 batch_size: int = 8, base_model: str = ""):
+def drop_encoder(
+    model,
+    calibration,
+    *,
+    target: str,
+    n: int,
+    mode: str = "identity",
+    iterative: bool = False,
+    batch_size: int = 8,
+    base_model: str = "",
+):
     """Score on ``calibration``, drop the ``n`` most similar units of ``target`` (``attn``, ``mlp`` or
     ``joint``) from an encoder in place, and return the :class:`~prunelens.plan.PrunePlan`.
 
@@ -101,18 +124,36 @@ def drop_encoder(model, calibration, *, target: str, n: int, mode: str = "identi
     site = _EncoderSite(ad, mode)
     validate_drop(ad.num_layers, target, n, count_dropped(site, target))
     ids = calibration if isinstance(calibration, torch.Tensor) else calibration.input_ids
-    calib_info = ({"source": "tensor", "nsamples": ids.shape[0], "seqlen": ids.shape[1]}
-                  if isinstance(calibration, torch.Tensor) else calibration.describe())
-    plan = PrunePlan(method="drop", base_model=base_model, family=ad.spec.family, target=target,
-                     calibration=calib_info, seed=getattr(calibration, "seed", None),
-                     params_before=param_count(model), num_layers_before=ad.num_layers,
-                     options={"iterative": iterative, "mode": mode, "encoder": True})
+    calib_info = (
+        {"source": "tensor", "nsamples": ids.shape[0], "seqlen": ids.shape[1]}
+        if isinstance(calibration, torch.Tensor)
+        else calibration.describe()
+    )
+    plan = PrunePlan(
+        method="drop",
+        base_model=base_model,
+        family=ad.spec.family,
+        target=target,
+        calibration=calib_info,
+        seed=getattr(calibration, "seed", None),
+        params_before=param_count(model),
+        num_layers_before=ad.num_layers,
+        options={"iterative": iterative, "mode": mode, "encoder": True},
+    )
     sims = encoder_similarities(model, ids, batch_size=batch_size)
-    plan.scores = {**sims.to_dict(), "metric": "mean cosine(unit input stream, unit output stream) over "
-                   "calibration tokens (post-LN units: output after the unit's LayerNorm); higher = less important"}
+    plan.scores = {
+        **sims.to_dict(),
+        "metric": "mean cosine(unit input stream, unit output stream) over "
+        "calibration tokens (post-LN units: output after the unit's LayerNorm); higher = less important",
+    }
     plan.dropped_sublayers = drop_by_scores(
-        site, lambda: encoder_similarities(model, ids, batch_size=batch_size).by_kind(), target, n,
-        iterative=iterative, first=sims.by_kind())
+        site,
+        lambda: encoder_similarities(model, ids, batch_size=batch_size).by_kind(),
+        target,
+        n,
+        iterative=iterative,
+        first=sims.by_kind(),
+    )
     plan.params_after = param_count(model)
     return plan
 

@@ -79,10 +79,15 @@ def run_in_lockstep(
             return None
         key = members[mod]
         first = read[b].get(key)
-        if first is None or first is not x and (first.data_ptr(), first.shape, first.stride()) != (
-                x.data_ptr(), x.shape, x.stride()):
-            raise LockstepError(f"{type(mod).__name__} behind gate {key!r} does not read the tensor the gate's own "
-                                "module read, so it cannot be pruned on that tensor's statistics")
+        if (
+            first is None
+            or first is not x
+            and (first.data_ptr(), first.shape, first.stride()) != (x.data_ptr(), x.shape, x.stride())
+        ):
+            raise LockstepError(
+                f"{type(mod).__name__} behind gate {key!r} does not read the tensor the gate's own "
+                "module read, so it cannot be pruned on that tensor's statistics"
+            )
         return None
 
     def body(b: int) -> None:
@@ -104,9 +109,11 @@ def run_in_lockstep(
             keys = set(parked.values())
             if len(keys) > 1 or len(parked) < len(running):
                 raise LockstepError(
-                    "the batches took different paths through the block (data-dependent control flow, such as "
+                    "the batches took different paths through the block "
+                    "(data-dependent control flow, such as "
                     f"mixture-of-experts routing): {len(parked)} of {len(running)} stopped at "
-                    f"{', '.join(map(repr, sorted(keys, key=repr)))}; calibrate with true_sequential=False")
+                    f"{', '.join(map(repr, sorted(keys, key=repr)))}; calibrate with true_sequential=False"
+                )
             key = keys.pop()
             on_gate(key)
             opened.add(key)

@@ -27,7 +27,8 @@ from prunelens.utils.progress import progress_bar
 
 
 def cosine_sum(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    """``Σ cos(x_t, y_t)`` over token positions, in float32 (``mask``: weight per position, e.g. padding 0)."""
+    """``Σ cos(x_t, y_t)`` over token positions, in float32
+    (``mask``: weight per position, e.g. padding 0)."""
     c = F.cosine_similarity(x.float(), y.float(), dim=-1)
     return float((c * mask).sum() if mask is not None else c.sum())
 
@@ -48,14 +49,22 @@ class Similarities:
         return {"attn": self.attn, "mlp": self.mlp, "block": list(self.block)}
 
     def to_dict(self) -> dict:
-        return {"similarity": {"attn": self.attn, "mlp": self.mlp, "block": self.block,
-                               "window": self.window, "window_size": self.window_size},
-                "tokens": self.tokens}
+        return {
+            "similarity": {
+                "attn": self.attn,
+                "mlp": self.mlp,
+                "block": self.block,
+                "window": self.window,
+                "window_size": self.window_size,
+            },
+            "tokens": self.tokens,
+        }
 
 
 @torch.no_grad()
-def similarities(model, input_ids: torch.Tensor, *, batch_size: int = 8, window: int = 0,
-                 desc: str = "scoring") -> Similarities:
+def similarities(
+    model, input_ids: torch.Tensor, *, batch_size: int = 8, window: int = 0, desc: str = "scoring"
+) -> Similarities:
     """Cosine similarities of every sublayer, block (and window of ``window`` blocks) over ``input_ids``."""
     adapter = Adapter(model)
     n_layers = adapter.num_layers
@@ -93,5 +102,11 @@ def similarities(model, input_ids: torch.Tensor, *, batch_size: int = 8, window:
             out.append(None if dropped else v / tokens)
         return out
 
-    return Similarities(mean(sums["attn"], "attn"), mean(sums["mlp"], "mlp"), mean(sums["block"], None),
-                        [v / tokens for v in win_sums], window, tokens)
+    return Similarities(
+        mean(sums["attn"], "attn"),
+        mean(sums["mlp"], "mlp"),
+        mean(sums["block"], None),
+        [v / tokens for v in win_sums],
+        window,
+        tokens,
+    )

@@ -77,9 +77,9 @@ def lowest_k(scores: torch.Tensor, k: int, per_row: bool) -> torch.Tensor:
     flat = scores.reshape(-1)
     thresh = kth_smallest(flat, k)
     mask = flat <= thresh
-    over = int(mask.sum()) - k
-    if over > 0:
-        mask[torch.nonzero(flat == thresh).squeeze(1)[-over:]] = False
+    n_over = int(mask.sum()) - k
+    if n_over > 0:
+        mask[torch.nonzero(flat == thresh).squeeze(1)[-n_over:]] = False
     return mask.view(scores.shape)
 
 
@@ -102,8 +102,13 @@ def wanda_scores(weight: torch.Tensor, input_sq_sum: torch.Tensor) -> torch.Tens
     return weight.detach().abs().float() * input_sq_sum.float().clamp_min(0).sqrt().unsqueeze(0)
 
 
-def score_mask(scores: torch.Tensor, *, sparsity: float | None = None, nm: tuple[int, int] | None = None,
-               per_row: bool = True) -> torch.Tensor:
+def score_mask(
+    scores: torch.Tensor,
+    *,
+    sparsity: float | None = None,
+    nm: tuple[int, int] | None = None,
+    per_row: bool = True,
+) -> torch.Tensor:
     if nm is not None:
         return nm_mask(scores, *nm)
     return unstructured_mask(scores, float(sparsity or 0.0), per_row)
@@ -175,7 +180,8 @@ def sparsegpt_prune(
     percdamp: float = 0.01,
     segments: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """SparseGPT: return ``(new_weight, pruned_mask)``; computed in float32 (float64 for float64 input), returned in ``weight``'s dtype.
+    """SparseGPT: return ``(new_weight, pruned_mask)``; computed in float32
+    (float64 for float64 input), returned in ``weight``'s dtype.
 
     ``hessian`` is ``2XᵀX/n`` over the calibration inputs (cols × cols). Dead inputs (zero diagonal) are
     pruned outright. ``percdamp`` adds ``percdamp · mean(diag H)`` to the diagonal before inversion.
@@ -202,7 +208,9 @@ def sparsegpt_prune(
     if sum(segs) != rows or min(segs) <= 0:
         raise ValueError(f"segments {segs} must be positive row counts summing to the {rows} rows of weight")
     if nm is not None and (cols % nm[1] or blocksize % nm[1]):
-        raise ValueError(f"N:M needs the input dimension ({cols}) and blocksize ({blocksize}) to be multiples of M={nm[1]}")
+        raise ValueError(
+            f"N:M needs the input dimension ({cols}) and blocksize ({blocksize}) to be multiples of M={nm[1]}"
+        )
     WT = weight.detach().to(work).T.contiguous()  # (cols, rows): row j is column j of W
     H = hessian.detach().to(work).clone()
     dead = torch.diag(H) == 0
@@ -228,7 +236,9 @@ def sparsegpt_prune(
             scale = torch.zeros_like(B)
         E = torch.empty_like(B)
         for i in range(i2 - i1):
-            if nm is not None and i % nm[1] == 0:  # N:M: choose the group's mask on the weights updated so far
+            if (
+                nm is not None and i % nm[1] == 0
+            ):  # N:M: choose the group's mask on the weights updated so far
                 n_keep, m = nm
                 M1[i : i + m] = nm_mask((B[i : i + m] ** 2 / d[i : i + m] ** 2).T, n_keep, m).T
                 scale[i : i + m] = M1[i : i + m].to(work) / d[i : i + m]

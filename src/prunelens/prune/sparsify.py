@@ -32,10 +32,17 @@ from torch import nn
 from prunelens.data.calibration import Calibration
 from prunelens.models.adapter import Adapter, block_output, is_offloaded, param_count
 from prunelens.models.compat import CACHE_KWARGS
-from prunelens.prune.lockstep import run_in_lockstep
 from prunelens.plan import SPARSE_METHODS, PrunePlan
-from prunelens.prune.sparse_math import (accumulate_gram, magnitude_scores, parse_pattern, score_mask, sparsegpt_prune,
-                                         symmetric_from_lower, wanda_scores)
+from prunelens.prune.lockstep import run_in_lockstep
+from prunelens.prune.sparse_math import (
+    accumulate_gram,
+    magnitude_scores,
+    parse_pattern,
+    score_mask,
+    sparsegpt_prune,
+    symmetric_from_lower,
+    wanda_scores,
+)
 from prunelens.utils.memory import reuse_freed_memory
 from prunelens.utils.progress import progress_bar
 
@@ -68,7 +75,9 @@ or lower perplexity in every seed; true-sequential SparseGPT raised perplexity i
 to 3 %), so SparseGPT keeps the published procedure."""
 
 
-def validate_sparsity(method: str, sparsity: float | None, pattern: str | None) -> tuple[float | None, tuple[int, int] | None]:
+def validate_sparsity(
+    method: str, sparsity: float | None, pattern: str | None
+) -> tuple[float | None, tuple[int, int] | None]:
     if method not in SPARSE_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(SPARSE_METHODS)}")
     if (sparsity is None) == (pattern is None):
@@ -86,7 +95,8 @@ def _kwargs_of(kwargs: dict) -> dict:
 
 @torch.no_grad()
 def layer_kwargs(model, adapter: Adapter, input_ids: torch.Tensor) -> list[dict]:
-    """The keyword arguments (masks, rotary embeddings, positions …) the model gives each block for ``input_ids``.
+    """The keyword arguments (masks, rotary embeddings, positions …) the model gives each block
+    for ``input_ids``.
 
     The blocks do not need to run for this: each block's forward is swapped for one that records its
     arguments and passes the hidden states through, and the forward stops at the last block (no final
@@ -127,9 +137,12 @@ def layer_kwargs(model, adapter: Adapter, input_ids: torch.Tensor) -> list[dict]
     def make_hook(i):
         def hook(mod, args, kwargs):
             per_layer[i] = _kwargs_of(kwargs)
+
         return hook
 
-    handles = [block.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, block in enumerate(layers)]
+    handles = [
+        block.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, block in enumerate(layers)
+    ]
     try:
         model(input_ids, use_cache=False)
     finally:
@@ -139,7 +152,9 @@ def layer_kwargs(model, adapter: Adapter, input_ids: torch.Tensor) -> list[dict]
 
 
 @torch.no_grad()
-def capture_block_inputs(model, adapter: Adapter, input_ids: torch.Tensor, batch_size: int, device) -> tuple[torch.Tensor, list[dict]]:
+def capture_block_inputs(
+    model, adapter: Adapter, input_ids: torch.Tensor, batch_size: int, device
+) -> tuple[torch.Tensor, list[dict]]:
     """Inputs of block 0 for every calibration window, and every block's forward kwargs.
 
     The kwargs are captured from one single-sample forward (they broadcast over the batch); the
@@ -164,15 +179,20 @@ def capture_block_inputs(model, adapter: Adapter, input_ids: torch.Tensor, batch
                 pass
     finally:
         h.remove()
-    kwargs = [_to({k: v for k, v in kw.items() if k not in CACHE_KWARGS}, device)
-              for kw in per_layer]
+    kwargs = [_to({k: v for k, v in kw.items() if k not in CACHE_KWARGS}, device) for kw in per_layer]
     for kw in kwargs:
         kw["use_cache"] = False
     return torch.cat(captured), kwargs
 
 
-def _collect_stats(block: nn.Module, linears: dict[str, nn.Module], stats: _SharedStats, inps: torch.Tensor,
-                   kwargs: dict, batch_size: int) -> None:
+def _collect_stats(
+    block: nn.Module,
+    linears: dict[str, nn.Module],
+    stats: _SharedStats,
+    inps: torch.Tensor,
+    kwargs: dict,
+    batch_size: int,
+) -> None:
     """Run ``block`` over ``inps`` only as far as its linear layers need: statistics are recorded in each
     linear's forward pre-hook, and the forward stops once every linear has seen its input (the last
     linear's product and whatever follows it are never computed; the block's output is not needed here)."""
@@ -202,7 +222,9 @@ def _collect_stats(block: nn.Module, linears: dict[str, nn.Module], stats: _Shar
         stats.new_call()
 
 
-def _run_block(block: nn.Module, inps: torch.Tensor, outs: torch.Tensor, kwargs: dict, batch_size: int) -> None:
+def _run_block(
+    block: nn.Module, inps: torch.Tensor, outs: torch.Tensor, kwargs: dict, batch_size: int
+) -> None:
     for i in range(0, inps.shape[0], batch_size):
         outs[i : i + batch_size] = block_output(block(inps[i : i + batch_size], **kwargs))
 
@@ -264,11 +286,15 @@ class _SharedStats:
         owner = self._owner[name]
         if owner == name:
             if first is not None and first[0] != name:
-                raise RuntimeError(f"{name} read the input of {first[0]} in a later call but not in the first")
+                raise RuntimeError(
+                    f"{name} read the input of {first[0]} in a later call but not in the first"
+                )
             self.stats[name].add(x)
             self._seen[key] = (name, x)
         elif first is None or first[0] != owner:
-            raise RuntimeError(f"{name} shared its input with {owner} in the first call but not in a later one")
+            raise RuntimeError(
+                f"{name} shared its input with {owner} in the first call but not in a later one"
+            )
 
     def __getitem__(self, name: str) -> _Stats:
         return self.stats[self._owner[name]]
@@ -293,32 +319,41 @@ def _zero(weight: torch.Tensor, mask: torch.Tensor) -> None:
     weight.mul_(~mask)
 
 
-def _sparsegpt_group(weights: list[torch.Tensor], H: torch.Tensor, ratio, nm, blocksize: int, percdamp: float) -> None:
+def _sparsegpt_group(
+    weights: list[torch.Tensor], H: torch.Tensor, ratio, nm, blocksize: int, percdamp: float
+) -> None:
     """SparseGPT on linears that share one Hessian, stacked: one factorisation and one column loop for all
     (masks still chosen per matrix, see ``segments`` in :func:`sparsegpt_prune`)."""
     stacked = weights[0] if len(weights) == 1 else torch.cat(weights)
     rows = [w.shape[0] for w in weights]
-    new_w, _ = sparsegpt_prune(stacked, H, sparsity=ratio, nm=nm, blocksize=blocksize, percdamp=percdamp,
-                               segments=rows)
+    new_w, _ = sparsegpt_prune(
+        stacked, H, sparsity=ratio, nm=nm, blocksize=blocksize, percdamp=percdamp, segments=rows
+    )
     for w, part in zip(weights, torch.split(new_w, rows)):
         w.copy_(part)  # in place, see _zero
 
 
 def _group_pruner(method: str, linears: dict[str, nn.Module], ratio, nm, blocksize: int, percdamp: float):
-    """``prune(names, stats)``: prune the linears ``names``, which read one tensor whose statistics are ``stats``."""
+    """``prune(names, stats)``: prune the linears ``names``,
+    which read one tensor whose statistics are ``stats``."""
 
     def prune(names: list[str], stats: _Stats) -> None:
         if method == "wanda":
             for name in names:
                 lin = linears[name]
-                _zero(lin.weight, score_mask(wanda_scores(lin.weight, stats.sq), sparsity=ratio, nm=nm, per_row=True))
+                _zero(
+                    lin.weight,
+                    score_mask(wanda_scores(lin.weight, stats.sq), sparsity=ratio, nm=nm, per_row=True),
+                )
         else:
             _sparsegpt_group([linears[n].weight for n in names], stats.H, ratio, nm, blocksize, percdamp)
 
     return prune
 
 
-def linear_groups(block: nn.Module, linears: dict[str, nn.Module], inps: torch.Tensor, kwargs: dict) -> dict[str, list[str]]:
+def linear_groups(
+    block: nn.Module, linears: dict[str, nn.Module], inps: torch.Tensor, kwargs: dict
+) -> dict[str, list[str]]:
     """The block's linears grouped by the tensor they read, groups in the order the forward reaches them
     (found by running the block on one calibration window)."""
     probe = _SharedStats(inps.device, hessian=False)
@@ -326,9 +361,18 @@ def linear_groups(block: nn.Module, linears: dict[str, nn.Module], inps: torch.T
     return probe.groups()
 
 
-def _true_sequential_block(block: nn.Module, linears: dict[str, nn.Module], prune, inps: torch.Tensor,
-                           outs: torch.Tensor, kwargs: dict, batch_size: int, hessian: bool, *,
-                           need_outputs: bool) -> None:
+def _true_sequential_block(
+    block: nn.Module,
+    linears: dict[str, nn.Module],
+    prune,
+    inps: torch.Tensor,
+    outs: torch.Tensor,
+    kwargs: dict,
+    batch_size: int,
+    hessian: bool,
+    *,
+    need_outputs: bool,
+) -> None:
     """Calibrate and prune ``block`` group by group in one pass (see :mod:`prunelens.prune.lockstep`): each
     group of linears is pruned on the statistics of the inputs it receives from the already-pruned groups
     before it, and the block's outputs come from the pruned block."""
@@ -349,18 +393,27 @@ def _true_sequential_block(block: nn.Module, linears: dict[str, nn.Module], prun
         prune(groups[owner], stats.pop(owner))
 
     try:
-        run_in_lockstep(run_batch, len(starts), {linears[o]: o for o in groups},
-                        on_arrive=on_arrive, on_gate=on_gate,
-                        members={linears[n]: o for o, names in groups.items() for n in names[1:]},
-                        finish=need_outputs)
-    except RuntimeError as exc:  # CUDA's OutOfMemoryError is one; the CPU allocator's says "can't allocate memory"
+        run_in_lockstep(
+            run_batch,
+            len(starts),
+            {linears[o]: o for o in groups},
+            on_arrive=on_arrive,
+            on_gate=on_gate,
+            members={linears[n]: o for o, names in groups.items() for n in names[1:]},
+            finish=need_outputs,
+        )
+    except (
+        RuntimeError
+    ) as exc:  # CUDA's OutOfMemoryError is one; the CPU allocator's says "can't allocate memory"
         if not isinstance(exc, torch.cuda.OutOfMemoryError) and "allocate memory" not in str(exc):
             raise
         raise CalibrationMemoryError(
-            f"true-sequential calibration holds the activations of all {inps.shape[0]} calibration windows inside "
+            f"true-sequential calibration holds the activations of all {inps.shape[0]} "
+            "calibration windows inside "
             f"a block at once, and {inps.device} ran out of memory. Calibrate with true_sequential=False "
             "(CLI: --dense-block-stats), which holds one batch's, or with fewer windows. The model is partly "
-            "pruned now: load it again before retrying.") from exc
+            "pruned now: load it again before retrying."
+        ) from exc
 
 
 def _sparsity_report(adapter: Adapter) -> dict:
@@ -378,9 +431,11 @@ def _sparsity_report(adapter: Adapter) -> dict:
             lz, ln = lz + z, ln + n
         by_layer.append(lz / ln if ln else 0.0)
         total_z, total_n = total_z + lz, total_n + ln
-    return {"overall": total_z / total_n if total_n else 0.0,
-            "by_group": {k: z / n for k, (z, n) in groups.items()},
-            "by_layer": by_layer}
+    return {
+        "overall": total_z / total_n if total_n else 0.0,
+        "by_group": {k: z / n for k, (z, n) in groups.items()},
+        "by_layer": by_layer,
+    }
 
 
 def magnitude_masks(adapter: Adapter, layer: int, ratio: float | None, nm: tuple[int, int] | None):
@@ -392,7 +447,6 @@ def magnitude_masks(adapter: Adapter, layer: int, ratio: float | None, nm: tuple
     for lin in adapter.block_linears(layer).values():
         mask = score_mask(magnitude_scores(lin.weight), sparsity=ratio, nm=nm, per_row=False)
         yield lin, mask.to(lin.weight.device)
-
 
 
 @torch.no_grad()
@@ -421,29 +475,40 @@ def sparsify(
     already-pruned groups before it, in one pass over the block (:mod:`prunelens.prune.lockstep`); it
     holds every calibration batch's activations inside the block at once (on a 7B model with 128 × 2048
     calibration tokens, a peak of 44 GiB of GPU memory instead of 31). None (default) takes the method's
-    default, :data:`TRUE_SEQUENTIAL_DEFAULT`: on for Wanda, off for SparseGPT (see there for the measurements).
+    default, :data:`TRUE_SEQUENTIAL_DEFAULT`: on for Wanda, off for SparseGPT (see there for the
+    measurements).
     """
     ratio, nm = validate_sparsity(method, sparsity, pattern)
     if true_sequential is None:
         true_sequential = TRUE_SEQUENTIAL_DEFAULT.get(method, False)
     if is_offloaded(model):
-        raise ValueError("sparsifying rewrites the weights in place, so they must be in memory: this model has "
-                         "weights offloaded to disk or CPU by accelerate. Load it on the CPU (device='cpu') and pass "
-                         "device='cuda' to prune block by block on one GPU (memory: one block plus activations)")
+        raise ValueError(
+            "sparsifying rewrites the weights in place, so they must be in memory: this model has "
+            "weights offloaded to disk or CPU by accelerate. Load it on the CPU (device='cpu') and pass "
+            "device='cuda' to prune block by block on one GPU (memory: one block plus activations)"
+        )
     adapter = Adapter(model)
     if method != "magnitude" and calibration is None:
         raise ValueError(f"{method} needs calibration data")
-    plan = PrunePlan(method=method, base_model=base_model, family=adapter.spec.family,
-                     sparsity={"sparsity": ratio} if nm is None else {"pattern": pattern, "sparsity": 1 - nm[0] / nm[1]},
-                     calibration=calibration.describe() if (calibration is not None and method != "magnitude") else {},
-                     seed=calibration.seed if calibration is not None else None, params_before=param_count(model),
-                     num_layers_before=adapter.num_layers,
-                     options={"scope": "all nn.Linear inside decoder blocks; embeddings and unembedding dense",
-                              "compare": "per matrix" if method == "magnitude" else
-                              ("per output row" if method == "wanda" else "per 128-column block (adaptive)"),
-                              **({"blocksize": blocksize, "percdamp": percdamp} if method == "sparsegpt" else {}),
-                              **({"true_sequential": true_sequential} if method != "magnitude" else {}),
-                              "nm_convention": "N kept in every M" if nm else None})
+    plan = PrunePlan(
+        method=method,
+        base_model=base_model,
+        family=adapter.spec.family,
+        sparsity={"sparsity": ratio} if nm is None else {"pattern": pattern, "sparsity": 1 - nm[0] / nm[1]},
+        calibration=calibration.describe() if (calibration is not None and method != "magnitude") else {},
+        seed=calibration.seed if calibration is not None else None,
+        params_before=param_count(model),
+        num_layers_before=adapter.num_layers,
+        options={
+            "scope": "all nn.Linear inside decoder blocks; embeddings and unembedding dense",
+            "compare": "per matrix"
+            if method == "magnitude"
+            else ("per output row" if method == "wanda" else "per 128-column block (adaptive)"),
+            **({"blocksize": blocksize, "percdamp": percdamp} if method == "sparsegpt" else {}),
+            **({"true_sequential": true_sequential} if method != "magnitude" else {}),
+            "nm_convention": "N kept in every M" if nm else None,
+        },
+    )
 
     if method == "magnitude":
         with progress_bar("magnitude", total=adapter.num_layers) as bar:
@@ -454,7 +519,9 @@ def sparsify(
     else:
         with reuse_freed_memory():  # the same large activations are allocated and freed every batch
             work_device = torch.device(device) if device is not None else adapter.embed.weight.device
-            inps, kwargs = capture_block_inputs(model, adapter, calibration.input_ids, batch_size, work_device)
+            inps, kwargs = capture_block_inputs(
+                model, adapter, calibration.input_ids, batch_size, work_device
+            )
             outs = torch.empty_like(inps)
             with progress_bar(method, total=adapter.num_layers) as bar:
                 for i in range(adapter.num_layers):
@@ -465,8 +532,17 @@ def sparsify(
                     last = i + 1 == adapter.num_layers  # the last block's outputs feed nothing
                     prune = _group_pruner(method, linears, ratio, nm, blocksize, percdamp)
                     if true_sequential:
-                        _true_sequential_block(block, linears, prune, inps, outs, kwargs[i], batch_size,
-                                               method == "sparsegpt", need_outputs=not last)
+                        _true_sequential_block(
+                            block,
+                            linears,
+                            prune,
+                            inps,
+                            outs,
+                            kwargs[i],
+                            batch_size,
+                            method == "sparsegpt",
+                            need_outputs=not last,
+                        )
                     else:
                         stats = _SharedStats(work_device, method == "sparsegpt")
                         _collect_stats(block, linears, stats, inps, kwargs[i], batch_size)

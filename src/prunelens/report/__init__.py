@@ -38,6 +38,22 @@ from prunelens.report.stats import rankdata, spearman
 from prunelens.report.tables import build_tables, near_chance, variant_facts
 from prunelens.study.config import DENSE
 
-__all__ = ["Study", "load_study", "AnalysisHeadline", "build_tables", "near_chance", "variant_facts",
-           "rankdata", "spearman", "story_figure", "predictor_figure", "story_caption", "predictor_caption",
-           "analysis_caption", "render_html", "build_report", "REPORT_DIR", "DENSE"]
+__all__ = [
+    "Study",
+    "load_study",
+    "AnalysisHeadline",
+    "build_tables",
+    "near_chance",
+    "variant_facts",
+    "rankdata",
+    "spearman",
+    "story_figure",
+    "predictor_figure",
+    "story_caption",
+    "predictor_caption",
+    "analysis_caption",
+    "render_html",
+    "build_report",
+    "REPORT_DIR",
+    "DENSE",
+]

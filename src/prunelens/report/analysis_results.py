@@ -90,15 +90,20 @@ class AnalysisHeadline:
         steps = [s for s in steps if is_finite(s)] if isinstance(steps, list) else []
         sub = _section(entry, "subspace")
         return cls(
-            cos_h=_number(t, "median_cos", "h"), cos_z=_number(t, "median_cos", "z"),
-            cos_p=_number(t, "median_cos", "p"), kl_transitions=_number(t, "median_kl"),
+            cos_h=_number(t, "median_cos", "h"),
+            cos_z=_number(t, "median_cos", "z"),
+            cos_p=_number(t, "median_cos", "p"),
+            kl_transitions=_number(t, "median_kl"),
             ratio_theorem2=_number(t, "median_estimate_ratio", "theorem2"),
             ratio_theorem3=_number(t, "median_estimate_ratio", "theorem3"),
-            tf_cos_p=_number(tf, "median_cos", "p"), tf_kl=_number(tf, "median_kl"),
-            fr_cos_p=_number(fr, "median_cos", "p"), fr_kl=_number(fr, "median_kl"),
+            tf_cos_p=_number(tf, "median_cos", "p"),
+            tf_kl=_number(tf, "median_kl"),
+            fr_cos_p=_number(fr, "median_cos", "p"),
+            fr_kl=_number(fr, "median_kl"),
             first_divergence=finite_or_none(statistics.median(steps)) if steps else None,
             choice_flip_rate=_number(sub, "chosen_option_changed"),
-            kl_options=_number(sub, "median_kl", "options"), kl_full=_number(sub, "median_kl", "full"),
+            kl_options=_number(sub, "median_kl", "options"),
+            kl_full=_number(sub, "median_kl", "full"),
         )
 
 
@@ -106,8 +111,9 @@ class AnalysisHeadline:
 # the analysis figures: reading order and captions (one sentence from the data)
 
 FIGURE_KINDS = {
-    "layerwise": ("Cosine in hidden, logit and probability space and KL per layer, "
-                  "attention and MLP sublayers"),
+    "layerwise": (
+        "Cosine in hidden, logit and probability space and KL per layer, attention and MLP sublayers"
+    ),
     "estimate_vs_real": "Theorem 1–3 estimates against the exact values, per token",
     "decoding_steps": "Similarity and KL along decoding steps, teacher-forced and free-running",
     "option_subspace": "Multiple choice: the option subspace against the full vocabulary",
@@ -134,8 +140,10 @@ def analysis_caption(path: Path, variant: str, numbers: AnalysisHeadline | None)
 
     data = ""
     if kind in ("layerwise", "estimate_vs_real", None) and is_finite(n.cos_p):
-        data = (f"; median cosine over its own sublayers: h {f3('cos_h')}, z {f3('cos_z')}, p {f3('cos_p')}, "
-                f"KL {f3('kl_transitions')}")
+        data = (
+            f"; median cosine over its own sublayers: h {f3('cos_h')}, z {f3('cos_z')}, p {f3('cos_p')}, "
+            f"KL {f3('kl_transitions')}"
+        )
         if kind == "estimate_vs_real" and is_finite(n.ratio_theorem3):
             data += f", Theorem 3 estimate/real {f3('ratio_theorem3')}"
     elif kind == "decoding_steps" and (is_finite(n.tf_kl) or is_finite(n.fr_kl)):
@@ -143,6 +151,8 @@ def analysis_caption(path: Path, variant: str, numbers: AnalysisHeadline | None)
         if is_finite(n.first_divergence):
             data += f", first greedy divergence at step {f3('first_divergence')} (median)"
     elif kind in ("option_subspace", "top_tokens") and is_finite(n.choice_flip_rate):
-        data = (f"; the chosen option changes on {pct(n.choice_flip_rate)} of questions, median KL over the "
-                f"options {f3('kl_options')} vs full vocabulary {f3('kl_full')}")
+        data = (
+            f"; the chosen option changes on {pct(n.choice_flip_rate)} of questions, median KL over the "
+            f"options {f3('kl_options')} vs full vocabulary {f3('kl_full')}"
+        )
     return f"{variant}: {what}{data}."

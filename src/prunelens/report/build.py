@@ -49,21 +49,32 @@ def build_report(study_dir: str | Path) -> Path:
         try:
             paths, rho, n_rho = predictor_figure(facts, out / "figures", axis)
             if paths:
-                figures.append((paths[0], "Predictor Var_p(dz)/(2T^2) vs generative degradation",
-                                predictor_caption(facts, rho, n_rho, st.predictor, axis)))
+                figures.append(
+                    (
+                        paths[0],
+                        "Predictor Var_p(dz)/(2T^2) vs generative degradation",
+                        predictor_caption(facts, rho, n_rho, st.predictor, axis),
+                    )
+                )
             elif st.predictor is not None:
-                problems.append("no variant has both a predictor value and a generative score or fidelity: "
-                                "the predictor figure is not drawn")
+                problems.append(
+                    "no variant has both a predictor value and a generative score or fidelity: "
+                    "the predictor figure is not drawn"
+                )
         except Exception as exc:  # noqa: BLE001
             problems.append(f"the predictor figure could not be drawn ({type(exc).__name__}: {exc})")
     try:
-        atomic_write_json(out / "guidance.json", {
-            "rule": G.rule_text(),
-            "answer": G.answer_for_model(st.model, facts, [f["task"] for f in flags]),
-            "near_chance": flags,
-            "generative_measure": {"kind": axis.kind, "reason": axis.reason},
-            "predictor_spearman": {"rho": rho, "variants": n_rho},
-            "variants": [g.to_dict() for g in G.guidance(facts)]})
+        atomic_write_json(
+            out / "guidance.json",
+            {
+                "rule": G.rule_text(),
+                "answer": G.answer_for_model(st.model, facts, [f["task"] for f in flags]),
+                "near_chance": flags,
+                "generative_measure": {"kind": axis.kind, "reason": axis.reason},
+                "predictor_spearman": {"rho": rho, "variants": n_rho},
+                "variants": [g.to_dict() for g in G.guidance(facts)],
+            },
+        )
     except Exception as exc:  # noqa: BLE001
         problems.append(f"guidance.json could not be written ({type(exc).__name__}: {exc})")
     page = render_html(st, table, facts, figures, problems, flags)

@@ -15,8 +15,15 @@ from prunelens.study.guidance import VariantFacts, pct
 
 __all__ = ["story_figure", "predictor_figure", "story_caption", "predictor_caption"]
 
-_COLORS = {"dense": "#222222", "attn": "#1f77b4", "mlp": "#d62728", "block": "#9467bd", "joint": "#8c564b",
-           "sparse": "#2ca02c", "other": "#7f7f7f"}
+_COLORS = {
+    "dense": "#222222",
+    "attn": "#1f77b4",
+    "mlp": "#d62728",
+    "block": "#9467bd",
+    "joint": "#8c564b",
+    "sparse": "#2ca02c",
+    "other": "#7f7f7f",
+}
 
 
 _LABEL_OFFSETS = ((5, 4), (5, -11), (-8, 8), (-8, -13), (12, 14), (12, -19))
@@ -41,13 +48,20 @@ def _label_points(ax, pts: list[tuple[str, float, float]], near: tuple[float, fl
         fx, fy = frac(x, y)
         k = sum(1 for px, py in placed if abs(px - fx) < near[0] and abs(py - fy) < near[1])
         dx, dy = _LABEL_OFFSETS[k % len(_LABEL_OFFSETS)]
-        ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=8.5,
-                    ha="right" if dx < 0 else "left")
+        ax.annotate(
+            name,
+            (x, y),
+            xytext=(dx, dy),
+            textcoords="offset points",
+            fontsize=8.5,
+            ha="right" if dx < 0 else "left",
+        )
         placed.append((fx, fy))
 
 
-def story_figure(facts: list[VariantFacts], directory: str | Path,
-                 axis: G.GenerativeAxis | None = None) -> list[Path]:
+def story_figure(
+    facts: list[VariantFacts], directory: str | Path, axis: G.GenerativeAxis | None = None
+) -> list[Path]:
     """Left: retained non-generative (x) vs the generative measure (y, see :func:`generative_axis`) per
     variant, ``y = x``, dense at (1, 1). Right: median probability-space KL per variant (sublayer transitions,
     teacher-forced, free-running)."""
@@ -71,8 +85,16 @@ def story_figure(facts: list[VariantFacts], directory: str | Path,
     for f in pts:
         lab = G.GROUP_LABELS.get(f.group, f.group) if f.group not in seen else None
         seen.add(f.group)
-        ax.scatter([f.retained_nongen], [gen[f.name]], s=60, color=_COLORS.get(f.group, "#7f7f7f"), zorder=4,
-                   label=lab, edgecolors="white", linewidths=0.8)
+        ax.scatter(
+            [f.retained_nongen],
+            [gen[f.name]],
+            s=60,
+            color=_COLORS.get(f.group, "#7f7f7f"),
+            zorder=4,
+            label=lab,
+            edgecolors="white",
+            linewidths=0.8,
+        )
     ax.set_xlim(xlo, xhi)
     ax.set_ylim(ylo, yhi)
     _label_points(ax, [(f.name, f.retained_nongen, gen[f.name]) for f in pts], near=(0.12, 0.05))
@@ -84,11 +106,17 @@ def story_figure(facts: list[VariantFacts], directory: str | Path,
     if not pts:
         ax.text(0.5, 0.5, "no variant has both scores", transform=ax.transAxes, ha="center", color="#777")
 
-    kl = [f for f in facts if not f.is_dense
-          and any(is_finite(v) for v in (f.kl_transitions, f.kl_teacher_forced, f.kl_free_running))]
-    series = (("kl_transitions", "sublayer transitions", "#ff7f0e"),
-              ("kl_teacher_forced", "decoding, teacher-forced", "#9467bd"),
-              ("kl_free_running", "decoding, free-running", "#d62728"))
+    kl = [
+        f
+        for f in facts
+        if not f.is_dense
+        and any(is_finite(v) for v in (f.kl_transitions, f.kl_teacher_forced, f.kl_free_running))
+    ]
+    series = (
+        ("kl_transitions", "sublayer transitions", "#ff7f0e"),
+        ("kl_teacher_forced", "decoding, teacher-forced", "#9467bd"),
+        ("kl_free_running", "decoding, free-running", "#d62728"),
+    )
     present = [s for s in series if any(is_finite(getattr(f, s[0])) for f in kl)]
     width = 0.8 / max(1, len(present))
     allv = []
@@ -116,8 +144,9 @@ def story_figure(facts: list[VariantFacts], directory: str | Path,
     return save(fig, directory, "retained_and_divergence")
 
 
-def predictor_figure(facts: list[VariantFacts], directory: str | Path,
-                     axis: G.GenerativeAxis | None = None) -> tuple[list[Path], float | None, int]:
+def predictor_figure(
+    facts: list[VariantFacts], directory: str | Path, axis: G.GenerativeAxis | None = None
+) -> tuple[list[Path], float | None, int]:
     """The one-pass predictor ``Var_p(Δz)/(2T²)`` (x, log) against generative degradation
     ``1 − the generative measure`` (y: retained score, or ROUGE-L fidelity to dense; see
     :func:`generative_axis`).
@@ -128,16 +157,24 @@ def predictor_figure(facts: list[VariantFacts], directory: str | Path,
 
     axis = axis or G.generative_axis(facts)
     loss = {f.name: 1 - v for f in facts if (v := axis.value(f)) is not None}
-    pts = [f for f in facts
-           if not f.is_dense and is_finite(f.predictor) and f.predictor > 0 and f.name in loss]
+    pts = [
+        f for f in facts if not f.is_dense and is_finite(f.predictor) and f.predictor > 0 and f.name in loss
+    ]
     if not pts:
         return [], None, 0
     rho = spearman([f.predictor for f in pts], [loss[f.name] for f in pts])
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for f in pts:
-        ax.scatter([f.predictor], [loss[f.name]], s=60, color=_COLORS.get(f.group, "#7f7f7f"), zorder=4,
-                   edgecolors="white", linewidths=0.8)
+        ax.scatter(
+            [f.predictor],
+            [loss[f.name]],
+            s=60,
+            color=_COLORS.get(f.group, "#7f7f7f"),
+            zorder=4,
+            edgecolors="white",
+            linewidths=0.8,
+        )
     ax.set_xscale("log")
     xs = [f.predictor for f in pts]
     ax.set_xlim(min(xs) / 2, max(xs) * 2)
@@ -146,8 +183,11 @@ def predictor_figure(facts: list[VariantFacts], directory: str | Path,
     ax.set_xlabel("predictor Var_p(Δz) / (2T²)  (one teacher-forced pass)")
     lost = "ROUGE-L vs dense" if axis.kind == "fidelity" else "retained score"
     ax.set_ylabel("generative degradation (1 − " + lost + ")")
-    rtxt = (f"Spearman ρ = {rho:.2f}" if rho is not None and len(pts) >= 3
-            else "too few variants for a correlation")
+    rtxt = (
+        f"Spearman ρ = {rho:.2f}"
+        if rho is not None and len(pts) >= 3
+        else "too few variants for a correlation"
+    )
     ax.set_title(f"Cheap predictor vs measured degradation — {rtxt} (n = {len(pts)})", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
@@ -169,8 +209,11 @@ def story_caption(facts: list[VariantFacts], axis: G.GenerativeAxis | None = Non
     fid = axis.kind == "fidelity"
 
     def say(f: VariantFacts) -> str:
-        s = (f"{f.name}'s generations reach a ROUGE-L of {gen[f.name]:.2f} against the dense ones" if fid
-             else f"{f.name} keeps {pct(gen[f.name])} of the generative score")
+        s = (
+            f"{f.name}'s generations reach a ROUGE-L of {gen[f.name]:.2f} against the dense ones"
+            if fid
+            else f"{f.name} keeps {pct(gen[f.name])} of the generative score"
+        )
         if is_finite(f.retained_nongen):
             s += f" ({pct(f.retained_nongen)} of the non-generative score kept)"
         s += f" and its median probability-space KL is {f.kl:.3g}" if is_finite(f.kl) else " (no KL measured)"
@@ -179,32 +222,44 @@ def story_caption(facts: list[VariantFacts], axis: G.GenerativeAxis | None = Non
     both = [f for f in pts if is_finite(f.retained_nongen)]
     below = sum(1 for f in both if gen[f.name] < f.retained_nongen)
     tail = f"; {below} of {len(both)} variants lie below y = x, losing more on generation" if both else ""
-    lead = (f"Generation is measured as fidelity to the dense outputs because {axis.cause}. "
-            if fid else "")
+    lead = f"Generation is measured as fidelity to the dense outputs because {axis.cause}. " if fid else ""
     if best is worst:
         return f"{lead}{say(worst)}{tail}."
     return f"{lead}{say(worst)}, while {say(best)}{tail}."
 
 
-def predictor_caption(facts: list[VariantFacts], rho: float | None, n: int,
-                      predictor: dict[str, Any] | None = None, axis: G.GenerativeAxis | None = None) -> str:
+def predictor_caption(
+    facts: list[VariantFacts],
+    rho: float | None,
+    n: int,
+    predictor: dict[str, Any] | None = None,
+    axis: G.GenerativeAxis | None = None,
+) -> str:
     if n == 0:
         return ""
     axis = axis or G.generative_axis(facts)
-    pts = sorted((f for f in facts
-                  if not f.is_dense and is_finite(f.predictor) and axis.value(f) is not None),
-                 key=lambda f: f.predictor)
-    what = ("1 − ROUGE-L against the dense generations" if axis.kind == "fidelity"
-            else "1 − retained generative score")
-    rtxt = (f"the Spearman correlation between predictor and degradation ({what}) across {n} variants is "
-            f"{rho:.2f}" if rho is not None and n >= 3
-            else f"with {n} variant{'s' if n != 1 else ''} no correlation is computed")
+    pts = sorted(
+        (f for f in facts if not f.is_dense and is_finite(f.predictor) and axis.value(f) is not None),
+        key=lambda f: f.predictor,
+    )
+    what = (
+        "1 − ROUGE-L against the dense generations"
+        if axis.kind == "fidelity"
+        else "1 − retained generative score"
+    )
+    rtxt = (
+        f"the Spearman correlation between predictor and degradation ({what}) across {n} variants is "
+        f"{rho:.2f}"
+        if rho is not None and n >= 3
+        else f"with {n} variant{'s' if n != 1 else ''} no correlation is computed"
+    )
     ratios = []
     for f in pts:
         kl = finite_or_none(((predictor or {}).get(f.name) or {}).get("kl"))
         if kl and kl > 0:
             ratios.append(f.predictor / kl)
-    est = (f"; its median ratio to the measured KL is {statistics.median(ratios):.2f}"
-           if ratios else "")
-    return (f"The predictor ranges from {pts[0].predictor:.3g} ({pts[0].name}) to {pts[-1].predictor:.3g} "
-            f"({pts[-1].name}); {rtxt}{est}.")
+    est = f"; its median ratio to the measured KL is {statistics.median(ratios):.2f}" if ratios else ""
+    return (
+        f"The predictor ranges from {pts[0].predictor:.3g} ({pts[0].name}) to {pts[-1].predictor:.3g} "
+        f"({pts[-1].name}); {rtxt}{est}."
+    )

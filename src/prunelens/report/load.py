@@ -86,27 +86,32 @@ def load_study(study_dir: str | Path) -> Study:
     for n in names:
         d = root / "variants" / n / "info.json"
         if d.exists() or n in st.specs or (root / "variants").is_dir():
-            info = _read_json(d, st,
-                              f"the parameter count and prune plan of {n} come from its evaluation only")
+            info = _read_json(
+                d, st, f"the parameter count and prune plan of {n} come from its evaluation only"
+            )
             if isinstance(info, dict):
                 st.infos[n] = info
         s = _read_json(root / "eval" / n / "summary.json", st, f"{n} has no scores in the table")
         if isinstance(s, dict) and isinstance(s.get("results"), dict):
             st.summaries[n] = s
         elif s is not None:
-            st.missing.append(f"eval/{n}/summary.json has no 'results' mapping: "
-                              f"{n} has no scores in the table")
+            st.missing.append(
+                f"eval/{n}/summary.json has no 'results' mapping: {n} has no scores in the table"
+            )
         if n != DENSE:
-            a = _read_json(root / "analysis" / n / "summary.json", st,
-                           f"{n} has no representation-hierarchy numbers")
+            a = _read_json(
+                root / "analysis" / n / "summary.json", st, f"{n} has no representation-hierarchy numbers"
+            )
             if isinstance(a, dict):
                 st.analysis[n] = AnalysisHeadline.from_summary(a, n)
             figs = sorted((root / "analysis" / n / "figures").glob("*.png"), key=figure_order)
             if figs:
                 st.analysis_figures[n] = figs
-    fid = _read_json(root / "eval" / "fidelity.json", st,
-                     "generations are not compared with the dense model's "
-                     "(generative verdicts rest on scores alone)")
+    fid = _read_json(
+        root / "eval" / "fidelity.json",
+        st,
+        "generations are not compared with the dense model's (generative verdicts rest on scores alone)",
+    )
     st.fidelity = fid if isinstance(fid, dict) else None
     pred = _read_json(root / "predictor.json", st, "the predictor figure is not drawn")
     st.predictor = pred if isinstance(pred, dict) else None

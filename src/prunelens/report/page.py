@@ -58,7 +58,6 @@ def _retained_class(v: float | None) -> str:
     return _VERDICT_CLASS.get(G.score_verdict(v), "")
 
 
-
 def _table_html(table: dict[str, Any]) -> str:
     """Tasks × variants; each pruned cell shows the score and, below it, the retained fraction (coloured by
     the guidance thresholds). Same numbers as ``table.csv``
@@ -68,8 +67,10 @@ def _table_html(table: dict[str, Any]) -> str:
     rows = table_rows(table)
     models = table["models"]
     nm = len(models)
-    out = ['<div class="tablewrap"><table class="scores"><thead><tr>'
-           '<th class="l">task</th><th class="l">metric</th>']
+    out = [
+        '<div class="tablewrap"><table class="scores"><thead><tr>'
+        '<th class="l">task</th><th class="l">metric</th>'
+    ]
     out += [f"<th>{_e(m)}</th>" for m in models]
     out.append("</tr></thead><tbody>")
     params = table["parameters"]
@@ -88,24 +89,32 @@ def _table_html(table: dict[str, Any]) -> str:
 
     for r, row in zip(table["rows"], rows[2:]):
         kind = _KIND_LABEL.get(r["kind"], r["kind"])
-        out.append(f'<tr><td class="l">{_e(r["task"])}<span class="kind">{_e(kind)}</span></td>'
-                   f'<td class="l">{_e(r["metric"])}</td>')
+        out.append(
+            f'<tr><td class="l">{_e(r["task"])}<span class="kind">{_e(kind)}</span></td>'
+            f'<td class="l">{_e(r["metric"])}</td>'
+        )
         out += [cell(_e(row[2 + i]), r["retained"][i], i, r["kind"] != "ppl") for i in range(nm)]
         out.append("</tr>")
     av = table["averages"]
-    for key, label in (("non_generative", "non-generative average (mc + retrieval)"),
-                       ("generative", "generative average")):
+    for key, label in (
+        ("non_generative", "non-generative average (mc + retrieval)"),
+        ("generative", "generative average"),
+    ):
         out.append(f'<tr class="avg"><td class="l" colspan="2">{_e(label)}</td>')
-        out += [cell("" if v is None else f"{v:.4f}", av[f"{key}_retained"][i], i)
-                for i, v in enumerate(av[key])]
+        out += [
+            cell("" if v is None else f"{v:.4f}", av[f"{key}_retained"][i], i) for i, v in enumerate(av[key])
+        ]
         out.append("</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)
 
 
 _HIERARCHY_ROWS = [  # (AnalysisHeadline field, row label, what it is)
-    ("cos_h", "cos h",
-     "transitions: hidden-state cosine, dense vs pruned, after the variant's own sublayers"),
+    (
+        "cos_h",
+        "cos h",
+        "transitions: hidden-state cosine, dense vs pruned, after the variant's own sublayers",
+    ),
     ("cos_z", "cos z", "transitions: logit cosine"),
     ("cos_p", "cos p", "transitions: probability cosine"),
     ("kl_transitions", "KL", "transitions: KL(p_dense ‖ p_pruned)"),
@@ -125,23 +134,31 @@ _HIERARCHY_ROWS = [  # (AnalysisHeadline field, row label, what it is)
 def _chance_note(flags: list[dict[str, Any]]) -> str:
     if not flags:
         return ""
-    items = "; ".join(f"{f['task']}: {f['score']:.2f} against chance {f['chance']:.2f} (n = {f['n']}, needs "
-                      f"≥ {f['bound']:.2f})" for f in flags)
+    items = "; ".join(
+        f"{f['task']}: {f['score']:.2f} against chance {f['chance']:.2f} (n = {f['n']}, needs "
+        f"≥ {f['bound']:.2f})"
+        for f in flags
+    )
     which = "this task" if len(flags) == 1 else "these tasks"
-    return ('<p class="missing">Near chance: the dense model is within two standard errors of random '
-            f"guessing on {_e(items)}. Retained fractions on {which} are noise; raise the task limit or "
-            "use a stronger model.</p>")
+    return (
+        '<p class="missing">Near chance: the dense model is within two standard errors of random '
+        f"guessing on {_e(items)}. Retained fractions on {which} are noise; raise the task limit or "
+        "use a stronger model.</p>"
+    )
 
 
 def _table_section(table: dict[str, Any] | None, flags: list[dict[str, Any]] | None = None) -> str:
     if not table:
         return "<p>No evaluation results are stored.</p>"
-    return (_table_html(table) + _chance_note(flags or [])
-            + '<p class="sub">Each pruned cell gives the score and, below it, the retained fraction '
-            "of the dense score (pruned / dense; for perplexity dense / pruned), coloured by the guidance "
-            f"thresholds ({pct(G.SAFE_RETAINED)}, {pct(G.CARE_RETAINED)}). Non-generative average = multiple "
-            "choice + retrieval; perplexity is shown, not averaged. The same table is in "
-            "<code>report/table.csv</code> and <code>report/table.md</code>.</p>")
+    return (
+        _table_html(table)
+        + _chance_note(flags or [])
+        + '<p class="sub">Each pruned cell gives the score and, below it, the retained fraction '
+        "of the dense score (pruned / dense; for perplexity dense / pruned), coloured by the guidance "
+        f"thresholds ({pct(G.SAFE_RETAINED)}, {pct(G.CARE_RETAINED)}). Non-generative average = multiple "
+        "choice + retrieval; perplexity is shown, not averaged. The same table is in "
+        "<code>report/table.csv</code> and <code>report/table.md</code>.</p>"
+    )
 
 
 def _hierarchy_html(st: Study) -> str:
@@ -153,10 +170,14 @@ def _hierarchy_html(st: Study) -> str:
     out += [f"<th>{_e(n)}</th>" for n in names] + ['<th class="l">what it is</th></tr></thead><tbody>']
     for key, label, what in rows:
         vals = [getattr(st.analysis[n], key) for n in names]
-        cells = ["—" if not is_finite(v) else (pct(v) if key == "choice_flip_rate" else f"{v:.3g}")
-                 for v in vals]
-        out.append(f'<tr><td class="l">{_e(label)}</td>' + "".join(f"<td>{c}</td>" for c in cells)
-                   + f'<td class="l what">{_e(what)}</td></tr>')
+        cells = [
+            "—" if not is_finite(v) else (pct(v) if key == "choice_flip_rate" else f"{v:.3g}") for v in vals
+        ]
+        out.append(
+            f'<tr><td class="l">{_e(label)}</td>'
+            + "".join(f"<td>{c}</td>" for c in cells)
+            + f'<td class="l what">{_e(what)}</td></tr>'
+        )
     out.append("</tbody></table></div>")
     return "".join(out)
 
@@ -170,14 +191,18 @@ def _guidance_html(facts: list[VariantFacts]) -> str:
     def badge(v: str) -> str:
         return f'<span class="badge {_VERDICT_CLASS.get(v, "none")}">{_e(v)}</span>'
 
-    out.append('<div class="tablewrap"><table><thead><tr><th class="l">variant</th>'
-               '<th class="l">non-generative use</th><th class="l">generative use</th><th class="l">why</th>'
-               '</tr></thead><tbody>')
+    out.append(
+        '<div class="tablewrap"><table><thead><tr><th class="l">variant</th>'
+        '<th class="l">non-generative use</th><th class="l">generative use</th><th class="l">why</th>'
+        "</tr></thead><tbody>"
+    )
     for g in gs:
         why = "; ".join(g.non_generative.reasons) + ". Generation: " + "; ".join(g.generative.reasons) + "."
-        out.append(f'<tr><td class="l">{_e(g.name)}</td><td class="l">{badge(g.non_generative.verdict)}</td>'
-                   f'<td class="l">{badge(g.generative.verdict)}</td>'
-                   f'<td class="why">Non-generative: {_e(why)}</td></tr>')
+        out.append(
+            f'<tr><td class="l">{_e(g.name)}</td><td class="l">{badge(g.non_generative.verdict)}</td>'
+            f'<td class="l">{badge(g.generative.verdict)}</td>'
+            f'<td class="why">Non-generative: {_e(why)}</td></tr>'
+        )
     out.append("</tbody></table></div>")
     return "".join(out)
 
@@ -194,8 +219,10 @@ def _case_html(st: Study) -> str:
     for i, p in enumerate(prompts):
         p = p if isinstance(p, dict) else {"prompt": p}
         title = " · ".join(_e(x) for x in (p.get("task"), p.get("id")) if x not in (None, ""))
-        out.append(f'<div class="case"><h3>{title or f"prompt {i + 1}"}</h3>'
-                   f'<pre class="prompt">{_e(p.get("prompt"))}</pre>')
+        out.append(
+            f'<div class="case"><h3>{title or f"prompt {i + 1}"}</h3>'
+            f'<pre class="prompt">{_e(p.get("prompt"))}</pre>'
+        )
         if p.get("target") not in (None, ""):
             out.append(f'<p class="sub">Reference answer: <b>{_e(p.get("target"))}</b></p>')
         out.append('<div class="answers">')
@@ -230,18 +257,23 @@ def _run_html(st: Study) -> str:
     out.append("<p>" + " · ".join(facts) + "</p>")
     if cfg:
         dumped = yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100)
-        out.append("<h3>Config</h3><pre class=\"yaml\">" + _e(dumped) + "</pre>")
+        out.append('<h3>Config</h3><pre class="yaml">' + _e(dumped) + "</pre>")
     versions = meta.get("versions")
     if isinstance(versions, dict) and versions:
-        out.append('<h3>Versions</h3><table><tbody>'
-                   + "".join(f'<tr><td class="l">{_e(k)}</td><td class="l">{_e(v)}</td></tr>'
-                             for k, v in versions.items())
-                   + "</tbody></table>")
+        out.append(
+            "<h3>Versions</h3><table><tbody>"
+            + "".join(
+                f'<tr><td class="l">{_e(k)}</td><td class="l">{_e(v)}</td></tr>' for k, v in versions.items()
+            )
+            + "</tbody></table>"
+        )
     units = t.get("units") if isinstance(t.get("units"), dict) else {}
     units = {k: v for k, v in units.items() if is_finite(v)}
     if units:
-        out.append('<h3>Timings</h3><div class="tablewrap"><table><thead><tr><th class="l">unit</th>'
-                   "<th>seconds</th><th>share</th></tr></thead><tbody>")
+        out.append(
+            '<h3>Timings</h3><div class="tablewrap"><table><thead><tr><th class="l">unit</th>'
+            "<th>seconds</th><th>share</th></tr></thead><tbody>"
+        )
         tot = total if is_finite(total) and total > 0 else sum(units.values())
         for k, v in sorted(units.items(), key=lambda kv: -kv[1]):
             share = pct(v / tot) if tot else "—"
@@ -251,13 +283,15 @@ def _run_html(st: Study) -> str:
 
 
 def _question_html(st: Study) -> str:
-    return (f"<p>Does pruning <b>{_e(st.model)}</b> keep it useful, and for what? He et al. (2026), "
-            "“Demystifying When Pruning Works via Representation Hierarchies”, report that pruned language "
-            "models keep their non-generative scores (multiple choice, retrieval) but collapse when they "
-            "generate: pruning barely moves hidden states <i>h</i> and logits <i>z</i>, but the softmax "
-            "amplifies the perturbation in the probabilities <i>p</i>, and autoregressive decoding compounds "
-            "it. This report measures that claim on this model: scores of every variant against the dense "
-            "model, how far each variant moves <i>h</i>, <i>z</i> and <i>p</i>, and a verdict per use.</p>")
+    return (
+        f"<p>Does pruning <b>{_e(st.model)}</b> keep it useful, and for what? He et al. (2026), "
+        "“Demystifying When Pruning Works via Representation Hierarchies”, report that pruned language "
+        "models keep their non-generative scores (multiple choice, retrieval) but collapse when they "
+        "generate: pruning barely moves hidden states <i>h</i> and logits <i>z</i>, but the softmax "
+        "amplifies the perturbation in the probabilities <i>p</i>, and autoregressive decoding compounds "
+        "it. This report measures that claim on this model: scores of every variant against the dense "
+        "model, how far each variant moves <i>h</i>, <i>z</i> and <i>p</i>, and a verdict per use.</p>"
+    )
 
 
 @dataclass
@@ -267,9 +301,14 @@ class _Section:
     body: str
 
 
-def render_html(st: Study, table: dict[str, Any] | None, facts: list[VariantFacts],
-                figures: list[tuple[Path, str, str]], problems: list[str] | None = None,
-                flags: list[dict[str, Any]] | None = None) -> str:
+def render_html(
+    st: Study,
+    table: dict[str, Any] | None,
+    facts: list[VariantFacts],
+    figures: list[tuple[Path, str, str]],
+    problems: list[str] | None = None,
+    flags: list[dict[str, Any]] | None = None,
+) -> str:
     """The report page. ``figures``: ``(png, alt, caption)`` for the study figures; the analysis figures are
     taken from ``st``. Each section is built on its own: one that fails says so instead of breaking the
     page."""
@@ -282,14 +321,16 @@ def render_html(st: Study, table: dict[str, Any] | None, facts: list[VariantFact
             return fn()
         except Exception as exc:  # noqa: BLE001 — a report must never crash on odd data
             problems.append(f"the {what} section could not be built ({type(exc).__name__}: {exc})")
-            return (f'<p class="missing">This section could not be built: '
-                    f"{_e(type(exc).__name__)}: {_e(exc)}</p>")
+            return (
+                f'<p class="missing">This section could not be built: {_e(type(exc).__name__)}: {_e(exc)}</p>'
+            )
 
     def figs_html() -> str:
         if not figures:
             return "<p>No study figure could be drawn (no scores stored).</p>"
-        return "".join(f"<figure>{_img(p, alt)}<figcaption>{_e(cap)}</figcaption></figure>"
-                       for p, alt, cap in figures)
+        return "".join(
+            f"<figure>{_img(p, alt)}<figcaption>{_e(cap)}</figcaption></figure>" for p, alt, cap in figures
+        )
 
     def analysis_figs_html() -> str:
         parts = [_hierarchy_html(st)]
@@ -310,16 +351,22 @@ def render_html(st: Study, table: dict[str, Any] | None, facts: list[VariantFact
         _Section("table", "Scores: tasks × variants", guard(lambda: _table_section(table, flags), "table")),
         _Section("figures", "Figures", guard(figs_html, "figures")),
         _Section("hierarchy", "Representation hierarchy (analysis)", guard(analysis_figs_html, "analysis")),
-        _Section("case-study", "Case study: the same prompts, every variant",
-                 guard(lambda: _case_html(st), "case study")),
+        _Section(
+            "case-study",
+            "Case study: the same prompts, every variant",
+            guard(lambda: _case_html(st), "case study"),
+        ),
         _Section("guidance", "Guidance", guard(lambda: _guidance_html(facts), "guidance")),
         _Section("how-run", "How it was run", guard(lambda: _run_html(st), "how it was run")),
     ]
     missing = list(st.missing) + problems
     missing_html = ""
     if missing:
-        missing_html = ('<section id="missing"><h2>What is missing</h2><ul class="missing">'
-                        + "".join(f"<li>{_e(m)}</li>" for m in missing) + "</ul></section>")
+        missing_html = (
+            '<section id="missing"><h2>What is missing</h2><ul class="missing">'
+            + "".join(f"<li>{_e(m)}</li>" for m in missing)
+            + "</ul></section>"
+        )
     nav = "".join(f'<a href="#{s.id}">{_e(s.title.split(":")[0])}</a>' for s in sections)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = "".join(f'<section id="{s.id}"><h2>{_e(s.title)}</h2>{s.body}</section>' for s in sections[:2])
@@ -328,11 +375,13 @@ def render_html(st: Study, table: dict[str, Any] | None, facts: list[VariantFact
     pruned = len([v for v in st.variants if v != DENSE])
     from prunelens import __version__
 
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>prunelens study — {_e(st.model)}</title><style>\n{_css()}</style></head><body><main>"
-            f"<header><h1>When does pruning work on {_e(st.model)}?</h1>"
-            f'<div class="sub">prunelens study report · {pruned} pruned variants · '
-            f"{_e(st.root.name)}</div><nav>{nav}</nav></header>{body}"
-            f"<footer>Written by prunelens {_e(__version__)} on {stamp} from the results stored in "
-            f"<code>{_e(st.root.name)}/</code>.</footer></main></body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>prunelens study — {_e(st.model)}</title><style>\n{_css()}</style></head><body><main>"
+        f"<header><h1>When does pruning work on {_e(st.model)}?</h1>"
+        f'<div class="sub">prunelens study report · {pruned} pruned variants · '
+        f"{_e(st.root.name)}</div><nav>{nav}</nav></header>{body}"
+        f"<footer>Written by prunelens {_e(__version__)} on {stamp} from the results stored in "
+        f"<code>{_e(st.root.name)}/</code>.</footer></main></body></html>\n"
+    )

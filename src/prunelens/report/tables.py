@@ -24,8 +24,11 @@ def _summaries_for_table(st: Study) -> list[dict[str, Any]]:
         model["name"] = n
         if model.get("parameters") is None:
             model["parameters"] = (st.infos.get(n) or {}).get("parameters")
-        results = {t: r for t, r in (s.get("results") or {}).items()
-                   if isinstance(r, dict) and {"kind", "main_metric"} <= set(r)}
+        results = {
+            t: r
+            for t, r in (s.get("results") or {}).items()
+            if isinstance(r, dict) and {"kind", "main_metric"} <= set(r)
+        }
         out.append({"model": model, "results": results})
     return out
 
@@ -44,10 +47,14 @@ def build_tables(st: Study, out_dir: str | Path | None = None) -> dict[str, Any]
     return table
 
 
-def _kind_average(table: dict[str, Any], kinds: tuple[str, ...], i: int,
-                  exclude: frozenset[str] = frozenset()) -> float | None:
-    vals = [r["scores"][i] for r in table["rows"]
-            if r["kind"] in kinds and r["task"] not in exclude and is_finite(r["scores"][i])]
+def _kind_average(
+    table: dict[str, Any], kinds: tuple[str, ...], i: int, exclude: frozenset[str] = frozenset()
+) -> float | None:
+    vals = [
+        r["scores"][i]
+        for r in table["rows"]
+        if r["kind"] in kinds and r["task"] not in exclude and is_finite(r["scores"][i])
+    ]
     return sum(vals) / len(vals) if vals else None
 
 
@@ -103,8 +110,9 @@ def near_chance(st: Study) -> list[dict[str, Any]]:
     return out
 
 
-def variant_facts(st: Study, table: dict[str, Any] | None,
-                  flags: list[dict[str, Any]] | None = None) -> list[VariantFacts]:
+def variant_facts(
+    st: Study, table: dict[str, Any] | None, flags: list[dict[str, Any]] | None = None
+) -> list[VariantFacts]:
     """One :class:`VariantFacts` per variant, from the table, fidelity, analysis and predictor.
 
     Multiple-choice tasks on which the dense model is near chance (:func:`near_chance`) are left out of the
@@ -113,8 +121,11 @@ def variant_facts(st: Study, table: dict[str, Any] | None,
     facts = []
     models = table["models"] if table else []
     flagged = frozenset(f["task"] for f in (near_chance(st) if flags is None else flags))
-    if table and flagged and not any(r["kind"] in ("mc", "retrieval") and r["task"] not in flagged
-                                     for r in table["rows"]):
+    if (
+        table
+        and flagged
+        and not any(r["kind"] in ("mc", "retrieval") and r["task"] not in flagged for r in table["rows"])
+    ):
         flagged = frozenset()
     for n in st.variants:
         group, size = _group(st, n)
@@ -134,8 +145,9 @@ def variant_facts(st: Study, table: dict[str, Any] | None,
                 dense = _kind_average(table, (kind,), 0, flagged)
                 mine = _kind_average(table, (kind,), i, flagged)
                 f.retained_by_kind[kind] = mine / dense if (dense and mine is not None) else None
-            ppl = [r["retained"][i] for r in table["rows"]
-                   if r["kind"] == "ppl" and is_finite(r["retained"][i])]
+            ppl = [
+                r["retained"][i] for r in table["rows"] if r["kind"] == "ppl" and is_finite(r["retained"][i])
+            ]
             f.retained_by_kind["ppl"] = sum(ppl) / len(ppl) if ppl else None
         fid = (st.fidelity or {}).get(n)
         f.exact_match = _mean_of(fid, "exact_match")

@@ -127,7 +127,10 @@ DEFAULT_TASKS: tuple[tuple[dict[str, Any], str], ...] = (
     ({"task": "piqa", "limit": 40}, ""),
     ({"task": "boolq", "limit": 24}, ""),
     ({"task": "wikitext2", "limit": 4}, "perplexity: number of 256-token windows"),
-    ({"task": "boolq_retrieval", "limit": 30}, "embedder: the studied model (last-token pooling), pruned the same way"),
+    (
+        {"task": "boolq_retrieval", "limit": 30},
+        "embedder: the studied model (last-token pooling), pruned the same way",
+    ),
     ({"task": "gsm8k", "limit": 8, "max_new_tokens": 128}, ""),
     ({"task": "nq_open", "limit": 12, "max_new_tokens": 24}, ""),
 )
@@ -153,7 +156,8 @@ class StudyConfig:
         return d
 
     def fingerprint(self, *parts: str) -> str:
-        """Hash of the config fields that a unit depends on (``parts`` are top-level keys or ``variant:NAME``)."""
+        """Hash of the config fields that a unit depends on
+        (``parts`` are top-level keys or ``variant:NAME``)."""
         d = self.to_dict()
         picked = {}
         for p in parts:
@@ -175,7 +179,10 @@ def _default_config_yaml() -> str:
     """The printed default config, generated from the dataclass defaults above (one source of truth)."""
     cal, an, cs, top = CalibrationConfig(), AnalysesConfig(), CaseStudyConfig(), StudyConfig()
     lines = [
-        "# prunelens study config. Every field is optional except where noted; `prunelens study --print-config`",
+        (
+            "# prunelens study config. Every field is optional except where noted; "
+            "`prunelens study --print-config`"
+        ),
         "# prints this default. The small limits keep the default study short on a 2-core CPU; raise them",
         "# (and add tasks: humaneval, mbpp, mmlu, hellaswag, ...) for numbers you would publish.",
         "# A nested block you give is merged with these defaults field by field.",
@@ -202,7 +209,9 @@ def _default_config_yaml() -> str:
     row("analyses:", "an analysis runs when listed; a block without any runs transitions only")
     lines.append(f"  prompts: {_flow(an.prompts):<30} # analysed prompt set: this many of each (seeded)")
     lines.append(f"  scope: {an.scope:<32} # variant: the sublayers each variant prunes | all: every layer")
-    lines.append(f"  positions: {an.positions:<28} # tokens analysed in transitions: generated | prompt | all")
+    lines.append(
+        f"  positions: {an.positions:<28} # tokens analysed in transitions: generated | prompt | all"
+    )
     lines.append(f"  transitions: {_flow({'temperatures': list(an.transitions.temperatures)})}")
     lines.append(f"  trajectories: {_flow(asdict(an.trajectories))}")
     lines.append(f"  subspace: {_flow(asdict(an.subspace))}")
@@ -225,47 +234,86 @@ def _expect(cond: bool, field_name: str, message: str) -> None:
 def _int(value: Any, field_name: str, minimum: int = 1, allow_none: bool = False) -> int | None:
     if value is None and allow_none:
         return None
-    _expect(isinstance(value, int) and not isinstance(value, bool) and value >= minimum, field_name,
-            f"must be an integer ≥ {minimum}, got {value!r}")
+    _expect(
+        isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+        field_name,
+        f"must be an integer ≥ {minimum}, got {value!r}",
+    )
     return value
 
 
 def _variant(raw: Any, i: int) -> VariantSpec:
     where = f"variants[{i}]"
-    _expect(isinstance(raw, dict), where, f"must be a mapping with 'name' and one of 'drop' / 'sparsify', got {raw!r}")
+    _expect(
+        isinstance(raw, dict),
+        where,
+        f"must be a mapping with 'name' and one of 'drop' / 'sparsify', got {raw!r}",
+    )
     unknown = set(raw) - {"name", "drop", "sparsify"}
     _expect(not unknown, where, f"unknown keys {sorted(unknown)}; allowed: name, drop, sparsify")
     name = raw.get("name")
-    _expect(isinstance(name, str) and name.strip() != "" and "/" not in name, f"{where}.name",
-            f"must be a non-empty name without '/', got {name!r}")
+    _expect(
+        isinstance(name, str) and name.strip() != "" and "/" not in name,
+        f"{where}.name",
+        f"must be a non-empty name without '/', got {name!r}",
+    )
     drop, sparsify = raw.get("drop"), raw.get("sparsify")
-    _expect((drop is None) != (sparsify is None) or name == DENSE, where, "give exactly one of 'drop' or 'sparsify'")
+    _expect(
+        (drop is None) != (sparsify is None) or name == DENSE,
+        where,
+        "give exactly one of 'drop' or 'sparsify'",
+    )
     if drop is not None:
         _expect(isinstance(drop, dict), f"{where}.drop", "must be a mapping {target, n[, iterative, window]}")
         unknown = set(drop) - {"target", "n", "iterative", "window"}
-        _expect(not unknown, f"{where}.drop", f"unknown keys {sorted(unknown)}; allowed: target, n, iterative, window")
-        _expect(drop.get("target") in DROP_TARGETS, f"{where}.drop.target",
-                f"must be one of {', '.join(DROP_TARGETS)}, got {drop.get('target')!r}")
+        _expect(
+            not unknown,
+            f"{where}.drop",
+            f"unknown keys {sorted(unknown)}; allowed: target, n, iterative, window",
+        )
+        _expect(
+            drop.get("target") in DROP_TARGETS,
+            f"{where}.drop.target",
+            f"must be one of {', '.join(DROP_TARGETS)}, got {drop.get('target')!r}",
+        )
         _int(drop.get("n"), f"{where}.drop.n")
     if sparsify is not None:
-        _expect(isinstance(sparsify, dict), f"{where}.sparsify",
-                "must be a mapping {method, sparsity | pattern[, true_sequential]}")
+        _expect(
+            isinstance(sparsify, dict),
+            f"{where}.sparsify",
+            "must be a mapping {method, sparsity | pattern[, true_sequential]}",
+        )
         unknown = set(sparsify) - {"method", "sparsity", "pattern", "true_sequential"}
-        _expect(not unknown, f"{where}.sparsify",
-                f"unknown keys {sorted(unknown)}; allowed: method, sparsity, pattern, true_sequential")
-        _expect(sparsify.get("true_sequential") in (None, True, False), f"{where}.sparsify.true_sequential",
-                f"must be true or false, got {sparsify.get('true_sequential')!r}")
-        _expect(sparsify.get("method") in SPARSE_METHODS, f"{where}.sparsify.method",
-                f"must be one of {', '.join(SPARSE_METHODS)}, got {sparsify.get('method')!r}")
+        _expect(
+            not unknown,
+            f"{where}.sparsify",
+            f"unknown keys {sorted(unknown)}; allowed: method, sparsity, pattern, true_sequential",
+        )
+        _expect(
+            sparsify.get("true_sequential") in (None, True, False),
+            f"{where}.sparsify.true_sequential",
+            f"must be true or false, got {sparsify.get('true_sequential')!r}",
+        )
+        _expect(
+            sparsify.get("method") in SPARSE_METHODS,
+            f"{where}.sparsify.method",
+            f"must be one of {', '.join(SPARSE_METHODS)}, got {sparsify.get('method')!r}",
+        )
         from prunelens.prune.sparsify import TRUE_SEQUENTIAL_DEFAULT, validate_sparsity
 
         try:
             validate_sparsity(sparsify["method"], sparsify.get("sparsity"), sparsify.get("pattern"))
         except ValueError as exc:
             raise _err(f"{where}.sparsify", str(exc)) from exc
-        if sparsify["method"] in TRUE_SEQUENTIAL_DEFAULT:  # spelled out, so a changed default changes the fingerprint
-            sparsify = {**sparsify, "true_sequential": sparsify.get("true_sequential",
-                                                                    TRUE_SEQUENTIAL_DEFAULT[sparsify["method"]])}
+        if (
+            sparsify["method"] in TRUE_SEQUENTIAL_DEFAULT
+        ):  # spelled out, so a changed default changes the fingerprint
+            sparsify = {
+                **sparsify,
+                "true_sequential": sparsify.get(
+                    "true_sequential", TRUE_SEQUENTIAL_DEFAULT[sparsify["method"]]
+                ),
+            }
     return VariantSpec(name=name, drop=drop, sparsify=sparsify)
 
 
@@ -280,9 +328,12 @@ def _task(raw: Any, i: int) -> StudyTask:
     _expect(not unknown, where, f"unknown keys {sorted(unknown)}; allowed: {', '.join(sorted(TASK_FIELDS))}")
     name = raw.get("task")
     _expect(name in TASKS, f"{where}.task", f"must be one of {', '.join(sorted(TASKS))}, got {name!r}")
-    return StudyTask(task=name, limit=_int(raw.get("limit"), f"{where}.limit", allow_none=True),
-                    max_new_tokens=_int(raw.get("max_new_tokens"), f"{where}.max_new_tokens", allow_none=True),
-                    num_fewshot=_int(raw.get("num_fewshot", 0), f"{where}.num_fewshot", minimum=0))
+    return StudyTask(
+        task=name,
+        limit=_int(raw.get("limit"), f"{where}.limit", allow_none=True),
+        max_new_tokens=_int(raw.get("max_new_tokens"), f"{where}.max_new_tokens", allow_none=True),
+        num_fewshot=_int(raw.get("num_fewshot", 0), f"{where}.num_fewshot", minimum=0),
+    )
 
 
 def _section(raw: Any, cls, where: str) -> dict[str, Any]:
@@ -302,16 +353,24 @@ def _analyses(raw: Any) -> AnalysesConfig:
     raw = _section(raw, AnalysesConfig, "analyses")
     d = AnalysesConfig()
     prompts = raw.get("prompts", d.prompts)
-    _expect(isinstance(prompts, dict) and prompts, "analyses.prompts",
-            f"must map gsm8k / nq_open to a number of prompts, got {prompts!r}")
+    _expect(
+        isinstance(prompts, dict) and prompts,
+        "analyses.prompts",
+        f"must map gsm8k / nq_open to a number of prompts, got {prompts!r}",
+    )
     for task, k in prompts.items():
-        _expect(task in ("gsm8k", "nq_open"), "analyses.prompts", f"tasks are gsm8k and nq_open, got {task!r}")
+        _expect(
+            task in ("gsm8k", "nq_open"), "analyses.prompts", f"tasks are gsm8k and nq_open, got {task!r}"
+        )
         _int(k, f"analyses.prompts.{task}", minimum=0)
     scope = raw.get("scope", d.scope)
     _expect(scope in ("variant", "all"), "analyses.scope", f"must be variant or all, got {scope!r}")
     positions = raw.get("positions", d.positions)
-    _expect(positions in ("generated", "prompt", "all"), "analyses.positions",
-            f"must be generated, prompt or all, got {positions!r}")
+    _expect(
+        positions in ("generated", "prompt", "all"),
+        "analyses.positions",
+        f"must be generated, prompt or all, got {positions!r}",
+    )
     listed = [a for a in ANALYSES if raw.get(a) is not None]
     if not listed:
         listed = ["transitions"]
@@ -319,24 +378,37 @@ def _analyses(raw: Any) -> AnalysesConfig:
     if "transitions" in listed:
         t = _section(raw.get("transitions") or {}, TransitionsConfig, "analyses.transitions")
         temps = t.get("temperatures", list(TransitionsConfig().temperatures))
-        _expect(isinstance(temps, list) and temps and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                          and x > 0 for x in temps),
-                "analyses.transitions.temperatures", f"must be a non-empty list of positive numbers, got {temps!r}")
+        _expect(
+            isinstance(temps, list)
+            and temps
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in temps),
+            "analyses.transitions.temperatures",
+            f"must be a non-empty list of positive numbers, got {temps!r}",
+        )
         tr = TransitionsConfig(tuple(float(x) if isinstance(x, float) else x for x in temps))
     if "trajectories" in listed:
         t = _section(raw["trajectories"], TrajectoriesConfig, "analyses.trajectories")
-        tj = TrajectoriesConfig(_int(t.get("max_new_tokens", TrajectoriesConfig().max_new_tokens),
-                                     "analyses.trajectories.max_new_tokens"))
+        tj = TrajectoriesConfig(
+            _int(
+                t.get("max_new_tokens", TrajectoriesConfig().max_new_tokens),
+                "analyses.trajectories.max_new_tokens",
+            )
+        )
     if "subspace" in listed:
         from prunelens.data.tasks import TASKS
 
         t = _section(raw["subspace"], SubspaceConfig, "analyses.subspace")
         task = t.get("task", SubspaceConfig().task)
         mc = sorted(k for k, v in TASKS.items() if v.kind == "mc")
-        _expect(task in mc, "analyses.subspace.task", f"must be a multiple-choice task ({', '.join(mc)}), got {task!r}")
+        _expect(
+            task in mc,
+            "analyses.subspace.task",
+            f"must be a multiple-choice task ({', '.join(mc)}), got {task!r}",
+        )
         sub = SubspaceConfig(task, _int(t.get("limit", SubspaceConfig().limit), "analyses.subspace.limit"))
-    return AnalysesConfig(prompts=dict(prompts), scope=scope, positions=positions, transitions=tr,
-                          trajectories=tj, subspace=sub)
+    return AnalysesConfig(
+        prompts=dict(prompts), scope=scope, positions=positions, transitions=tr, trajectories=tj, subspace=sub
+    )
 
 
 def parse_config(data: Any) -> StudyConfig:
@@ -346,26 +418,45 @@ def parse_config(data: Any) -> StudyConfig:
     _expect(isinstance(data, dict), "(top level)", "the config must be a YAML mapping")
     allowed = set(StudyConfig.__dataclass_fields__)
     unknown = set(data) - allowed
-    _expect(not unknown, "(top level)", f"unknown keys {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    _expect(
+        not unknown, "(top level)", f"unknown keys {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}"
+    )
     top = StudyConfig()
     cfg = StudyConfig()
     cfg.model = data.get("model", top.model)
     _expect(isinstance(cfg.model, str) and cfg.model, "model", "must be a model spec string")
     cfg.dtype = data.get("dtype", top.dtype)
-    _expect(cfg.dtype in ("float32", "bfloat16", "float16", "auto"), "dtype",
-            f"must be one of float32, bfloat16, float16, auto; got {cfg.dtype!r}")
+    _expect(
+        cfg.dtype in ("float32", "bfloat16", "float16", "auto"),
+        "dtype",
+        f"must be one of float32, bfloat16, float16, auto; got {cfg.dtype!r}",
+    )
     cfg.device = data.get("device", top.device)
-    _expect(isinstance(cfg.device, str) and re.fullmatch(r"cpu|cuda(:\d+)?|mps|auto", cfg.device) is not None,
-            "device", f"must be cpu, cuda, cuda:N, mps or auto; got {cfg.device!r}")
+    _expect(
+        isinstance(cfg.device, str) and re.fullmatch(r"cpu|cuda(:\d+)?|mps|auto", cfg.device) is not None,
+        "device",
+        f"must be cpu, cuda, cuda:N, mps or auto; got {cfg.device!r}",
+    )
     cfg.seed = _int(data.get("seed", top.seed), "seed", minimum=0)
-    cal = {**asdict(CalibrationConfig()), **_section(data.get("calibration"), CalibrationConfig, "calibration")}
-    _expect(isinstance(cal["source"], str) and cal["source"], "calibration.source", "must be a source name or file")
-    cfg.calibration = CalibrationConfig(cal["source"], _int(cal["nsamples"], "calibration.nsamples"),
-                                        _int(cal["seqlen"], "calibration.seqlen", minimum=8))
+    cal = {
+        **asdict(CalibrationConfig()),
+        **_section(data.get("calibration"), CalibrationConfig, "calibration"),
+    }
+    _expect(
+        isinstance(cal["source"], str) and cal["source"],
+        "calibration.source",
+        "must be a source name or file",
+    )
+    cfg.calibration = CalibrationConfig(
+        cal["source"],
+        _int(cal["nsamples"], "calibration.nsamples"),
+        _int(cal["seqlen"], "calibration.seqlen", minimum=8),
+    )
     variants = data.get("variants", list(DEFAULT_VARIANTS))
     _expect(isinstance(variants, list), "variants", "must be a list of variants")
-    cfg.variants = [VariantSpec(name=DENSE)] + [_variant(v, i) for i, v in enumerate(variants)
-                                                if not (isinstance(v, dict) and v.get("name") == DENSE)]
+    cfg.variants = [VariantSpec(name=DENSE)] + [
+        _variant(v, i) for i, v in enumerate(variants) if not (isinstance(v, dict) and v.get("name") == DENSE)
+    ]
     names = [v.name for v in cfg.variants]
     dupes = sorted({n for n in names if names.count(n) > 1})
     _expect(not dupes, "variants", f"names must be unique; repeated: {dupes}")
@@ -377,8 +468,12 @@ def parse_config(data: Any) -> StudyConfig:
     cfg.batch_size = _int(data.get("batch_size", top.batch_size), "batch_size")
     cfg.analyses = _analyses(data.get("analyses"))
     cs = {**asdict(CaseStudyConfig()), **_section(data.get("case_study"), CaseStudyConfig, "case_study")}
-    cfg.case_study = CaseStudyConfig(*(_int(cs[k], f"case_study.{k}", minimum=0 if k != "max_new_tokens" else 1)
-                                       for k in ("gsm8k", "nq_open", "max_new_tokens")))
+    cfg.case_study = CaseStudyConfig(
+        *(
+            _int(cs[k], f"case_study.{k}", minimum=0 if k != "max_new_tokens" else 1)
+            for k in ("gsm8k", "nq_open", "max_new_tokens")
+        )
+    )
     return cfg
 
 

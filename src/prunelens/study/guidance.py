@@ -1,4 +1,5 @@
-"""Guidance from a study's measured numbers: per variant, may it be used for non-generative tasks, for generation?
+"""Guidance from a study's measured numbers: per variant, may it be used for non-generative tasks,
+for generation?
 
 Pure functions over :class:`VariantFacts` (the numbers the report gathers for one variant). The verdict
 rules live in the module constants below; :func:`rule_text` writes the rule out *from the same
@@ -25,10 +26,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "SAFE_RETAINED", "CARE_RETAINED", "FIDELITY_CARE_EXACT_MATCH", "FIDELITY_UNSAFE_EXACT_MATCH", "MIN_DENSE_SCORE",
-    "GAP_MARGIN", "SAFE", "CARE", "UNSAFE", "NOT_MEASURED", "VariantFacts", "Verdict", "VariantGuidance",
-    "score_verdict", "non_generative_verdict", "generative_verdict", "guidance", "rule_text", "answer_for_model",
-    "pct", "GROUP_LABELS", "GenerativeAxis", "generative_axis",
+    "SAFE_RETAINED",
+    "CARE_RETAINED",
+    "FIDELITY_CARE_EXACT_MATCH",
+    "FIDELITY_UNSAFE_EXACT_MATCH",
+    "MIN_DENSE_SCORE",
+    "GAP_MARGIN",
+    "SAFE",
+    "CARE",
+    "UNSAFE",
+    "NOT_MEASURED",
+    "VariantFacts",
+    "Verdict",
+    "VariantGuidance",
+    "score_verdict",
+    "non_generative_verdict",
+    "generative_verdict",
+    "guidance",
+    "rule_text",
+    "answer_for_model",
+    "pct",
+    "GROUP_LABELS",
+    "GenerativeAxis",
+    "generative_axis",
 ]
 
 #: retained fraction of the dense score at or above which a variant is "safe"
@@ -47,8 +67,15 @@ GAP_MARGIN = 0.05
 SAFE, CARE, UNSAFE, NOT_MEASURED = "safe", "use with care", "unsafe", "not measured"
 _ORDER = {SAFE: 0, CARE: 1, UNSAFE: 2}
 
-GROUP_LABELS = {"dense": "dense", "attn": "attention drops", "mlp": "MLP drops", "block": "block drops",
-                "joint": "joint attention/MLP drops", "sparse": "sparsified variants", "other": "other variants"}
+GROUP_LABELS = {
+    "dense": "dense",
+    "attn": "attention drops",
+    "mlp": "MLP drops",
+    "block": "block drops",
+    "joint": "joint attention/MLP drops",
+    "sparse": "sparsified variants",
+    "other": "other variants",
+}
 
 
 @dataclass
@@ -80,7 +107,8 @@ class VariantFacts:
 
     @property
     def kl(self) -> float | None:
-        """The probability-space divergence the report quotes: transitions, else teacher-forced, else free-running."""
+        """The probability-space divergence the report quotes:
+        transitions, else teacher-forced, else free-running."""
         for v in (self.kl_transitions, self.kl_teacher_forced, self.kl_free_running):
             if _ok(v):
                 return v
@@ -108,8 +136,11 @@ class GenerativeAxis:
         if self.kind == "score":
             return "generation is measured by the generative task scores, as a fraction of the dense score"
         if self.kind == "fidelity":
-            return (f"{self.cause}, so generation is measured by how closely the pruned greedy outputs follow the "
-                    "dense ones (mean ROUGE-L F1; the dense model has 1)")
+            return (
+                f"{self.cause}, so generation is measured by how closely the pruned greedy outputs "
+                "follow the "
+                "dense ones (mean ROUGE-L F1; the dense model has 1)"
+            )
         return "no generative result is measured"
 
     def value(self, f: VariantFacts) -> float | None:
@@ -128,8 +159,11 @@ def generative_axis(facts: Iterable[VariantFacts]) -> GenerativeAxis:
     if any(_ok(f.retained_gen) for f in pruned) and not (_ok(dense_gen) and dense_gen < MIN_DENSE_SCORE):
         return GenerativeAxis("score", "retained generative score (pruned / dense)", "")
     if any(_ok(f.rouge_l) for f in pruned):
-        cause = (f"the dense model's generative score ({dense_gen:.3f}) is below {MIN_DENSE_SCORE}"
-                 if _ok(dense_gen) else "no generative score is measured")
+        cause = (
+            f"the dense model's generative score ({dense_gen:.3f}) is below {MIN_DENSE_SCORE}"
+            if _ok(dense_gen)
+            else "no generative score is measured"
+        )
         return GenerativeAxis("fidelity", "fidelity to the dense generations (ROUGE-L F1)", cause)
     return GenerativeAxis("none", "generative measure", "")
 
@@ -148,9 +182,14 @@ class VariantGuidance:
     generative: Verdict
 
     def to_dict(self) -> dict[str, Any]:
-        return {"variant": self.name,
-                "non_generative": {"verdict": self.non_generative.verdict, "reasons": self.non_generative.reasons},
-                "generative": {"verdict": self.generative.verdict, "reasons": self.generative.reasons}}
+        return {
+            "variant": self.name,
+            "non_generative": {
+                "verdict": self.non_generative.verdict,
+                "reasons": self.non_generative.reasons,
+            },
+            "generative": {"verdict": self.generative.verdict, "reasons": self.generative.reasons},
+        }
 
 
 def _ok(v: Any) -> bool:
@@ -175,13 +214,20 @@ def score_verdict(retained: float | None) -> str:
 
 def _score_part(retained: float | None, dense: float | None, what: str) -> tuple[str, list[str]]:
     if _ok(dense) and dense < MIN_DENSE_SCORE:
-        return NOT_MEASURED, [(f"the dense {what} score ({dense:.3f}) is below {MIN_DENSE_SCORE}: "
-                               "a retained fraction would mean nothing")]
+        return NOT_MEASURED, [
+            (
+                f"the dense {what} score ({dense:.3f}) is below {MIN_DENSE_SCORE}: "
+                "a retained fraction would mean nothing"
+            )
+        ]
     v = score_verdict(retained)
     if v == NOT_MEASURED:
         return v, [f"no {what} score measured"]
-    bound = {SAFE: f"≥ {pct(SAFE_RETAINED)}", CARE: f"≥ {pct(CARE_RETAINED)}, < {pct(SAFE_RETAINED)}",
-             UNSAFE: f"< {pct(CARE_RETAINED)}"}[v]
+    bound = {
+        SAFE: f"≥ {pct(SAFE_RETAINED)}",
+        CARE: f"≥ {pct(CARE_RETAINED)}, < {pct(SAFE_RETAINED)}",
+        UNSAFE: f"< {pct(CARE_RETAINED)}",
+    }[v]
     return v, [f"keeps {pct(retained)} of the dense {what} score ({bound})"]
 
 
@@ -211,23 +257,42 @@ def generative_verdict(f: VariantFacts) -> Verdict:
 
 def guidance(facts: Iterable[VariantFacts]) -> list[VariantGuidance]:
     """Verdicts for every pruned variant (the dense reference is skipped)."""
-    return [VariantGuidance(f.name, non_generative_verdict(f), generative_verdict(f)) for f in facts if not f.is_dense]
+    return [
+        VariantGuidance(f.name, non_generative_verdict(f), generative_verdict(f))
+        for f in facts
+        if not f.is_dense
+    ]
 
 
 def rule_text() -> list[str]:
     """The verdict rule, one sentence per item, written from the module constants."""
     return [
-        (f"A retained fraction is the pruned score divided by the dense (Full) score, averaged per kind; it is judged "
-         f"only when the dense score is at least {MIN_DENSE_SCORE}."),
-        ("Multiple-choice tasks on which the dense model scores within two standard errors of chance are left out "
-         "of the judged averages (the table shows them and names them)."),
-        (f"Non-generative use (multiple choice and retrieval; perplexity is shown but not judged): "
-         f"'{SAFE}' if the variant keeps at least {pct(SAFE_RETAINED)} of the dense score, "
-         f"'{CARE}' if it keeps at least {pct(CARE_RETAINED)}, otherwise '{UNSAFE}'."),
-        (f"Generative use: the same thresholds on the generative score; then, where the pruned generations were "
-         f"compared with the dense ones, fewer than {pct(FIDELITY_UNSAFE_EXACT_MATCH)} identical outputs make it "
-         f"'{UNSAFE}' and fewer than {pct(FIDELITY_CARE_EXACT_MATCH)} make it at most '{CARE}'."),
-        f"Without a usable score (and, for generation, without a fidelity measurement) the verdict is '{NOT_MEASURED}'.",
+        (
+            f"A retained fraction is the pruned score divided by the dense (Full) score, "
+            f"averaged per kind; it is judged "
+            f"only when the dense score is at least {MIN_DENSE_SCORE}."
+        ),
+        (
+            "Multiple-choice tasks on which the dense model scores within two standard errors of chance "
+            "are left out "
+            "of the judged averages (the table shows them and names them)."
+        ),
+        (
+            f"Non-generative use (multiple choice and retrieval; perplexity is shown but not judged): "
+            f"'{SAFE}' if the variant keeps at least {pct(SAFE_RETAINED)} of the dense score, "
+            f"'{CARE}' if it keeps at least {pct(CARE_RETAINED)}, otherwise '{UNSAFE}'."
+        ),
+        (
+            f"Generative use: the same thresholds on the generative score; "
+            f"then, where the pruned generations were "
+            f"compared with the dense ones, fewer than {pct(FIDELITY_UNSAFE_EXACT_MATCH)} "
+            f"identical outputs make it "
+            f"'{UNSAFE}' and fewer than {pct(FIDELITY_CARE_EXACT_MATCH)} make it at most '{CARE}'."
+        ),
+        (
+            f"Without a usable score (and, for generation, without a fidelity measurement) "
+            f"the verdict is '{NOT_MEASURED}'."
+        ),
     ]
 
 
@@ -293,54 +358,88 @@ def answer_for_model(model: str, facts: list[VariantFacts], near_chance: Iterabl
                 bits.append(f"{_range(ng)} of the non-generative")
             if gen:
                 bits.append(f"{_range(gen)} of the generative")
-            parts.append(f"{lead} ({_names(fs)}) keep {' and '.join(bits)} score{'s' if len(bits) > 1 else ''} "
-                         "of the dense model.")
+            parts.append(
+                f"{lead} ({_names(fs)}) keep {' and '.join(bits)} score{'s' if len(bits) > 1 else ''} "
+                "of the dense model."
+            )
         first = False
 
     near_chance = list(near_chance)
     if near_chance:
-        parts.append(f"The dense model is near chance on {', '.join(near_chance)}: "
-                     f"{'that task is' if len(near_chance) == 1 else 'those tasks are'} left out of the judged "
-                     "non-generative averages.")
+        parts.append(
+            f"The dense model is near chance on {', '.join(near_chance)}: "
+            f"{'that task is' if len(near_chance) == 1 else 'those tasks are'} left out of the judged "
+            "non-generative averages."
+        )
     dense_gen = next((f.dense_gen for f in facts if _ok(f.dense_gen)), None)
     if _ok(dense_gen) and dense_gen < MIN_DENSE_SCORE:
-        parts.append(f"Caution: the dense model's generative score ({dense_gen:.3f}) is below {MIN_DENSE_SCORE}, so "
-                     "retained generative fractions say little here; "
-                     + ("generation is judged instead by the fidelity to the dense generations (ROUGE-L, 1 = identical), "
-                        "with the probability-space divergence as the mechanism." if fid else
-                        "the probability-space divergence is the better evidence."))
+        parts.append(
+            f"Caution: the dense model's generative score ({dense_gen:.3f}) is below {MIN_DENSE_SCORE}, so "
+            "retained generative fractions say little here; "
+            + (
+                "generation is judged instead by the fidelity to the dense generations "
+                "(ROUGE-L, 1 = identical), "
+                "with the probability-space divergence as the mechanism."
+                if fid
+                else "the probability-space divergence is the better evidence."
+            )
+        )
     both = [f for f in pruned if _ok(f.retained_nongen) and gv[f.name] is not None]
     if both:
         gap = [f for f in both if gv[f.name] < f.retained_nongen - GAP_MARGIN]
         nogap = [f for f in both if f not in gap]
-        on_gen = ("generation (their ROUGE-L against the dense outputs is lower than their retained "
-                  "non-generative score)") if fid else "generation"
+        on_gen = (
+            (
+                "generation (their ROUGE-L against the dense outputs is lower than their retained "
+                "non-generative score)"
+            )
+            if fid
+            else "generation"
+        )
         if gap and not nogap:
-            parts.append(f"As the paper claims, every pruned variant loses more on {on_gen} than on the "
-                         "non-generative tasks.")
+            parts.append(
+                f"As the paper claims, every pruned variant loses more on {on_gen} than on the "
+                "non-generative tasks."
+            )
         elif gap:
-            parts.append(f"As the paper claims, {_names(gap)} lose{'s' if len(gap) == 1 else ''} more on {on_gen} "
-                         f"than on the non-generative tasks; unlike the paper's claim, {_names(nogap)} "
-                         f"lose{'s' if len(nogap) == 1 else ''} no more on generation (gap under "
-                         f"{round(100 * GAP_MARGIN)} points).")
+            parts.append(
+                f"As the paper claims, {_names(gap)} lose{'s' if len(gap) == 1 else ''} more on {on_gen} "
+                f"than on the non-generative tasks; unlike the paper's claim, {_names(nogap)} "
+                f"lose{'s' if len(nogap) == 1 else ''} no more on generation (gap under "
+                f"{round(100 * GAP_MARGIN)} points)."
+            )
         else:
-            parts.append(f"Unlike the paper's claim, no variant loses more on generation than on the non-generative "
-                         f"tasks (gap under {round(100 * GAP_MARGIN)} points).")
+            parts.append(
+                f"Unlike the paper's claim, no variant loses more on generation than on the non-generative "
+                f"tasks (gap under {round(100 * GAP_MARGIN)} points)."
+            )
 
     hurt = [f for f in pruned if _ok(f.retained_nongen) and f.retained_nongen < CARE_RETAINED]
     if hurt:
         detail = []
         for f in hurt:
             mc = f.retained_by_kind.get("mc")
-            detail.append(f"{f.name} keeps {pct(f.retained_nongen)}" + (f" ({pct(mc)} on multiple choice)" if _ok(mc) else ""))
-        mlp_mc = [f for f in hurt if f.group == "mlp" and _ok(f.retained_by_kind.get("mc"))
-                  and f.retained_by_kind["mc"] < CARE_RETAINED]
+            detail.append(
+                f"{f.name} keeps {pct(f.retained_nongen)}"
+                + (f" ({pct(mc)} on multiple choice)" if _ok(mc) else "")
+            )
+        mlp_mc = [
+            f
+            for f in hurt
+            if f.group == "mlp"
+            and _ok(f.retained_by_kind.get("mc"))
+            and f.retained_by_kind["mc"] < CARE_RETAINED
+        ]
         extra = " — MLP drops hurt multiple choice too" if mlp_mc else ""
-        parts.append("Unlike the paper's claim that non-generative scores survive pruning, here "
-                     f"{'; '.join(detail)} of the non-generative score{extra}.")
+        parts.append(
+            "Unlike the paper's claim that non-generative scores survive pruning, here "
+            f"{'; '.join(detail)} of the non-generative score{extra}."
+        )
     elif any(_ok(f.retained_nongen) for f in pruned):
-        parts.append(f"As the paper claims, every pruned variant keeps at least {pct(CARE_RETAINED)} of the "
-                     "non-generative score.")
+        parts.append(
+            f"As the paper claims, every pruned variant keeps at least {pct(CARE_RETAINED)} of the "
+            "non-generative score."
+        )
 
     # attention versus MLP drops of the same size (the paper: dropping attention is gentler on generation)
     attn = {f.n: f for f in groups.get("attn", []) if gv[f.name] is not None}
@@ -351,13 +450,19 @@ def answer_for_model(model: str, facts: list[VariantFacts], near_chance: Iterabl
         agree = [(a, m) for a, m in pairs if gv[a.name] >= gv[m.name]]
         disagree = [(a, m) for a, m in pairs if gv[a.name] < gv[m.name]]
         if agree:
-            parts.append("As in the paper, dropping attention is gentler on generation than dropping as many MLPs ("
-                         + "; ".join(f"{a.name} {show(gv[a.name])} vs {m.name} {show(gv[m.name])}" for a, m in agree)
-                         + ").")
+            parts.append(
+                "As in the paper, dropping attention is gentler on generation than dropping as many MLPs ("
+                + "; ".join(f"{a.name} {show(gv[a.name])} vs {m.name} {show(gv[m.name])}" for a, m in agree)
+                + ")."
+            )
         if disagree:
-            parts.append("Unlike the paper, dropping attention hurts generation more than dropping as many MLPs ("
-                         + "; ".join(f"{a.name} {show(gv[a.name])} vs {m.name} {show(gv[m.name])}"
-                                     for a, m in disagree) + ").")
+            parts.append(
+                "Unlike the paper, dropping attention hurts generation more than dropping as many MLPs ("
+                + "; ".join(
+                    f"{a.name} {show(gv[a.name])} vs {m.name} {show(gv[m.name])}" for a, m in disagree
+                )
+                + ")."
+            )
 
     kl = [f for f in pruned if _ok(f.kl)]
     if kl:

@@ -23,10 +23,11 @@ import copy
 import datetime as _dt
 import json
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -57,12 +58,25 @@ def plan_units(cfg: StudyConfig) -> list[Unit]:
         base = ["model", "dtype", "seed", f"variant:{v.name}"] + ([] if v.is_dense else list(NON_DENSE_DEPS))
         units.append(Unit(f"variant/{v.name}", "variant", v.name, None, cfg.fingerprint(*base)))
         for t in cfg.tasks:
-            units.append(Unit(f"eval/{v.name}/{t.task}", "eval", v.name, t.task,
-                              cfg.fingerprint(*base, "batch_size", f"task:{t.task}")))
+            units.append(
+                Unit(
+                    f"eval/{v.name}/{t.task}",
+                    "eval",
+                    v.name,
+                    t.task,
+                    cfg.fingerprint(*base, "batch_size", f"task:{t.task}"),
+                )
+            )
         if not v.is_dense:
-            units.append(Unit(f"analysis/{v.name}", "analysis", v.name, None, cfg.fingerprint(*base, "analyses")))
-            units.append(Unit(f"predictor/{v.name}", "predictor", v.name, None, cfg.fingerprint(*base, "analyses")))
-        units.append(Unit(f"case_study/{v.name}", "case_study", v.name, None, cfg.fingerprint(*base, "case_study")))
+            units.append(
+                Unit(f"analysis/{v.name}", "analysis", v.name, None, cfg.fingerprint(*base, "analyses"))
+            )
+            units.append(
+                Unit(f"predictor/{v.name}", "predictor", v.name, None, cfg.fingerprint(*base, "analyses"))
+            )
+        units.append(
+            Unit(f"case_study/{v.name}", "case_study", v.name, None, cfg.fingerprint(*base, "case_study"))
+        )
     return units
 
 
@@ -85,8 +99,9 @@ class Store:
             return False
 
     def mark(self, unit: Unit, seconds: float, **extra: Any) -> None:
-        atomic_write_json(self.marker(unit), {"unit": unit.id, "fingerprint": unit.fingerprint,
-                                               "seconds": seconds, **extra})
+        atomic_write_json(
+            self.marker(unit), {"unit": unit.id, "fingerprint": unit.fingerprint, "seconds": seconds, **extra}
+        )
 
     def variant_dir(self, name: str) -> Path:
         return self.root / "variants" / name
@@ -140,17 +155,32 @@ class Workbench:
         if spec.drop is not None:
             pruned = copy.deepcopy(model)
             d = spec.drop
-            plan = drop(pruned, self.calibration, target=d["target"], n=d["n"], iterative=d.get("iterative", False),
-                        window=d.get("window", False), batch_size=self.cfg.batch_size, base_model=self.cfg.model)
+            plan = drop(
+                pruned,
+                self.calibration,
+                target=d["target"],
+                n=d["n"],
+                iterative=d.get("iterative", False),
+                window=d.get("window", False),
+                batch_size=self.cfg.batch_size,
+                base_model=self.cfg.model,
+            )
             params = plan.params_after
             plan.save(out)
             del pruned
         elif spec.sparsify is not None:
             pruned = copy.deepcopy(model)
             s = spec.sparsify
-            plan = sparsify(pruned, self.calibration if s["method"] != "magnitude" else None, method=s["method"],
-                            sparsity=s.get("sparsity"), pattern=s.get("pattern"), batch_size=self.cfg.batch_size,
-                            base_model=self.cfg.model, true_sequential=s.get("true_sequential"))
+            plan = sparsify(
+                pruned,
+                self.calibration if s["method"] != "magnitude" else None,
+                method=s["method"],
+                sparsity=s.get("sparsity"),
+                pattern=s.get("pattern"),
+                batch_size=self.cfg.batch_size,
+                base_model=self.cfg.model,
+                true_sequential=s.get("true_sequential"),
+            )
             params = plan.params_after
             save_pruned(pruned, tok, plan, out / "checkpoint", overwrite=True)
             del pruned
@@ -200,14 +230,24 @@ def _run_eval(bench: Workbench, unit: Unit) -> dict[str, Any]:
 
     cfg = bench.cfg
     t = next(t for t in cfg.tasks if t.task == unit.task)
-    settings = EvalSettings(limit=t.limit, seed=cfg.seed, batch_size=cfg.batch_size,
-                            max_new_tokens=t.max_new_tokens or 192, num_fewshot=t.num_fewshot)
+    settings = EvalSettings(
+        limit=t.limit,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        max_new_tokens=t.max_new_tokens or 192,
+        num_fewshot=t.num_fewshot,
+    )
     _, tok = bench.dense
     out = bench.store.eval_dir(unit.variant)
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"results": {}}
     info = bench.info(unit.variant)
-    summary["model"] = {"spec": cfg.model, "name": unit.variant, "parameters": info["parameters"], "plan": info["plan"]}
+    summary["model"] = {
+        "spec": cfg.model,
+        "name": unit.variant,
+        "parameters": info["parameters"],
+        "plan": info["plan"],
+    }
     with bench.active(unit.variant) as m:
         result = run_task(m, tok, unit.task, settings)
     store_task_result(out, result, summary)
@@ -250,12 +290,27 @@ def _run_analysis(bench: Workbench, unit: Unit) -> dict[str, Any]:
     model, tok = bench.dense
     mc_task = a.subspace.task if a.subspace else None
     mc = load_task(mc_task, limit=a.subspace.limit, seed=cfg.seed) if a.subspace else None
-    acfg = AnalysisConfig(temperatures=_temperatures(cfg), max_new_tokens=_analysed_tokens(cfg),
-                          analyses=a.enabled, seed=cfg.seed, batch_size=min(cfg.batch_size, 8),
-                          scope=a.scope, positions=a.positions)
-    report = run_analysis(model, tok, [bench.variant(unit.variant)], study_prompts(cfg), acfg,
-                          out=bench.store.root / "analysis" / unit.variant, overwrite=True,
-                          dense_name=DENSE, mc_examples=mc, mc_task=mc_task)
+    acfg = AnalysisConfig(
+        temperatures=_temperatures(cfg),
+        max_new_tokens=_analysed_tokens(cfg),
+        analyses=a.enabled,
+        seed=cfg.seed,
+        batch_size=min(cfg.batch_size, 8),
+        scope=a.scope,
+        positions=a.positions,
+    )
+    report = run_analysis(
+        model,
+        tok,
+        [bench.variant(unit.variant)],
+        study_prompts(cfg),
+        acfg,
+        out=bench.store.root / "analysis" / unit.variant,
+        overwrite=True,
+        dense_name=DENSE,
+        mc_examples=mc,
+        mc_task=mc_task,
+    )
     return {"figures": len(report.figures)}
 
 
@@ -280,7 +335,9 @@ def _run_predictor(bench: Workbench, unit: Unit) -> dict[str, Any]:
     device = input_device(model)
     seqs = []
     for _, text in study_prompts(cfg):
-        ids = tok(format_prompt(tok, text), return_tensors="pt", add_special_tokens=False).input_ids.to(device)
+        ids = tok(format_prompt(tok, text), return_tensors="pt", add_special_tokens=False).input_ids.to(
+            device
+        )
         out = model.generate(ids, max_new_tokens=n_new, do_sample=False, pad_token_id=tok.pad_token_id)
         seqs.append((out, ids.shape[1]))
     est, exact = [], []
@@ -292,9 +349,14 @@ def _run_predictor(bench: Workbench, unit: Unit) -> dict[str, Any]:
         est.append(theorem3_estimate(z_dense, z_pruned, T).cpu().numpy())
         exact.append(kl(z_dense, z_pruned, T).cpu().numpy())
     est_all, kl_all = np.concatenate(est), np.concatenate(exact)
-    result = {"var_p_dz_over_2T2": float(np.median(est_all)), "kl": float(np.median(kl_all)),
-              "mean_estimate": float(est_all.mean()), "mean_kl": float(kl_all.mean()), "steps": int(est_all.size),
-              "temperature": T}
+    result = {
+        "var_p_dz_over_2T2": float(np.median(est_all)),
+        "kl": float(np.median(kl_all)),
+        "mean_estimate": float(est_all.mean()),
+        "mean_kl": float(kl_all.mean()),
+        "steps": int(est_all.size),
+        "temperature": T,
+    }
     atomic_write_json(bench.store.root / "predictor" / f"{unit.variant}.json", result)
     return result
 
@@ -316,8 +378,10 @@ def _run_case_study(bench: Workbench, unit: Unit) -> dict[str, Any]:
     n_new = cs.max_new_tokens
     with bench.active(unit.variant) as m:
         answers = generate(m, tok, texts, max_new_tokens=n_new)
-    atomic_write_json(bench.store.root / "case_study" / f"{unit.variant}.json",
-                      {"prompts": prompts, "answers": answers, "max_new_tokens": n_new})
+    atomic_write_json(
+        bench.store.root / "case_study" / f"{unit.variant}.json",
+        {"prompts": prompts, "answers": answers, "max_new_tokens": n_new},
+    )
     return {"answers": len(answers)}
 
 
@@ -345,8 +409,13 @@ def _maybe_fail(store: Store, unit: Unit) -> None:
             raise RuntimeError(f"injected failure in {unit.id} ({FAULT_ENV})")
 
 
-def run_group(root: str, cfg_dict: dict[str, Any], variant: str, report: Callable[[str, float, bool], None] | None = None,
-              bench: Workbench | None = None) -> list[str]:
+def run_group(
+    root: str,
+    cfg_dict: dict[str, Any],
+    variant: str,
+    report: Callable[[str, float, bool], None] | None = None,
+    bench: Workbench | None = None,
+) -> list[str]:
     """Run every unfinished unit of one variant (in this process); return the ids of units run. ``bench``:
     a workbench to share between groups run in one process (the dense model and calibration load once)."""
     cfg = parse_config({k: v for k, v in cfg_dict.items()})
@@ -381,14 +450,22 @@ def collect(root: str | Path, cfg: StudyConfig) -> None:
 
     root = Path(root)
     names = [v.name for v in cfg.variants]
-    predictor = {n: json.loads((root / "predictor" / f"{n}.json").read_text())
-                 for n in names if (root / "predictor" / f"{n}.json").exists()}
+    predictor = {
+        n: json.loads((root / "predictor" / f"{n}.json").read_text())
+        for n in names
+        if (root / "predictor" / f"{n}.json").exists()
+    }
     atomic_write_json(root / "predictor.json", predictor)
-    cases = {n: json.loads((root / "case_study" / f"{n}.json").read_text())
-             for n in names if (root / "case_study" / f"{n}.json").exists()}
+    cases = {
+        n: json.loads((root / "case_study" / f"{n}.json").read_text())
+        for n in names
+        if (root / "case_study" / f"{n}.json").exists()
+    }
     if DENSE in cases:
-        atomic_write_json(root / "case_study.json", {"prompts": cases[DENSE]["prompts"],
-                                                      "answers": {n: c["answers"] for n, c in cases.items()}})
+        atomic_write_json(
+            root / "case_study.json",
+            {"prompts": cases[DENSE]["prompts"], "answers": {n: c["answers"] for n, c in cases.items()}},
+        )
     gen_tasks = [t.task for t in cfg.tasks if _kind(t.task) == "gen"]
     fid: dict[str, dict[str, Any]] = {}
     for task in gen_tasks:
@@ -400,9 +477,12 @@ def collect(root: str | Path, cfg: StudyConfig) -> None:
             if len(pruned) != len(dense):
                 continue
             m = fidelity(dense, pruned, task=task).metrics
-            fid.setdefault(n, {})[task] = {**m, "rouge_l": m.get("rouge_l_mean"),
-                                           "prefix_tokens": m.get("prefix_tokens_mean"),
-                                           "repeat_ngram_rate": m.get("pruned_rep4_mean")}
+            fid.setdefault(n, {})[task] = {
+                **m,
+                "rouge_l": m.get("rouge_l_mean"),
+                "prefix_tokens": m.get("prefix_tokens_mean"),
+                "repeat_ngram_rate": m.get("pruned_rep4_mean"),
+            }
     atomic_write_json(root / "eval" / "fidelity.json", fid)
 
 
@@ -425,21 +505,33 @@ def prepare_study_dir(cfg: StudyConfig, out: str | Path, overwrite: bool) -> Sto
     if out.exists() and any(out.iterdir()):
         if not record.exists():
             if not overwrite:
-                raise OutputExistsError(f"{out} exists, is not empty and is not a prunelens study (pass --overwrite)")
+                raise OutputExistsError(
+                    f"{out} exists, is not empty and is not a prunelens study (pass --overwrite)"
+                )
         else:
             old = json.loads(record.read_text()).get("config")
             if old != _config_for_disk(cfg) and not overwrite:
                 raise OutputExistsError(
-                    f"{out} holds a study with another config; pass --overwrite to re-run what the new config changes "
-                    "(finished units whose inputs are unchanged are kept)")
+                    f"{out} holds a study with another config; "
+                    "pass --overwrite to re-run what the new config changes "
+                    "(finished units whose inputs are unchanged are kept)"
+                )
     out.mkdir(parents=True, exist_ok=True)
     import torch as _torch
     import transformers
 
-    atomic_write_json(record, {"config": _config_for_disk(cfg),
-                               "versions": {"prunelens": __version__, "torch": _torch.__version__,
-                                            "transformers": transformers.__version__},
-                               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+    atomic_write_json(
+        record,
+        {
+            "config": _config_for_disk(cfg),
+            "versions": {
+                "prunelens": __version__,
+                "torch": _torch.__version__,
+                "transformers": transformers.__version__,
+            },
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
     return Store(out)
 
 
@@ -458,8 +550,16 @@ def check_variants(cfg: StudyConfig, num_layers: int | None) -> None:
                 raise PruneConfigError(f"variant {v.name}: {exc}") from None
 
 
-def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, engine: str = "local", workers: int = 2,
-              ray_address: str | None = None, report: Callable[[str, float, bool], None] | None = None) -> dict[str, Any]:
+def run_study(
+    cfg: StudyConfig,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    engine: str = "local",
+    workers: int = 2,
+    ray_address: str | None = None,
+    report: Callable[[str, float, bool], None] | None = None,
+) -> dict[str, Any]:
     """Run (or resume) the study; returns timings. See the module docstring for the engines."""
     if engine not in ("local", "ray"):
         raise ValueError(f"unknown engine {engine!r}; choose local or ray")
@@ -473,7 +573,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, eng
     check_variants(cfg, src.num_layers)
     if engine == "local":
         bench = Workbench(cfg, None)  # type: ignore[arg-type]
-        bench.dense  # load the model before anything is written
+        _ = bench.dense  # load the model before anything is written
     store = prepare_study_dir(cfg, out, overwrite)
     cfg_dict = _config_for_disk(cfg)
     names = [v.name for v in cfg.variants]
@@ -486,18 +586,26 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, eng
             for name in names:
                 run_group(str(store.root), cfg_dict, name, report, bench=bench)
     elif engine == "ray":
-        import ray
-
         import os
 
-        env = {k: os.environ[k] for k in (FAULT_ENV, "HF_HUB_OFFLINE", "PRUNELENS_DATA", "PRUNELENS_CACHE",
-                                          "PRUNELENS_QUIET") if k in os.environ}
-        ray.init(address=ray_address, num_cpus=None if ray_address else workers, ignore_reinit_error=True,
-                 include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env, "working_dir": None}
-                 if env else None)
+        import ray
+
+        env = {
+            k: os.environ[k]
+            for k in (FAULT_ENV, "HF_HUB_OFFLINE", "PRUNELENS_DATA", "PRUNELENS_CACHE", "PRUNELENS_QUIET")
+            if k in os.environ
+        }
+        ray.init(
+            address=ray_address,
+            num_cpus=None if ray_address else workers,
+            ignore_reinit_error=True,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": env, "working_dir": None} if env else None,
+        )
         remote = ray.remote(max_retries=2, retry_exceptions=True)(run_group)
         refs = {name: remote.remote(str(store.root), cfg_dict, name) for name in names}
-        for name, ref in refs.items():
+        for ref in refs.values():
             for unit_id in ray.get(ref):
                 if report:
                     report(unit_id, 0.0, False)
@@ -508,7 +616,10 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, eng
             units[unit.id] = json.loads(path.read_text()).get("seconds", 0.0)
     collect(store.root, cfg)
     record = json.loads((store.root / "study.json").read_text())
-    record["timings"] = {"wall_seconds_this_run": time.perf_counter() - t0, "units": units,
-                         "total_unit_seconds": sum(units.values())}
+    record["timings"] = {
+        "wall_seconds_this_run": time.perf_counter() - t0,
+        "units": units,
+        "total_unit_seconds": sum(units.values()),
+    }
     atomic_write_json(store.root / "study.json", record)
     return record["timings"]

@@ -35,7 +35,9 @@ def read_json(path: str | Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ArtifactError(path, f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        raise ArtifactError(
+            path, f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
 
 
 _HEADER_LIMIT = 100 * 1024 * 1024  # the safetensors format caps its JSON header at 100 MB
@@ -53,17 +55,23 @@ def check_safetensors(path: str | Path) -> None:
         with open(path, "rb") as fh:
             head = fh.read(8)
             if len(head) < 8:
-                raise ArtifactError(path, f"is incomplete or corrupt: {size} bytes, too short for a safetensors header")
+                raise ArtifactError(
+                    path, f"is incomplete or corrupt: {size} bytes, too short for a safetensors header"
+                )
             (n,) = struct.unpack("<Q", head)
             if n > _HEADER_LIMIT or 8 + n > size:
-                raise ArtifactError(path, f"is incomplete or corrupt: its header claims {n:,} bytes, the file has {size:,}")
+                raise ArtifactError(
+                    path, f"is incomplete or corrupt: its header claims {n:,} bytes, the file has {size:,}"
+                )
             raw = fh.read(n)
     except OSError as exc:
         raise ArtifactError(path, f"cannot be read ({exc})") from None
     try:
         header = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ArtifactError(path, "is incomplete or corrupt: its safetensors header is not valid JSON") from None
+        raise ArtifactError(
+            path, "is incomplete or corrupt: its safetensors header is not valid JSON"
+        ) from None
     if not isinstance(header, dict):
         raise ArtifactError(path, "is incomplete or corrupt: its safetensors header is not a JSON object")
     end = 0
@@ -72,7 +80,9 @@ def check_safetensors(path: str | Path) -> None:
             continue
         offsets = info.get("data_offsets") if isinstance(info, dict) else None
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
-            raise ArtifactError(path, "is incomplete or corrupt: tensor entry has no valid data_offsets", field=name)
+            raise ArtifactError(
+                path, "is incomplete or corrupt: tensor entry has no valid data_offsets", field=name
+            )
         end = max(end, offsets[1])
     data = size - 8 - n
     if data != end:

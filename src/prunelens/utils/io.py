@@ -7,9 +7,10 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 class OutputExistsError(FileExistsError):
@@ -17,13 +18,16 @@ class OutputExistsError(FileExistsError):
 
 
 def check_output_dir(out: str | Path, overwrite: bool = False) -> Path:
-    """Validate an output directory *before* any work: refuse an existing non-empty one unless ``overwrite``."""
+    """Validate an output directory *before* any work:
+    refuse an existing non-empty one unless ``overwrite``."""
     out = Path(out)
     if out.exists():
         if not out.is_dir():
             raise OutputExistsError(f"output path {out} exists and is not a directory")
         if any(out.iterdir()) and not overwrite:
-            raise OutputExistsError(f"output directory {out} exists and is not empty (pass --overwrite to replace it)")
+            raise OutputExistsError(
+                f"output directory {out} exists and is not empty (pass --overwrite to replace it)"
+            )
     return out
 
 

@@ -40,14 +40,7 @@ tasks' readers and specs: :mod:`.multiple_choice`, :mod:`.generative`, :mod:`.re
 
 from __future__ import annotations
 
-from prunelens.data.tasks.records import GenExample, MCExample, RetrievalData, select_subset
-from prunelens.data.tasks.spec import (
-    TASKS,
-    HubUnavailableError,
-    TaskSpec,
-    load_task,
-    resolve_task_path,
-)
+from prunelens.data.tasks import generative  # noqa: F401 - registers the generation tasks
 
 # Each kind registers its tasks when imported; this order is the order of TASKS.
 from prunelens.data.tasks.multiple_choice import (
@@ -57,9 +50,16 @@ from prunelens.data.tasks.multiple_choice import (
     load_hellaswag,
     load_winogrande,
 )
-from prunelens.data.tasks import generative  # noqa: F401 - registers the generation tasks
-from prunelens.data.tasks.retrieval import boolq_as_retrieval, load_beir, write_beir
 from prunelens.data.tasks.perplexity import read_wikitext_rows
+from prunelens.data.tasks.records import GenExample, MCExample, RetrievalData, select_subset
+from prunelens.data.tasks.retrieval import boolq_as_retrieval, load_beir, write_beir
+from prunelens.data.tasks.spec import (
+    TASKS,
+    HubUnavailableError,
+    TaskSpec,
+    load_task,
+    resolve_task_path,
+)
 
 __all__ = [
     "MCExample",

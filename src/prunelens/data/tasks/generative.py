@@ -23,7 +23,7 @@ lm-eval form with shots. Each spec names its scorer in :mod:`prunelens.evaluate.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence, Union
+from collections.abc import Iterable, Sequence
 
 from prunelens.data.tasks.records import GenExample
 from prunelens.data.tasks.spec import TaskSpec, hf_parquet, hub_dataset, register, row_task
@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 #: A prompt: a string, or chat messages (``[{"role", "content"}, ...]``).
-Prompt = Union[str, Sequence[dict]]
+Prompt = str | Sequence[dict]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,7 +165,6 @@ def _convert_mbpp(rows: Iterable[dict], split: str) -> list[GenExample]:
     return out
 
 
-
 def _hub_mbpp(spec: TaskSpec, split: str, hub_id: str) -> list[GenExample]:
     hub_split_names = ["train", "test", "validation", "prompt"] if split == "full" else [split]
     rows: list[dict] = []
@@ -266,6 +265,7 @@ def humaneval_prompt(ex: GenExample, shots: Sequence[GenExample] = (), chat: boo
 def mbpp_prompt(ex: GenExample, shots: Sequence[GenExample] = (), chat: bool = True) -> Prompt:
     """MBPP prompt: lm-eval's ``... [BEGIN]\\n`` completion form with ``code\\n[DONE]`` shots, or chat
     messages (the task and its tests; shots answered with fenced reference code)."""
+
     def req(e: GenExample) -> str:
         return MBPP_INSTRUCTION.format(text=e.meta["text"], tests="\n".join(e.meta["test_list"]))
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from prunelens.data.paths import DataNotFoundError
 from prunelens.data.tasks.readers import read_records

@@ -53,7 +53,6 @@ def _read_c4(path: Path, split: str) -> list[str]:
     return [r["text"] for r in read_records(path)]
 
 
-
 def _hub_wikitext(spec: TaskSpec, split: str, hub_id: str) -> str:
     return "\n\n".join(hub_dataset(hub_id, spec.hub_config, split)["text"])
 

@@ -10,8 +10,9 @@ import csv
 import json
 import os
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from prunelens.data.paths import DataNotFoundError
 from prunelens.data.tasks.multiple_choice import boolq_files, convert_boolq
@@ -36,7 +37,8 @@ def _read_beir(path: Path, split: str) -> RetrievalData:
     missing = [p for p in need if not p.exists()]
     if missing:
         raise DataNotFoundError(
-            "BEIR data set incomplete; missing:\n  " + "\n  ".join(map(str, missing))
+            "BEIR data set incomplete; missing:\n  "
+            + "\n  ".join(map(str, missing))
             + "\nExpected the BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv"
         )
     corpus = {
@@ -121,7 +123,6 @@ def boolq_as_retrieval(
         queries[qid] = q
         qrels[qid] = {doc_of[p]: 1}
     return RetrievalData(corpus=corpus, queries=queries, qrels=qrels)
-
 
 
 def _boolq_retrieval_local(path: Path, split: str) -> RetrievalData:

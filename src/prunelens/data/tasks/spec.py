@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from prunelens.data.paths import DataNotFoundError, find_data_file
 from prunelens.data.tasks.readers import read_records
@@ -74,7 +75,7 @@ class TaskSpec:
     hub_config: str | None = None
     hub_splits: Mapping[str, str] = field(default_factory=dict)
     convert: Callable[[Iterable[dict], str], Any] | None = None
-    hub_loader: Callable[["TaskSpec", str, str], Any] | None = None
+    hub_loader: Callable[[TaskSpec, str, str], Any] | None = None
     aliases: Mapping[str, str] = field(default_factory=lambda: dict(_DEFAULT_ALIASES))
     description: str = ""
     marker_parent: bool = False  # files() name a marker file; the data is its folder (MMLU split, BEIR set)
@@ -151,8 +152,20 @@ def _plain_read(path: Path, split: str) -> list[dict]:
     return read_records(path)
 
 
-def row_task(name, local, files, convert, default_split, splits, hub_id, hub_config=None, read=_plain_read,
-             *, kind: str, **kw) -> TaskSpec:
+def row_task(
+    name,
+    local,
+    files,
+    convert,
+    default_split,
+    splits,
+    hub_id,
+    hub_config=None,
+    read=_plain_read,
+    *,
+    kind: str,
+    **kw,
+) -> TaskSpec:
     """A task whose local loader is ``convert(read(path, split), split)`` (by default ``read`` reads the
     record file by extension) and whose hub rows go through the same ``convert``."""
     return TaskSpec(
