@@ -40,9 +40,8 @@ tasks' readers and specs: :mod:`.multiple_choice`, :mod:`.generative`, :mod:`.re
 
 from __future__ import annotations
 
+# Each kind module registers its tasks when imported (TASKS is kept ordered by kind, see spec.KIND_ORDER).
 from prunelens.data.tasks import generative  # noqa: F401 - registers the generation tasks
-
-# Each kind registers its tasks when imported; this order is the order of TASKS.
 from prunelens.data.tasks.multiple_choice import (
     ai2_question,
     hellaswag_preprocess,

@@ -116,12 +116,19 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {}
 
 
+#: the order of :data:`TASKS` by kind, whatever order the kind modules happen to be imported in
+KIND_ORDER = ("mc", "gen", "retrieval", "ppl")
+
+
 def register(*specs: TaskSpec) -> None:
-    """Add tasks to :data:`TASKS` (a name may be registered once)."""
+    """Add tasks to :data:`TASKS` (a name may be registered once), keeping TASKS ordered by kind."""
     for s in specs:
         if s.name in TASKS:
             raise ValueError(f"task {s.name!r} is registered twice")
         TASKS[s.name] = s
+    ordered = sorted(TASKS.values(), key=lambda t: KIND_ORDER.index(t.kind))  # stable: file order per kind
+    TASKS.clear()
+    TASKS.update((t.name, t) for t in ordered)
 
 
 def get_spec(name: str) -> TaskSpec:
