@@ -99,6 +99,12 @@ def test_local_study_runs_resumes_and_reports(tiny_dir, tmp_path):
 
     html = build_report(tmp_path / "s").read_text()
     assert "Drop-1A" in html and "Mag-50%" in html and "data:image/png;base64," in html
+    # every score carries its interval, every variant a paired test against Full on the same examples
+    table = json.loads((tmp_path / "s" / "report" / "table.json").read_text())
+    for row in table["rows"]:
+        assert all(iv is not None and iv["low"] <= v <= iv["high"] for iv, v in zip(row["intervals"], row["scores"]))
+        assert row["paired"][0] is None and all(c is not None and c["n"] >= 1 for c in row["paired"][1:])
+    assert html.count('class="ci"') >= 2 * len(table["rows"]) and "McNemar" in html
     # the report reads the analysis summaries the run really wrote: every analysis contributes its numbers
     headline = load_study(tmp_path / "s").analysis
     assert set(headline) == {"Drop-1A", "Mag-50%"}

@@ -58,6 +58,10 @@ def _retained_class(v: float | None) -> str:
     return _VERDICT_CLASS.get(G.score_verdict(v), "")
 
 
+def _num(v: float) -> str:
+    return f"{v:.2f}" if abs(v) >= 10 else f"{v:.3f}"
+
+
 def _table_html(table: dict[str, Any]) -> str:
     """Tasks × variants; each pruned cell shows the score and, below it, the retained fraction (coloured by
     the guidance thresholds). Same numbers as ``table.csv``
@@ -81,11 +85,24 @@ def _table_html(table: dict[str, Any]) -> str:
         cells.append(f"<td>{_params(p)}" + ret + "</td>")
     out.append('<tr class="params"><td class="l" colspan="2">parameters</td>' + "".join(cells) + "</tr>")
 
-    def cell(score: str, retained: float | None, i: int, colour: bool = True) -> str:
+    def cell(score: str, retained: float | None, i: int, colour: bool = True, extra: str = "") -> str:
         if i == 0:
-            return f"<td>{score or '—'}</td>"
+            return f"<td>{score or '—'}{extra}</td>"
         cls = _retained_class(retained) if colour else ""
-        return f'<td class="{cls}">{score or "—"}<span class="ret">{pct(retained, 1)}</span></td>'
+        return f'<td class="{cls}">{score or "—"}<span class="ret">{pct(retained, 1)}</span>{extra}</td>'
+
+    def uncertainty(r: dict[str, Any], i: int) -> str:
+        """The cell's 95 % interval and, for a pruned variant, its paired test against the first column."""
+        iv = (r.get("intervals") or [None] * nm)[i]
+        out = f'<span class="ci">[{_num(iv["low"])}, {_num(iv["high"])}]</span>' if iv else ""
+        c = (r.get("paired") or [None] * nm)[i]
+        if c is not None:
+            title = _e(
+                f"{c['test']} on {c['n']} shared examples: difference {c['difference']:+.4f}, "
+                f"95 % interval [{c['interval'][0]:+.4f}, {c['interval'][1]:+.4f}]"
+            )
+            out += f'<span class="ci" title="{title}">p = {c["p_value"]:.2g}</span>'
+        return out
 
     for r, row in zip(table["rows"], rows[2:]):
         kind = _KIND_LABEL.get(r["kind"], r["kind"])
@@ -93,7 +110,10 @@ def _table_html(table: dict[str, Any]) -> str:
             f'<tr><td class="l">{_e(r["task"])}<span class="kind">{_e(kind)}</span></td>'
             f'<td class="l">{_e(r["metric"])}</td>'
         )
-        out += [cell(_e(row[2 + i]), r["retained"][i], i, r["kind"] != "ppl") for i in range(nm)]
+        out += [
+            cell(_e(row[2 + i]), r["retained"][i], i, r["kind"] != "ppl", uncertainty(r, i))
+            for i in range(nm)
+        ]
         out.append("</tr>")
     av = table["averages"]
     for key, label in (
@@ -155,7 +175,10 @@ def _table_section(table: dict[str, Any] | None, flags: list[dict[str, Any]] | N
         + _chance_note(flags or [])
         + '<p class="sub">Each pruned cell gives the score and, below it, the retained fraction '
         "of the dense score (pruned / dense; for perplexity dense / pruned), coloured by the guidance "
-        f"thresholds ({pct(G.SAFE_RETAINED)}, {pct(G.CARE_RETAINED)}). Non-generative average = multiple "
+        f"thresholds ({pct(G.SAFE_RETAINED)}, {pct(G.CARE_RETAINED)}); then the score's 95 % interval "
+        "(Wilson for accuracies, bootstrap over examples or perplexity windows) and the p-value of a paired "
+        "test against Full on the same examples (exact McNemar for accuracies, paired bootstrap otherwise; "
+        "hover for the difference and its interval). Non-generative average = multiple "
         "choice + retrieval; perplexity is shown, not averaged. The same table is in "
         "<code>report/table.csv</code> and <code>report/table.md</code>.</p>"
     )

@@ -37,11 +37,17 @@ def build_tables(st: Study, out_dir: str | Path | None = None) -> dict[str, Any]
     """The comparison table (tasks × variants, Full first); written as ``table.csv|md|json`` into
     ``out_dir``."""
     from prunelens.evaluate.compare import write_comparison
-    from prunelens.evaluate.runner import comparison_table
+    from prunelens.evaluate.runner import comparison_table, load_records
 
     if not st.summaries:
         return None
-    table = comparison_table(_summaries_for_table(st))
+    summaries = _summaries_for_table(st)
+    # per-example records, for the paired tests of every variant against Full on the same examples
+    records = [
+        {t: load_records(st.root / "eval" / n, t) for t in s["results"]}
+        for n, s in zip(st.variants, summaries)
+    ]
+    table = comparison_table(summaries, records)
     if out_dir is not None:
         write_comparison(table, Path(out_dir) / "table")
     return table
