@@ -102,7 +102,9 @@ def test_local_study_runs_resumes_and_reports(tiny_dir, tmp_path):
     # every score carries its interval, every variant a paired test against Full on the same examples
     table = json.loads((tmp_path / "s" / "report" / "table.json").read_text())
     for row in table["rows"]:
-        assert all(iv is not None and iv["low"] <= v <= iv["high"] for iv, v in zip(row["intervals"], row["scores"]))
+        assert all(
+            iv is not None and iv["low"] <= v <= iv["high"] for iv, v in zip(row["intervals"], row["scores"])
+        )
         assert row["paired"][0] is None and all(c is not None and c["n"] >= 1 for c in row["paired"][1:])
     assert html.count('class="ci"') >= 2 * len(table["rows"]) and "McNemar" in html
     # the report reads the analysis summaries the run really wrote: every analysis contributes its numbers
