@@ -107,6 +107,13 @@ def test_local_study_runs_resumes_and_reports(tiny_dir, tmp_path):
         )
         assert row["paired"][0] is None and all(c is not None and c["n"] >= 1 for c in row["paired"][1:])
     assert html.count('class="ci"') >= 2 * len(table["rows"]) and "McNemar" in html
+    for row in table["rows"]:
+        mdd = row["min_detectable_difference"]
+        if row["kind"] == "mc":  # accuracies: the smallest paired difference this n detects
+            assert mdd is not None and 0 < mdd["value"] <= 1 and mdd["n"] >= 1
+        elif row["kind"] in ("ppl", "retrieval"):
+            assert mdd is None
+    assert "detects ≥" in html
     # the report reads the analysis summaries the run really wrote: every analysis contributes its numbers
     headline = load_study(tmp_path / "s").analysis
     assert set(headline) == {"Drop-1A", "Mag-50%"}

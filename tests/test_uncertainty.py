@@ -89,6 +89,10 @@ def test_minimum_detectable_difference():
         minimum_detectable_difference(200, 0.6) / 2
     )
     assert minimum_detectable_difference(200, 0.6, discordance=0.1) < minimum_detectable_difference(200, 0.6)
+    # near 0 % accuracy the worst-case discordance vanishes, but a difference δ needs δ·n discordant pairs
+    z = 1.959964 + 0.841621
+    assert minimum_detectable_difference(40, 0.0) == pytest.approx(z * z / 40, rel=1e-5)
+    assert minimum_detectable_difference(4, 0.0) == 1.0
 
 
 def test_score_and_perplexity_intervals_and_the_fitting_paired_test():

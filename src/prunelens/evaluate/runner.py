@@ -337,11 +337,31 @@ def comparison_table(
         r["intervals"] = [s["results"].get(r["task"], {}).get("interval") for s in summaries]
     if records is not None:
         for r in rows:
+            r["min_detectable_difference"] = _detectable(
+                records[0].get(r["task"], []), r["scores"][0], r["kind"]
+            )
             r["paired"] = [None] + [
                 _paired(records[0].get(r["task"], []), rec.get(r["task"], []), r["kind"])
                 for rec in records[1:]
             ]
     return {"models": names, "parameters": params, "rows": rows, "averages": averages}
+
+
+def _detectable(dense: list[dict[str, Any]], score: float | None, kind: str) -> dict[str, Any] | None:
+    """The smallest accuracy difference a paired test on these examples would detect (accuracies only)."""
+    from prunelens.evaluate.uncertainty import minimum_detectable_difference
+
+    scores = [float(x["score"]) for x in dense]
+    if kind == "ppl" or not scores or score is None or any(v not in (0.0, 1.0) for v in scores):
+        return None
+    value = minimum_detectable_difference(len(scores), sum(scores) / len(scores))
+    return {
+        "value": value,
+        "n": len(scores),
+        "alpha": 0.05,
+        "power": 0.8,
+        "assumption": "the two models' errors independent (the worst case)",
+    }
 
 
 def _paired(dense: list[dict[str, Any]], pruned: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:

@@ -202,7 +202,8 @@ def minimum_detectable_difference(
     Normal approximation to McNemar: the difference ``δ`` is detectable when
     ``δ ≥ (z_{1−α/2} + z_power) · sqrt(ψ / n)``, with ``ψ`` the share of discordant pairs. Without a
     measured ``discordance`` the worst case for an accuracy ``a`` is assumed, ``ψ = 2a(1 − a)``
-    (the two models' errors independent).
+    (the two models' errors independent). Since a difference ``δ`` needs at least a share ``δ`` of
+    discordant pairs, the result is never below ``z²/n`` (which matters near 0 or 100 % accuracy).
     """
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
@@ -211,7 +212,9 @@ def minimum_detectable_difference(
     psi = 2 * accuracy * (1 - accuracy) if discordance is None else discordance
     if not 0 <= psi <= 1:
         raise ValueError(f"discordance must be in [0, 1], got {psi}")
-    return (_z(1 - alpha) + NormalDist().inv_cdf(power)) * math.sqrt(psi / n)
+    z = _z(1 - alpha) + NormalDist().inv_cdf(power)
+    # a difference δ needs at least a share δ of discordant pairs, so ψ ≥ δ: δ ≥ z·sqrt(δ/n) ⇒ δ ≥ z²/n
+    return min(1.0, max(z * math.sqrt(psi / n), z * z / n))
 
 
 def score_interval(scores: ArrayLike, *, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0) -> dict:

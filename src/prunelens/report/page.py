@@ -106,6 +106,9 @@ def _table_html(table: dict[str, Any]) -> str:
 
     for r, row in zip(table["rows"], rows[2:]):
         kind = _KIND_LABEL.get(r["kind"], r["kind"])
+        mdd = r.get("min_detectable_difference")
+        if mdd:  # what this n can tell apart, in accuracy points
+            kind += f" · detects ≥ {100 * mdd['value']:.0f} pts at n = {mdd['n']}"
         out.append(
             f'<tr><td class="l">{_e(r["task"])}<span class="kind">{_e(kind)}</span></td>'
             f'<td class="l">{_e(r["metric"])}</td>'
@@ -178,7 +181,9 @@ def _table_section(table: dict[str, Any] | None, flags: list[dict[str, Any]] | N
         f"thresholds ({pct(G.SAFE_RETAINED)}, {pct(G.CARE_RETAINED)}); then the score's 95 % interval "
         "(Wilson for accuracies, bootstrap over examples or perplexity windows) and the p-value of a paired "
         "test against Full on the same examples (exact McNemar for accuracies, paired bootstrap otherwise; "
-        "hover for the difference and its interval). Non-generative average = multiple "
+        "hover for the difference and its interval). Under each accuracy task, the smallest difference a "
+        "paired test on its n questions would detect (α = 0.05, power 0.8, errors assumed independent). "
+        "Non-generative average = multiple "
         "choice + retrieval; perplexity is shown, not averaged. The same table is in "
         "<code>report/table.csv</code> and <code>report/table.md</code>.</p>"
     )
