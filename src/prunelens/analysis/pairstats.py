@@ -44,7 +44,16 @@ from torch import Tensor
 
 from prunelens.analysis import metrics as M
 
-__all__ = ["LogitState", "pair_stats", "logit_stats", "z_keys", "p_keys", "default_k", "DEFAULT_KS"]
+__all__ = [
+    "LogitState",
+    "pair_stats",
+    "logit_stats",
+    "z_keys",
+    "p_keys",
+    "default_k",
+    "DEFAULT_KS",
+    "GEOMETRY_KEYS",
+]
 
 DEFAULT_KS: tuple[int, ...] = (5, 10)
 
@@ -56,18 +65,24 @@ def default_k(ks: Sequence[int] = DEFAULT_KS, V: int | None = None) -> int:
     return K if V is None else min(K, V)
 
 
+#: the per-position geometry of ``x' = x + Δx`` against ``x`` (hidden and logit space; docs/method.md §2.1)
+GEOMETRY_KEYS = (
+    "cos",
+    "one_minus_cos",
+    "rel_norm",
+    "rel_par",
+    "rel_perp",
+    "par_perp_ratio",
+    "alpha",
+    "theorem1",
+    "theorem1_ratio",
+)
+
+
 def z_keys(ks: Sequence[int] = DEFAULT_KS) -> list[str]:
     """Keys of :func:`pair_stats` that describe logit space (temperature independent)."""
     keys = [
-        "cos",
-        "one_minus_cos",
-        "rel_norm",
-        "rel_par",
-        "rel_perp",
-        "par_perp_ratio",
-        "alpha",
-        "theorem1",
-        "theorem1_ratio",
+        *GEOMETRY_KEYS,
         "centered_cos",
         "centered_one_minus_cos",
         "top1_match",

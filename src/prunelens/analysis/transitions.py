@@ -31,24 +31,22 @@ import torch
 from torch import Tensor
 
 from prunelens.analysis import metrics as M
-from prunelens.analysis.pairstats import DEFAULT_KS, LogitState, default_k, p_keys, pair_stats, z_keys
+from prunelens.analysis.pairstats import (
+    DEFAULT_KS,
+    GEOMETRY_KEYS,
+    LogitState,
+    default_k,
+    p_keys,
+    pair_stats,
+    z_keys,
+)
 from prunelens.analysis.tracing import plan_counterfactuals, trace
 from prunelens.models.adapter import Adapter, input_device
 from prunelens.utils.progress import progress_bar
 
 __all__ = ["H_METRICS", "TransitionsResult", "transitions", "logit_lens", "Sequences", "stats_rows"]
 
-H_METRICS = [
-    "cos",
-    "one_minus_cos",
-    "rel_norm",
-    "rel_par",
-    "rel_perp",
-    "par_perp_ratio",
-    "alpha",
-    "theorem1",
-    "theorem1_ratio",
-]
+H_METRICS = list(GEOMETRY_KEYS)  # hidden space: the geometry only (no logits, no probabilities)
 
 #: metric names in the tables: probability-space keys lose their ``prob_`` prefix (space is a column)
 P_RENAME = {"prob_cos": "cos", "prob_one_minus_cos": "one_minus_cos"}
