@@ -18,10 +18,11 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from prunelens import DEFAULT_MODEL
+from prunelens.utils.cli_output import err_console
+from prunelens.utils.cli_output import fail as _fail
 
 app = typer.Typer(
     help=(
@@ -35,17 +36,10 @@ prune_app = typer.Typer(
 )
 app.add_typer(prune_app, name="prune")
 out_console = Console()
-err_console = Console(stderr=True)
 
 MODEL_HELP = (
     "Hub id, local checkpoint dir, .gguf file, prunelens dir, or alias (default: smollm2-135m, embedded)."
 )
-
-
-def _fail(message: str, code: int = 2) -> None:
-    # one line, whatever the terminal width (soft_wrap), and the message printed as given (escape)
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _threads(threads: int | None) -> None:

@@ -20,17 +20,12 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from prunelens.utils.cli_output import err_console
+from prunelens.utils.cli_output import fail as _fail
+
 out_console = Console()
-err_console = Console(stderr=True)
-
-
-def _fail(message: str) -> None:
-    # one line, whatever the terminal width (soft_wrap), and the message printed as given (escape)
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def _csv_list(value: str | None) -> list[str]:

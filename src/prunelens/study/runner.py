@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from prunelens import __version__
-from prunelens.study.config import DENSE, StudyConfig, parse_config
+from prunelens.study.config import DENSE, StudyConfig, TrajectoriesConfig, TransitionsConfig, parse_config
 from prunelens.utils.io import OutputExistsError, atomic_write_json
 
 NON_DENSE_DEPS = ("calibration",)
@@ -269,15 +269,11 @@ def study_prompts(cfg: StudyConfig) -> list[tuple[str, str]]:
 
 def _temperatures(cfg: StudyConfig) -> tuple[float, ...]:
     """The analysed temperatures (the transitions' own, or the default when transitions do not run)."""
-    from prunelens.study.config import TransitionsConfig
-
     return (cfg.analyses.transitions or TransitionsConfig()).temperatures
 
 
 def _analysed_tokens(cfg: StudyConfig) -> int:
     """Tokens decoded per analysed prompt (the trajectories' setting, or its default)."""
-    from prunelens.study.config import TrajectoriesConfig
-
     return (cfg.analyses.trajectories or TrajectoriesConfig()).max_new_tokens
 
 
