@@ -13,6 +13,7 @@ def test_default_config_is_the_documented_study():
     cfg = load_config(None)
     assert [v.name for v in cfg.variants] == [
         "Full",
+        "Control",
         "Drop-4A",
         "Drop-8A",
         "Drop-4M",
@@ -100,6 +101,30 @@ def test_default_config_is_the_documented_study():
             "positive",
         ),
         ({"colour": "blue"}, "(top level)", "allowed:"),
+        (
+            {"variants": [{"name": "C", "control": {"round_to": "int8"}}]},
+            "variants[0].control.round_to",
+            "auto, bfloat16, float16",
+        ),
+        (
+            {"variants": [{"name": "C", "control": {"round_to": "auto"}, "seed": 1}]},
+            "variants[0].seed",
+            "no seed",
+        ),
+        (
+            {
+                "variants": [
+                    {"name": "C", "control": {"round_to": "auto"}, "drop": {"target": "attn", "n": 1}}
+                ]
+            },
+            "variants[0]",
+            "exactly one of 'drop', 'sparsify' or 'control'",
+        ),
+        (
+            {"variants": [{"name": "X", "drop": {"target": "attn", "n": 1}, "seed": -1}]},
+            "variants[0].seed",
+            "≥ 0",
+        ),
     ],
 )
 def test_invalid_configs_name_the_field(patch, field, allowed):
@@ -141,7 +166,7 @@ def test_a_changed_config_invalidates_only_what_it_affects():
     before = {u.id: u.fingerprint for u in plan_units(parse_config(base))}
     changed = yaml.safe_load(DEFAULT_CONFIG_YAML)
     changed["tasks"][0]["limit"] = 99  # arc_easy only
-    changed["variants"][1]["drop"]["n"] = 7  # Drop-8A only
+    changed["variants"][2]["drop"]["n"] = 7  # Drop-8A only
     after = {u.id: u.fingerprint for u in plan_units(parse_config(changed))}
     differ = sorted(k for k in before if before[k] != after.get(k))
     assert all(k.startswith("eval/") and k.endswith("/arc_easy") or "/Drop-8A" in k for k in differ)

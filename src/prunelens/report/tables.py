@@ -68,6 +68,8 @@ def _group(st: Study, name: str) -> tuple[str, float | None]:
     if name == DENSE:
         return "dense", None
     spec = st.specs.get(name) or {}
+    if isinstance(spec.get("control"), dict) or isinstance((st.infos.get(name) or {}).get("control"), dict):
+        return "control", None
     if isinstance(spec.get("drop"), dict):
         return str(spec["drop"].get("target") or "other"), finite_or_none(spec["drop"].get("n"))
     if isinstance(spec.get("sparsify"), dict):

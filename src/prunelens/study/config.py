@@ -34,10 +34,18 @@ class VariantSpec:
     name: str
     drop: dict[str, Any] | None = None
     sparsify: dict[str, Any] | None = None
+    #: a control perturbation (``{round_to: auto|bfloat16|float16}``): the noise floor, not pruning
+    control: dict[str, Any] | None = None
+    #: the calibration seed of this variant's drop scores / sparsity masks (default: the study's seed)
+    seed: int | None = None
 
     @property
     def is_dense(self) -> bool:
-        return self.drop is None and self.sparsify is None
+        return self.drop is None and self.sparsify is None and self.control is None
+
+    @property
+    def is_control(self) -> bool:
+        return self.control is not None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -111,7 +119,11 @@ class CaseStudyConfig:
     max_new_tokens: int = 96
 
 
+#: the name of the default control variant (weights rounded to a lower precision: the noise floor)
+CONTROL = "Control"
+
 DEFAULT_VARIANTS: tuple[dict[str, Any], ...] = (
+    {"name": CONTROL, "control": {"round_to": "auto"}},
     {"name": "Drop-4A", "drop": {"target": "attn", "n": 4}},
     {"name": "Drop-8A", "drop": {"target": "attn", "n": 8}},
     {"name": "Drop-4M", "drop": {"target": "mlp", "n": 4}},
@@ -244,25 +256,46 @@ def _int(value: Any, field_name: str, minimum: int = 1, allow_none: bool = False
 
 def _variant(raw: Any, i: int) -> VariantSpec:
     where = f"variants[{i}]"
+    kinds = ("drop", "sparsify", "control")
     _expect(
         isinstance(raw, dict),
         where,
-        f"must be a mapping with 'name' and one of 'drop' / 'sparsify', got {raw!r}",
+        f"must be a mapping with 'name' and one of {' / '.join(kinds)}, got {raw!r}",
     )
-    unknown = set(raw) - {"name", "drop", "sparsify"}
-    _expect(not unknown, where, f"unknown keys {sorted(unknown)}; allowed: name, drop, sparsify")
+    unknown = set(raw) - {"name", "seed", *kinds}
+    _expect(
+        not unknown, where, f"unknown keys {sorted(unknown)}; allowed: name, drop, sparsify, control, seed"
+    )
     name = raw.get("name")
     _expect(
         isinstance(name, str) and name.strip() != "" and "/" not in name,
         f"{where}.name",
         f"must be a non-empty name without '/', got {name!r}",
     )
-    drop, sparsify = raw.get("drop"), raw.get("sparsify")
+    drop, sparsify, control = raw.get("drop"), raw.get("sparsify"), raw.get("control")
     _expect(
-        (drop is None) != (sparsify is None) or name == DENSE,
+        sum(x is not None for x in (drop, sparsify, control)) == 1 or name == DENSE,
         where,
-        "give exactly one of 'drop' or 'sparsify'",
+        "give exactly one of 'drop', 'sparsify' or 'control'",
     )
+    seed = _int(raw.get("seed"), f"{where}.seed", minimum=0, allow_none=True)
+    _expect(
+        seed is None or control is None,
+        f"{where}.seed",
+        "a control uses no calibration data, so it takes no seed",
+    )
+    if control is not None:
+        from prunelens.models.perturb import CONTROL_ROUNDINGS
+
+        _expect(isinstance(control, dict), f"{where}.control", "must be a mapping {round_to}")
+        unknown = set(control) - {"round_to"}
+        _expect(not unknown, f"{where}.control", f"unknown keys {sorted(unknown)}; allowed: round_to")
+        control = {"round_to": control.get("round_to", "auto")}
+        _expect(
+            control["round_to"] in CONTROL_ROUNDINGS,
+            f"{where}.control.round_to",
+            f"must be one of {', '.join(CONTROL_ROUNDINGS)}, got {control['round_to']!r}",
+        )
     if drop is not None:
         _expect(isinstance(drop, dict), f"{where}.drop", "must be a mapping {target, n[, iterative, window]}")
         unknown = set(drop) - {"target", "n", "iterative", "window"}
@@ -314,7 +347,7 @@ def _variant(raw: Any, i: int) -> VariantSpec:
                     "true_sequential", TRUE_SEQUENTIAL_DEFAULT[sparsify["method"]]
                 ),
             }
-    return VariantSpec(name=name, drop=drop, sparsify=sparsify)
+    return VariantSpec(name=name, drop=drop, sparsify=sparsify, control=control, seed=seed)
 
 
 def _task(raw: Any, i: int) -> StudyTask:

@@ -69,6 +69,7 @@ _ORDER = {SAFE: 0, CARE: 1, UNSAFE: 2}
 
 GROUP_LABELS = {
     "dense": "dense",
+    "control": "the control",
     "attn": "attention drops",
     "mlp": "MLP drops",
     "block": "block drops",
@@ -83,7 +84,7 @@ class VariantFacts:
     """The measured numbers for one variant (``None`` where not measured)."""
 
     name: str
-    group: str = "other"  # dense | attn | mlp | block | joint | sparse | other
+    group: str = "other"  # dense | control | attn | mlp | block | joint | sparse | other
     n: float | None = None  # number of dropped sublayers/blocks, or sparsity
     parameters: int | None = None
     retained_nongen: float | None = None

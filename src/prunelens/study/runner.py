@@ -55,7 +55,10 @@ def plan_units(cfg: StudyConfig) -> list[Unit]:
     """Every unit of the study, grouped by variant (Full first)."""
     units: list[Unit] = []
     for v in cfg.variants:
-        base = ["model", "dtype", "seed", f"variant:{v.name}"] + ([] if v.is_dense else list(NON_DENSE_DEPS))
+        uses_calibration = not (v.is_dense or v.is_control)
+        base = ["model", "dtype", "seed", f"variant:{v.name}"] + (
+            list(NON_DENSE_DEPS) if uses_calibration else []
+        )
         units.append(Unit(f"variant/{v.name}", "variant", v.name, None, cfg.fingerprint(*base)))
         for t in cfg.tasks:
             units.append(
@@ -120,7 +123,8 @@ class Workbench:
         self.cfg = cfg
         self.store = store
         self._dense = None
-        self._calibration = None
+        self._calibrations: dict[int, Any] = {}
+        self._controls: dict[str, Any] = {}
 
     @property
     def dense(self):
@@ -133,12 +137,34 @@ class Workbench:
 
     @property
     def calibration(self):
-        if self._calibration is None:
+        """The calibration windows at the study's seed."""
+        return self.calibration_for(self.cfg.seed)
+
+    def calibration_for(self, seed: int):
+        """The calibration windows drawn with ``seed`` (each seed read once per process)."""
+        if seed not in self._calibrations:
             from prunelens.data.calibration import get_calibration
 
             c = self.cfg.calibration
-            self._calibration = get_calibration(self.dense[1], c.source, c.nsamples, c.seqlen, self.cfg.seed)
-        return self._calibration
+            self._calibrations[seed] = get_calibration(self.dense[1], c.source, c.nsamples, c.seqlen, seed)
+        return self._calibrations[seed]
+
+    def control(self, name: str):
+        """The control variant ``name``: every weight rounded to the configured format and back, held as
+        overrides of the dense weights (built once per process)."""
+        if name not in self._controls:
+            from prunelens.analysis.variants import Variant
+            from prunelens.models.perturb import resolve_rounding, rounded_overrides
+
+            spec = next(v for v in self.cfg.variants if v.name == name)
+            model, _ = self.dense
+            fmt = resolve_rounding(spec.control["round_to"], next(model.parameters()).dtype)
+            self._controls[name] = Variant(
+                name=name,
+                source=f"control: every weight rounded to {fmt}",
+                overrides=rounded_overrides(model, fmt),
+            )
+        return self._controls[name]
 
     def build_variant(self, name: str) -> dict[str, Any]:
         """Prune (or not) and store the variant's plan / checkpoint; return its info."""
@@ -152,12 +178,22 @@ class Workbench:
         out = self.store.variant_dir(name)
         out.mkdir(parents=True, exist_ok=True)
         plan = None
-        if spec.drop is not None:
+        extra: dict[str, Any] = {}
+        seed = spec.seed if spec.seed is not None else self.cfg.seed
+        if spec.control is not None:
+            v = self.control(name)
+            params = param_count(model)
+            extra["control"] = {
+                "round_to": v.source.rsplit(" ", 1)[-1],
+                "changed_tensors": len(v.overrides),
+            }
+        elif spec.drop is not None:
+            calibration = self.calibration_for(seed)
             pruned = copy.deepcopy(model)
             d = spec.drop
             plan = drop(
                 pruned,
-                self.calibration,
+                calibration,
                 target=d["target"],
                 n=d["n"],
                 iterative=d.get("iterative", False),
@@ -169,11 +205,12 @@ class Workbench:
             plan.save(out)
             del pruned
         elif spec.sparsify is not None:
+            calibration = self.calibration_for(seed)
             pruned = copy.deepcopy(model)
             s = spec.sparsify
             plan = sparsify(
                 pruned,
-                self.calibration if s["method"] != "magnitude" else None,
+                calibration if s["method"] != "magnitude" else None,
                 method=s["method"],
                 sparsity=s.get("sparsity"),
                 pattern=s.get("pattern"),
@@ -186,7 +223,12 @@ class Workbench:
             del pruned
         else:
             params = param_count(model)
-        info = {"name": name, "parameters": params, "plan": plan.to_dict() if plan is not None else None}
+        info = {
+            "name": name,
+            "parameters": params,
+            "plan": plan.to_dict() if plan is not None else None,
+            **extra,
+        }
         atomic_write_json(out / "info.json", info)
         return info
 
@@ -196,6 +238,8 @@ class Workbench:
         from prunelens.plan import PrunePlan
 
         spec = next(v for v in self.cfg.variants if v.name == name)
+        if spec.control is not None:
+            return self.control(name)
         model, tok = self.dense
         out = self.store.variant_dir(name)
         if spec.drop is not None:
