@@ -238,12 +238,12 @@ def test_eval_and_compare(model_dir, tmp_path):
     res = runner.invoke(app, ["compare", str(dense), str(pruned), "--out", str(tmp_path / "table")])
     assert res.exit_code == 0, res.output
     assert "Drop-2M" in (tmp_path / "table.md").read_text()
-    assert "paired against" in res.output and "McNemar" in res.output and "bootstrap" in res.output
+    assert "paired against" in res.output and "McNemar" in res.output and "sign-flip" in res.output
     table = json.loads((tmp_path / "table.json").read_text())
     rows = {r["task"]: r for r in table["rows"]}
     mc = rows["arc_easy"]["paired"][1]
     assert mc["test"] == "exact McNemar" and mc["n"] == 2 and rows["arc_easy"]["paired"][0] is None
-    assert rows["wikitext2"]["paired"][1]["test"] == "paired bootstrap"
+    assert rows["wikitext2"]["paired"][1]["test"] == "paired sign-flip test"
     assert "95% interval" in (tmp_path / "table.csv").read_text()
     res = runner.invoke(app, ["eval", str(model_dir), "--tasks", "nope", "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "unknown task" in res.output

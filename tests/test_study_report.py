@@ -97,6 +97,10 @@ def analysis_summary(
     kl_options=0.01,
     kl_full=0.02,
     own_sublayers: bool = True,
+    tf_ratios=(1.0, 1.0),
+    fr_ratios=(1.0, 1.0),
+    ratio_n: int | None = None,
+    mc: tuple[float, int, int] | None = None,
 ) -> dict:
     """``analysis/<name>/summary.json`` as :func:`prunelens.analysis.pipeline.run_analysis` writes it for one
     variant (the keys of ``headline_transitions`` / ``headline_trajectories`` / ``headline_subspace``).
@@ -105,7 +109,11 @@ def analysis_summary(
     Theorem 2 / 3 estimate ratios; ``tf`` / ``fr``: (median cos p, median KL) teacher-forced / free-running,
     ``steps`` the first free-running divergence per prompt. ``own_sublayers=False``: no ``variant_sublayers``
     (a variant that drops none of the measured sublayers), the numbers are under ``all_sublayers`` only.
+    ``tf_ratios`` / ``fr_ratios``: the Theorem 2 / 3 ratios along decoding; ``ratio_n``: the ``n`` of every
+    ratio median (absent, as in older summaries, when None); ``mc``: (dense letter accuracy, questions,
+    options per question) with the stored ``chance`` (absent, as in older summaries, when None).
     """
+    n_ratio = {} if ratio_n is None else {"n_estimate_ratio": {"theorem2": ratio_n, "theorem3": ratio_n}}
     h, z, p = cos
 
     def block(scale: float) -> dict:  # one headline_transitions group; ``all_sublayers`` gets other numbers
@@ -123,9 +131,10 @@ def analysis_summary(
             },
             "top1_agreement": 0.9,
             "median_cos_attn": {"h": h, "z": z, "p": p, "kl": kl},
+            **n_ratio,
         }
 
-    def regime(cos_p: float, regime_kl: float) -> dict:
+    def regime(cos_p: float, regime_kl: float, ratios=(1.0, 1.0)) -> dict:
         return {
             "steps": 6,
             "median_cos": {"h": 0.9, "z": 0.9, "z_centered": 0.9, "p": cos_p},
@@ -133,7 +142,8 @@ def analysis_summary(
             "mean_kl": regime_kl,
             "q90_kl": regime_kl * 2,
             "top1_agreement": 0.5,
-            "median_estimate_ratio": {"theorem2": 1.0, "theorem3": 1.0},
+            "median_estimate_ratio": {"theorem2": ratios[0], "theorem3": ratios[1]},
+            **n_ratio,
             "median_kl_first_quarter": None,
             "median_kl_last_quarter": None,
             "first_divergence_steps": list(steps),
@@ -160,7 +170,11 @@ def analysis_summary(
             "plan": None,
         },
         "transitions": transitions,
-        "trajectories": {"temperature": 1.0, "teacher_forced": regime(*tf), "free_running": regime(*fr)},
+        "trajectories": {
+            "temperature": 1.0,
+            "teacher_forced": regime(*tf, tf_ratios),
+            "free_running": regime(*fr, fr_ratios),
+        },
         "subspace": {
             "temperature": 1.0,
             "questions": 4,
@@ -173,6 +187,11 @@ def analysis_summary(
             "median_estimate_ratio_theorem3": {"full": 1.0, "options": 1.0},
         },
     }
+    if mc is not None:
+        acc, questions, k = mc
+        entry["subspace"].update(
+            {"dense_accuracy": acc, "questions": questions, "n_options": [k], "chance": 1 / k}
+        )
     return {
         "dense": "Full",
         "variants": {name: entry},
@@ -379,7 +398,7 @@ def test_generative_verdict_fidelity_lowers_never_raises():
     assert G.generative_verdict(f).verdict == G.SAFE
     f.exact_match = G.FIDELITY_CARE_EXACT_MATCH - 0.01
     v = G.generative_verdict(f)
-    assert v.verdict == G.CARE and any("lowers" in r for r in v.reasons)
+    assert v.verdict == G.CARE and any("the worse of the two decides" in r for r in v.reasons)
     f.exact_match = G.FIDELITY_UNSAFE_EXACT_MATCH - 0.01
     assert G.generative_verdict(f).verdict == G.UNSAFE
     bad = VariantFacts("W", retained_gen=0.5, dense_gen=0.3, exact_match=1.0)
@@ -387,6 +406,58 @@ def test_generative_verdict_fidelity_lowers_never_raises():
     only_fid = VariantFacts("X", retained_gen=None, exact_match=0.9)
     assert G.generative_verdict(only_fid).verdict == G.SAFE
     assert G.generative_verdict(VariantFacts("Y")).verdict == G.NOT_MEASURED
+
+
+def _test(task, diff, p, n=200, ref=0.6):
+    return G.TaskTest(task, n, ref, ref + diff, diff, (diff - 0.05, diff + 0.05), p, "exact McNemar")
+
+
+@pytest.mark.parametrize(
+    "tests,interval,grade,finding",
+    [
+        ([_test("a", -0.01, 0.6), _test("b", 0.0, 1.0)], (0.9, 1.05), G.SAFE, G.INDISTINGUISHABLE),
+        ([_test("a", -0.3, 1e-6)], (0.4, 0.6), G.UNSAFE, G.LOWER),
+        ([_test("a", -0.05, 0.001)], (0.85, 0.97), G.CARE, G.LOWER),
+        ([_test("a", -0.05, 0.3)], (0.7, 1.1), G.CARE, G.UNCLEAR),
+        # two tasks at p = 0.03 each: Holm makes both 0.06, not significant
+        ([_test("a", -0.1, 0.03), _test("b", -0.1, 0.03)], (0.86, 1.0), G.SAFE, G.INDISTINGUISHABLE),
+        # a significant *gain* is no loss
+        ([_test("a", 0.1, 1e-4)], (1.05, 1.3), G.SAFE, G.INDISTINGUISHABLE),
+    ],
+)
+def test_interval_verdict_rule(tests, interval, grade, finding):
+    f = VariantFacts(
+        "V", retained_nongen=(interval[0] + interval[1]) / 2, dense_nongen=0.6, nongen_tests=tests
+    )
+    f.retained_nongen_interval = interval
+    v = G.non_generative_verdict(f)
+    assert v.verdict == grade and v.finding.startswith(finding)
+    d = v.to_dict()
+    assert d["interval"] == list(interval) and d["n"] == {t.task: t.n for t in tests}
+    assert [t["p_holm"] for t in d["tests"]] == pytest.approx(
+        __import__("prunelens.evaluate.uncertainty", fromlist=["holm"]).holm([t.p_value for t in tests])
+    )
+
+
+def test_generation_is_judged_against_the_control_and_the_worse_decides():
+    ok = [_test("gsm8k", -0.01, 0.7, n=24, ref=0.5)]
+    bad = [_test("gsm8k", -0.3, 1e-4, n=24, ref=0.5)]
+    f = VariantFacts(
+        "V", retained_gen=1.0, dense_gen=0.5, gen_tests=ok, retained_gen_interval=(0.9, 1.1), rouge_l=0.2
+    )
+    f.control, f.control_rouge_l = "Control", 0.8
+    f.fidelity_tests, f.fidelity_ratio, f.fidelity_ratio_interval = bad, 0.25, (0.15, 0.35)
+    v = G.generative_verdict(f)
+    assert v.verdict == G.UNSAFE and "lower than the Control" in v.finding
+    assert any("the control's 0.80" in r for r in v.reasons) and any("worse" in r for r in v.reasons)
+    f.fidelity_tests, f.fidelity_ratio, f.fidelity_ratio_interval = ok, 0.98, (0.9, 1.05)
+    v = G.generative_verdict(f)
+    assert v.verdict == G.SAFE and "indistinguishable from the Control" in v.finding
+    control = VariantFacts("Control", group="control", rouge_l=0.8)
+    assert G.generative_verdict(control).finding == G.FLOOR
+    # the control is judged for non-generative use but is not a pruned variant in the answer
+    text = G.answer_for_model("tiny", [VariantFacts("Full", group="dense"), control, f])
+    assert "Control" not in text
 
 
 def test_tiny_dense_score_is_not_judged():
@@ -401,7 +472,7 @@ def test_rule_text_is_written_from_the_constants(monkeypatch):
     monkeypatch.setattr(G, "SAFE_RETAINED", 0.9)
     monkeypatch.setattr(G, "FIDELITY_UNSAFE_EXACT_MATCH", 0.2)
     text = " ".join(G.rule_text())
-    assert "90%" in text and "20%" in text and "95%" not in text
+    assert "90% ('safe')" in text and "20%" in text and "95% ('safe')" not in text
     assert G.score_verdict(0.92) == G.SAFE  # the verdicts use the same constants
 
 
@@ -544,10 +615,16 @@ def test_analysis_headline_reads_the_pipeline_summary():
         tf_kl=0.4,
         fr_cos_p=0.2,
         fr_kl=3.0,
+        tf_ratio_theorem2=1.0,
+        tf_ratio_theorem3=1.0,
+        fr_ratio_theorem2=1.0,
+        fr_ratio_theorem3=1.0,
         first_divergence=3.0,
         choice_flip_rate=0.5,
         kl_options=0.01,
         kl_full=0.3,
+        mc_dense_accuracy=0.5,
+        mc_questions=4,
     )
     # a variant with none of its own sublayers measured: the numbers over every sublayer
     b = AnalysisHeadline.from_summary(analysis_summary("V", kl=0.4, own_sublayers=False), "V")
@@ -682,19 +759,150 @@ def test_tasks_near_chance_are_flagged_and_not_judged(built, tmp_path):
     assert "86%" in text
 
 
+def _ratio_tables(variant: str):
+    """Synthetic ``transitions`` / ``trajectories`` long tables (the analysis's columns, space p, T = 1): at
+    the transitions the estimates are exact (ratio 1) for KL 1e-5…1e-2; along decoding KL is 1e-2…1 and the
+    Theorem 2 / 3 ratios are 0.3 / 0.56 teacher-forced, 0.25 / 0.5 free-running."""
+    import numpy as np
+    import pandas as pd
+
+    kl_t, kl_d = np.logspace(-5, -2, 40), np.logspace(-2, 0, 20)
+    rows = []
+    for i, kl in enumerate(kl_t):
+        base = {"variant": variant, "prompt": 0, "position": i, "position_kind": "prompt", "token_id": 5}
+        base |= {"layer": 1, "sublayer": "attn", "counterfactual": "drop", "in_variant": True, "space": "p"}
+        for metric, v in (("kl", kl), ("theorem2_ratio", 1.0), ("theorem3_ratio", 1.0)):
+            rows.append({**base, "metric": metric, "temperature": 1.0, "value": v})
+    transitions = pd.DataFrame(rows)
+    rows = []
+    for regime, (r2, r3) in (("teacher_forced", (0.3, 0.56)), ("free_running", (0.25, 0.5))):
+        for i, kl in enumerate(kl_d):
+            base = {"variant": variant, "prompt": 0, "regime": regime, "step": i + 1, "space": "p"}
+            for metric, v in (("kl", kl), ("theorem2_ratio", r2), ("theorem3_ratio", r3)):
+                rows.append({**base, "metric": metric, "temperature": 1.0, "value": v})
+    return transitions, pd.DataFrame(rows)
+
+
+def test_report_shows_estimate_ratios_at_transitions_and_along_decoding(tmp_path):
+    from prunelens.analysis.figures import estimate_ratio_vs_kl
+
+    root = make_study(tmp_path / "study")
+    _w(
+        root / "analysis" / "Drop-2A" / "summary.json",
+        analysis_summary(
+            "Drop-2A", ratios=(1.0, 0.99), tf_ratios=(0.3, 0.56), fr_ratios=(0.25, 0.5), ratio_n=120
+        ),
+    )
+    figs = root / "analysis" / "Drop-2A" / "figures"
+    paths = estimate_ratio_vs_kl(*_ratio_tables("Drop-2A"), figs, "Drop-2A")
+    assert [p.name for p in paths] == ["estimate_ratio_vs_kl_Drop-2A.png", "estimate_ratio_vs_kl_Drop-2A.svg"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+    text = build_report(root).read_text()
+    # both medians in the table, each with its n (Drop-2A is the first analysis column)
+    for label, value in (
+        ("T2 est / real, transitions", "1"),
+        ("T3 est / real, transitions", "0.99"),
+        ("TF T2 est / real", "0.3"),
+        ("TF T3 est / real", "0.56"),
+        ("FR T2 est / real", "0.25"),
+        ("FR T3 est / real", "0.5"),
+    ):
+        assert f'<td class="l">{label}</td><td>{value}<span class="ci">n = 120</span></td>' in text, label
+    # the figure is on the page, after the layer-wise one and before decoding, with a caption from the data
+    assert len(re.findall(r"<img ", text)) == 5  # summary, predictor, three analysis figures
+    caption = (
+        "Drop-2A: Theorem 2 and 3 estimate/real against the perturbation size (exact KL), at sublayer "
+        "transitions and along decoding; median estimate/real: "
+        "Theorem 2 sublayer transitions 1.00 (n = 120), teacher-forced 0.30 (n = 120), "
+        "free-running 0.25 (n = 120); "
+        "Theorem 3 sublayer transitions 0.99 (n = 120), teacher-forced 0.56 (n = 120), "
+        "free-running 0.50 (n = 120). "
+        "The Theorem 2 estimate is close to exact (ratio within 0.8–1.25) at sublayer transitions; "
+        "it underestimates (ratio below 0.8) along decoding (teacher-forced and free-running). "
+        "The Theorem 3 estimate is close to exact (ratio within 0.8–1.25) at sublayer transitions; "
+        "it underestimates (ratio below 0.8) along decoding (teacher-forced and free-running)."
+    )
+    assert caption in text
+    i = text.index("Drop-2A: Theorem 2 and 3 estimate/real")
+    assert (
+        text.index("Drop-2A: Cosine in hidden") < i < text.index("Drop-2A: Similarity and KL along decoding")
+    )
+    # without the n (older summaries) the medians are shown bare, the caption says no n
+    _w(root / "analysis" / "Drop-2A" / "summary.json", analysis_summary("Drop-2A", tf_ratios=(0.3, 0.56)))
+    text = build_report(root).read_text()
+    assert '<td class="l">TF T2 est / real</td><td>0.3</td>' in text
+    assert "teacher-forced 0.30, free-running 1.00" in text
+
+
+def test_option_subspace_near_chance_is_flagged(built, tmp_path):
+    from prunelens.report.stats import chance_bound
+
+    # the rule of the score tables: chance + 2·sqrt(chance·(1 − chance)/n)
+    assert chance_bound(0.5, 10) == pytest.approx(0.5 + 2 * math.sqrt(0.025))
+    with pytest.raises(ValueError):
+        chance_bound(1.0, 10)
+    bound = 0.25 + 2 * math.sqrt(0.25 * 0.75 / 40)  # 0.387 on 40 four-option questions
+    assert AnalysisHeadline(
+        mc_dense_accuracy=0.3, mc_questions=40, mc_chance=0.25
+    ).subspace_near_chance() == {
+        "score": 0.3,
+        "chance": 0.25,
+        "n": 40,
+        "bound": pytest.approx(bound),
+    }
+    assert (
+        AnalysisHeadline(mc_dense_accuracy=0.4, mc_questions=40, mc_chance=0.25).subspace_near_chance()
+        is None
+    )
+    no_chance = AnalysisHeadline(mc_dense_accuracy=0.3, mc_questions=40)  # an older summary: not judged
+    assert no_chance.subspace_near_chance() is None
+    # the option-subspace figure's caption says it too
+    from prunelens.report.analysis_results import analysis_caption
+
+    near = AnalysisHeadline(choice_flip_rate=0.3, mc_dense_accuracy=0.3, mc_questions=40, mc_chance=0.25)
+    cap = analysis_caption(Path("option_subspace_V.png"), "V", near)
+    assert "near chance (30% on n = 40 against chance 25%), so these numbers describe noise" in cap
+    clear = AnalysisHeadline(choice_flip_rate=0.3, mc_dense_accuracy=0.4, mc_questions=40, mc_chance=0.25)
+    assert "near chance" not in analysis_caption(Path("option_subspace_V.png"), "V", clear)
+    # older summaries store no chance: not judged
+    assert "Near chance (option subspace)" not in built[2]
+    root = make_study(tmp_path / "study")
+    for name in ("Drop-2A", "Drop-2M", "Drop-4M"):
+        _w(root / "analysis" / name / "summary.json", analysis_summary(name, mc=(0.3, 40, 4)))
+    text = build_report(root).read_text()
+    assert (
+        "Near chance (option subspace): the dense model is within two standard errors of random guessing on "
+        "the letter-format prompt of the option-subspace analysis (Drop-2A, Drop-2M, Drop-4M: dense accuracy "
+        "0.30 on n = 40 questions against chance 0.25, needs ≥ 0.39). The option-subspace numbers (MC choice "
+        "flips, KL options, KL full vocabulary) are measured on a prompt the model answers near chance, so "
+        "they describe noise more than choice."
+    ) in text
+    assert '<td class="l">MC dense accuracy</td><td>30%<span class="ci">n = 40</span></td>' in text
+    # above the bound: the dense accuracy is shown, nothing is flagged
+    for name in ("Drop-2A", "Drop-2M", "Drop-4M"):
+        _w(root / "analysis" / name / "summary.json", analysis_summary(name, mc=(0.4, 40, 4)))
+    text = build_report(root).read_text()
+    assert "Near chance (option subspace)" not in text and "noise more than choice" not in text
+    assert '<td class="l">MC dense accuracy</td><td>40%<span class="ci">n = 40</span></td>' in text
+
+
 def test_guidance_verdicts(built):
     root, _, text = built
     g = {v["variant"]: v for v in json.loads((root / "report" / "guidance.json").read_text())["variants"]}
     assert set(g) == {"Drop-2A", "Drop-2M", "Drop-4M", "Wanda-50%"}
     verdict = {k: (v["non_generative"]["verdict"], v["generative"]["verdict"]) for k, v in g.items()}
+    # the synthetic study stores one record per task: no paired interval can be trusted, so every score
+    # verdict is "not enough data to tell"; only the fixed fidelity threshold (no control here) can say more
     assert verdict == {
-        "Drop-2A": (G.SAFE, G.CARE),  # generative score kept, but only 40% identical generations
-        "Drop-2M": (G.UNSAFE, G.UNSAFE),
-        "Drop-4M": (G.UNSAFE, G.UNSAFE),
-        "Wanda-50%": (G.SAFE, G.UNSAFE),
+        "Drop-2A": (G.CARE, G.CARE),
+        "Drop-2M": (G.CARE, G.CARE),
+        "Drop-4M": (G.CARE, G.UNSAFE),  # under 10% identical generations
+        "Wanda-50%": (G.CARE, G.CARE),
     }
+    assert all(v["non_generative"]["finding"] == G.UNCLEAR for v in g.values())
+    assert "fewer than 10" in g["Drop-2A"]["non_generative"]["reasons"][0]
     for line in G.rule_text():
-        assert line.replace("'", "&#x27;") in text
+        assert __import__("html").escape(line) in text
 
 
 def test_report_rebuild_is_idempotent(built):

@@ -54,7 +54,7 @@ def test_paired_bootstrap_identity_and_shift():
     same = paired_bootstrap(x, x)
     assert same.difference == 0 and same.interval == (0.0, 0.0) and same.p_value == 1.0 and same.ratio == 1.0
     shifted = paired_bootstrap(x, x + 0.5)
-    assert shifted.difference == pytest.approx(0.5) and shifted.p_value == 0.0
+    assert shifted.difference == pytest.approx(0.5) and shifted.p_value < 1e-3  # 1 / (resamples + 1)
     noisy = paired_bootstrap(x, x + np.random.default_rng(2).normal(0.3, 1.0, size=200), seed=0)
     assert noisy.interval[0] < noisy.difference < noisy.interval[1] and noisy.p_value < 0.01
     with pytest.raises(ValueError, match="same length"):
@@ -107,4 +107,48 @@ def test_score_and_perplexity_intervals_and_the_fitting_paired_test():
     assert ppl["low"] <= math.exp(sum(nll) / sum(tok)) <= ppl["high"]
     assert perplexity_interval([30.0] * 4, tok)["low"] == pytest.approx(math.exp(3.0))
     assert compare_paired([1, 0, 1], [1, 1, 0]).test == "exact McNemar"
-    assert compare_paired([0.5, 0.2, 0.9], [0.4, 0.2, 0.8]).test == "paired bootstrap"
+    assert compare_paired([0.5, 0.2, 0.9], [0.4, 0.2, 0.8]).test == "paired sign-flip test"
+
+
+def test_sign_flip_p_value_is_exact_for_few_pairs_and_honest_at_two():
+    from prunelens.evaluate.uncertainty import sign_flip_p_value
+
+    # two prompts that both got worse by the same amount: 2 of the 4 sign patterns are as extreme
+    assert sign_flip_p_value([-0.75, -0.75]) == 0.5
+    assert paired_bootstrap([1.0, 1.0], [0.25, 0.25]).p_value == 0.5
+    # n = 8, all negative: only the all-negative and all-positive patterns reach |mean| = 1
+    assert sign_flip_p_value([-1.0] * 8) == pytest.approx(2 / 256)
+    # exact enumeration against a brute-force count
+    x = np.array([0.3, -0.1, 0.5, 0.2, -0.4, 0.6])
+    import itertools
+
+    obs = abs(x.mean())
+    count = sum(abs((np.array(s) * x).mean()) >= obs - 1e-12 for s in itertools.product([-1, 1], repeat=6))
+    assert sign_flip_p_value(x) == pytest.approx(count / 64)
+    assert sign_flip_p_value([0.0, 0.0, 0.0]) == 1.0
+
+
+def test_holm_adjustment():
+    from prunelens.evaluate.uncertainty import holm
+
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5]) == [0.5] and holm([]) == []
+    assert holm([0.2, 0.9]) == pytest.approx([0.4, 0.9])
+    with pytest.raises(ValueError):
+        holm([1.5])
+
+
+def test_pooled_retained_interval_covers_the_ratio_and_shrinks_with_n():
+    from prunelens.evaluate.uncertainty import pooled_retained
+
+    rng = np.random.default_rng(0)
+    small = [(rng.integers(0, 2, 40).astype(float), rng.integers(0, 2, 40).astype(float)) for _ in range(2)]
+    big = [(rng.integers(0, 2, 400).astype(float), rng.integers(0, 2, 400).astype(float)) for _ in range(2)]
+    for pairs in (small, big):
+        r, (lo, hi) = pooled_retained(pairs)
+        ref = sum(p.mean() for _, p in pairs) / sum(d.mean() for d, _ in pairs)
+        assert r == pytest.approx(ref) and lo <= r <= hi
+    assert np.diff(pooled_retained(big)[1]) < np.diff(pooled_retained(small)[1])
+    same = [(np.array([1.0, 0.0, 1.0]), np.array([1.0, 0.0, 1.0]))]
+    assert pooled_retained(same) == (1.0, (1.0, 1.0))
+    assert pooled_retained([(np.zeros(3), np.ones(3))]) is None

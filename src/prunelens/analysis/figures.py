@@ -8,6 +8,9 @@ Each function takes the tidy tables of :mod:`prunelens.analysis.tables` and writ
   are marked (the other layers show the drop-each counterfactual);
 * :func:`estimate_vs_real` — Theorem 1 (h and z), Theorem 2 (``1 − cos p``) and Theorem 3 (KL): estimate
   against the exact value per token, log–log, with the ``y = x`` line;
+* :func:`estimate_ratio_vs_kl` — Theorem 2 and Theorem 3 estimate/real against the exact KL (log–log), at
+  the sublayer transitions and along decoding (teacher-forced, free-running): per-token points and the
+  median per decade of KL, with the ``ratio = 1`` line, so one sees where the estimate holds and where not;
 * :func:`decoding_steps` — cosine per space and KL along decoding steps, teacher-forced and free-running
   (median over prompts with interquartile band), first divergence steps marked;
 * :func:`option_subspace` — option subspace versus full vocabulary: KL and ``1 − cos p`` per question,
@@ -24,7 +27,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["layerwise", "estimate_vs_real", "decoding_steps", "option_subspace", "top_tokens", "save", "slug"]
+__all__ = [
+    "layerwise",
+    "estimate_vs_real",
+    "estimate_ratio_vs_kl",
+    "decoding_steps",
+    "option_subspace",
+    "top_tokens",
+    "save",
+    "slug",
+]
 
 _SPACE_STYLE = {
     "h": ("#1f77b4", "h (hidden)"),
@@ -173,6 +185,132 @@ def estimate_vs_real(
         f"{variant}: second-order estimates against exact values (per token and sublayer)", fontsize=10
     )
     return save(fig, directory, f"estimate_vs_real_{slug(variant)}")
+
+
+_RATIO_SOURCES = (  # (label, colour) per source of (exact KL, estimate/real) pairs
+    ("sublayer transitions", "#1f77b4"),
+    ("teacher-forced decoding", "#ff7f0e"),
+    ("free-running decoding", "#2ca02c"),
+)
+
+
+def ratio_pairs(transitions: pd.DataFrame | None, trajectories: pd.DataFrame | None, variant: str, T=None):
+    """``{source label: {"theorem2"|"theorem3": (exact KL, estimate/real)}}`` of one variant, per token.
+
+    Transitions: the variant's own sublayers when the table marks any, else every sublayer (the selection
+    of the summary's headline medians); trajectories: every decoding step of each regime.
+    """
+    from prunelens.analysis.tables import SIZE_FLOOR
+
+    groups: list[tuple[str, pd.DataFrame, list[str]]] = []
+    if transitions is not None and len(transitions):
+        t = transitions[transitions["variant"] == variant]
+        own = t["in_variant"].astype(bool)
+        groups.append(
+            (_RATIO_SOURCES[0][0], t[own] if own.any() else t, ["prompt", "position", "layer", "sublayer"])
+        )
+    if trajectories is not None and len(trajectories):
+        tr = trajectories[trajectories["variant"] == variant]
+        for regime, label in (
+            ("teacher_forced", _RATIO_SOURCES[1][0]),
+            ("free_running", _RATIO_SOURCES[2][0]),
+        ):
+            groups.append((label, tr[tr["regime"] == regime], ["prompt", "step"]))
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for label, d, key in groups:
+        d = d[d["space"] == "p"]
+        T0 = _t0(d) if T is None else T
+        if T0 is None:
+            continue
+        d = d[np.isclose(d["temperature"], T0)]
+        kl = d[d["metric"] == "kl"].set_index(key)["value"].rename("kl")
+        pairs = {}
+        for thm in ("theorem2", "theorem3"):
+            r = d[d["metric"] == f"{thm}_ratio"].set_index(key)["value"].rename("ratio")
+            j = pd.concat([kl, r], axis=1, join="inner")
+            j = j[np.isfinite(j["kl"]) & np.isfinite(j["ratio"]) & (j["kl"] > SIZE_FLOOR)]
+            if len(j):
+                pairs[thm] = (j["kl"].to_numpy(np.float64), j["ratio"].to_numpy(np.float64))
+        if pairs:
+            out[label] = pairs
+    return out
+
+
+def estimate_ratio_vs_kl(
+    transitions: pd.DataFrame | None,
+    trajectories: pd.DataFrame | None,
+    directory,
+    variant: str,
+    T: float | None = None,
+    max_points: int = 3000,
+) -> list[Path]:
+    """Estimate/real of Theorems 2 and 3 against the exact KL(p‖p′), transitions and decoding in one view.
+
+    Why: the headline medians say the estimates are near exact at sublayer transitions, but along decoding
+    the perturbation is larger and the second-order expansion underestimates; this figure puts both on the
+    same perturbation-size axis. Points: per token (sampled to ``max_points`` per source); lines: the median
+    per decade of KL with its interquartile band (:func:`prunelens.analysis.tables.ratio_by_size`).
+    Nothing is written when neither table has pairs for ``variant``.
+    """
+    from prunelens.analysis.tables import ratio_by_size
+
+    pairs = ratio_pairs(transitions, trajectories, variant, T)
+    if not pairs:
+        return []
+    plt = pyplot()
+    colour = dict(_RATIO_SOURCES)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    rng = np.random.default_rng(0)
+    titles = {
+        "theorem2": "Theorem 2: Var_r(Δz)/2T² over 1 − cos(p, p′)",
+        "theorem3": "Theorem 3: Var_p(Δz)/2T² over KL(p‖p′)",
+    }
+    for ax, thm in zip(axes, ("theorem2", "theorem3")):
+        for label, by_thm in pairs.items():
+            if thm not in by_thm:
+                continue
+            x, y = by_thm[thm]
+            pick = rng.choice(len(x), max_points, replace=False) if len(x) > max_points else slice(None)
+            xs, ys_ = x[pick], y[pick]
+            pos = ys_ > 0  # a zero ratio has no place on the log axis (it still counts in the medians)
+            ax.scatter(xs[pos], ys_[pos], s=3, alpha=0.2, color=colour[label], rasterized=True)
+            bins = ratio_by_size(x, y)
+            mid = [np.sqrt(b["size_lo"] * b["size_hi"]) for b in bins]
+            ax.plot(
+                mid,
+                [b["median"] for b in bins],
+                "-o",
+                ms=4,
+                color=colour[label],
+                label=f"{label}: median {np.median(y):.2f} (n = {len(y)})",
+            )
+            ax.fill_between(
+                mid, [b["q25"] for b in bins], [b["q75"] for b in bins], color=colour[label], alpha=0.15
+            )
+        ax.axhline(1.0, color="k", ls="--", lw=1, label="estimate = exact")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        # at least 0.5–2 on the y axis: a ratio of 0.98 should look close to 1, not fill the panel
+        ys = np.concatenate([b[thm][1] for b in pairs.values() if thm in b] or [np.ones(1)])
+        ys = ys[ys > 0] if (ys > 0).any() else np.ones(1)
+        lo, hi = min(0.5, float(np.quantile(ys, 0.005))), max(2.0, float(np.quantile(ys, 0.995)))
+        ax.set_ylim(lo / 1.1, hi * 1.1)
+        decades = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+        steps = (1, 2, 5) if len(decades) <= 4 else (1,)  # 1-2-5 ticks while they fit, else decades
+        ticks = [m * 10.0**e for e in decades for m in steps if lo <= m * 10.0**e <= hi]
+        ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+        ax.yaxis.set_minor_formatter(plt.NullFormatter())
+        ax.set_xlabel("exact KL(p‖p′) (perturbation size)")
+        ax.set_ylabel("estimate / real")
+        ax.set_title(titles[thm], fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle(
+        f"{variant}: where the second-order estimates hold (ratio ≈ 1) and where they underestimate (< 1); "
+        "lines: median per decade of KL, IQR band",
+        fontsize=10,
+    )
+    return save(fig, directory, f"estimate_ratio_vs_kl_{slug(variant)}")
 
 
 def decoding_steps(

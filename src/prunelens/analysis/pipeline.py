@@ -98,6 +98,28 @@ def _s(v, q: float = 0.5) -> float | None:
     return float(np.quantile(v, q)) if v.size else None
 
 
+def _n(v) -> int:
+    """How many values :func:`_s` takes its quantile over (the non-NaN ones): the ``n`` of a median."""
+    v = np.asarray(v, dtype=np.float64).reshape(-1)
+    return int((~np.isnan(v)).sum())
+
+
+def _ratio_detail(kl, ratio2, ratio3) -> dict[str, Any]:
+    """The ``n`` of the Theorem 2 / 3 estimate-ratio medians and the ratios per decade of the exact KL.
+
+    Why: the second-order estimates are near exact at small perturbations (sublayer transitions) and
+    underestimate at larger ones (along decoding); one median per group cannot show that, the ratio against
+    the perturbation size can (the report draws and quotes it). ``kl`` and the ratios are aligned arrays.
+    """
+    return {
+        "n_estimate_ratio": {"theorem2": _n(ratio2), "theorem3": _n(ratio3)},
+        "estimate_ratio_by_kl": {
+            "theorem2": TB.ratio_by_size(kl, ratio2),
+            "theorem3": TB.ratio_by_size(kl, ratio3),
+        },
+    }
+
+
 def _mean(v) -> float | None:
     v = np.asarray(v, dtype=np.float64).reshape(-1)
     v = v[~np.isnan(v)]
@@ -161,6 +183,9 @@ def headline_transitions(res) -> dict[str, Any]:
                 "theorem3": _s(sel("p", "theorem3_ratio", T0)),
             },
             "top1_agreement": _mean(sel("z", "top1_match")),
+            **_ratio_detail(
+                sel("p", "kl", T0), sel("p", "theorem2_ratio", T0), sel("p", "theorem3_ratio", T0)
+            ),
         }
         for kind in ("attn", "mlp"):
             ent = [e for e in res.entries if e.kind == kind and (inv is None or e.in_variant == inv)]
@@ -212,6 +237,9 @@ def headline_trajectories(res) -> dict[str, Any]:
                 "theorem2": _s(cat("p", "theorem2_ratio", T0)),
                 "theorem3": _s(cat("p", "theorem3_ratio", T0)),
             },
+            **_ratio_detail(
+                cat("p", "kl", T0), cat("p", "theorem2_ratio", T0), cat("p", "theorem3_ratio", T0)
+            ),
             "median_kl_first_quarter": _s(np.concatenate(early)) if early else None,
             "median_kl_last_quarter": _s(np.concatenate(late)) if late else None,
             "first_divergence_steps": div,
@@ -230,6 +258,10 @@ def headline_subspace(res) -> dict[str, Any]:
         "questions": len(ch),
         "chosen_option_changed": float(np.mean([c["changed"] for c in ch])) if ch else None,
         "dense_accuracy": float(np.mean([c["dense_correct"] for c in ch])) if ch else None,
+        # what a uniform guess scores on these questions: the report flags a dense accuracy within two
+        # binomial standard errors of it (the letter-format prompt can be near chance for a small model)
+        "n_options": sorted({int(c["n_options"]) for c in ch}),
+        "chance": float(np.mean([1.0 / c["n_options"] for c in ch])) if ch else None,
         "pruned_accuracy": float(np.mean([c["pruned_correct"] for c in ch])) if ch else None,
         "median_option_mass_dense": _s([c["option_mass_dense"] for c in ch]),
         "median_kl": {"full": _s(get("p_full", "kl")), "options": _s(get("p_options", "kl"))},
@@ -539,6 +571,16 @@ def _figures(tables: dict[str, pd.DataFrame], directory: Path, names: list[str])
             t = tables["transitions"]
             keep = t["metric"].isin(["theorem1", "one_minus_cos", "theorem2", "theorem3", "kl"])
             paths += F.estimate_vs_real(t[keep & (t["variant"] == name)], directory, name)
+        if "transitions" in tables or "trajectories" in tables:
+            ratio_metrics = ["kl", "theorem2_ratio", "theorem3_ratio"]
+            pick = {
+                k: tables[k][(tables[k]["variant"] == name) & tables[k]["metric"].isin(ratio_metrics)]
+                for k in ("transitions", "trajectories")
+                if k in tables
+            }
+            paths += F.estimate_ratio_vs_kl(
+                pick.get("transitions"), pick.get("trajectories"), directory, name
+            )
         if "summary_trajectory_steps" in tables:
             paths += F.decoding_steps(
                 tables["summary_trajectory_steps"], tables["divergence"], directory, name

@@ -24,6 +24,7 @@ class Study:
     infos: dict[str, dict[str, Any]] = field(default_factory=dict)
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
     fidelity: dict[str, Any] | None = None
+    fidelity_vs_control: dict[str, Any] | None = None  # per variant: per-prompt ROUGE-L against the control's
     analysis: dict[str, AnalysisHeadline] = field(default_factory=dict)  # headline numbers per variant
     analysis_figures: dict[str, list[Path]] = field(default_factory=dict)
     predictor: dict[str, Any] | None = None
@@ -113,6 +114,13 @@ def load_study(study_dir: str | Path) -> Study:
         "generations are not compared with the dense model's (generative verdicts rest on scores alone)",
     )
     st.fidelity = fid if isinstance(fid, dict) else None
+    if st.fidelity is not None:
+        vs = _read_json(
+            root / "eval" / "fidelity_vs_control.json",
+            st,
+            "generation fidelity is not compared with the control's (fixed thresholds judge it instead)",
+        )
+        st.fidelity_vs_control = vs if isinstance(vs, dict) else None
     pred = _read_json(root / "predictor.json", st, "the predictor figure is not drawn")
     st.predictor = pred if isinstance(pred, dict) else None
     cs = _read_json(root / "case_study.json", st, "there is no side-by-side case study")

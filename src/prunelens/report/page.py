@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prunelens.report.analysis_results import analysis_caption
+from prunelens.report.analysis_results import analysis_caption, subspace_chance_note
 from prunelens.report.load import Study
 from prunelens.report.stats import is_finite
 from prunelens.report.tables import near_chance
@@ -141,13 +141,30 @@ _HIERARCHY_ROWS = [  # (AnalysisHeadline field, row label, what it is)
     ("cos_z", "cos z", "transitions: logit cosine"),
     ("cos_p", "cos p", "transitions: probability cosine"),
     ("kl_transitions", "KL", "transitions: KL(p_dense ‖ p_pruned)"),
-    ("ratio_theorem2", "T2 est / real", "Theorem 2 estimate over the exact 1 − cos p"),
-    ("ratio_theorem3", "T3 est / real", "Theorem 3 estimate over the exact KL"),
+    (
+        "ratio_theorem2",
+        "T2 est / real, transitions",
+        "transitions: Theorem 2 estimate Var_r(Δz)/2T² over the exact 1 − cos p (1 = exact)",
+    ),
+    (
+        "ratio_theorem3",
+        "T3 est / real, transitions",
+        "transitions: Theorem 3 estimate Var_p(Δz)/2T² over the exact KL",
+    ),
     ("tf_cos_p", "TF cos p", "final outputs along decoding, teacher-forced"),
     ("tf_kl", "TF KL", "teacher-forced KL"),
+    ("tf_ratio_theorem2", "TF T2 est / real", "teacher-forced: Theorem 2 estimate over the exact 1 − cos p"),
+    ("tf_ratio_theorem3", "TF T3 est / real", "teacher-forced: Theorem 3 estimate over the exact KL"),
     ("fr_cos_p", "FR cos p", "final outputs along decoding, free-running (each model reads its own output)"),
     ("fr_kl", "FR KL", "free-running KL"),
+    ("fr_ratio_theorem2", "FR T2 est / real", "free-running: Theorem 2 estimate over the exact 1 − cos p"),
+    ("fr_ratio_theorem3", "FR T3 est / real", "free-running: Theorem 3 estimate over the exact KL"),
     ("first_divergence", "first divergence", "first decoding step where the greedy tokens differ"),
+    (
+        "mc_dense_accuracy",
+        "MC dense accuracy",
+        "multiple choice: the dense model's accuracy on the letter-format prompt of the option subspace",
+    ),
     ("choice_flip_rate", "MC choice flips", "multiple choice: questions whose chosen option changes"),
     ("kl_options", "KL options", "multiple choice: KL over the renormalised option subspace"),
     ("kl_full", "KL full vocabulary", "multiple choice: KL over the full vocabulary at the answer position"),
@@ -180,7 +197,8 @@ def _table_section(table: dict[str, Any] | None, flags: list[dict[str, Any]] | N
         "of the dense score (pruned / dense; for perplexity dense / pruned), coloured by the guidance "
         f"thresholds ({pct(G.SAFE_RETAINED)}, {pct(G.CARE_RETAINED)}); then the score's 95 % interval "
         "(Wilson for accuracies, bootstrap over examples or perplexity windows) and the p-value of a paired "
-        "test against Full on the same examples (exact McNemar for accuracies, paired bootstrap otherwise; "
+        "test against Full on the same examples (exact McNemar for accuracies, a paired sign-flip test "
+        "otherwise; "
         "hover for the difference and its interval). Under each accuracy task, the smallest difference a "
         "paired test on its n questions would detect (α = 0.05, power 0.8, errors assumed independent). "
         "Non-generative average = multiple "
@@ -197,17 +215,72 @@ def _hierarchy_html(st: Study) -> str:
     out = ['<div class="tablewrap"><table><thead><tr><th class="l">median</th>']
     out += [f"<th>{_e(n)}</th>" for n in names] + ['<th class="l">what it is</th></tr></thead><tbody>']
     for key, label, what in rows:
-        vals = [getattr(st.analysis[n], key) for n in names]
-        cells = [
-            "—" if not is_finite(v) else (pct(v) if key == "choice_flip_rate" else f"{v:.3g}") for v in vals
-        ]
+        cells = []
+        for n in names:
+            a = st.analysis[n]
+            v = getattr(a, key)
+            if not is_finite(v):
+                cells.append("—")
+                continue
+            c = pct(v) if key in ("choice_flip_rate", "mc_dense_accuracy") else f"{v:.3g}"
+            k = a.mc_questions if key == "mc_dense_accuracy" else a.n.get(key)
+            cells.append(c + (f'<span class="ci">n = {k}</span>' if k else ""))  # a median carries its n
         out.append(
             f'<tr><td class="l">{_e(label)}</td>'
             + "".join(f"<td>{c}</td>" for c in cells)
             + f'<td class="l what">{_e(what)}</td></tr>'
         )
     out.append("</tbody></table></div>")
+    if any(r[0].endswith(("ratio_theorem2", "ratio_theorem3")) for r in rows):
+        out.append(
+            '<p class="sub">Estimate / real: the second-order estimate over the exact value, median over '
+            "tokens (n under each); 1 means exact, below 1 the estimate underestimates. It is shown at "
+            "sublayer transitions (one sublayer's perturbation) and along decoding (the whole pruned "
+            "model's); the per-variant figure of estimate/real against the exact KL shows where it holds "
+            "and where it breaks.</p>"
+        )
+    chance = subspace_chance_note({n: st.analysis[n] for n in names})
+    if chance:
+        out.append(f'<p class="missing">{_e(chance)}</p>')
     return "".join(out)
+
+
+def _badge(v: str) -> str:
+    return f'<span class="badge {_VERDICT_CLASS.get(v, "none")}">{_e(v)}</span>'
+
+
+def _verdict_cell(v: G.Verdict) -> str:
+    """Badge, what the paired tests found, the retained fraction with its interval and the n per task."""
+    bits = [_badge(v.verdict)]
+    if v.finding:
+        bits.append(f'<div class="finding">{_e(v.finding)}</div>')
+    if v.retained is not None and v.interval is not None:
+        bits.append(
+            f'<div class="ci">{G.pct(v.retained)} [{G.pct(v.interval[0])[:-1]}–{G.pct(v.interval[1])}]'
+            + (f" · n = {', '.join(str(n) for n in v.n.values())}" if v.n else "")
+            + "</div>"
+        )
+    return "".join(bits)
+
+
+def _grid_html(facts: list[VariantFacts]) -> str:
+    """The verdict grid at the top of the page: variant × use, each cell with its interval and n."""
+    gs = G.guidance(facts)
+    if not gs:
+        return "<p>No pruned variant to judge yet.</p>"
+    rows = "".join(
+        f'<tr><td class="l">{_e(g.name)}</td><td class="l">{_verdict_cell(g.non_generative)}</td>'
+        f'<td class="l">{_verdict_cell(g.generative)}</td></tr>'
+        for g in gs
+    )
+    return (
+        '<div class="tablewrap"><table class="grid"><thead><tr><th class="l">variant</th>'
+        '<th class="l">non-generative use (kept of dense, 95% interval)</th>'
+        '<th class="l">generative use (kept of dense, or fidelity kept of the control\'s)</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table></div>"
+        '<p class="note">Every verdict rests on paired tests against the dense model on the same examples; '
+        'the rule is spelled out under <a href="#guidance">Guidance</a>.</p>'
+    )
 
 
 def _guidance_html(facts: list[VariantFacts]) -> str:
@@ -215,10 +288,6 @@ def _guidance_html(facts: list[VariantFacts]) -> str:
     out = ['<ol class="rule">'] + [f"<li>{_e(s)}</li>" for s in G.rule_text()] + ["</ol>"]
     if not gs:
         return "".join(out) + "<p>No pruned variant to judge.</p>"
-
-    def badge(v: str) -> str:
-        return f'<span class="badge {_VERDICT_CLASS.get(v, "none")}">{_e(v)}</span>'
-
     out.append(
         '<div class="tablewrap"><table><thead><tr><th class="l">variant</th>'
         '<th class="l">non-generative use</th><th class="l">generative use</th><th class="l">why</th>'
@@ -227,8 +296,8 @@ def _guidance_html(facts: list[VariantFacts]) -> str:
     for g in gs:
         why = "; ".join(g.non_generative.reasons) + ". Generation: " + "; ".join(g.generative.reasons) + "."
         out.append(
-            f'<tr><td class="l">{_e(g.name)}</td><td class="l">{badge(g.non_generative.verdict)}</td>'
-            f'<td class="l">{badge(g.generative.verdict)}</td>'
+            f'<tr><td class="l">{_e(g.name)}</td><td class="l">{_badge(g.non_generative.verdict)}</td>'
+            f'<td class="l">{_badge(g.generative.verdict)}</td>'
             f'<td class="why">Non-generative: {_e(why)}</td></tr>'
         )
     out.append("</tbody></table></div>")
@@ -336,10 +405,12 @@ def render_html(
     figures: list[tuple[Path, str, str]],
     problems: list[str] | None = None,
     flags: list[dict[str, Any]] | None = None,
+    sweep_section: str | None = None,
 ) -> str:
     """The report page. ``figures``: ``(png, alt, caption)`` for the study figures; the analysis figures are
     taken from ``st``. Each section is built on its own: one that fails says so instead of breaking the
-    page."""
+    page. ``sweep_section``: the body of the "Sweep" section (a sweep study only, see
+    :mod:`prunelens.report.sweep`), placed after the figures."""
     problems = problems if problems is not None else []
     flags = near_chance(st) if flags is None else flags
     chance = [f["task"] for f in flags]
@@ -375,9 +446,14 @@ def render_html(
 
     sections = [
         _Section("question", "The question", guard(lambda: _question_html(st), "question")),
+        _Section("verdicts", "Verdicts at a glance", guard(lambda: _grid_html(facts), "verdicts")),
         _Section("answer", f"The answer for {st.model}", guard(answer_html, "answer")),
         _Section("table", "Scores: tasks × variants", guard(lambda: _table_section(table, flags), "table")),
         _Section("figures", "Figures", guard(figs_html, "figures")),
+    ]
+    if sweep_section is not None:  # a sweep study: its curves and marked ratios right after the figures
+        sections.append(_Section("sweep", "Sweep: ratio × calibration seeds", sweep_section))
+    sections += [
         _Section("hierarchy", "Representation hierarchy (analysis)", guard(analysis_figs_html, "analysis")),
         _Section(
             "case-study",
@@ -397,9 +473,9 @@ def render_html(
         )
     nav = "".join(f'<a href="#{s.id}">{_e(s.title.split(":")[0])}</a>' for s in sections)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    body = "".join(f'<section id="{s.id}"><h2>{_e(s.title)}</h2>{s.body}</section>' for s in sections[:2])
+    body = "".join(f'<section id="{s.id}"><h2>{_e(s.title)}</h2>{s.body}</section>' for s in sections[:3])
     body += missing_html
-    body += "".join(f'<section id="{s.id}"><h2>{_e(s.title)}</h2>{s.body}</section>' for s in sections[2:])
+    body += "".join(f'<section id="{s.id}"><h2>{_e(s.title)}</h2>{s.body}</section>' for s in sections[3:])
     pruned = len([v for v in st.variants if v != DENSE])
     from prunelens import __version__
 

@@ -1,4 +1,5 @@
-"""Pure statistics for the report: finite-number checks, average-tie ranks and Spearman's ρ."""
+"""Pure statistics for the report: finite-number checks, the near-chance bound, average-tie ranks and
+Spearman's ρ."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["is_finite", "finite_or_none", "rankdata", "spearman"]
+__all__ = ["is_finite", "finite_or_none", "chance_bound", "rankdata", "spearman"]
 
 
 def is_finite(v: Any) -> bool:
@@ -17,6 +18,18 @@ def is_finite(v: Any) -> bool:
 def finite_or_none(v: Any) -> float | None:
     """``v`` as a float when it is a finite number, else ``None``."""
     return float(v) if is_finite(v) else None
+
+
+def chance_bound(chance: float, n: float) -> float:
+    """``chance + 2·sqrt(chance·(1 − chance)/n)``: two binomial standard errors above a uniform guess.
+
+    Why: an accuracy below this on ``n`` questions is not clearly better than guessing, so what is measured on
+    those questions (retained fractions, choice flips) is mostly noise. ``chance`` must lie in (0, 1) and
+    ``n`` be positive.
+    """
+    if not 0 < chance < 1 or not n > 0:
+        raise ValueError(f"chance must lie in (0, 1) and n be positive, got chance={chance}, n={n}")
+    return chance + 2 * math.sqrt(chance * (1 - chance) / n)
 
 
 def rankdata(values: Sequence[float]) -> list[float]:

@@ -11,7 +11,7 @@ from prunelens.report.analysis_results import AnalysisHeadline
 from prunelens.report.load import Study
 from prunelens.report.stats import finite_or_none, is_finite
 from prunelens.study.config import DENSE
-from prunelens.study.guidance import VariantFacts
+from prunelens.study.guidance import TaskTest, VariantFacts
 
 __all__ = ["build_tables", "near_chance", "variant_facts"]
 
@@ -118,6 +118,47 @@ def near_chance(st: Study) -> list[dict[str, Any]]:
     return out
 
 
+def _pair(v: Any) -> tuple[float, float] | None:
+    if isinstance(v, (list, tuple)) and len(v) == 2 and all(is_finite(x) for x in v):
+        return float(v[0]), float(v[1])
+    return None
+
+
+def _paired_evidence(
+    st: Study, table: dict[str, Any], i: int, f: VariantFacts, flagged: frozenset[str]
+) -> None:
+    """The paired tests of column ``i`` against Full and the pooled retained intervals, per use.
+
+    The tests are the table's (exact McNemar / paired bootstrap per task); the pooled interval resamples
+    each judged task's shared examples (:func:`~prunelens.evaluate.uncertainty.pooled_retained`)."""
+    from prunelens.evaluate.runner import load_records
+    from prunelens.evaluate.uncertainty import pooled_retained
+
+    def evidence(kinds: tuple[str, ...]) -> tuple[list[TaskTest], tuple[float, float] | None]:
+        tests, pairs = [], []
+        for r in table["rows"]:
+            if r["kind"] not in kinds or r["task"] in flagged or "paired" not in r:
+                continue
+            t = TaskTest.from_dict(r["task"], r["paired"][i])
+            if t is None:
+                continue
+            tests.append(t)
+            dense = load_records(st.root / "eval" / DENSE, r["task"])
+            mine = {str(x["id"]): x for x in load_records(st.root / "eval" / f.name, r["task"])}
+            shared = [
+                (float(x["score"]), float(mine[str(x["id"])]["score"])) for x in dense if str(x["id"]) in mine
+            ]
+            if shared:
+                pairs.append(([a for a, _ in shared], [b for _, b in shared]))
+        if not tests or len(pairs) != len(tests):
+            return tests, None
+        pooled = pooled_retained(pairs)
+        return tests, (pooled[1] if pooled else None)
+
+    f.nongen_tests, f.retained_nongen_interval = evidence(("mc", "retrieval"))
+    f.gen_tests, f.retained_gen_interval = evidence(("gen",))
+
+
 def variant_facts(
     st: Study, table: dict[str, Any] | None, flags: list[dict[str, Any]] | None = None
 ) -> list[VariantFacts]:
@@ -157,7 +198,17 @@ def variant_facts(
                 r["retained"][i] for r in table["rows"] if r["kind"] == "ppl" and is_finite(r["retained"][i])
             ]
             f.retained_by_kind["ppl"] = sum(ppl) / len(ppl) if ppl else None
+            if n != DENSE:
+                _paired_evidence(st, table, i, f, flagged)
         fid = (st.fidelity or {}).get(n)
+        vs = (st.fidelity_vs_control or {}).get(n)
+        if isinstance(vs, dict) and isinstance(vs.get("tasks"), dict):
+            f.control = str(vs.get("control") or "") or None
+            f.fidelity_tests = [t for k, d in vs["tasks"].items() if (t := TaskTest.from_dict(k, d))]
+            f.fidelity_ratio = finite_or_none(vs.get("ratio"))
+            f.fidelity_ratio_interval = _pair(vs.get("ratio_interval"))
+            floor = [v for v in (vs.get("control_rouge_l") or {}).values() if is_finite(v)]
+            f.control_rouge_l = sum(floor) / len(floor) if floor else None
         f.exact_match = _mean_of(fid, "exact_match")
         f.rouge_l = _mean_of(fid, "rouge_l")
         f.repeat_ngram_rate = _mean_of(fid, "repeat_ngram_rate")

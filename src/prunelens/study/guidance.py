@@ -5,17 +5,24 @@ Pure functions over :class:`VariantFacts` (the numbers the report gathers for on
 rules live in the module constants below; :func:`rule_text` writes the rule out *from the same
 constants*, so the report always prints the rule that produced its verdicts.
 
-Rule (``r`` = retained fraction of the dense model's score, ``pruned / dense``, averaged per kind):
+Rule (``r`` = retained fraction of the dense model's score, ``pruned / dense``, pooled over the tasks of
+a use). Each variant is evaluated on the *same* examples as the dense model, so every judgement rests on
+paired tests (exact McNemar for accuracies, a sign-flip test otherwise; ``prunelens.evaluate.uncertainty``):
 
-* **non-generative use** (multiple choice + retrieval; perplexity is shown but not judged):
-  ``safe`` if ``r ≥ SAFE_RETAINED``, ``use with care`` if ``r ≥ CARE_RETAINED``, else ``unsafe``;
-* **generative use**: the same thresholds on the generative ``r``, then the fidelity of the pruned
-  generations to the dense ones (fraction of prompts whose greedy output is *identical*, ``em``) can only
-  lower the verdict: ``em < FIDELITY_UNSAFE_EXACT_MATCH`` → ``unsafe``; ``em < FIDELITY_CARE_EXACT_MATCH``
-  → at most ``use with care``. Scores on a few dozen prompts are noisy; identical outputs are the
-  sensitive signal that the model still behaves like the dense one;
-* a retained fraction is only judged when the dense score is at least ``MIN_DENSE_SCORE`` (a ratio of two
-  near-zero scores says nothing); without a usable score or fidelity the verdict is ``not measured``.
+* **non-generative use** (multiple choice + retrieval; perplexity is shown but not judged): the task tests
+  are Holm-adjusted; a significant loss on any task (adjusted ``p < ALPHA``) is ``lower than dense``
+  (``unsafe`` when even the upper end of ``r``'s interval is below ``CARE_RETAINED``, else ``use with
+  care``); no significant loss and the lower end of ``r``'s interval at least ``CARE_RETAINED`` is
+  ``indistinguishable from dense at this n`` (``safe``); otherwise the interval still allows a large loss:
+  ``not enough data to tell``;
+* **generative use**: the same rule on the generative task scores where the dense model scores at least
+  ``MIN_DENSE_SCORE``, and — the sensitive signal — the fidelity of the variant's greedy outputs to the
+  dense ones (per-prompt ROUGE-L) against the **control**'s (the dense weights rounded to a lower
+  precision: a perturbation nobody calls pruning, whose drift is the noise floor); the worse of the two
+  decides. Without a control, fidelity falls back to fixed thresholds on identical outputs
+  (``FIDELITY_*_EXACT_MATCH``);
+* without paired records (an old study directory) the retained fraction's point value is judged
+  against the same thresholds, and the verdict says so; without any usable score: ``not measured``.
 """
 
 from __future__ import annotations
@@ -32,6 +39,14 @@ __all__ = [
     "FIDELITY_UNSAFE_EXACT_MATCH",
     "MIN_DENSE_SCORE",
     "GAP_MARGIN",
+    "ALPHA",
+    "MIN_PAIRED_N",
+    "INDISTINGUISHABLE",
+    "LOWER",
+    "UNCLEAR",
+    "POINT_ONLY",
+    "FLOOR",
+    "TaskTest",
     "SAFE",
     "CARE",
     "UNSAFE",
@@ -63,6 +78,17 @@ FIDELITY_UNSAFE_EXACT_MATCH = 0.1
 MIN_DENSE_SCORE = 0.02
 #: "generation loses more than non-generative use" needs a gap of at least this many retained points
 GAP_MARGIN = 0.05
+#: significance level of the paired tests (Holm-adjusted over the tasks of a use)
+ALPHA = 0.05
+#: fewer shared examples than this on a judged task: no interval is trusted, "not enough data to tell"
+MIN_PAIRED_N = 10
+
+# what the paired tests found (``Verdict.finding``); the grade (safe / care / unsafe) is the colour
+INDISTINGUISHABLE = "indistinguishable from dense at this n"
+LOWER = "lower than dense"
+UNCLEAR = "not enough data to tell"
+POINT_ONLY = "judged on point values (no paired records)"
+FLOOR = "the noise floor"
 
 SAFE, CARE, UNSAFE, NOT_MEASURED = "safe", "use with care", "unsafe", "not measured"
 _ORDER = {SAFE: 0, CARE: 1, UNSAFE: 2}
@@ -77,6 +103,50 @@ GROUP_LABELS = {
     "sparse": "sparsified variants",
     "other": "other variants",
 }
+
+
+@dataclass(frozen=True)
+class TaskTest:
+    """One paired comparison of a variant with its reference (the dense model, or the control) on the same
+    examples of one task: means, the difference (variant − reference) and its interval, the p-value."""
+
+    task: str
+    n: int
+    reference: float
+    value: float
+    difference: float
+    interval: tuple[float, float]
+    p_value: float
+    test: str
+
+    @classmethod
+    def from_dict(cls, task: str, d: Any) -> TaskTest | None:
+        """From a ``PairedComparison.to_dict()`` (``None`` when ``d`` is not one)."""
+        try:
+            return cls(
+                task,
+                int(d["n"]),
+                float(d["dense"]),
+                float(d["pruned"]),
+                float(d["difference"]),
+                (float(d["interval"][0]), float(d["interval"][1])),
+                float(d["p_value"]),
+                str(d["test"]),
+            )
+        except (KeyError, TypeError, ValueError, IndexError):
+            return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "n": self.n,
+            "reference": self.reference,
+            "value": self.value,
+            "difference": self.difference,
+            "interval": list(self.interval),
+            "p_value": self.p_value,
+            "test": self.test,
+        }
 
 
 @dataclass
@@ -101,10 +171,24 @@ class VariantFacts:
     cos_p_transitions: float | None = None
     choice_flip_rate: float | None = None
     predictor: float | None = None
+    # paired evidence (empty / None where the records are not there)
+    nongen_tests: list[TaskTest] = field(default_factory=list)  # against dense, per judged task
+    retained_nongen_interval: tuple[float, float] | None = None
+    gen_tests: list[TaskTest] = field(default_factory=list)  # generative task scores against dense
+    retained_gen_interval: tuple[float, float] | None = None
+    fidelity_tests: list[TaskTest] = field(default_factory=list)  # per-prompt ROUGE-L against the control's
+    fidelity_ratio: float | None = None  # the variant's ROUGE-L / the control's, pooled over tasks
+    fidelity_ratio_interval: tuple[float, float] | None = None
+    control_rouge_l: float | None = None  # the noise floor: the control's ROUGE-L against dense
+    control: str | None = None  # the control variant's name, when the study has one
 
     @property
     def is_dense(self) -> bool:
         return self.group == "dense"
+
+    @property
+    def is_control(self) -> bool:
+        return self.group == "control"
 
     @property
     def kl(self) -> float | None:
@@ -155,7 +239,7 @@ def generative_axis(facts: Iterable[VariantFacts]) -> GenerativeAxis:
     """Pick the study-wide generative measure: the retained score where the dense model scores enough,
     otherwise fidelity to the dense generations (ROUGE-L), otherwise ``none``."""
     facts = list(facts)
-    pruned = [f for f in facts if not f.is_dense]
+    pruned = [f for f in facts if not f.is_dense and not f.is_control]
     dense_gen = next((f.dense_gen for f in facts if _ok(f.dense_gen)), None)
     if any(_ok(f.retained_gen) for f in pruned) and not (_ok(dense_gen) and dense_gen < MIN_DENSE_SCORE):
         return GenerativeAxis("score", "retained generative score (pruned / dense)", "")
@@ -171,9 +255,29 @@ def generative_axis(facts: Iterable[VariantFacts]) -> GenerativeAxis:
 
 @dataclass
 class Verdict:
+    """A use's verdict: ``verdict`` is the grade (safe / use with care / unsafe / not measured, the badge
+    colour), ``finding`` what the paired tests found, ``retained`` and ``interval`` the pooled retained
+    fraction, ``n`` the examples per judged task, ``tests`` the evidence."""
+
     use: str  # "non-generative" | "generative"
     verdict: str
     reasons: list[str] = field(default_factory=list)
+    finding: str = ""
+    retained: float | None = None
+    interval: tuple[float, float] | None = None
+    n: dict[str, int] = field(default_factory=dict)
+    tests: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "finding": self.finding,
+            "retained": self.retained,
+            "interval": list(self.interval) if self.interval else None,
+            "n": self.n,
+            "tests": self.tests,
+            "reasons": self.reasons,
+        }
 
 
 @dataclass
@@ -185,11 +289,8 @@ class VariantGuidance:
     def to_dict(self) -> dict[str, Any]:
         return {
             "variant": self.name,
-            "non_generative": {
-                "verdict": self.non_generative.verdict,
-                "reasons": self.non_generative.reasons,
-            },
-            "generative": {"verdict": self.generative.verdict, "reasons": self.generative.reasons},
+            "non_generative": self.non_generative.to_dict(),
+            "generative": self.generative.to_dict(),
         }
 
 
@@ -213,47 +314,160 @@ def score_verdict(retained: float | None) -> str:
     return UNSAFE
 
 
-def _score_part(retained: float | None, dense: float | None, what: str) -> tuple[str, list[str]]:
+def _pct_iv(iv: tuple[float, float] | None) -> str:
+    return f"[{pct(iv[0])[:-1]}–{pct(iv[1])}]" if iv else ""
+
+
+def _paired_part(
+    retained: float | None,
+    interval: tuple[float, float] | None,
+    tests: list[TaskTest],
+    dense: float | None,
+    what: str,
+    against: str = "dense",
+) -> tuple[str, str, list[str], list[dict[str, Any]]]:
+    """(grade, finding, reasons, test dicts) from Holm-adjusted paired tests and a pooled interval."""
+    from prunelens.evaluate.uncertainty import holm
+
     if _ok(dense) and dense < MIN_DENSE_SCORE:
-        return NOT_MEASURED, [
-            (
-                f"the dense {what} score ({dense:.3f}) is below {MIN_DENSE_SCORE}: "
+        return (
+            NOT_MEASURED,
+            "",
+            [
+                f"the {against} {what} score ({dense:.3f}) is below {MIN_DENSE_SCORE}: "
                 "a retained fraction would mean nothing"
-            )
-        ]
-    v = score_verdict(retained)
-    if v == NOT_MEASURED:
-        return v, [f"no {what} score measured"]
-    bound = {
-        SAFE: f"≥ {pct(SAFE_RETAINED)}",
-        CARE: f"≥ {pct(CARE_RETAINED)}, < {pct(SAFE_RETAINED)}",
-        UNSAFE: f"< {pct(CARE_RETAINED)}",
-    }[v]
-    return v, [f"keeps {pct(retained)} of the dense {what} score ({bound})"]
+            ],
+            [],
+        )
+    if not tests or interval is None or not _ok(retained):
+        v = score_verdict(retained)
+        if v == NOT_MEASURED:
+            return v, "", [f"no {what} score measured"], []
+        return v, POINT_ONLY, [f"keeps {pct(retained)} of the {against} {what} score (no paired records)"], []
+    adjusted = holm([t.p_value for t in tests])
+    dicts = [{**t.to_dict(), "p_holm": p} for t, p in zip(tests, adjusted)]
+    few = [t for t in tests if t.n < MIN_PAIRED_N]
+    if few:
+        return (
+            CARE,
+            UNCLEAR,
+            [
+                f"keeps {pct(retained)} of the {against} {what} score; only "
+                + ", ".join(f"{t.n} on {t.task}" for t in few)
+                + f" shared examples (fewer than {MIN_PAIRED_N}): no interval can be trusted"
+            ],
+            dicts,
+        )
+    lower = [(t, p) for t, p in zip(tests, adjusted) if p < ALPHA and t.difference < 0]
+    keeps = f"keeps {pct(retained)} {_pct_iv(interval)} of the {against} {what} score"
+    if lower:
+        worst = min(lower, key=lambda tp: tp[1])
+        grade = UNSAFE if interval[1] < CARE_RETAINED else CARE
+        why = (
+            f"{keeps}; lower on {', '.join(t.task for t, _ in lower)} "
+            f"({worst[0].test}, Holm-adjusted p = {worst[1]:.2g} at n = {worst[0].n})"
+        )
+        finding = LOWER if against == "dense" else f"lower than the {against}"
+        return grade, f"{finding} (p < {ALPHA:g})", [why], dicts
+    if interval[0] >= CARE_RETAINED:
+        finding = (
+            INDISTINGUISHABLE if against == "dense" else f"indistinguishable from the {against} at this n"
+        )
+        return SAFE, finding, [f"{keeps}; no task differs significantly (Holm-adjusted p ≥ {ALPHA:g})"], dicts
+    return (
+        CARE,
+        UNCLEAR,
+        [
+            f"{keeps}; no task differs significantly, but the interval still allows keeping "
+            f"less than {pct(CARE_RETAINED)}"
+        ],
+        dicts,
+    )
+
+
+def _n(tests: list[TaskTest]) -> dict[str, int]:
+    return {t.task: t.n for t in tests}
 
 
 def non_generative_verdict(f: VariantFacts) -> Verdict:
-    v, reasons = _score_part(f.retained_nongen, f.dense_nongen, "non-generative")
-    return Verdict("non-generative", v, reasons)
+    grade, finding, reasons, tests = _paired_part(
+        f.retained_nongen, f.retained_nongen_interval, f.nongen_tests, f.dense_nongen, "non-generative"
+    )
+    return Verdict(
+        "non-generative",
+        grade,
+        reasons,
+        finding,
+        f.retained_nongen,
+        f.retained_nongen_interval,
+        _n(f.nongen_tests),
+        tests,
+    )
+
+
+def _fixed_fidelity(em: float) -> str:
+    if em < FIDELITY_UNSAFE_EXACT_MATCH:
+        return UNSAFE
+    if em < FIDELITY_CARE_EXACT_MATCH:
+        return CARE
+    return SAFE
 
 
 def generative_verdict(f: VariantFacts) -> Verdict:
-    v, reasons = _score_part(f.retained_gen, f.dense_gen, "generative")
-    em = f.exact_match
-    if _ok(em):
-        if em < FIDELITY_UNSAFE_EXACT_MATCH:
-            cap = UNSAFE
-        elif em < FIDELITY_CARE_EXACT_MATCH:
-            cap = CARE
-        else:
-            cap = SAFE
-        reasons.append(f"{pct(em)} of its generations are identical to the dense model's")
-        if v == NOT_MEASURED:
-            v = cap
-        elif _ORDER[cap] > _ORDER[v]:
-            v = cap
-            reasons.append(f"fidelity lowers the verdict to '{cap}'")
-    return Verdict("generative", v, reasons)
+    """The worse of the generative score verdict and the fidelity verdict (see the module docstring)."""
+    if f.is_control:
+        return Verdict(
+            "generative",
+            NOT_MEASURED,
+            ["the control's drift from the dense generations is the floor the variants are judged against"]
+            + ([f"its ROUGE-L against the dense outputs is {f.rouge_l:.2f}"] if _ok(f.rouge_l) else []),
+            FLOOR,
+        )
+    has_score = _ok(f.retained_gen) and not (_ok(f.dense_gen) and f.dense_gen < MIN_DENSE_SCORE)
+    parts: list[tuple[str, str, list[str], list[dict[str, Any]]]] = []
+    if has_score or not (f.fidelity_tests or _ok(f.exact_match)):
+        parts.append(
+            _paired_part(f.retained_gen, f.retained_gen_interval, f.gen_tests, f.dense_gen, "generative")
+        )
+    if f.fidelity_tests and f.control:
+        g, finding, reasons, tests = _paired_part(
+            f.fidelity_ratio, f.fidelity_ratio_interval, f.fidelity_tests, None, "fidelity", f.control
+        )
+        lead = (
+            f"its greedy outputs reach ROUGE-L {f.rouge_l:.2f} against the dense ones, the control's "
+            f"{f.control_rouge_l:.2f}"
+            if _ok(f.rouge_l) and _ok(f.control_rouge_l)
+            else ""
+        )
+        parts.append((g, finding, ([lead] if lead else []) + reasons, tests))
+    elif _ok(f.exact_match):
+        g = _fixed_fidelity(f.exact_match)
+        parts.append(
+            (
+                g,
+                "no control: fixed thresholds on identical outputs",
+                [f"{pct(f.exact_match)} of its generations are identical to the dense model's"],
+                [],
+            )
+        )
+    measured = [p for p in parts if p[0] != NOT_MEASURED]
+    if not measured:
+        reasons = [r for p in parts for r in p[2]] or ["no generative score or fidelity measured"]
+        return Verdict("generative", NOT_MEASURED, reasons)
+    worst = max(measured, key=lambda p: _ORDER[p[0]])
+    reasons = [r for p in parts for r in p[2]]
+    if len(measured) > 1 and any(_ORDER[p[0]] < _ORDER[worst[0]] for p in measured):
+        reasons.append(f"the worse of the two decides: '{worst[0]}'")
+    return Verdict(
+        "generative",
+        worst[0],
+        reasons,
+        "; ".join(p[1] for p in parts if p[1]),
+        f.retained_gen if has_score else f.fidelity_ratio,
+        f.retained_gen_interval if has_score else f.fidelity_ratio_interval,
+        _n(f.gen_tests if has_score else f.fidelity_tests),
+        [t for p in parts for t in p[3]],
+    )
 
 
 def guidance(facts: Iterable[VariantFacts]) -> list[VariantGuidance]:
@@ -269,30 +483,34 @@ def rule_text() -> list[str]:
     """The verdict rule, one sentence per item, written from the module constants."""
     return [
         (
-            f"A retained fraction is the pruned score divided by the dense (Full) score, "
-            f"averaged per kind; it is judged "
-            f"only when the dense score is at least {MIN_DENSE_SCORE}."
+            f"A retained fraction is the pruned score divided by the dense (Full) score, pooled over the "
+            f"tasks of a use, with a 95% interval from a paired bootstrap over the shared examples; it is "
+            f"judged only when the dense score is at least {MIN_DENSE_SCORE}."
         ),
         (
             "Multiple-choice tasks on which the dense model scores within two standard errors of chance "
-            "are left out "
-            "of the judged averages (the table shows them and names them)."
+            "are left out of the judged averages (the table shows them and names them)."
         ),
         (
-            f"Non-generative use (multiple choice and retrieval; perplexity is shown but not judged): "
-            f"'{SAFE}' if the variant keeps at least {pct(SAFE_RETAINED)} of the dense score, "
-            f"'{CARE}' if it keeps at least {pct(CARE_RETAINED)}, otherwise '{UNSAFE}'."
+            f"Each task is compared with the dense model on the same examples (exact McNemar for "
+            f"accuracies, a paired sign-flip test otherwise), p-values Holm-adjusted over the tasks of "
+            f"a use. A significant loss (p < {ALPHA:g}) is '{LOWER}': '{UNSAFE}' when even the "
+            f"interval's upper end keeps less than {pct(CARE_RETAINED)}, else '{CARE}'. "
+            f"No significant loss and an interval whose lower end keeps at least "
+            f"{pct(CARE_RETAINED)} is '{INDISTINGUISHABLE}' ('{SAFE}'); otherwise '{UNCLEAR}' "
+            f"('{CARE}'), as whenever a judged task has fewer than {MIN_PAIRED_N} shared examples."
         ),
         (
-            f"Generative use: the same thresholds on the generative score; "
-            f"then, where the pruned generations were "
-            f"compared with the dense ones, fewer than {pct(FIDELITY_UNSAFE_EXACT_MATCH)} "
-            f"identical outputs make it "
-            f"'{UNSAFE}' and fewer than {pct(FIDELITY_CARE_EXACT_MATCH)} make it at most '{CARE}'."
+            "Generative use: the same rule on the generative scores where the dense model scores, and "
+            "the same rule on the fidelity of the greedy outputs to the dense ones (per-prompt ROUGE-L) "
+            "against the control's — the dense weights rounded to a lower precision, the noise floor of "
+            "greedy decoding; the worse decides. Without a control, fewer than "
+            f"{pct(FIDELITY_UNSAFE_EXACT_MATCH)} identical outputs make it '{UNSAFE}' and fewer than "
+            f"{pct(FIDELITY_CARE_EXACT_MATCH)} at most '{CARE}'."
         ),
         (
-            f"Without a usable score (and, for generation, without a fidelity measurement) "
-            f"the verdict is '{NOT_MEASURED}'."
+            f"Without paired records the point value is judged against {pct(SAFE_RETAINED)} ('{SAFE}') "
+            f"and {pct(CARE_RETAINED)} ('{CARE}'); without a usable score the verdict is '{NOT_MEASURED}'."
         ),
     ]
 
@@ -329,7 +547,7 @@ def answer_for_model(model: str, facts: list[VariantFacts], near_chance: Iterabl
     and, plainly, where it does not. ``near_chance``: multiple-choice tasks on which the dense model is not
     clearly above random guessing; the answer warns that their retained fractions are noise.
     """
-    pruned = [f for f in facts if not f.is_dense]
+    pruned = [f for f in facts if not f.is_dense and not f.is_control]
     ax = generative_axis(facts)
     fid = ax.kind == "fidelity"
     gv = {f.name: ax.value(f) for f in pruned}  # the generative measure of each variant

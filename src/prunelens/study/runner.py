@@ -508,6 +508,7 @@ def collect(root: str | Path, cfg: StudyConfig) -> None:
         )
     gen_tasks = [t.task for t in cfg.tasks if _kind(t.task) == "gen"]
     fid: dict[str, dict[str, Any]] = {}
+    per_prompt: dict[str, dict[str, dict[str, float]]] = {}
     for task in gen_tasks:
         dense = load_records(root / "eval" / DENSE, task)
         if not dense:
@@ -516,14 +517,55 @@ def collect(root: str | Path, cfg: StudyConfig) -> None:
             pruned = load_records(root / "eval" / n, task)
             if len(pruned) != len(dense):
                 continue
-            m = fidelity(dense, pruned, task=task).metrics
+            res = fidelity(dense, pruned, task=task)
+            m = res.metrics
             fid.setdefault(n, {})[task] = {
                 **m,
                 "rouge_l": m.get("rouge_l_mean"),
                 "prefix_tokens": m.get("prefix_tokens_mean"),
                 "repeat_ngram_rate": m.get("pruned_rep4_mean"),
             }
+            per_prompt.setdefault(n, {})[task] = {str(r["id"]): float(r["rouge_l"]) for r in res.records}
     atomic_write_json(root / "eval" / "fidelity.json", fid)
+    control = next((v.name for v in cfg.variants if v.is_control), None)
+    atomic_write_json(
+        root / "eval" / "fidelity_vs_control.json", fidelity_against_control(per_prompt, control)
+    )
+
+
+def fidelity_against_control(
+    per_prompt: dict[str, dict[str, dict[str, float]]], control: str | None, seed: int = 0
+) -> dict[str, Any]:
+    """Every variant's per-prompt ROUGE-L against the dense outputs, paired with the control's on the same
+    prompts: per task the paired bootstrap (variant − control), and the pooled ratio variant / control
+    with its interval. The control's drift is the noise floor of greedy decoding, so this, not the
+    distance from a perfect 1, says whether a variant generates differently from the dense model."""
+    from prunelens.evaluate.uncertainty import compare_paired, pooled_retained
+
+    if control is None or control not in per_prompt:
+        return {}
+    floor = per_prompt[control]
+    out: dict[str, Any] = {}
+    for name, tasks in per_prompt.items():
+        if name == control:
+            continue
+        entry: dict[str, Any] = {"control": control, "tasks": {}, "control_rouge_l": {}}
+        pairs = []
+        for task, scores in tasks.items():
+            ids = [i for i in floor.get(task, {}) if i in scores]
+            if not ids:
+                continue
+            c = [floor[task][i] for i in ids]
+            v = [scores[i] for i in ids]
+            entry["tasks"][task] = compare_paired(c, v, seed=seed).to_dict()
+            entry["control_rouge_l"][task] = sum(c) / len(c)
+            pairs.append((c, v))
+        if not pairs:
+            continue
+        pooled = pooled_retained(pairs, seed=seed)
+        entry["ratio"], entry["ratio_interval"] = (pooled[0], list(pooled[1])) if pooled else (None, None)
+        out[name] = entry
+    return out
 
 
 def _kind(task: str) -> str:
