@@ -121,3 +121,44 @@ def test_subspace_stores_what_the_chance_flag_needs(analysed):
     assert sub["n_options"] == [2, 3, 4]
     assert sub["chance"] == pytest.approx(np.mean([1 / 4, 1 / 4, 1 / 3, 1 / 2, 1 / 4]))
     assert sub["dense_accuracy"] == pytest.approx(float(c["dense_correct"].mean()))
+
+
+def test_dense_cache_reuses_the_dense_side_and_changes_no_number(tmp_path, monkeypatch):
+    """The study analyses one variant per call; a shared ``dense_cache`` computes the dense decoding, its
+    teacher-forced states and the option-subspace dense logits once, with identical results."""
+    import prunelens.analysis.pipeline as P
+
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    prompts = [("p0", random_text(6, 0)), ("p1", random_text(4, 1))]
+    config = AnalysisConfig(max_new_tokens=6, option_labels=LABELS, batch_size=4, csv=False)
+    variants = [
+        Variant("Drop-1A", "test", drops=((0, "attn"),)),
+        Variant("Drop-1M", "test", drops=((1, "mlp"),)),
+    ]
+    calls = {"decode": 0}
+    real_decode = P.decode
+
+    def counting_decode(*a, **k):
+        calls["decode"] += 1
+        return real_decode(*a, **k)
+
+    monkeypatch.setattr(P, "decode", counting_decode)
+    cache: dict = {}
+    for v in variants:
+        for use_cache, tag in ((cache, "cached"), (None, "fresh")):
+            run_analysis(
+                model,
+                tok,
+                [v],
+                prompts,
+                config,
+                out=tmp_path / f"{v.name}-{tag}",
+                mc_examples=_examples(),
+                dense_cache=use_cache,
+            )
+    assert calls["decode"] == 3  # cached: once for both variants; fresh: once per call
+    assert {k[0] for k in cache} == {"decode", "teacher_forced", "subspace_dense_logits"}
+    for v in variants:
+        a = json.loads((tmp_path / f"{v.name}-cached" / "summary.json").read_text())["variants"]
+        b = json.loads((tmp_path / f"{v.name}-fresh" / "summary.json").read_text())["variants"]
+        assert a == b

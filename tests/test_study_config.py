@@ -23,7 +23,11 @@ def test_default_config_is_the_documented_study():
         "SparseGPT-2:4",
     ]
     kinds = {t.task for t in cfg.tasks}
-    assert {"arc_easy", "piqa", "boolq", "wikitext2", "boolq_retrieval", "gsm8k", "nq_open"} <= kinds
+    assert {"arc_easy", "piqa", "wikitext2", "boolq_retrieval", "gsm8k", "nq_open"} <= kinds
+    # enough data for paired verdicts: ≥ 200 questions per multiple-choice task, ≥ 24 prompts per gen. task
+    limits = {t.task: t.limit for t in cfg.tasks}
+    assert limits["arc_easy"] >= 200 and limits["piqa"] >= 200
+    assert limits["gsm8k"] >= 24 and limits["nq_open"] >= 24
     assert parse_config(yaml.safe_load(DEFAULT_CONFIG_YAML)).to_dict() == cfg.to_dict()
 
 

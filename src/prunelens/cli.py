@@ -749,6 +749,171 @@ def report(study_dir: Path = typer.Argument(..., help="A `prunelens study` outpu
     out_console.print(f"report: {build_report(study_dir)}")
 
 
+def _csv_numbers(text: str | None, option: str, kind: type) -> list | None:
+    """``"1,2,4"`` → ``[1, 2, 4]`` (``kind`` int or float); a bad or empty list fails naming ``option``."""
+    if text is None:
+        return None
+    word = "integers" if kind is int else "numbers"
+    try:
+        values = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        _fail(f"{option}: {text!r} is not a comma-separated list of {word}")
+    return values
+
+
+@app.command()
+def sweep(
+    config: Path | None = typer.Option(
+        None, "--config", help="Sweep config (YAML, see --print-config). Options below override it."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Sweep directory (re-running the same command resumes it)."
+    ),
+    model: str | None = typer.Option(None, "--model", help="Override the config's model. " + MODEL_HELP),
+    target: str | None = typer.Option(
+        None, "--target", help="Drop sweep: attn, mlp, block or joint (exclusive with --method)."
+    ),
+    method: str | None = typer.Option(
+        None, "--method", help="Sparsity sweep: magnitude, wanda or sparsegpt (exclusive with --target)."
+    ),
+    ns: str | None = typer.Option(None, "--ns", help="Drop counts, e.g. 1,2,4,8 (drop sweeps)."),
+    sparsities: str | None = typer.Option(
+        None, "--sparsities", help="Sparsities in (0, 1), e.g. 0.1,0.3,0.5 (sparsity sweeps)."
+    ),
+    seeds: str | None = typer.Option(
+        None, "--seeds", help="Calibration seeds per ratio, e.g. 0,1,2 (default 0,1,2)."
+    ),
+    dtype: str | None = typer.Option(None, "--dtype", help="Override the dtype: float32, bfloat16, float16."),
+    device: str | None = typer.Option(None, "--device", help="Override the device: cpu, cuda, cuda:N, auto."),
+    print_config: bool = typer.Option(
+        False, "--print-config", help="Print the default sweep config (copy, edit, pass back) and exit."
+    ),
+    engine: str = typer.Option(
+        "local", "--engine", help="local (one process) or ray (one Ray task per variant = ratio × seed)."
+    ),
+    workers: int = typer.Option(2, "--workers", help="Ray: worker processes of the local cluster."),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Ray: join a running cluster (e.g. auto)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Re-use a directory written with another config (changed units re-run)."
+    ),
+    threads: int | None = _Common.threads,
+):
+    """One pruning family over a range of ratios, each at several calibration seeds: curves with error bands
+    of the retained non-generative score, generation fidelity (beside the control's), teacher-forced KL
+    and the predictor against the ratio, and per use the largest ratio still indistinguishable from dense.
+
+    Runs as a study (one unit per ratio × seed × task; the same command again resumes) and writes
+    report/report.html with a Sweep section, report/sweep.json and report/sweep.csv.
+    """
+    import yaml
+
+    from prunelens.models.adapter import UnsupportedArchitectureError
+    from prunelens.models.loading import ContextLengthError, ModelNotFoundError
+    from prunelens.prune.drop import PruneConfigError
+    from prunelens.study.config import StudyConfigError
+    from prunelens.study.runner import plan_units
+    from prunelens.study.sweep import DEFAULT_SWEEP_YAML, parse_sweep, preflight, run_sweep, study_config
+    from prunelens.utils.artifacts import ArtifactError
+    from prunelens.utils.io import OutputExistsError
+
+    if print_config:
+        typer.echo(DEFAULT_SWEEP_YAML, nl=False)
+        return
+    if out is None:
+        _fail("--out is required (the sweep directory)")
+    if engine not in ("local", "ray"):
+        _fail(f"unknown engine {engine!r}; choose local or ray")
+    ns_list = _csv_numbers(ns, "--ns", int)
+    sp_list = _csv_numbers(sparsities, "--sparsities", float)
+    seed_list = _csv_numbers(seeds, "--seeds", int)
+    cli_drop, cli_sparse = bool(target or ns_list), bool(method or sp_list)
+    if cli_drop and cli_sparse:
+        _fail("--target / --ns make a drop sweep, --method / --sparsities a sparsity sweep: give one family")
+    raw: dict = {}
+    if config is not None:
+        if not config.exists():
+            _fail(f"--config {config} does not exist (see `prunelens sweep --print-config`)")
+        try:
+            raw = yaml.safe_load(config.read_text()) or {}
+        except yaml.YAMLError as exc:
+            _fail(f"--config {config} is not valid YAML: {str(exc).splitlines()[0]}")
+        if not isinstance(raw, dict):
+            _fail(f"--config {config}: the sweep config must be a YAML mapping")
+    block = raw.get("sweep") if raw.get("sweep") is not None else {}
+    if isinstance(block, dict):  # not a mapping: parse_sweep names the field
+        block = dict(block)
+        fam = block.get("family") or ("sparsify" if {"method", "sparsities"} & set(block) else "drop")
+        if (cli_drop and fam != "drop") or (cli_sparse and fam != "sparsify"):
+            block = {k: v for k, v in block.items() if k == "seeds"}  # the command line switches family
+        overrides = (("target", target), ("ns", ns_list), ("method", method), ("sparsities", sp_list))
+        block.update({k: v for k, v in overrides if v})
+        if cli_drop or cli_sparse:
+            block["family"] = "drop" if cli_drop else "sparsify"
+        if seed_list:
+            block["seeds"] = seed_list
+    raw = {**raw, "sweep": block}
+    raw.update({k: v for k, v in (("model", model), ("dtype", dtype), ("device", device)) if v})
+    try:
+        sc = parse_sweep(raw)
+    except StudyConfigError as exc:
+        _fail(str(exc))
+    _threads(threads)
+    try:  # before the progress bar: a refused model or ratio prints one line
+        preflight(sc)
+    except (StudyConfigError, ModelNotFoundError, UnsupportedArchitectureError, ContextLengthError) as exc:
+        _fail(str(exc))
+    units = plan_units(study_config(sc))
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    t0 = time.perf_counter()
+    with Progress(
+        TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console
+    ) as progress:
+        bar = progress.add_task("sweep", total=len(units))
+
+        def report(unit_id: str, seconds: float, cached: bool) -> None:
+            progress.console.print(
+                f"{'[dim]cached[/]' if cached else '[green]done[/]  '} {unit_id}"
+                + ("" if cached else f"  ({seconds:.0f} s)")
+            )
+            progress.advance(bar)
+
+        try:
+            timings = run_sweep(
+                sc,
+                out,
+                overwrite=overwrite,
+                engine=engine,
+                workers=workers,
+                ray_address=ray_address,
+                report=report,
+            )
+        except (
+            StudyConfigError,
+            OutputExistsError,
+            PruneConfigError,
+            ModelNotFoundError,
+            UnsupportedArchitectureError,
+            ArtifactError,
+            ContextLengthError,
+        ) as exc:
+            _fail(str(exc))
+    from prunelens.report import build_report
+
+    path = build_report(out)
+    out_console.print(
+        f"sweep finished in {time.perf_counter() - t0:.0f} s "
+        f"(unit time {timings['total_unit_seconds']:.0f} s); report: {path} "
+        f"(sweep.json, sweep.csv beside it)"
+    )
+
+
 @app.command("cache")
 def cache_cmd(
     action: str = typer.Argument("list", help="list: show converted GGUF checkpoints; clear: remove them."),

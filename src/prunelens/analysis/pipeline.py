@@ -331,8 +331,13 @@ def run_analysis(
     mc_task: str | None = None,
     notes: list[str] | None = None,
     log=None,
+    dense_cache: dict | None = None,
 ) -> AnalysisReport:
-    """Run the configured analyses of ``variants`` of ``model`` (see the module docstring)."""
+    """Run the configured analyses of ``variants`` of ``model`` (see the module docstring).
+
+    ``dense_cache``: a dict shared between calls on the same (unchanged) dense model: the dense decoding,
+    its teacher-forced states and the option-subspace dense logits are then computed once for every
+    call with the same prompts and settings — the study analyses one variant per call."""
     from prunelens.analysis.prompts import encode_prompts
     from prunelens.utils.io import atomic_output_dir, check_output_dir
 
@@ -350,18 +355,32 @@ def run_analysis(
     sampler = config.sampler
     need_decode = "transitions" in config.analyses or "trajectories" in config.analyses
     dense = None
+    decode_key = (
+        "decode",
+        tuple(map(tuple, prompt_ids)),
+        config.max_new_tokens,
+        tuple(eos),
+        pad_id,
+        repr(sampler),
+        config.batch_size,
+    )
     if need_decode:
         t0 = time.perf_counter()
-        dense = decode(
-            model,
-            prompt_ids,
-            max_new_tokens=config.max_new_tokens,
-            eos_ids=eos,
-            pad_id=pad_id,
-            sampler=sampler,
-            batch_size=config.batch_size,
-            desc="decoding (dense)",
-        )
+        if dense_cache is not None and decode_key in dense_cache:
+            dense = dense_cache[decode_key]
+        else:
+            dense = decode(
+                model,
+                prompt_ids,
+                max_new_tokens=config.max_new_tokens,
+                eos_ids=eos,
+                pad_id=pad_id,
+                sampler=sampler,
+                batch_size=config.batch_size,
+                desc="decoding (dense)",
+            )
+            if dense_cache is not None:
+                dense_cache[decode_key] = dense
         timings["decode_dense"] = time.perf_counter() - t0
         log(
             f"decoded {len(prompt_ids)} prompts with the dense model "
@@ -430,7 +449,13 @@ def run_analysis(
         if "trajectories" in config.analyses:
             t0 = time.perf_counter()
             if dense_tf is None:
-                dense_tf = teacher_forced_hidden(model, seqs, pad_id=pad_id, batch_size=config.batch_size)
+                tf_key = ("teacher_forced", decode_key)
+                if dense_cache is not None and tf_key in dense_cache:
+                    dense_tf = dense_cache[tf_key]
+                else:
+                    dense_tf = teacher_forced_hidden(model, seqs, pad_id=pad_id, batch_size=config.batch_size)
+                    if dense_cache is not None:
+                        dense_cache[tf_key] = dense_tf
             tr = trajectories(
                 model,
                 v,
@@ -468,6 +493,7 @@ def run_analysis(
                 exact=config.exact,
                 ks=config.ks,
                 pad_id=pad_id,
+                dense_cache=dense_cache,
             )
             timings[f"subspace/{v.name}"] = time.perf_counter() - t0
             for name, df in sub.frames().items():

@@ -169,8 +169,12 @@ def option_subspace(
     exact: bool = False,
     ks=DEFAULT_KS,
     pad_id: int | None = None,
+    dense_cache: dict | None = None,
 ) -> SubspaceResult:
-    """Full-vocabulary versus option-subspace metrics of ``variant`` over multiple-choice ``examples``."""
+    """Full-vocabulary versus option-subspace metrics of ``variant`` over multiple-choice ``examples``.
+
+    ``dense_cache``: a dict shared between calls on the same dense model, so the dense logits of the
+    same prompts are computed once for every variant (the study analyses one variant per call)."""
     temps = check_temperatures(temperatures)
     examples = list(examples)
     if not examples:
@@ -180,7 +184,15 @@ def option_subspace(
     prompts = [encode_prompt(tokenizer, mc_prompt(ex, labels), chat) for ex in examples]
     if pad_id is None:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    z_d = final_logits(model, prompts, pad_id=pad_id, batch_size=batch_size, desc="option subspace (dense)")
+    key = ("subspace_dense_logits", tuple(map(tuple, prompts)), int(pad_id))
+    if dense_cache is not None and key in dense_cache:
+        z_d = dense_cache[key]
+    else:
+        z_d = final_logits(
+            model, prompts, pad_id=pad_id, batch_size=batch_size, desc="option subspace (dense)"
+        )
+        if dense_cache is not None:
+            dense_cache[key] = z_d
     with variant.active(model):
         z_p = final_logits(
             model, prompts, pad_id=pad_id, batch_size=batch_size, desc=f"option subspace ({variant.name})"

@@ -77,7 +77,23 @@ def build_report(study_dir: str | Path) -> Path:
         )
     except Exception as exc:  # noqa: BLE001
         problems.append(f"guidance.json could not be written ({type(exc).__name__}: {exc})")
-    page = render_html(st, table, facts, figures, problems, flags)
+    sweep_section = _sweep_section(st, table, facts, out, problems)
+    page = render_html(st, table, facts, figures, problems, flags, sweep_section=sweep_section)
     path = out / "report.html"
     atomic_write_text(path, page)
     return path
+
+
+def _sweep_section(st, table, facts, out: Path, problems: list[str]) -> str | None:
+    """A sweep study's ``sweep.json|csv``, figure and page section (None for an ordinary study); a failure
+    is listed in "What is missing" instead of breaking the report."""
+    if not isinstance(st.meta.get("sweep"), dict):
+        return None
+    from prunelens.report.sweep import build_sweep
+
+    try:
+        built = build_sweep(st, table, facts, out)
+    except Exception as exc:  # noqa: BLE001
+        problems.append(f"the sweep section could not be built ({type(exc).__name__}: {exc})")
+        return f'<p class="missing">The sweep section could not be built: {type(exc).__name__}.</p>'
+    return built[2] if built else None

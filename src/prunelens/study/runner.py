@@ -67,7 +67,7 @@ def plan_units(cfg: StudyConfig) -> list[Unit]:
                     "eval",
                     v.name,
                     t.task,
-                    cfg.fingerprint(*base, "batch_size", f"task:{t.task}"),
+                    cfg.fingerprint(*base, "eval_batch_size", f"task:{t.task}"),
                 )
             )
         if not v.is_dense:
@@ -125,6 +125,8 @@ class Workbench:
         self._dense = None
         self._calibrations: dict[int, Any] = {}
         self._controls: dict[str, Any] = {}
+        #: dense-model results that every variant's units reuse (decoded prompts, teacher-forced states)
+        self.shared: dict[Any, Any] = {}
 
     @property
     def dense(self):
@@ -277,7 +279,7 @@ def _run_eval(bench: Workbench, unit: Unit) -> dict[str, Any]:
     settings = EvalSettings(
         limit=t.limit,
         seed=cfg.seed,
-        batch_size=cfg.batch_size,
+        batch_size=cfg.eval_batch_size,
         max_new_tokens=t.max_new_tokens or 192,
         num_fewshot=t.num_fewshot,
     )
@@ -350,6 +352,7 @@ def _run_analysis(bench: Workbench, unit: Unit) -> dict[str, Any]:
         dense_name=DENSE,
         mc_examples=mc,
         mc_task=mc_task,
+        dense_cache=bench.shared,
     )
     return {"figures": len(report.figures)}
 
@@ -373,13 +376,17 @@ def _run_predictor(bench: Workbench, unit: Unit) -> dict[str, Any]:
     T = float(_temperatures(cfg)[0])
     n_new = _analysed_tokens(cfg)
     device = input_device(model)
-    seqs = []
-    for _, text in study_prompts(cfg):
-        ids = tok(format_prompt(tok, text), return_tensors="pt", add_special_tokens=False).input_ids.to(
-            device
-        )
-        out = model.generate(ids, max_new_tokens=n_new, do_sample=False, pad_token_id=tok.pad_token_id)
-        seqs.append((out, ids.shape[1]))
+    key = ("predictor_sequences", n_new)
+    if key not in bench.shared:  # the dense continuations are the same for every variant: decode them once
+        seqs = []
+        for _, text in study_prompts(cfg):
+            ids = tok(format_prompt(tok, text), return_tensors="pt", add_special_tokens=False).input_ids.to(
+                device
+            )
+            out = model.generate(ids, max_new_tokens=n_new, do_sample=False, pad_token_id=tok.pad_token_id)
+            seqs.append((out, ids.shape[1]))
+        bench.shared[key] = seqs
+    seqs = bench.shared[key]
     est, exact = [], []
     variant = bench.variant(unit.variant)
     for ids, start in seqs:
