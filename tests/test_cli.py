@@ -112,6 +112,63 @@ def test_sparsify(model_dir, tmp_path, args):
         (["prune", "drop", "--target", "attn", "--n", "0"], "must be positive"),
         (["prune", "drop", "--target", "heads", "--n", "1"], "unknown target"),
         (["prune", "drop", "--target", "mlp", "--n", "1", "--window"], "--window only applies"),
+        (
+            ["prune", "drop", "--target", "attn", "--n", "1", "--objective", "loss"],
+            "unknown objective 'loss'",
+        ),
+        (
+            [
+                "prune",
+                "drop",
+                "--target",
+                "attn",
+                "--n",
+                "1",
+                "--objective",
+                "generation",
+                "--search-budget",
+                "0",
+            ],
+            "positive number of seconds",
+        ),
+        (
+            ["prune", "drop", "--target", "attn", "--n", "1", "--search-budget", "5"],
+            "use --objective generation or choice",
+        ),
+        (
+            [
+                "prune",
+                "drop",
+                "--target",
+                "attn",
+                "--n",
+                "1",
+                "--objective",
+                "choice",
+                "--choice-task",
+                "gsm8k",
+            ],
+            "must be a multiple-choice task",
+        ),
+        (
+            ["prune", "drop", "--target", "attn", "--n", "1", "--objective", "choice", "--choice-limit", "0"],
+            "--choice-limit must be positive",
+        ),
+        (
+            [
+                "prune",
+                "drop",
+                "--target",
+                "attn",
+                "--n",
+                "1",
+                "--objective",
+                "choice",
+                "--estimator",
+                "fisher",
+            ],
+            "use --objective generation",
+        ),
         (["prune", "sparsify", "--method", "wanda", "--sparsity", "1.0"], "[0, 1)"),
         (["prune", "sparsify", "--method", "wanda", "--sparsity", "-0.2"], "[0, 1)"),
         (["prune", "sparsify", "--method", "wanda", "--pattern", "4:4"], "0 < N < M"),
@@ -125,6 +182,34 @@ def test_refusals_exit_2_and_write_nothing(model_dir, tmp_path, args, message):
     assert res.exit_code == 2, res.output
     assert message in " ".join(res.output.split())
     assert not out.exists()
+
+
+def test_drop_by_generation_objective_records_it_in_the_plan(model_dir, tmp_path):
+    out = tmp_path / "kl"
+    res = runner.invoke(
+        app,
+        [
+            "prune",
+            "drop",
+            str(model_dir),
+            "--target",
+            "attn",
+            "--n",
+            "1",
+            "--objective",
+            "generation",
+            "--search-evaluations",
+            "3",
+            "--out",
+            str(out),
+            *_common(model_dir),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    plan = json.loads((out / PLAN_FILE).read_text())
+    assert plan["options"]["objective"] == "generation" and plan["scores"]["objective"] == "generation"
+    assert plan["scores"]["search"]["evaluations"] == 3 and "kl" in plan["dropped_sublayers"][0]
+    assert "objective" in res.output and "search" in res.output
 
 
 def test_existing_output_and_unknown_model(model_dir, tmp_path):

@@ -106,6 +106,57 @@ def test_default_config_is_the_documented_study():
         ),
         ({"colour": "blue"}, "(top level)", "allowed:"),
         (
+            {"variants": [{"name": "X", "drop": {"target": "attn", "n": 2, "objective": "loss"}}]},
+            "variants[0].drop.objective",
+            "hidden, generation, choice",
+        ),
+        (
+            {"variants": [{"name": "X", "drop": {"target": "attn", "n": 2, "search_budget": 10}}]},
+            "variants[0].drop.objective",
+            "use objective generation or choice",
+        ),
+        (
+            {
+                "variants": [
+                    {
+                        "name": "X",
+                        "drop": {"target": "attn", "n": 2, "objective": "generation", "search_budget": 0},
+                    }
+                ]
+            },
+            "variants[0].drop.search_budget",
+            "positive number of seconds",
+        ),
+        (
+            {
+                "variants": [
+                    {
+                        "name": "X",
+                        "drop": {"target": "attn", "n": 2, "objective": "choice", "estimator": "fisher"},
+                    }
+                ]
+            },
+            "variants[0].drop.estimator",
+            "use objective generation",
+        ),
+        (
+            {
+                "variants": [
+                    {
+                        "name": "X",
+                        "drop": {"target": "attn", "n": 2, "objective": "choice", "choice_task": "gsm8k"},
+                    }
+                ]
+            },
+            "variants[0].drop.choice_task",
+            "multiple-choice task",
+        ),
+        (
+            {"variants": [{"name": "X", "drop": {"target": "attn", "n": 2, "order": 1}}]},
+            "variants[0].drop",
+            "allowed: target, n, iterative, window, objective",
+        ),
+        (
             {"variants": [{"name": "C", "control": {"round_to": "int8"}}]},
             "variants[0].control.round_to",
             "auto, bfloat16, float16",

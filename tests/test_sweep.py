@@ -66,13 +66,14 @@ def test_config_errors_name_the_field(raw, field):
         parse_sweep(raw)
 
 
-def test_default_config_is_the_printed_one_and_cheap():
+def test_default_config_is_the_printed_one_with_the_study_n():
     sc = load_sweep(None)
     assert sc == parse_sweep(yaml.safe_load(DEFAULT_SWEEP_YAML))
     assert (sc.family, sc.target, sc.ratios, sc.seeds) == ("drop", "attn", (1, 2, 4, 8, 12, 16), (0, 1, 2))
     assert {t.task for t in sc.tasks} == {"arc_easy", "piqa", "gsm8k", "nq_open"}
-    assert all(t.limit is not None and t.limit <= 40 for t in sc.tasks)
-    assert "cheap" in DEFAULT_SWEEP_YAML
+    limits = {t.task: t.limit for t in sc.tasks}
+    assert limits["arc_easy"] >= 200 and limits["piqa"] >= 200  # enough for a paired verdict
+    assert limits["gsm8k"] >= 24 and limits["nq_open"] >= 24
 
 
 def test_variants_are_ratio_by_seed_plus_the_control():

@@ -148,6 +148,21 @@ def _print_plan(plan, out: Path, seconds: float) -> None:
         t.add_row("dropped", ", ".join(f"{d['sublayer']}@{d['layer']}" for d in plan.dropped_sublayers))
     if plan.dropped_blocks:
         t.add_row("dropped blocks", ", ".join(map(str, plan.dropped_blocks)))
+    objective = (plan.options or {}).get("objective")
+    if objective and objective != "hidden":
+        sc = plan.scores or {}
+        t.add_row(
+            "objective",
+            f"{objective} ({plan.options.get('estimator', 'exact')} KL at "
+            f"T = {plan.options.get('temperature', 1.0):g}, {sc.get('seconds', 0.0):.1f} s)",
+        )
+        if "search" in sc:
+            r = sc["search"]
+            t.add_row(
+                "search",
+                f"{r['evaluations']} sets in {r['seconds']:.0f} s: "
+                f"KL {r['kl_before']:.4g} → {r['kl_after']:.4g} ({len(r['accepted_swaps'])} swaps kept)",
+            )
     if "achieved" in plan.sparsity:
         ach = plan.sparsity["achieved"]
         t.add_row(
@@ -175,6 +190,37 @@ def prune_drop(
     window: bool = typer.Option(
         False, "--window", help="block only: drop the best window of n consecutive blocks."
     ),
+    objective: str = typer.Option(
+        "hidden",
+        "--objective",
+        help="What to preserve. hidden: input/output cosine of the residual stream (LLM-Drop, ShortGPT); "
+        "generation: exact KL of the next-token distributions on the calibration tokens; "
+        "choice: KL of the option distribution on lettered multiple-choice questions.",
+    ),
+    temperature: float = typer.Option(1.0, "--temperature", help="Temperature T of the KL objectives."),
+    estimator: str = typer.Option(
+        "exact",
+        "--estimator",
+        help="generation objective: exact (a counterfactual suffix pass per unit) or fisher (every unit "
+        "at once from one backward pass, a second-order estimate).",
+    ),
+    search_budget: float | None = typer.Option(
+        None,
+        "--search-budget",
+        help="Seconds of swap search after the selection, keeping swaps that lower the set's KL "
+        "(generation / choice objectives).",
+    ),
+    search_evaluations: int | None = typer.Option(
+        None,
+        "--search-evaluations",
+        help="Stop the swap search after this many set evaluations (reproducible on any machine).",
+    ),
+    choice_task: str = typer.Option(
+        "arc_easy",
+        "--choice-task",
+        help="choice objective: multiple-choice task whose validation split is read.",
+    ),
+    choice_limit: int = typer.Option(64, "--choice-limit", help="choice objective: number of questions."),
     calib: str = _Common.calib,
     nsamples: int = _Common.nsamples,
     seqlen: int = _Common.seqlen,
@@ -185,10 +231,11 @@ def prune_drop(
     overwrite: bool = _Common.overwrite,
     threads: int | None = _Common.threads,
 ):
-    """Drop the N least important attention/MLP sublayers or blocks \
-(highest input/output cosine similarity)."""
+    """Drop the N least important attention/MLP sublayers or blocks: by default the highest \
+input/output cosine similarity; with --objective generation or choice, the smallest exact effect on the \
+next-token or option distribution."""
     from prunelens.plan import DROP_TARGETS
-    from prunelens.prune.drop import PruneConfigError, drop, validate_drop
+    from prunelens.prune.drop import PruneConfigError, drop, validate_drop, validate_objective
     from prunelens.prune.save import save_pruned
 
     _threads(threads)
@@ -198,6 +245,22 @@ def prune_drop(
         _fail(f"--n must be positive (got {n})")
     if window and target != "block":
         _fail("--window only applies to --target block")
+    if not temperature > 0:
+        _fail(f"--temperature must be positive (got {temperature})")
+    try:
+        validate_objective(
+            objective,
+            window=window,
+            search_budget=search_budget,
+            search_evaluations=search_evaluations,
+            estimator=estimator,
+            need_choices=False,
+        )
+    except PruneConfigError as exc:
+        _fail(str(exc))
+    choice_examples = None
+    if objective == "choice":
+        choice_examples = _choice_examples(choice_task, choice_limit, seed)
     _check_out(out, overwrite)
     t0 = time.perf_counter()
     src = _resolve(model)
@@ -210,6 +273,14 @@ def prune_drop(
     texts = _check_calibration_request(src, calib, nsamples, seqlen)
     m, tok, _ = _load(src, dtype, device)
     cal = _calibration(tok, calib, nsamples, seqlen, seed, texts)
+    choices = None
+    if choice_examples is not None:
+        from prunelens.analysis.subspace import OptionTokenError, choice_set
+
+        try:
+            choices = choice_set(tok, choice_task, limit=choice_limit, seed=seed, examples=choice_examples)
+        except OptionTokenError as exc:
+            _fail(f"--choice-task {choice_task}: {exc}")
     plan = drop(
         m,
         cal,
@@ -219,9 +290,35 @@ def prune_drop(
         window=window,
         batch_size=batch_size,
         base_model=model or DEFAULT_MODEL,
+        objective=objective,
+        temperature=temperature,
+        choices=choices,
+        search_budget=search_budget,
+        search_evaluations=search_evaluations,
+        estimator=estimator,
+        seed=seed,
     )
     save_pruned(m, tok, plan, out, overwrite=overwrite)
     _print_plan(plan, out, time.perf_counter() - t0)
+
+
+def _choice_examples(task: str, limit: int, seed: int):
+    """The choice objective's questions (the task's validation split), read before any model loads."""
+    from prunelens.analysis.subspace import CHOICE_SPLIT
+    from prunelens.data.tasks import TASKS, load_task
+
+    mc = sorted(k for k, v in TASKS.items() if v.kind == "mc")
+    if task not in mc:
+        _fail(f"--choice-task must be a multiple-choice task ({', '.join(mc)}), got {task!r}")
+    if limit <= 0:
+        _fail(f"--choice-limit must be positive (got {limit})")
+    try:
+        examples = load_task(task, split=CHOICE_SPLIT, limit=limit, seed=seed)
+    except (OSError, ValueError) as exc:
+        _fail(f"--choice-task {task}: no {CHOICE_SPLIT} questions to score on ({exc})")
+    if not examples:
+        _fail(f"--choice-task {task}: its {CHOICE_SPLIT} split holds no question")
+    return examples
 
 
 @prune_app.command("sparsify")

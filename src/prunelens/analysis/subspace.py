@@ -106,6 +106,38 @@ def encode_prompt(tokenizer, text: str, chat: bool = True) -> list[int]:
     return tokenizer.encode(s, add_special_tokens=not templated)
 
 
+#: where the choice objective's questions come from by default: a split no default evaluation reads
+CHOICE_TASK, CHOICE_SPLIT, CHOICE_LIMIT = "arc_easy", "validation", 64
+
+
+def choice_set(
+    tokenizer,
+    task: str = CHOICE_TASK,
+    *,
+    split: str = CHOICE_SPLIT,
+    limit: int = CHOICE_LIMIT,
+    seed: int = 0,
+    labels=DEFAULT_LABELS,
+    chat: bool = True,
+    examples=None,
+):
+    """The lettered questions the ``choice`` drop objective scores on (a
+    :class:`~prunelens.prune.objectives.ChoiceSet`): ``limit`` seeded questions of ``task``'s ``split``
+    (ARC-Easy's validation split by default, disjoint from the test split every evaluation reads),
+    each prompt as the option-subspace analysis builds it. ``examples``: already loaded questions."""
+    from prunelens.data.tasks import load_task
+    from prunelens.prune.objectives import ChoiceSet
+
+    exs = list(examples) if examples is not None else load_task(task, split=split, limit=limit, seed=seed)
+    n_opts = [len(_question_and_options(ex)[1]) for ex in exs]
+    groups = option_token_ids(tokenizer, list(labels)[: max(n_opts)])
+    return ChoiceSet(
+        [encode_prompt(tokenizer, mc_prompt(ex, labels), chat) for ex in exs],
+        [groups[:k] for k in n_opts],
+        f"{task} ({split}, {len(exs)} questions, seed {seed})",
+    )
+
+
 @dataclass
 class SubspaceResult:
     variant: str

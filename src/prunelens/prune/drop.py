@@ -2,15 +2,37 @@
 
 Targets: ``attn``, ``mlp``, ``joint`` (attention and MLP sublayers ranked together) and ``block``
 (individual blocks, or with ``window=True`` the best window of ``n`` consecutive blocks). One-shot
-scores once and drops the ``n`` most similar; iterative re-scores after every removal.
+scores once and drops the ``n`` most droppable; iterative re-scores after every removal.
+
+Objectives (what "droppable" means): ``hidden`` — the cosine between a unit's input and output stream
+(LLM-Drop's / ShortGPT's rule, unchanged); ``generation`` — the exact counterfactual KL of the
+next-token distributions on the calibration tokens; ``choice`` — the KL of the option distribution on
+lettered multiple-choice questions (:mod:`prunelens.prune.objectives`). With a KL objective a budgeted
+search can then improve the chosen set by swaps (``search_budget`` seconds), its fitness the KL of the
+whole set.
 """
 
 from __future__ import annotations
 
+import random
+import time
+
 from prunelens.data.calibration import Calibration
 from prunelens.models.adapter import Adapter, drop_blocks, param_count
 from prunelens.plan import DROP_TARGETS, PrunePlan
-from prunelens.prune.choose import best_window, choose, count_dropped, drop_by_scores
+from prunelens.prune.choose import best_window, choose, count_dropped, drop_by_scores, kinds_for
+from prunelens.prune.objectives import (
+    ESTIMATORS,
+    OBJECTIVES,
+    ChoiceSet,
+    choice_divergence,
+    choice_set_kl,
+    counterfactual_kl,
+    dense_reference,
+    fisher_kl_estimate,
+    set_kl,
+    temporarily_dropped,
+)
 from prunelens.prune.scoring import Similarities, similarities
 
 
@@ -45,19 +67,59 @@ def drop(
     base_model: str = "",
     sims: Similarities | None = None,
     dry_run: bool = False,
+    objective: str = "hidden",
+    temperature: float = 1.0,
+    choices: ChoiceSet | None = None,
+    search_budget: float | None = None,
+    search_evaluations: int | None = None,
+    estimator: str = "exact",
+    seed: int = 0,
 ) -> PrunePlan:
     """Score on ``calibration``, drop ``n`` units of ``target`` from ``model`` in place, return the plan.
 
     ``sims``: similarities already measured on this model and calibration (reused for the first ranking).
     ``dry_run``: return the plan a one-shot drop would make and leave ``model`` untouched (the analysis
     uses it to study a variant without a second copy of the weights).
+    ``objective``: ``hidden`` (cosine), ``generation`` (KL at ``temperature`` on the calibration tokens)
+    or ``choice`` (option KL on ``choices``); ``search_budget``: seconds of swap search after the
+    selection (KL objectives only), seeded by ``seed``; ``search_evaluations``: stop the search after
+    this many set evaluations instead (or as well) — a count, unlike seconds, reproduces on any machine.
+    ``estimator``: ``exact`` counterfactual KL, or ``fisher`` (the generation objective's fast second-order
+    estimate, every unit from one backward pass; iterative re-estimates on the reduced model).
     """
     adapter = Adapter(model)
     site = _DryRun(adapter) if dry_run else adapter
     num_layers = adapter.num_layers
     validate_drop(num_layers, target, n, count_dropped(adapter, target))
+    validate_objective(
+        objective,
+        window=window,
+        choices=choices,
+        search_budget=search_budget,
+        search_evaluations=search_evaluations,
+        estimator=estimator,
+    )
     if window and target != "block":
         raise PruneConfigError("--window (consecutive blocks) only applies to target 'block'")
+    if objective != "hidden":
+        return _drop_by_objective(
+            model,
+            site,
+            calibration,
+            target=target,
+            n=n,
+            iterative=iterative,
+            batch_size=batch_size,
+            base_model=base_model,
+            objective=objective,
+            temperature=temperature,
+            choices=choices,
+            search_budget=search_budget,
+            search_evaluations=search_evaluations,
+            estimator=estimator,
+            seed=seed,
+            dry_run=dry_run,
+        )
     if dry_run and iterative:
         raise PruneConfigError("an iterative drop re-scores the pruned model, so it cannot be a dry run")
     ids = calibration.input_ids
@@ -116,6 +178,227 @@ def drop(
         )
     plan.params_after = plan.params_before - site.removed if dry_run else param_count(model)
     return plan
+
+
+def validate_objective(
+    objective: str,
+    *,
+    window: bool = False,
+    choices: ChoiceSet | None = None,
+    search_budget: float | None = None,
+    search_evaluations: int | None = None,
+    estimator: str = "exact",
+    need_choices: bool = True,
+) -> None:
+    """Refuse an unknown objective, a choice objective without questions and a budget ≤ 0, before any work.
+    ``need_choices=False``: the caller builds the questions later (it checks that it can)."""
+    if objective not in OBJECTIVES:
+        raise PruneConfigError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if objective != "hidden" and window:
+        raise PruneConfigError("--window (the best consecutive blocks by cosine) needs --objective hidden")
+    if estimator not in ESTIMATORS:
+        raise PruneConfigError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    if estimator == "fisher" and objective != "generation":
+        raise PruneConfigError(
+            "the Fisher estimate is of the generation objective's KL: use --objective generation"
+        )
+    if objective == "choice" and choices is None and need_choices:
+        raise PruneConfigError("the choice objective needs multiple-choice questions to score on")
+    if search_budget is not None:
+        if not search_budget > 0:
+            raise PruneConfigError(
+                f"the search budget must be a positive number of seconds (got {search_budget})"
+            )
+        if objective == "hidden":
+            raise PruneConfigError(
+                "the budgeted search improves a set by its KL: use --objective generation or choice"
+            )
+
+
+def _drop_by_objective(
+    model,
+    site,
+    calibration: Calibration,
+    *,
+    target: str,
+    n: int,
+    iterative: bool,
+    batch_size: int,
+    base_model: str,
+    objective: str,
+    temperature: float,
+    choices: ChoiceSet | None,
+    search_budget: float | None,
+    search_evaluations: int | None,
+    estimator: str,
+    seed: int,
+    dry_run: bool,
+) -> PrunePlan:
+    """Choose by a KL objective: rank (one-shot or iterative) with exact counterfactual scores while the
+    model is only *temporarily* changed, optionally improve the set by swaps, then drop it for real."""
+    adapter = Adapter(model)
+    kinds = kinds_for(target)
+    ids = calibration.input_ids
+    plan = PrunePlan(
+        method="drop",
+        base_model=base_model,
+        family=adapter.spec.family,
+        target=target,
+        calibration=calibration.describe(),
+        seed=calibration.seed,
+        params_before=param_count(model),
+        num_layers_before=adapter.num_layers,
+        options={
+            "iterative": iterative,
+            "window": False,
+            "objective": objective,
+            "temperature": temperature,
+            "estimator": estimator,
+        },
+    )
+
+    def score(reference):
+        if objective == "generation" and estimator == "fisher":
+            est = fisher_kl_estimate(
+                model, ids, kinds, temperature=temperature, batch_size=batch_size, seed=seed
+            )
+            searching = search_budget is not None or search_evaluations is not None
+            if reference is None and searching:  # the search's fitness is exact: the dense distributions
+                reference = dense_reference(model, ids, temperature=temperature, batch_size=batch_size)
+            return est, reference
+        if objective == "generation":
+            return counterfactual_kl(
+                model, ids, kinds, temperature=temperature, batch_size=batch_size, reference=reference
+            )
+        assert choices is not None
+        return choice_divergence(model, choices, kinds, temperature=temperature, reference=reference)
+
+    t0 = time.perf_counter()
+    first, reference = score(None)
+    plan.scores = {**first.to_dict(), "seconds": time.perf_counter() - t0}
+    if choices is not None and objective == "choice":
+        plan.scores["choice_data"] = choices.source
+    plan.scores["metric"] = (
+        f"mean KL(dense ‖ without the unit) of the {'next-token' if objective == 'generation' else 'option'} "
+        "distribution; lower = less important"
+    )
+    chosen: list[tuple[int, str]] = []
+    kl_of: dict[tuple[int, str], float] = {}
+    if not iterative:
+        for c in choose(first.by_kind(), target, n):
+            chosen.append((c.layer, c.kind))
+            kl_of[(c.layer, c.kind)] = -c.score
+    else:
+        steps, scores = [], first
+        for step in range(n):
+            c = choose(scores.by_kind(), target, 1)[0]
+            chosen.append((c.layer, c.kind))
+            kl_of[(c.layer, c.kind)] = -c.score
+            steps.append({"step": step, "layer": c.layer, "sublayer": c.kind, "kl": -c.score})
+            if step + 1 < n:
+                with temporarily_dropped(adapter, chosen):
+                    scores, _ = score(reference)
+        plan.scores["iterative_steps"] = steps
+        plan.scores["iterative_seconds"] = time.perf_counter() - t0
+    if search_budget is not None or search_evaluations is not None:
+        chosen, record = _swap_search(
+            model,
+            adapter,
+            chosen,
+            kinds,
+            target,
+            reference,
+            objective,
+            ids,
+            choices,
+            temperature=temperature,
+            batch_size=batch_size,
+            budget=search_budget,
+            max_evaluations=search_evaluations,
+            seed=seed,
+        )
+        plan.scores["search"] = record
+    if target == "block":
+        plan.dropped_blocks = sorted(layer for layer, _ in chosen)
+        site.drop_block_set(plan.dropped_blocks)
+    else:
+        entries = []
+        for layer, kind in sorted(chosen):
+            entries.append({"layer": layer, "sublayer": kind, "kl": kl_of.get((layer, kind))})
+            site.drop_unit(layer, kind)
+        plan.dropped_sublayers = entries
+    plan.params_after = plan.params_before - site.removed if dry_run else param_count(model)
+    return plan
+
+
+def _swap_search(
+    model,
+    adapter: Adapter,
+    chosen: list[tuple[int, str]],
+    kinds: tuple[str, ...],
+    target: str,
+    reference,
+    objective: str,
+    ids,
+    choices: ChoiceSet | None,
+    *,
+    temperature: float,
+    batch_size: int,
+    budget: float | None,
+    max_evaluations: int | None,
+    seed: int,
+) -> tuple[list[tuple[int, str]], dict]:
+    """Improve ``chosen`` by single swaps (one unit out, one candidate in, drawn at random with ``seed``),
+    keeping a swap when the KL of the whole set drops, until ``budget`` seconds have passed. In the
+    spirit of EvoPress, which searches layer-drop sets with a KL fitness; interactions between removals
+    count here, which one-shot scores ignore."""
+
+    def fitness(units: list[tuple[int, str]]) -> float:
+        with temporarily_dropped(adapter, units):
+            if objective == "generation":
+                return set_kl(model, ids, reference, temperature=temperature, batch_size=batch_size)
+            assert choices is not None
+            return choice_set_kl(model, choices, reference, temperature=temperature)
+
+    t0 = time.perf_counter()
+    pool = [
+        (i, k)
+        for k in kinds
+        for i in range(adapter.num_layers)
+        if (k == "block" and not (adapter.is_dropped(i, "attn") and adapter.is_dropped(i, "mlp")))
+        or (k != "block" and not adapter.is_dropped(i, k))
+    ]
+    rng = random.Random(seed)
+    current = list(chosen)
+    start = best = fitness(current)
+    evaluations, accepted = 1, []
+    outside = [u for u in pool if u not in current]
+
+    def more() -> bool:
+        if budget is not None and time.perf_counter() - t0 >= budget:
+            return False
+        return max_evaluations is None or evaluations < max_evaluations
+
+    while outside and more():
+        out_unit, in_unit = rng.choice(current), rng.choice(outside)
+        trial = [u for u in current if u != out_unit] + [in_unit]
+        f = fitness(trial)
+        evaluations += 1
+        if f < best:
+            accepted.append({"out": list(out_unit), "in": list(in_unit), "kl": f, "evaluation": evaluations})
+            best, current = f, trial
+            outside = [u for u in pool if u not in current]
+    return current, {
+        "budget_seconds": budget,
+        "max_evaluations": max_evaluations,
+        "seconds": time.perf_counter() - t0,
+        "evaluations": evaluations,
+        "kl_before": start,
+        "kl_after": best,
+        "accepted_swaps": accepted,
+        "seed": seed,
+        "fitness": "mean KL(dense ‖ pruned) of the whole set on the scoring data",
+    }
 
 
 class _DryRun:

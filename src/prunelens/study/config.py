@@ -257,6 +257,79 @@ def _int(value: Any, field_name: str, minimum: int = 1, allow_none: bool = False
     return value
 
 
+#: the keys of a variant's ``drop`` block
+DROP_KEYS = (
+    "target",
+    "n",
+    "iterative",
+    "window",
+    "objective",
+    "estimator",
+    "temperature",
+    "search_budget",
+    "search_evaluations",
+    "choice_task",
+    "choice_limit",
+)
+
+
+def _drop_objective(drop: dict[str, Any], where: str) -> None:
+    """The objective fields of a ``drop`` block: the objective, its temperature, search and choice data."""
+    from prunelens.data.tasks import TASKS
+    from prunelens.prune.objectives import OBJECTIVES
+
+    objective = drop.get("objective", "hidden")
+    _expect(
+        objective in OBJECTIVES,
+        f"{where}.objective",
+        f"must be one of {', '.join(OBJECTIVES)}, got {objective!r}",
+    )
+    from prunelens.prune.objectives import ESTIMATORS
+
+    est = drop.get("estimator", "exact")
+    _expect(est in ESTIMATORS, f"{where}.estimator", f"must be one of {', '.join(ESTIMATORS)}, got {est!r}")
+    _expect(
+        est == "exact" or objective == "generation",
+        f"{where}.estimator",
+        "the Fisher estimate is of the generation objective's KL: use objective generation",
+    )
+    t = drop.get("temperature", 1.0)
+    _expect(
+        isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0,
+        f"{where}.temperature",
+        f"must be a positive number, got {t!r}",
+    )
+    b = drop.get("search_budget")
+    _expect(
+        b is None or (isinstance(b, (int, float)) and not isinstance(b, bool) and b > 0),
+        f"{where}.search_budget",
+        f"must be a positive number of seconds, got {b!r}",
+    )
+    _int(drop.get("search_evaluations"), f"{where}.search_evaluations", allow_none=True)
+    searching = b is not None or drop.get("search_evaluations") is not None
+    _expect(
+        not (searching and objective == "hidden"),
+        f"{where}.objective",
+        "the budgeted search improves a set by its KL: use objective generation or choice",
+    )
+    _expect(
+        not (drop.get("window") and objective != "hidden"),
+        f"{where}.window",
+        "the best window of consecutive blocks is a cosine rule: it needs objective hidden",
+    )
+    mc = sorted(k for k, v in TASKS.items() if v.kind == "mc")
+    task = drop.get("choice_task", "arc_easy")
+    _expect(
+        task in mc, f"{where}.choice_task", f"must be a multiple-choice task ({', '.join(mc)}), got {task!r}"
+    )
+    _int(drop.get("choice_limit", 64), f"{where}.choice_limit")
+    _expect(
+        objective == "choice" or not ({"choice_task", "choice_limit"} & set(drop)),
+        f"{where}.choice_task",
+        "choice_task and choice_limit belong to objective choice",
+    )
+
+
 def _variant(raw: Any, i: int) -> VariantSpec:
     where = f"variants[{i}]"
     kinds = ("drop", "sparsify", "control")
@@ -300,13 +373,14 @@ def _variant(raw: Any, i: int) -> VariantSpec:
             f"must be one of {', '.join(CONTROL_ROUNDINGS)}, got {control['round_to']!r}",
         )
     if drop is not None:
-        _expect(isinstance(drop, dict), f"{where}.drop", "must be a mapping {target, n[, iterative, window]}")
-        unknown = set(drop) - {"target", "n", "iterative", "window"}
+        _expect(isinstance(drop, dict), f"{where}.drop", "must be a mapping {target, n[, iterative, ...]}")
+        unknown = set(drop) - set(DROP_KEYS)
         _expect(
             not unknown,
             f"{where}.drop",
-            f"unknown keys {sorted(unknown)}; allowed: target, n, iterative, window",
+            f"unknown keys {sorted(unknown)}; allowed: {', '.join(DROP_KEYS)}",
         )
+        _drop_objective(drop, f"{where}.drop")
         _expect(
             drop.get("target") in DROP_TARGETS,
             f"{where}.drop.target",

@@ -193,6 +193,13 @@ class Workbench:
             calibration = self.calibration_for(seed)
             pruned = copy.deepcopy(model)
             d = spec.drop
+            choices = None
+            if d.get("objective") == "choice":
+                from prunelens.analysis.subspace import choice_set
+
+                choices = choice_set(
+                    tok, d.get("choice_task", "arc_easy"), limit=d.get("choice_limit", 64), seed=seed
+                )
             plan = drop(
                 pruned,
                 calibration,
@@ -202,6 +209,13 @@ class Workbench:
                 window=d.get("window", False),
                 batch_size=self.cfg.batch_size,
                 base_model=self.cfg.model,
+                objective=d.get("objective", "hidden"),
+                temperature=float(d.get("temperature", 1.0)),
+                choices=choices,
+                search_budget=d.get("search_budget"),
+                search_evaluations=d.get("search_evaluations"),
+                estimator=d.get("estimator", "exact"),
+                seed=seed,
             )
             params = plan.params_after
             plan.save(out)
@@ -637,6 +651,18 @@ def check_variants(cfg: StudyConfig, num_layers: int | None) -> None:
                 validate_drop(int(num_layers), v.drop["target"], int(v.drop["n"]))
             except PruneConfigError as exc:
                 raise PruneConfigError(f"variant {v.name}: {exc}") from None
+            if v.drop.get("objective") == "choice":  # its questions must be readable before anything runs
+                from prunelens.analysis.subspace import CHOICE_SPLIT
+                from prunelens.data.tasks import load_task
+
+                task = v.drop.get("choice_task", "arc_easy")
+                try:
+                    load_task(task, split=CHOICE_SPLIT, limit=v.drop.get("choice_limit", 64), seed=cfg.seed)
+                except (OSError, ValueError) as exc:
+                    raise PruneConfigError(
+                        f"variant {v.name}: the choice objective has no {task} {CHOICE_SPLIT} "
+                        f"questions ({exc})"
+                    ) from None
 
 
 def run_study(

@@ -62,14 +62,14 @@ DEFAULT_SPARSITIES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
 FAMILIES = ("drop", "sparsify")
 
-#: (task entry, comment printed beside it): cheap on purpose — a sweep evaluates every ratio × seed
+#: (task entry, comment printed beside it); a sweep evaluates every ratio × seed on all of them
 DEFAULT_SWEEP_TASKS: tuple[tuple[dict[str, Any], str], ...] = (
-    ({"task": "arc_easy", "limit": 40}, "multiple choice: paired McNemar per seed"),
-    ({"task": "piqa", "limit": 40}, ""),
-    # generation: fidelity to the dense outputs; 10 prompts is the fewest on which the report's guidance
-    # judges a paired test at all (fewer: "not enough data to tell" at every ratio)
-    ({"task": "gsm8k", "limit": 10, "max_new_tokens": 64}, "generation: fidelity to the dense outputs"),
-    ({"task": "nq_open", "limit": 10, "max_new_tokens": 24}, ""),
+    # the default study's n: with fewer questions no interval excludes a large loss, and every ratio
+    # would read "not enough data to tell"
+    ({"task": "arc_easy", "limit": 200}, "multiple choice: paired McNemar per seed"),
+    ({"task": "piqa", "limit": 200}, ""),
+    ({"task": "gsm8k", "limit": 24, "max_new_tokens": 64}, "generation: fidelity to the dense outputs"),
+    ({"task": "nq_open", "limit": 24, "max_new_tokens": 24}, ""),
 )
 
 #: the analyses a sweep runs: the trajectories (teacher-forced KL) and, always, the predictor
@@ -153,8 +153,8 @@ def _default_sweep_yaml() -> str:
     lines = [
         "# prunelens sweep config: one pruning family over a range of ratios, each at several calibration",
         "# seeds, run as a study (resumable, --engine ray). `prunelens sweep --print-config` prints this.",
-        "# The tasks are cheap on purpose: every ratio × seed evaluates all of them. Raise the limits for",
-        "# numbers you would publish (a paired test on 40 questions detects only large differences).",
+        "# Every ratio × seed evaluates all the tasks, at the default study's n (fewer examples leave every",
+        "# ratio 'not enough data to tell'); pass fewer ns or seeds for a first look.",
         "sweep:",
         "  family: drop                # drop | sparsify",
         f"  target: {sc.target:<19} # drop: {' | '.join(DROP_TARGETS)}",
