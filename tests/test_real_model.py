@@ -98,3 +98,23 @@ def test_drop_8_attention_real(dense, calib, tmp_path):
             ids, max_new_tokens=16, do_sample=False, use_cache=False, pad_token_id=tok.pad_token_id
         )
     assert torch.equal(cached, uncached)
+
+
+def test_generation_objective_on_the_real_model(dense, calib):
+    """On the embedded model: the generation objective's plan drops the sublayers with the smallest exact
+    counterfactual KLs, records them, and the cosine-chosen set has no smaller KL sum."""
+    import dataclasses
+
+    from prunelens.prune.objectives import counterfactual_kl
+
+    model, _ = dense
+    cal2 = dataclasses.replace(calib, input_ids=calib.input_ids[:2])
+    scores, _ = counterfactual_kl(model, cal2.input_ids, ("attn",), batch_size=2)
+    kl = scores.divergence["attn"]
+    assert all(v is not None and v > 0 for v in kl)
+    by_kl = drop(model, cal2, target="attn", n=4, objective="generation", batch_size=2, dry_run=True)
+    by_cos = drop(model, cal2, target="attn", n=4, dry_run=True)
+    chosen = sorted(d["layer"] for d in by_kl.dropped_sublayers)
+    assert chosen == sorted(sorted(range(30), key=lambda i: kl[i])[:4])
+    assert sum(kl[i] for i in chosen) <= sum(kl[d["layer"]] for d in by_cos.dropped_sublayers)
+    assert [d["kl"] for d in by_kl.dropped_sublayers] == pytest.approx([kl[i] for i in chosen], rel=1e-4)

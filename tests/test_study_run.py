@@ -124,6 +124,17 @@ def test_local_study_runs_resumes_and_reports(tiny_dir, tmp_path):
         elif row["kind"] in ("ppl", "retrieval"):
             assert mdd is None
     assert "detects ≥" in html
+    # the summary figure's error bars: every variant carries its intervals, and the caption says so
+    from prunelens.report.tables import build_tables, variant_facts
+
+    st = load_study(tmp_path / "s")
+    facts = {f.name: f for f in variant_facts(st, build_tables(st))}
+    for name in ("Control", "Drop-1A", "Mag-50%"):
+        lo, hi = facts[name].retained_nongen_interval
+        assert lo <= facts[name].retained_nongen <= hi
+        lo, hi = facts[name].rouge_l_interval
+        assert 0 <= lo <= facts[name].rouge_l <= hi <= 1
+    assert "Bars: 95% intervals" in html
     # the report reads the analysis summaries the run really wrote: every analysis contributes its numbers
     headline = load_study(tmp_path / "s").analysis
     assert set(headline) == pruned

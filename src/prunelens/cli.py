@@ -746,13 +746,8 @@ def study(
 ):
     """The whole study: prune several ways, evaluate every variant on non-generative and generative tasks,
     analyse the representation hierarchy, and write tables, figures and report.html."""
-    from prunelens.models.adapter import UnsupportedArchitectureError
-    from prunelens.models.loading import ContextLengthError, ModelNotFoundError
-    from prunelens.prune.drop import PruneConfigError
     from prunelens.study.config import DEFAULT_CONFIG_YAML, StudyConfigError, load_config
     from prunelens.study.runner import run_study
-    from prunelens.utils.artifacts import ArtifactError
-    from prunelens.utils.io import OutputExistsError
 
     if print_config:
         typer.echo(DEFAULT_CONFIG_YAML, nl=False)
@@ -775,11 +770,25 @@ def study(
         _fail(str(exc))
     from prunelens.study.runner import plan_units
 
-    units = plan_units(cfg)
-    from transformers.utils import logging as hf_logging
+    _run_units(
+        "study",
+        len(plan_units(cfg)),
+        lambda report: run_study(
+            cfg,
+            out,
+            overwrite=overwrite,
+            engine=engine,
+            workers=workers,
+            ray_address=ray_address,
+            report=report,
+        ),
+        out,
+    )
 
-    hf_logging.disable_progress_bar()  # one overall bar; transformers' per-load bars would interleave with it
-    t0 = time.perf_counter()
+
+def _run_units(label: str, total: int, run, out: Path, extra: str = "") -> None:
+    """Run a study's units (``run(report)``) under one overall progress bar, one line per unit, then build
+    the report; a refused input anywhere inside is exit 2 and one line."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -788,9 +797,19 @@ def study(
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+    from transformers.utils import logging as hf_logging
 
+    from prunelens.models.adapter import UnsupportedArchitectureError
+    from prunelens.models.loading import ContextLengthError, ModelNotFoundError
+    from prunelens.prune.drop import PruneConfigError
+    from prunelens.study.config import StudyConfigError
+    from prunelens.utils.artifacts import ArtifactError
+    from prunelens.utils.io import OutputExistsError
+
+    hf_logging.disable_progress_bar()  # one overall bar; transformers' per-load bars would interleave with it
+    t0 = time.perf_counter()
     with Progress(
-        TextColumn("[bold]study"),
+        TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -799,7 +818,7 @@ def study(
         console=err_console,
         transient=False,
     ) as progress:
-        task = progress.add_task("study", total=len(units))
+        task = progress.add_task(label, total=total)
 
         def report(unit_id: str, seconds: float, cached: bool) -> None:
             progress.console.print(
@@ -809,16 +828,9 @@ def study(
             progress.advance(task)
 
         try:
-            timings = run_study(
-                cfg,
-                out,
-                overwrite=overwrite,
-                engine=engine,
-                workers=workers,
-                ray_address=ray_address,
-                report=report,
-            )
+            timings = run(report)
         except (
+            StudyConfigError,
             OutputExistsError,
             PruneConfigError,
             ModelNotFoundError,
@@ -831,8 +843,8 @@ def study(
 
     path = build_report(out)
     out_console.print(
-        f"study finished in {time.perf_counter() - t0:.0f} s "
-        f"(unit time {timings['total_unit_seconds']:.0f} s); report: {path}"
+        f"{label} finished in {time.perf_counter() - t0:.0f} s "
+        f"(unit time {timings['total_unit_seconds']:.0f} s); report: {path}{extra}"
     )
 
 
@@ -910,12 +922,9 @@ def sweep(
 
     from prunelens.models.adapter import UnsupportedArchitectureError
     from prunelens.models.loading import ContextLengthError, ModelNotFoundError
-    from prunelens.prune.drop import PruneConfigError
     from prunelens.study.config import StudyConfigError
     from prunelens.study.runner import plan_units
     from prunelens.study.sweep import DEFAULT_SWEEP_YAML, parse_sweep, preflight, run_sweep, study_config
-    from prunelens.utils.artifacts import ArtifactError
-    from prunelens.utils.io import OutputExistsError
 
     if print_config:
         typer.echo(DEFAULT_SWEEP_YAML, nl=False)
@@ -963,51 +972,20 @@ def sweep(
         preflight(sc)
     except (StudyConfigError, ModelNotFoundError, UnsupportedArchitectureError, ContextLengthError) as exc:
         _fail(str(exc))
-    units = plan_units(study_config(sc))
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    t0 = time.perf_counter()
-    with Progress(
-        TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console
-    ) as progress:
-        bar = progress.add_task("sweep", total=len(units))
-
-        def report(unit_id: str, seconds: float, cached: bool) -> None:
-            progress.console.print(
-                f"{'[dim]cached[/]' if cached else '[green]done[/]  '} {unit_id}"
-                + ("" if cached else f"  ({seconds:.0f} s)")
-            )
-            progress.advance(bar)
-
-        try:
-            timings = run_sweep(
-                sc,
-                out,
-                overwrite=overwrite,
-                engine=engine,
-                workers=workers,
-                ray_address=ray_address,
-                report=report,
-            )
-        except (
-            StudyConfigError,
-            OutputExistsError,
-            PruneConfigError,
-            ModelNotFoundError,
-            UnsupportedArchitectureError,
-            ArtifactError,
-            ContextLengthError,
-        ) as exc:
-            _fail(str(exc))
-    from prunelens.report import build_report
-
-    path = build_report(out)
-    out_console.print(
-        f"sweep finished in {time.perf_counter() - t0:.0f} s "
-        f"(unit time {timings['total_unit_seconds']:.0f} s); report: {path} "
-        f"(sweep.json, sweep.csv beside it)"
+    _run_units(
+        "sweep",
+        len(plan_units(study_config(sc))),
+        lambda report: run_sweep(
+            sc,
+            out,
+            overwrite=overwrite,
+            engine=engine,
+            workers=workers,
+            ray_address=ray_address,
+            report=report,
+        ),
+        out,
+        " (sweep.json, sweep.csv beside it)",
     )
 
 

@@ -334,3 +334,26 @@ def pooled_retained(
         return None
     ok = dense_means != 0
     return p_obs / d_obs, _percentiles(pruned_means[ok] / dense_means[ok], confidence)
+
+
+def pooled_mean_interval(
+    groups: list[ArrayLike],
+    *,
+    confidence: float = DEFAULT_CONFIDENCE,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, tuple[float, float]]:
+    """The mean of per-group means (tasks averaged with equal weight) and its percentile interval, each
+    group's examples resampled independently (e.g. ROUGE-L per prompt, per generative task)."""
+    if not groups:
+        raise ValueError("no groups to pool")
+    _z(confidence)
+    rng = np.random.default_rng(seed)
+    boots = np.zeros(resamples)
+    observed = 0.0
+    for g in groups:
+        a = _as_array(g, "group")
+        boots += a[rng.integers(0, a.size, size=(resamples, a.size))].mean(axis=1)
+        observed += float(a.mean())
+    k = len(groups)
+    return observed / k, _percentiles(boots / k, confidence)

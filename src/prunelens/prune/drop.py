@@ -123,16 +123,8 @@ def drop(
     if dry_run and iterative:
         raise PruneConfigError("an iterative drop re-scores the pruned model, so it cannot be a dry run")
     ids = calibration.input_ids
-    plan = PrunePlan(
-        method="drop",
-        base_model=base_model,
-        family=adapter.spec.family,
-        target=target,
-        calibration=calibration.describe(),
-        seed=calibration.seed,
-        params_before=param_count(model),
-        num_layers_before=num_layers,
-        options={"iterative": iterative, "window": window},
+    plan = _new_plan(
+        model, adapter, calibration, target, base_model, {"iterative": iterative, "window": window}
     )
     first = (
         sims
@@ -178,6 +170,21 @@ def drop(
         )
     plan.params_after = plan.params_before - site.removed if dry_run else param_count(model)
     return plan
+
+
+def _new_plan(model, adapter: Adapter, calibration: Calibration, target: str, base_model: str, options: dict):
+    """The drop plan before anything is chosen: what was pruned from, on which calibration, how."""
+    return PrunePlan(
+        method="drop",
+        base_model=base_model,
+        family=adapter.spec.family,
+        target=target,
+        calibration=calibration.describe(),
+        seed=calibration.seed,
+        params_before=param_count(model),
+        num_layers_before=adapter.num_layers,
+        options=options,
+    )
 
 
 def validate_objective(
@@ -239,16 +246,13 @@ def _drop_by_objective(
     adapter = Adapter(model)
     kinds = kinds_for(target)
     ids = calibration.input_ids
-    plan = PrunePlan(
-        method="drop",
-        base_model=base_model,
-        family=adapter.spec.family,
-        target=target,
-        calibration=calibration.describe(),
-        seed=calibration.seed,
-        params_before=param_count(model),
-        num_layers_before=adapter.num_layers,
-        options={
+    plan = _new_plan(
+        model,
+        adapter,
+        calibration,
+        target,
+        base_model,
+        {
             "iterative": iterative,
             "window": False,
             "objective": objective,

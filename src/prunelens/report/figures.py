@@ -59,6 +59,26 @@ def _label_points(ax, pts: list[tuple[str, float, float]], near: tuple[float, fl
         placed.append((fx, fy))
 
 
+def _error_bars(ax, x: float, y: float, xiv, yiv, group: str) -> None:
+    """95 % interval bars around a variant's point (either may be missing)."""
+    if xiv is None and yiv is None:
+        return
+    xerr = [[max(0.0, x - xiv[0])], [max(0.0, xiv[1] - x)]] if xiv else None
+    yerr = [[max(0.0, y - yiv[0])], [max(0.0, yiv[1] - y)]] if yiv else None
+    ax.errorbar(
+        [x],
+        [y],
+        xerr=xerr,
+        yerr=yerr,
+        fmt="none",
+        ecolor=_COLORS.get(group, "#7f7f7f"),
+        alpha=0.55,
+        elinewidth=1.1,
+        capsize=2.5,
+        zorder=3,
+    )
+
+
 def story_figure(
     facts: list[VariantFacts], directory: str | Path, axis: G.GenerativeAxis | None = None
 ) -> list[Path]:
@@ -85,6 +105,7 @@ def story_figure(
     for f in pts:
         lab = G.GROUP_LABELS.get(f.group, f.group) if f.group not in seen else None
         seen.add(f.group)
+        _error_bars(ax, f.retained_nongen, gen[f.name], f.retained_nongen_interval, axis.interval(f), f.group)
         ax.scatter(
             [f.retained_nongen],
             [gen[f.name]],
@@ -166,6 +187,8 @@ def predictor_figure(
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for f in pts:
+        iv = axis.interval(f)
+        _error_bars(ax, f.predictor, loss[f.name], None, (1 - iv[1], 1 - iv[0]) if iv else None, f.group)
         ax.scatter(
             [f.predictor],
             [loss[f.name]],
@@ -223,9 +246,15 @@ def story_caption(facts: list[VariantFacts], axis: G.GenerativeAxis | None = Non
     below = sum(1 for f in both if gen[f.name] < f.retained_nongen)
     tail = f"; {below} of {len(both)} variants lie below y = x, losing more on generation" if both else ""
     lead = f"Generation is measured as fidelity to the dense outputs because {axis.cause}. " if fid else ""
+    bars = (
+        " Bars: 95% intervals (paired bootstrap over the shared examples; prompts resampled within each "
+        "generative task)."
+        if any(f.retained_nongen_interval or axis.interval(f) for f in pts)
+        else ""
+    )
     if best is worst:
-        return f"{lead}{say(worst)}{tail}."
-    return f"{lead}{say(worst)}, while {say(best)}{tail}."
+        return f"{lead}{say(worst)}{tail}.{bars}"
+    return f"{lead}{say(worst)}, while {say(best)}{tail}.{bars}"
 
 
 def predictor_caption(

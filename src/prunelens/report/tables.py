@@ -157,6 +157,23 @@ def _paired_evidence(
 
     f.nongen_tests, f.retained_nongen_interval = evidence(("mc", "retrieval"))
     f.gen_tests, f.retained_gen_interval = evidence(("gen",))
+    # the fidelity axis: mean ROUGE-L of the greedy outputs against the dense ones, prompts resampled
+    from prunelens.evaluate.fidelity import fidelity
+    from prunelens.evaluate.uncertainty import pooled_mean_interval
+
+    groups = []
+    for r in table["rows"]:
+        if r["kind"] != "gen":
+            continue
+        dense = load_records(st.root / "eval" / DENSE, r["task"])
+        mine = load_records(st.root / "eval" / f.name, r["task"])
+        if dense and len(mine) == len(dense):
+            try:
+                groups.append([row["rouge_l"] for row in fidelity(dense, mine, task=r["task"]).records])
+            except ValueError:  # the two runs hold different prompts: no paired fidelity
+                continue
+    if groups:
+        f.rouge_l_interval = pooled_mean_interval(groups)[1]
 
 
 def variant_facts(

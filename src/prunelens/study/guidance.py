@@ -164,6 +164,7 @@ class VariantFacts:
     dense_gen: float | None = None
     exact_match: float | None = None  # mean over generative tasks of identical-to-dense outputs
     rouge_l: float | None = None
+    rouge_l_interval: tuple[float, float] | None = None  # prompts resampled within each generative task
     repeat_ngram_rate: float | None = None
     kl_transitions: float | None = None
     kl_teacher_forced: float | None = None
@@ -227,6 +228,18 @@ class GenerativeAxis:
                 "dense ones (mean ROUGE-L F1; the dense model has 1)"
             )
         return "no generative result is measured"
+
+    def interval(self, f: VariantFacts) -> tuple[float, float] | None:
+        """The 95 % interval of :meth:`value` (``None`` for the dense model or where it is not measured)."""
+        if f.is_dense:
+            return None
+        return (
+            f.retained_gen_interval
+            if self.kind == "score"
+            else f.rouge_l_interval
+            if self.kind == "fidelity"
+            else None
+        )
 
     def value(self, f: VariantFacts) -> float | None:
         if f.is_dense:
