@@ -25,6 +25,7 @@ from prunelens.prune.objectives import (
     ESTIMATORS,
     OBJECTIVES,
     ChoiceSet,
+    candidates,
     choice_divergence,
     choice_set_kl,
     counterfactual_kl,
@@ -365,13 +366,7 @@ def _swap_search(
             return choice_set_kl(model, choices, reference, temperature=temperature)
 
     t0 = time.perf_counter()
-    pool = [
-        (i, k)
-        for k in kinds
-        for i in range(adapter.num_layers)
-        if (k == "block" and not (adapter.is_dropped(i, "attn") and adapter.is_dropped(i, "mlp")))
-        or (k != "block" and not adapter.is_dropped(i, k))
-    ]
+    pool = candidates(adapter, kinds)
     rng = random.Random(seed)
     current = list(chosen)
     start = best = fitness(current)

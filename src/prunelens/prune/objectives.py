@@ -50,6 +50,7 @@ __all__ = [
     "ObjectiveScores",
     "ChoiceSet",
     "temporarily_dropped",
+    "candidates",
     "counterfactual_kl",
     "choice_divergence",
     "set_kl",
@@ -181,7 +182,8 @@ def _kl_sum(logp_ref: torch.Tensor, z: torch.Tensor, temperature: float, mask=No
     return float((kl * mask).sum() if mask is not None else kl.sum())
 
 
-def _candidates(adapter: Adapter, kinds: Sequence[str]) -> list[tuple[int, str]]:
+def candidates(adapter: Adapter, kinds: Sequence[str]) -> list[tuple[int, str]]:
+    """Every unit of ``kinds`` still in the model (a block: while either of its sublayers is)."""
     out = []
     for kind in kinds:
         for i in range(adapter.num_layers):
@@ -214,7 +216,7 @@ def counterfactual_kl(
         raise ValueError(f"temperature must be positive, got {temperature}")
     adapter = Adapter(model)
     device = input_device(model)
-    cands = _candidates(adapter, kinds)
+    cands = candidates(adapter, kinds)
     sums = {c: 0.0 for c in cands}
     refs: list[torch.Tensor] = []
     tokens = 0
@@ -315,7 +317,7 @@ def choice_divergence(
         raise ValueError(f"temperature must be positive, got {temperature}")
     adapter = Adapter(model)
     device = input_device(model)
-    cands = _candidates(adapter, kinds)
+    cands = candidates(adapter, kinds)
     kl_sum = {c: 0.0 for c in cands}
     flips = {c: 0 for c in cands}
     refs: list[torch.Tensor] = []
@@ -415,7 +417,7 @@ def fisher_kl_estimate(
     adapter = Adapter(model)
     device = input_device(model)
     L = adapter.num_layers
-    want = {k for k in kinds}
+    want = set(kinds)
     sub = ("attn", "mlp")
     sums = {(i, k): 0.0 for i in range(L) for k in (*sub, "block")}
     gen = torch.Generator(device="cpu").manual_seed(seed)
