@@ -989,6 +989,165 @@ def sweep(
     )
 
 
+@app.command()
+def repair(
+    pruned: str = typer.Argument(..., help="A pruned prunelens checkpoint (from `prunelens prune ...`)."),
+    out: Path = typer.Option(..., "--out", help="Output directory for the repaired checkpoint."),
+    teacher: str | None = typer.Option(
+        None,
+        "--teacher",
+        help="The dense teacher (default: the model PRUNED was pruned from, as its plan says).",
+    ),
+    loss: str = typer.Option(
+        "kl",
+        "--loss",
+        help="kl (forward KL to the teacher's distribution), reverse-kl, jsd, or ce (plain next-token "
+        "cross-entropy on the same text: the baseline).",
+    ),
+    temperature: float = typer.Option(1.0, "--temperature", help="Softmax temperature of the divergence."),
+    train: str = typer.Option(
+        "lora",
+        "--train",
+        help="lora (adapters on every remaining linear, merged on save) or norms (norm weights).",
+    ),
+    rank: int = typer.Option(8, "--rank", help="LoRA rank."),
+    alpha: float = typer.Option(16.0, "--alpha", help="LoRA alpha (the update is scaled by alpha / rank)."),
+    lr: float | None = typer.Option(
+        None, "--lr", help="Peak learning rate (default: 2e-4 for lora, 1e-3 for norms)."
+    ),
+    steps: int = typer.Option(100, "--steps", help="Optimiser steps."),
+    warmup: float = typer.Option(0.1, "--warmup", help="Fraction of the steps with a rising learning rate."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Calibration windows per micro-batch."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimiser step."),
+    weight_decay: float = typer.Option(0.0, "--weight-decay", help="AdamW weight decay."),
+    precision: str = typer.Option("float32", "--precision", help="float32 or bfloat16 (autocast)."),
+    heldout: float = typer.Option(
+        0.125,
+        "--heldout",
+        help="Fraction of the calibration text held out (disjoint) for the KL and early stopping.",
+    ),
+    eval_every: int = typer.Option(
+        20, "--eval-every", help="Measure the held-out KL (and checkpoint) every N steps."
+    ),
+    patience: int | None = typer.Option(
+        3, "--patience", help="Stop after this many evaluations without a lower held-out KL (0: never)."
+    ),
+    keep: str = typer.Option(
+        "best", "--keep", help="best (the state with the lowest held-out KL) or last (where training ended)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the adapter initialisation and the window order."),
+    calib: str = _Common.calib,
+    nsamples: int = _Common.nsamples,
+    seqlen: int = _Common.seqlen,
+    calib_seed: int = typer.Option(0, "--calib-seed", help="Seed for calibration sampling."),
+    dtype: str = _Common.dtype,
+    device: str = _Common.device,
+    overwrite: bool = _Common.overwrite,
+    restart: bool = typer.Option(
+        False, "--restart", help="Discard the saved state of an interrupted repair instead of resuming it."
+    ),
+    threads: int | None = _Common.threads,
+):
+    """Repair a pruned model by distilling the dense teacher's next-token probabilities into it.
+
+    The damage pruning does to generation is in the probabilities (softmax amplifies small logit changes,
+    decoding compounds them); this trains LoRA adapters (or norms) so that the pruned model's distribution
+    matches the teacher's on calibration text. Masks and drops are kept: sparse weights keep their zeros
+    and N:M pattern, dropped sublayers stay dropped. An interrupted repair resumes when run again with the
+    same arguments. Writes a prunelens checkpoint (its plan records the repair), repair_log.json and
+    repair_loss.png.
+    """
+    from prunelens.data.calibration import CalibrationDataError
+    from prunelens.data.paths import DataNotFoundError
+    from prunelens.distill import RepairInputError, RepairSettings, RepairSettingsError
+    from prunelens.distill import repair as run_repair
+    from prunelens.models.adapter import UnsupportedArchitectureError
+    from prunelens.models.loading import ContextLengthError, ModelNotFoundError
+    from prunelens.utils.artifacts import ArtifactError
+    from prunelens.utils.io import OutputExistsError
+
+    _threads(threads)
+    options = {
+        "loss": "--loss",
+        "temperature": "--temperature",
+        "train": "--train",
+        "rank": "--rank",
+        "alpha": "--alpha",
+        "lr": "--lr",
+        "steps": "--steps",
+        "warmup": "--warmup",
+        "batch_size": "--batch-size",
+        "grad_accum": "--grad-accum",
+        "weight_decay": "--weight-decay",
+        "precision": "--precision",
+        "heldout": "--heldout",
+        "eval_every": "--eval-every",
+        "patience": "--patience",
+        "keep": "--keep",
+        "seed": "--seed",
+        "nsamples": "--nsamples",
+        "seqlen": "--seqlen",
+    }
+    t0 = time.perf_counter()
+    try:
+        settings = RepairSettings(
+            loss=loss,
+            temperature=temperature,
+            train=train,
+            rank=rank,
+            alpha=alpha,
+            lr=lr,
+            steps=steps,
+            warmup=warmup,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            weight_decay=weight_decay,
+            precision=precision,
+            heldout=heldout,
+            eval_every=eval_every,
+            patience=patience or None,
+            keep=keep,
+            seed=seed,
+        )
+        result = run_repair(
+            pruned,
+            out=out,
+            teacher=teacher,
+            settings=settings,
+            calib=calib,
+            nsamples=nsamples,
+            seqlen=seqlen,
+            calib_seed=calib_seed,
+            dtype=dtype,
+            device=device,
+            overwrite=overwrite,
+            restart=restart,
+        )
+    except RepairSettingsError as exc:
+        _fail(f"{options.get(exc.field, exc.field)}: {str(exc).split(': ', 1)[1]}")
+    except (
+        RepairInputError,
+        CalibrationDataError,
+        DataNotFoundError,
+        ModelNotFoundError,
+        UnsupportedArchitectureError,
+        ArtifactError,
+        ContextLengthError,
+        OutputExistsError,
+    ) as exc:
+        _fail(str(exc))
+    r = result.summary
+    t = Table(title=f"{result.plan.name} saved to {out}", show_header=False)
+    t.add_row("repair", f"{r['loss']} on {r['train']}, {r['trainable_parameters']:,} trainable parameters")
+    t.add_row("steps", f"{r['steps_run']} of {r['steps']} ({r['stopped']}); kept step {r['kept_step']}")
+    t.add_row("tokens", f"{r['tokens']:,}")
+    b, a = r["heldout_before"], r["heldout_after"]
+    t.add_row("held-out KL(p‖q)", f"{b['heldout_kl']:.4f} → {a['heldout_kl']:.4f}")
+    t.add_row("held-out CE", f"{b['heldout_ce']:.4f} → {a['heldout_ce']:.4f}")
+    t.add_row("time", f"{time.perf_counter() - t0:.1f} s (repair {r['seconds']:.1f} s)")
+    out_console.print(t)
+
+
 @app.command("cache")
 def cache_cmd(
     action: str = typer.Argument("list", help="list: show converted GGUF checkpoints; clear: remove them."),

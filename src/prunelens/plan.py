@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -23,6 +24,9 @@ PLAN_FORMAT = "prunelens.plan/1"
 SUBLAYERS = ("attn", "mlp")
 DROP_TARGETS = ("attn", "mlp", "block", "joint")
 SPARSE_METHODS = ("magnitude", "wanda", "sparsegpt")
+#: per-block sparsity allocation rules (:mod:`prunelens.prune.allocation`); a plan without
+#: ``sparsity.allocation`` is uniform
+ALLOCATIONS = ("uniform", "owl", "kl")
 
 
 @dataclass
@@ -42,6 +46,9 @@ class PrunePlan:
     scores: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    # a repair after pruning (``prunelens repair``): loss, temperature, steps, tokens, learning rate, LoRA
+    # rank, teacher, held-out KL before/after; empty when the weights are as pruning left them
+    repair: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
     params_before: int | None = None
     params_after: int | None = None
@@ -61,17 +68,24 @@ class PrunePlan:
         """Short label in the paper's style, e.g. ``Drop-8A``, ``Drop-4M``, ``Drop-2B``, ``Wanda-50%``."""
         if self.is_drop:
             if self.dropped_blocks:
-                return f"Drop-{len(self.dropped_blocks)}B"
+                return f"Drop-{len(self.dropped_blocks)}B" + self._repair_suffix()
             kinds = {d["sublayer"] for d in self.dropped_sublayers}
             letter = "A" if kinds == {"attn"} else "M" if kinds == {"mlp"} else "J"
-            return f"Drop-{len(self.dropped_sublayers)}{letter}"
+            return f"Drop-{len(self.dropped_sublayers)}{letter}" + self._repair_suffix()
         pattern = self.sparsity.get("pattern")
         label = {"magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT"}.get(
             self.method, self.method
         )
-        if pattern:
-            return f"{label}-{pattern}"
-        return f"{label}-{round(100 * float(self.sparsity.get('sparsity', 0)))}%"
+        base = (
+            f"{label}-{pattern}"
+            if pattern
+            else f"{label}-{round(100 * float(self.sparsity.get('sparsity', 0)))}%"
+        )
+        return base + self._repair_suffix()
+
+    def _repair_suffix(self) -> str:
+        """``+KL``, ``+CE``, ... after a repair (the loss it was repaired with)."""
+        return f"+{str(self.repair['loss']).upper()}" if self.repair.get("loss") else ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,9 +185,10 @@ def _check_fields(data: Any, source: Path) -> None:
             raise PlanError(source, f"must be a positive integer or null (got {v!r})", key)
     if data.get("seed") is not None and not _is_int(data["seed"]):
         raise PlanError(source, f"must be an integer or null (got {data['seed']!r})", "seed")
-    for key in ("sparsity", "scores", "calibration", "options"):
+    for key in ("sparsity", "scores", "calibration", "options", "repair"):
         if not isinstance(data.get(key, {}), dict):
             raise PlanError(source, "must be a JSON object", key)
+    _check_repair(data.get("repair", {}), source)
     n = data.get("num_layers_before")
     subs = data.get("dropped_sublayers", [])
     if not isinstance(subs, list):
@@ -230,3 +245,79 @@ def _check_fields(data: Any, source: Path) -> None:
                 raise PlanError(
                     source, f"is {pat!r}; must be N:M with 0 < N < M (e.g. 2:4)", "sparsity.pattern"
                 )
+        if "allocation" in sparsity:
+            _check_allocation(sparsity, n, source)
+
+
+REPAIR_LOSSES = ("kl", "reverse-kl", "jsd", "ce")
+
+
+def _check_repair(repair: dict[str, Any], source: Path) -> None:
+    """``repair``: empty, or the record of a repair (loss, steps, tokens, learning rate, teacher)."""
+    if not repair:
+        return
+    if repair.get("loss") not in REPAIR_LOSSES:
+        raise PlanError(
+            source, f"is {repair.get('loss')!r}; expected one of {', '.join(REPAIR_LOSSES)}", "repair.loss"
+        )
+    for key in ("steps", "steps_run", "tokens"):
+        v = repair.get(key)
+        if not (_is_int(v) and v >= 0):
+            raise PlanError(source, f"must be a non-negative integer (got {v!r})", f"repair.{key}")
+    lr = repair.get("learning_rate")
+    if lr is None or not _is_number(lr) or lr <= 0:
+        raise PlanError(source, f"must be a positive number (got {lr!r})", "repair.learning_rate")
+    if not isinstance(repair.get("teacher"), str) or not repair["teacher"]:
+        raise PlanError(
+            source, f"must name the teacher model (got {repair.get('teacher')!r})", "repair.teacher"
+        )
+
+
+def _is_number(v: Any) -> TypeGuard[float]:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_allocation(sparsity: dict[str, Any], n: int | None, source: Path) -> None:
+    """``sparsity.allocation``: the rule, its lambda, and per block the sparsity, score and weight count,
+    whose weighted mean must be the plan's sparsity."""
+    where = "sparsity.allocation"
+    alloc = sparsity["allocation"]
+    if not isinstance(alloc, dict):
+        raise PlanError(source, "must be a JSON object {rule, lambda, by_block, scores, block_params}", where)
+    rule = alloc.get("rule")
+    if rule not in ALLOCATIONS:
+        raise PlanError(source, f"is {rule!r}; expected one of {', '.join(ALLOCATIONS)}", f"{where}.rule")
+    if rule == "uniform":
+        return
+    if sparsity.get("pattern") is not None or "sparsity" not in sparsity:
+        raise PlanError(source, f"{rule!r} needs an unstructured sparsity; N:M patterns stay uniform", where)
+    lam = alloc.get("lambda")
+    if not (_is_number(lam) and 0 <= lam < 1):
+        raise PlanError(source, f"is {lam!r}; must be a number in [0, 1)", f"{where}.lambda")
+    lists = {}
+    for key in ("by_block", "scores", "block_params"):
+        v = alloc.get(key)
+        if not isinstance(v, list) or not v:
+            raise PlanError(source, "must be a non-empty list with one entry per block", f"{where}.{key}")
+        if n is not None and len(v) != n:
+            raise PlanError(source, f"has {len(v)} entries for a {n}-block model", f"{where}.{key}")
+        lists[key] = v
+    if len({len(v) for v in lists.values()}) != 1:
+        raise PlanError(source, "by_block, scores and block_params must have one entry per block", where)
+    for i, s in enumerate(lists["by_block"]):
+        if not (_is_number(s) and 0 <= s < 1):
+            raise PlanError(source, f"is {s!r}; must be a number in [0, 1)", f"{where}.by_block[{i}]")
+    for i, x in enumerate(lists["scores"]):
+        if not _is_number(x):
+            raise PlanError(source, f"is {x!r}; must be a finite number", f"{where}.scores[{i}]")
+    for i, p in enumerate(lists["block_params"]):
+        if not (_is_int(p) and p > 0):
+            raise PlanError(source, f"is {p!r}; must be a positive integer", f"{where}.block_params[{i}]")
+    target = float(sparsity["sparsity"])
+    mean = math.fsum(s * p for s, p in zip(lists["by_block"], lists["block_params"])) / sum(
+        lists["block_params"]
+    )
+    if abs(mean - target) > 1e-9:
+        raise PlanError(source, f"has a weighted mean of {mean!r}, not the sparsity {target!r}", where)
+    if any(abs(s - target) > lam + 1e-9 for s in lists["by_block"]):
+        raise PlanError(source, f"moves a block more than lambda = {lam} from {target}", f"{where}.by_block")

@@ -234,6 +234,44 @@ def get_calibration(
     )
 
 
+def split_calibration(
+    tokenizer,
+    source: str = "c4",
+    nsamples: int = 64,
+    seqlen: int = 256,
+    seed: int = 0,
+    heldout: float = 0.125,
+    texts: list[str] | None = None,
+) -> tuple[Calibration, Calibration]:
+    """Training and held-out windows from disjoint text: ``(train, held_out)``.
+
+    The token stream is cut once, at ``1 − heldout`` of its length; ``round(heldout · nsamples)``
+    windows (at least one) come from the tail and the rest from the head, so no held-out token was
+    trained on (windows of one stream may overlap each other; across the cut they cannot).
+    """
+    if not 0 < heldout < 1:
+        raise CalibrationDataError(f"the held-out fraction must be in (0, 1) (got {heldout})")
+    n_held = max(1, round(heldout * nsamples))
+    n_train = nsamples - n_held
+    if n_train < 1:
+        raise CalibrationDataError(
+            f"{nsamples} calibration window(s) cannot be split into training and held-out windows; "
+            "use at least 2"
+        )
+    stream = token_stream(tokenizer, load_texts(source) if texts is None else texts)
+    cut = int(round((1 - heldout) * stream.numel()))
+    bos = bos_prefix(tokenizer)
+    parts = []
+    for name, part, n in (("train", stream[:cut], n_train), ("held-out", stream[cut:], n_held)):
+        try:
+            ids = sample_windows(part, n, seqlen, seed, bos)
+        except CalibrationDataError as exc:
+            raise CalibrationDataError(f"{source}, {name} part: {exc}") from None
+        label = f"{source}[:{1 - heldout:.3g}]" if name == "train" else f"{source}[{1 - heldout:.3g}:]"
+        parts.append(Calibration(ids, label, seed, int(part.numel()), bos))
+    return parts[0], parts[1]
+
+
 def encoder_calibration(tokenizer, source: str = "c4", nsamples: int = 32, seqlen: int = 128, seed: int = 0):
     """Seeded calibration windows for an encoder: ``[CLS] <seqlen−2 tokens> [SEP]``.
 
