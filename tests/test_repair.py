@@ -32,7 +32,7 @@ from prunelens.plan import PLAN_FILE, PlanError, PrunePlan
 from prunelens.prune.drop import drop
 from prunelens.prune.sparsify import sparsify
 
-from conftest import random_text, tiny_tokenizer
+from conftest import need_data, random_text, tiny_tokenizer
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -108,7 +108,7 @@ def test_repair_loss_positions_scaling_and_dtype():
         ("steps", -3, "positive integer"),
         ("rank", 0, "positive integer"),
         ("loss", "mse", "unknown loss"),
-        ("temperature", 0.0, "positive number"),
+        ("temperature", 0.0, "positive finite number"),
         ("train", "all", "expected one of"),
         ("precision", "float16", "expected one of"),
         ("heldout", 1.0, "(0, 1)"),
@@ -412,6 +412,9 @@ def test_cli_repair_writes_a_normal_checkpoint(pruned_dirs, tmp_path):
     assert not (out.parent / f".{out.name}.repair-state").exists()  # state removed once done
     info = runner.invoke(app, ["info", str(out), "--json"])
     assert info.exit_code == 0, info.output
+    assert json.loads(info.stdout)["plan"]["repair"]["loss"] == "kl"
+    info = runner.invoke(app, ["info", str(out)])
+    assert info.exit_code == 0 and "repaired" in info.output and "held-out KL" in info.output, info.output
     assert not list(tmp_path.glob(".*partial*"))
 
 
@@ -460,3 +463,175 @@ def test_cli_refuses_bad_input_and_writes_nothing(pruned_dirs, tmp_path, student
     lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], res.output
     assert not out.exists() and not (tmp_path / ".out.repair-state").exists()
+
+
+# --- in a study ---------------------------------------------------------------------------------
+
+
+def test_study_config_validates_repair_blocks():
+    from prunelens.study.config import StudyConfigError, parse_config
+
+    def cfg(variant):
+        return parse_config({"variants": [variant], "tasks": [{"task": "wikitext2", "limit": 1}]})
+
+    v = cfg(
+        {"name": "R", "drop": {"target": "attn", "n": 2}, "repair": {"loss": "jsd", "steps": 3}}
+    ).variants[1]
+    assert v.repair["loss"] == "jsd" and v.repair["steps"] == 3 and v.repair["nsamples"] == 64
+    assert v.repair["rank"] == RepairSettings().rank  # defaults spelled out: they enter the fingerprint
+    for bad, field in [
+        ({"steps": 0}, "variants[0].repair.steps"),
+        ({"loss": "mse"}, "variants[0].repair.loss"),
+        ({"epochs": 2}, "variants[0].repair.epochs"),
+        ({"nsamples": 1}, "variants[0].repair.nsamples"),
+        ("kl", "variants[0].repair"),
+    ]:
+        with pytest.raises(StudyConfigError, match=re_escape(f"field '{field}'")):
+            cfg({"name": "R", "drop": {"target": "attn", "n": 2}, "repair": bad})
+    with pytest.raises(StudyConfigError, match="drop or sparsify"):
+        cfg({"name": "R", "control": {"round_to": "auto"}, "repair": {"steps": 2}})
+
+
+def test_study_runs_a_repaired_twin(tmp_path):
+    """A repaired variant in a study: built, saved as a checkpoint (masks kept), evaluated beside its
+    unrepaired twin, and the fingerprint changes with the repair settings."""
+    from conftest import need_data
+
+    need_data("c4/c4_demo.json")
+    from prunelens.study.config import parse_config
+    from prunelens.study.runner import plan_units, run_study
+
+    d = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    raw = {
+        "model": str(d),
+        "calibration": {"source": "c4", "nsamples": 4, "seqlen": 32},
+        "variants": [
+            {"name": "Mag-50%", "sparsify": {"method": "magnitude", "sparsity": 0.5}},
+            {
+                "name": "Mag-50%+KL",
+                "sparsify": {"method": "magnitude", "sparsity": 0.5},
+                "repair": {"steps": 2, "eval_every": 1, "rank": 2, "batch_size": 2, "nsamples": 6},
+                "twin": "Mag-50%",
+            },
+        ],
+        "tasks": [{"task": "wikitext2", "limit": 1}],
+        "batch_size": 2,
+        "analyses": {"prompts": {"gsm8k": 1}, "trajectories": {"max_new_tokens": 2}},
+        "case_study": {"gsm8k": 1, "nq_open": 0, "max_new_tokens": 2},
+    }
+    cfg = parse_config(raw)
+    run_study(cfg, tmp_path / "s")
+    info = json.loads((tmp_path / "s/variants/Mag-50%+KL/info.json").read_text())
+    assert info["plan"]["repair"]["steps_run"] == 2 and info["plan"]["repair"]["loss"] == "kl"
+    assert (tmp_path / "s/variants/Mag-50%+KL/repair_loss.png").exists()
+    assert not (tmp_path / "s/variants/Mag-50%+KL/repair-state").exists()
+    plain, _ = prunelens.load(str(tmp_path / "s/variants/Mag-50%/checkpoint"))
+    fixed, _ = prunelens.load(str(tmp_path / "s/variants/Mag-50%+KL/checkpoint"))
+    for (n, a), (_, b) in zip(adaptable_linears(plain).items(), adaptable_linears(fixed).items()):
+        assert torch.equal(a.weight == 0, b.weight == 0), n
+    s = json.loads((tmp_path / "s/eval/Mag-50%+KL/summary.json").read_text())
+    assert "wikitext2" in s["results"]
+    other = parse_config(
+        {**raw, "variants": [raw["variants"][0], {**raw["variants"][1], "repair": {"steps": 3}}]}
+    )
+    fp = {u.id: u.fingerprint for u in plan_units(cfg)}
+    fp2 = {u.id: u.fingerprint for u in plan_units(other)}
+    assert fp["variant/Mag-50%+KL"] != fp2["variant/Mag-50%+KL"]
+    assert fp["variant/Mag-50%"] == fp2["variant/Mag-50%"]
+
+
+def test_eval_and_analyze_read_a_repaired_checkpoint(pruned_dirs, tmp_path):
+    out = tmp_path / "drop-kl"
+    prunelens.repair(
+        str(pruned_dirs["drop"]), out=out, calib=str(pruned_dirs["calib"]), nsamples=8, seqlen=16,
+        steps=2, eval_every=1, rank=2, lr=1e-3, keep="last",
+    )  # fmt: skip
+    (tmp_path / "prompts.txt").write_text("w1 w2 w3 w4\nw5 w6\n")
+    res = runner.invoke(
+        app,
+        [
+            "analyze", str(pruned_dirs["dense"]), str(out), "--out", str(tmp_path / "an"), "--prompts",
+            str(tmp_path / "prompts.txt"), "--max-new-tokens", "3", "--mc", "none", "--threads", "1",
+            "--no-figures",
+        ],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "Drop-2A+KL" in res.output
+    # the analysis sees the repaired weights, not the plan's drops alone
+    plain = runner.invoke(
+        app,
+        [
+            "analyze", str(pruned_dirs["dense"]), str(pruned_dirs["drop"]), "--out", str(tmp_path / "an2"),
+            "--prompts", str(tmp_path / "prompts.txt"), "--max-new-tokens", "3", "--mc", "none",
+            "--threads", "1", "--no-figures",
+        ],
+    )  # fmt: skip
+    assert plain.exit_code == 0, plain.output
+    a = json.loads((tmp_path / "an" / "summary.json").read_text())["variants"]
+    b = json.loads((tmp_path / "an2" / "summary.json").read_text())["variants"]
+    ka = next(iter(a.values()))["trajectories"]["teacher_forced"]["mean_kl"]
+    kb = next(iter(b.values()))["trajectories"]["teacher_forced"]["mean_kl"]
+    assert ka != kb
+    # and the evaluation reads it like any checkpoint
+    need_data("wikitext2_tokens/test.txt")
+    ev = runner.invoke(
+        app, ["eval", str(out), "--tasks", "wikitext2", "--limit", "1", "--out", str(tmp_path / "ev")]
+    )
+    assert ev.exit_code == 0, ev.output
+    assert (tmp_path / "ev" / "summary.json").exists()
+
+
+def test_bfloat16_autocast_trains(calib):
+    train, held = calib
+    dense = tiny_model("llama")
+    student, plan = _drop_student(dense, train)
+    res = repair_model(
+        student, dense, train, held, _fast(precision="bfloat16", patience=None, keep="last"), plan=plan,
+        teacher_name="t",
+    )  # fmt: skip
+    losses = [r["loss"] for r in res.log if "loss" in r]
+    assert all(math.isfinite(x) for x in losses)
+    assert next(res.model.parameters()).dtype == torch.float32  # weights stay in the model's dtype
+
+
+def test_a_killed_cli_repair_resumes(pruned_dirs, tmp_path):
+    """SIGKILL a running `prunelens repair` once it has checkpointed; the same command then finishes
+    from the checkpoint with the weights of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    def cmd(out):
+        args = _repair_args(
+            pruned_dirs, "drop", out, "--steps", "400", "--eval-every", "1", "--patience", "0"
+        )
+        args = [a if a != "4" or i < 0 else a for i, a in enumerate(args)]
+        return [sys.executable, "-m", "prunelens", *args, "--threads", "1"]
+
+    env = {**os.environ, "PRUNELENS_QUIET": "1"}
+    killed = tmp_path / "killed"
+    state = tmp_path / ".killed.repair-state"
+    proc = subprocess.Popen(cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(state.glob("step-*")):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not killed.exists(), "the repair finished before it could be killed"
+    done = sorted(state.glob("step-*"))
+    assert done and int(done[-1].name.split("-")[1]) < 400
+    subprocess.run(cmd(killed), env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    straight = tmp_path / "straight"
+    subprocess.run(cmd(straight), env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    a, b = load_file(str(killed / "model.safetensors")), load_file(str(straight / "model.safetensors"))
+    assert set(a) == set(b)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
+    assert json.loads((killed / PLAN_FILE).read_text())["repair"]["steps_run"] == 400
+    assert not state.exists()

@@ -16,6 +16,7 @@ def test_default_config_is_the_documented_study():
         "Control",
         "Drop-4A",
         "Drop-8A",
+        "Drop-8A-KL",
         "Drop-4M",
         "Drop-8M",
         "Drop-4B",

@@ -356,15 +356,38 @@ def prune_sparsify(
         "for Wanda (faster, equal or better perplexity measured), dense-block for SparseGPT (its perplexity "
         "was worse true-sequentially).",
     ),
+    allocation: str = typer.Option(
+        "uniform",
+        "--allocation",
+        help="How the overall --sparsity is shared among the blocks. uniform: every block alike; owl: "
+        "fewer zeros where a block has more outlier Wanda scores (above 5× the block mean; OWL); kl: fewer "
+        "zeros where sparsifying that block alone moves the next-token distribution more (exact KL on the "
+        "first 8 calibration windows). Weighted mean kept at --sparsity, every block within "
+        "--allocation-lambda of it. Needs calibration (also for magnitude); N:M patterns stay uniform.",
+    ),
+    allocation_lambda: float | None = typer.Option(
+        None,
+        "--allocation-lambda",
+        help="owl / kl: the largest deviation of a block's sparsity from --sparsity (default 0.08, OWL's).",
+    ),
 ):
     """Zero weights of every linear layer in the blocks \
 (layer by layer, calibrated on pruned predecessors)."""
+    from prunelens.plan import ALLOCATIONS
     from prunelens.prune.save import save_pruned
     from prunelens.prune.sparsify import sparsify, validate_sparsity
 
     _threads(threads)
+    if allocation not in ALLOCATIONS:
+        _fail(f"--allocation must be one of {', '.join(ALLOCATIONS)} (got {allocation!r})")
+    if allocation != "uniform" and pattern is not None:
+        _fail(f"--allocation {allocation} needs --sparsity: N:M patterns (--pattern) stay uniform")
+    if allocation == "uniform" and allocation_lambda is not None:
+        _fail("--allocation-lambda only applies with --allocation owl or kl")
+    if allocation_lambda is not None and not 0.0 <= allocation_lambda < 1.0:
+        _fail(f"--allocation-lambda must be in [0, 1) (got {allocation_lambda})")
     try:
-        validate_sparsity(method, sparsity, pattern)
+        validate_sparsity(method, sparsity, pattern, allocation, allocation_lambda)
     except ValueError as exc:
         _fail(str(exc))
     _check_out(out, overwrite)
@@ -378,9 +401,10 @@ def prune_sparsify(
     src = _resolve(model)
     if src.plan is not None:
         _fail("the model is already pruned; prune its dense parent instead (plans do not stack yet)")
-    texts = None if method == "magnitude" else _check_calibration_request(src, calib, nsamples, seqlen)
+    calibrate = method != "magnitude" or allocation != "uniform"
+    texts = _check_calibration_request(src, calib, nsamples, seqlen) if calibrate else None
     m, tok, _ = _load(src, dtype, device)
-    cal = None if method == "magnitude" else _calibration(tok, calib, nsamples, seqlen, seed, texts)
+    cal = _calibration(tok, calib, nsamples, seqlen, seed, texts) if calibrate else None
     try:
         plan = sparsify(
             m,
@@ -394,6 +418,8 @@ def prune_sparsify(
             device=exec_device,
             base_model=model or DEFAULT_MODEL,
             true_sequential=true_sequential,
+            allocation=allocation,
+            allocation_lambda=allocation_lambda,
         )
     except (ValueError, MemoryError) as exc:
         _fail(str(exc))
@@ -441,6 +467,19 @@ def info(
             t.add_row("dropped blocks", ", ".join(map(str, plan.dropped_blocks)))
         if "achieved" in plan.sparsity:
             t.add_row("sparsity", f"{plan.sparsity['achieved']['overall']:.4f}")
+        if plan.repair:
+            r = plan.repair
+            before, after = r.get("heldout_before", {}), r.get("heldout_after", {})
+            t.add_row(
+                "repaired",
+                f"{r['loss']} ({r.get('train', 'lora')}) from {r['teacher']}: {r['steps_run']} steps, "
+                f"{r['tokens']:,} tokens"
+                + (
+                    f", held-out KL {before['heldout_kl']:.4f} → {after['heldout_kl']:.4f}"
+                    if "heldout_kl" in before and "heldout_kl" in after
+                    else ""
+                ),
+            )
     else:
         t.add_row("pruned", "no (no prune_plan.json)")
     out_console.print(t)
@@ -1067,27 +1106,6 @@ def repair(
     from prunelens.utils.io import OutputExistsError
 
     _threads(threads)
-    options = {
-        "loss": "--loss",
-        "temperature": "--temperature",
-        "train": "--train",
-        "rank": "--rank",
-        "alpha": "--alpha",
-        "lr": "--lr",
-        "steps": "--steps",
-        "warmup": "--warmup",
-        "batch_size": "--batch-size",
-        "grad_accum": "--grad-accum",
-        "weight_decay": "--weight-decay",
-        "precision": "--precision",
-        "heldout": "--heldout",
-        "eval_every": "--eval-every",
-        "patience": "--patience",
-        "keep": "--keep",
-        "seed": "--seed",
-        "nsamples": "--nsamples",
-        "seqlen": "--seqlen",
-    }
     t0 = time.perf_counter()
     try:
         settings = RepairSettings(
@@ -1124,7 +1142,8 @@ def repair(
             restart=restart,
         )
     except RepairSettingsError as exc:
-        _fail(f"{options.get(exc.field, exc.field)}: {str(exc).split(': ', 1)[1]}")
+        # a settings field is spelled as its option: batch_size → --batch-size
+        _fail(f"--{exc.field.replace('_', '-')}: {str(exc).split(': ', 1)[1]}")
     except (
         RepairInputError,
         CalibrationDataError,

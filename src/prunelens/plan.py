@@ -313,6 +313,18 @@ def _check_allocation(sparsity: dict[str, Any], n: int | None, source: Path) -> 
     for i, p in enumerate(lists["block_params"]):
         if not (_is_int(p) and p > 0):
             raise PlanError(source, f"is {p!r}; must be a positive integer", f"{where}.block_params[{i}]")
+    for key in ("score", "map"):
+        if key in alloc and not isinstance(alloc[key], str):
+            raise PlanError(source, f"must be a string (got {alloc[key]!r})", f"{where}.{key}")
+    if "tokens" in alloc and not (_is_int(alloc["tokens"]) and alloc["tokens"] > 0):
+        raise PlanError(source, f"must be a positive integer (got {alloc['tokens']!r})", f"{where}.tokens")
+    if "seconds" in alloc and not (_is_number(alloc["seconds"]) and alloc["seconds"] >= 0):
+        raise PlanError(
+            source, f"must be a non-negative number (got {alloc['seconds']!r})", f"{where}.seconds"
+        )
+    m = alloc.get("outlier_threshold")
+    if m is not None and not (_is_number(m) and m > 0):
+        raise PlanError(source, f"must be a positive number (got {m!r})", f"{where}.outlier_threshold")
     target = float(sparsity["sparsity"])
     mean = math.fsum(s * p for s, p in zip(lists["by_block"], lists["block_params"])) / sum(
         lists["block_params"]

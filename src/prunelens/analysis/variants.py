@@ -272,15 +272,15 @@ def variant_from_plan(model: nn.Module, plan: PrunePlan, *, source: str = "plan"
 @torch.no_grad()
 def _magnitude_overrides(model, adapter: Adapter, plan: PrunePlan) -> dict[str, Tensor]:
     from prunelens.prune.sparse_math import parse_pattern
-    from prunelens.prune.sparsify import magnitude_masks
+    from prunelens.prune.sparsify import block_sparsities, magnitude_masks
 
     pattern = plan.sparsity.get("pattern")
     nm = parse_pattern(pattern) if pattern else None
-    ratio = None if nm else float(plan.sparsity.get("sparsity", 0.0))
+    ratios = block_sparsities(plan, adapter.num_layers)  # per block: a non-uniform allocation is kept
     names = {id(p): n for n, p in model.named_parameters()}
     out: dict[str, Tensor] = {}
     for i in range(adapter.num_layers):
-        for lin, mask in magnitude_masks(adapter, i, ratio, nm):
+        for lin, mask in magnitude_masks(adapter, i, None if nm else ratios[i], nm):
             out[names[id(lin.weight)]] = lin.weight.detach().masked_fill(mask, 0)
     return out
 

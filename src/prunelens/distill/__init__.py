@@ -120,8 +120,8 @@ def repair(
         raise RepairInputError(f"teacher {teacher_spec} and student {pruned} have different tokenizers")
     token_stream(tok, texts)  # empty text is refused here, before any weights load
     student, tok = load(src, dtype=dtype, device=device)
-    teacher_model, teacher_tok = load(tsrc, dtype=dtype, device=device)
-    check_pair(student, teacher_model, tok, teacher_tok)
+    teacher_model, _ = load(tsrc, dtype=dtype, device=device)
+    check_pair(student, teacher_model)  # the tokenizers were compared above, before any weights loaded
     train, held = split_calibration(tok, calib, nsamples, seqlen, calib_seed, settings.heldout, texts=texts)
     state = state_dir_for(out)
     if restart:

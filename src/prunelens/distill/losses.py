@@ -26,6 +26,7 @@ import math
 import torch
 from torch import Tensor
 
+from prunelens.analysis.metrics import check_temperature  # pure maths: the one temperature rule
 from prunelens.plan import REPAIR_LOSSES as LOSSES  # one list: the plan validates what a repair records
 
 DIVERGENCES = ("kl", "reverse-kl", "jsd")
@@ -49,8 +50,7 @@ def check_loss(loss: str, temperature: float) -> None:
     """Refuse an unknown loss or a temperature that is not a positive finite number (ValueError)."""
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
-    if not (isinstance(temperature, int | float) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"the temperature must be a positive number (got {temperature!r})")
+    check_temperature(temperature)
 
 
 def token_divergence(student_logits: Tensor, teacher_logits: Tensor, loss: str, temperature: float) -> Tensor:

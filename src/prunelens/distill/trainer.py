@@ -150,7 +150,6 @@ def attach_trainable(model: nn.Module, settings: RepairSettings, plan: PrunePlan
     from peft import LoraConfig, get_peft_model
 
     check_rank(model, settings.rank)
-    torch.manual_seed(settings.seed)
     config = LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,
@@ -158,9 +157,10 @@ def attach_trainable(model: nn.Module, settings: RepairSettings, plan: PrunePlan
         bias="none",
         target_modules=sorted(adaptable_linears(model)),
     )
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
         # peft asks transformers an attribute that transformers 5 renamed; not the user's concern
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        torch.manual_seed(settings.seed)  # the adapters' initialisation, without touching the caller's RNG
         wrapped = get_peft_model(model, config)
     for name, mask in masks.items():
         layer = wrapped.base_model.model.get_submodule(name)
@@ -359,7 +359,7 @@ def repair_model(
     held_teacher = None
     bs = settings.batch_size
     held_bytes = held_ids.numel() * student.get_output_embeddings().weight.shape[0] * 4
-    if held_bytes <= 512 * 2**20:  # the teacher's held-out logits are fixed: keep them when they fit
+    if held_bytes <= 2**30:  # the teacher's held-out logits are fixed: keep them when they fit
         with torch.no_grad():
             held_teacher = [_logits(teacher, held_ids[i : i + bs].to(device)) for i in range(0, n_held, bs)]
 

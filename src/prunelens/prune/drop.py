@@ -14,6 +14,7 @@ whole set.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 
@@ -75,6 +76,7 @@ def drop(
     search_evaluations: int | None = None,
     estimator: str = "exact",
     seed: int = 0,
+    score_windows: int | None = None,
 ) -> PrunePlan:
     """Score on ``calibration``, drop ``n`` units of ``target`` from ``model`` in place, return the plan.
 
@@ -87,6 +89,10 @@ def drop(
     this many set evaluations instead (or as well) — a count, unlike seconds, reproduces on any machine.
     ``estimator``: ``exact`` counterfactual KL, or ``fisher`` (the generation objective's fast second-order
     estimate, every unit from one backward pass; iterative re-estimates on the reduced model).
+    ``score_windows``: score (and search) on the first this many calibration windows only (the windows are
+    drawn at seeded random offsets, so these are a seeded random subset; ``None``: all of them) — how an
+    exact KL objective, which costs about a forward pass per candidate, fits a time budget. The plan
+    records it (``options.score_windows``, and the scored tokens).
     """
     adapter = Adapter(model)
     site = _DryRun(adapter) if dry_run else adapter
@@ -102,6 +108,7 @@ def drop(
     )
     if window and target != "block":
         raise PruneConfigError("--window (consecutive blocks) only applies to target 'block'")
+    calibration = _scored_windows(calibration, score_windows, objective)
     if objective != "hidden":
         return _drop_by_objective(
             model,
@@ -120,12 +127,18 @@ def drop(
             estimator=estimator,
             seed=seed,
             dry_run=dry_run,
+            score_windows=score_windows,
         )
     if dry_run and iterative:
         raise PruneConfigError("an iterative drop re-scores the pruned model, so it cannot be a dry run")
     ids = calibration.input_ids
     plan = _new_plan(
-        model, adapter, calibration, target, base_model, {"iterative": iterative, "window": window}
+        model,
+        adapter,
+        calibration,
+        target,
+        base_model,
+        {"iterative": iterative, "window": window, **_windows_option(score_windows)},
     )
     first = (
         sims
@@ -171,6 +184,28 @@ def drop(
         )
     plan.params_after = plan.params_before - site.removed if dry_run else param_count(model)
     return plan
+
+
+def _scored_windows(calibration: Calibration, score_windows: int | None, objective: str) -> Calibration:
+    """The calibration windows a drop is scored on: the first ``score_windows`` (all when ``None``)."""
+    if score_windows is None:
+        return calibration
+    if objective == "choice":
+        raise PruneConfigError(
+            "the choice objective scores on multiple-choice questions, not calibration windows: "
+            "use choice_limit instead of score_windows"
+        )
+    if isinstance(score_windows, bool) or not isinstance(score_windows, int) or score_windows < 1:
+        raise PruneConfigError(f"score_windows must be a positive number of windows (got {score_windows!r})")
+    if score_windows > calibration.nsamples:
+        raise PruneConfigError(
+            f"score_windows {score_windows} exceeds the {calibration.nsamples} calibration windows"
+        )
+    return dataclasses.replace(calibration, input_ids=calibration.input_ids[:score_windows])
+
+
+def _windows_option(score_windows: int | None) -> dict:
+    return {} if score_windows is None else {"score_windows": score_windows}
 
 
 def _new_plan(model, adapter: Adapter, calibration: Calibration, target: str, base_model: str, options: dict):
@@ -241,6 +276,7 @@ def _drop_by_objective(
     estimator: str,
     seed: int,
     dry_run: bool,
+    score_windows: int | None = None,
 ) -> PrunePlan:
     """Choose by a KL objective: rank (one-shot or iterative) with exact counterfactual scores while the
     model is only *temporarily* changed, optionally improve the set by swaps, then drop it for real."""
@@ -259,6 +295,7 @@ def _drop_by_objective(
             "objective": objective,
             "temperature": temperature,
             "estimator": estimator,
+            **_windows_option(score_windows),
         },
     )
 

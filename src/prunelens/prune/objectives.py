@@ -18,7 +18,10 @@ the next-token distribution, the quantity that compounds during decoding. So:
 stream and the arguments the model passes to it (attention mask, rotary embeddings, positions — whatever
 this architecture and transformers release use, so nothing is re-derived). Removing a unit of block
 ``i`` leaves blocks ``0 … i−1`` unchanged, so its counterfactual re-runs only blocks ``i … L−1`` from the
-recorded input, then the final norm and unembedding: about half a forward pass per candidate.
+recorded input, then the final norm and unembedding: about half a forward pass per candidate on the
+blocks. The unembedding and the full-vocabulary KL are computed a chunk of positions at a time, with the
+reference probabilities exponentiated once per batch (:func:`_head_kl_sum`): no whole-batch
+``positions × vocabulary`` temporary is made per candidate, and the reference's ``exp`` is not redone.
 
 Droppability for :mod:`prunelens.prune.choose` is the negated divergence (higher = safer to remove).
 """
@@ -165,13 +168,19 @@ def _record(
     return _Recorded(inputs, calls, logits)
 
 
-def _suffix_logits(adapter: Adapter, rec: _Recorded, start: int, last_only: bool = False) -> torch.Tensor:
-    """Blocks ``start … L−1`` re-run from the recorded input of ``start``, then norm and unembedding
-    (``last_only``: of the last position only, all a multiple-choice prompt needs)."""
+def _suffix_hidden(adapter: Adapter, rec: _Recorded, start: int) -> torch.Tensor:
+    """The last residual stream with blocks ``start … L−1`` re-run from the recorded input of ``start``."""
     h = rec.inputs[start]
     for j in range(start, adapter.num_layers):
         args, kwargs = rec.calls[j]
         h = block_output(adapter.layers[j](h, *args, **kwargs))
+    return h
+
+
+def _suffix_logits(adapter: Adapter, rec: _Recorded, start: int, last_only: bool = False) -> torch.Tensor:
+    """Blocks ``start … L−1`` re-run from the recorded input of ``start``, then norm and unembedding
+    (``last_only``: of the last position only, all a multiple-choice prompt needs)."""
+    h = _suffix_hidden(adapter, rec, start)
     return adapter.logits_from_hidden(h[:, -1:] if last_only else h).float()
 
 
@@ -180,6 +189,51 @@ def _kl_sum(logp_ref: torch.Tensor, z: torch.Tensor, temperature: float, mask=No
     logq = F.log_softmax(z / temperature, dim=-1)
     kl = (logp_ref.exp() * (logp_ref - logq)).sum(-1)
     return float((kl * mask).sum() if mask is not None else kl.sum())
+
+
+#: positions whose logits and KL terms are computed at once when a candidate is scored (positions ×
+#: vocabulary floats per chunk, about 100 MB at a 49 152-word vocabulary: never the whole batch's)
+KL_CHUNK = 512
+
+
+def _head_kl_sum(
+    adapter: Adapter,
+    h: torch.Tensor,
+    logp_ref: torch.Tensor,
+    p_ref: torch.Tensor,
+    temperature: float,
+    chunk: int = KL_CHUNK,
+) -> float:
+    """``Σ_t KL(p_ref,t ‖ softmax(z_t / T))`` with ``z = head(h)`` (final norm, unembedding, soft-cap).
+
+    Computed ``chunk`` positions at a time in float32: a chunk's logits become its log-probabilities and
+    then, in place, its terms ``p (log p − log q)`` — the terms of :func:`_kl_sum`, whose whole-batch
+    temporaries (logits, log-probabilities, ``exp(log p)``, difference, product) cost several passes over
+    ``positions × vocabulary`` floats per candidate. ``logp_ref`` / ``p_ref``: the reference log-probabilities
+    and probabilities flattened to ``(positions, vocabulary)``, computed once per batch. Per-position sums
+    are accumulated in float64."""
+    h = h.reshape(-1, h.shape[-1])
+    total = 0.0
+    for s in range(0, h.shape[0], chunk):
+        z = adapter.logits_from_hidden(h[s : s + chunk]).float()
+        logq = F.log_softmax(z / temperature if temperature != 1 else z, dim=-1)
+        del z
+        logq.neg_().add_(logp_ref[s : s + chunk]).mul_(p_ref[s : s + chunk])  # p (log p − log q)
+        total += float(logq.sum(-1).double().sum())
+    return total
+
+
+def suffix_kl_sum(
+    adapter: Adapter,
+    rec: _Recorded,
+    start: int,
+    logp_flat: torch.Tensor,
+    p_flat: torch.Tensor,
+    temperature: float,
+) -> float:
+    """``Σ_t KL(p_ref ‖ p)`` for the model as it is now, re-run from the recorded input of block ``start``
+    (the exact counterfactual of a change in blocks ``start …``: a dropped unit, a sparsified block)."""
+    return _head_kl_sum(adapter, _suffix_hidden(adapter, rec, start), logp_flat, p_flat, temperature)
 
 
 def candidates(adapter: Adapter, kinds: Sequence[str]) -> list[tuple[int, str]]:
@@ -229,14 +283,16 @@ def counterfactual_kl(
                 logp_ref = F.log_softmax(rec.logits / temperature, dim=-1)
             else:
                 logp_ref = reference[b].to(rec.logits.device)
+            rec.logits = rec.logits.new_empty(0)  # only the reference is needed from the dense logits
             refs.append(logp_ref)
+            logp_flat = logp_ref.reshape(-1, logp_ref.shape[-1])
+            p_flat = logp_flat.exp()  # once per batch, not once per candidate
             for layer, kind in cands:
                 with temporarily_dropped(adapter, [(layer, kind)]):
-                    z = _suffix_logits(adapter, rec, layer)
-                sums[(layer, kind)] += _kl_sum(logp_ref, z, temperature)
+                    sums[(layer, kind)] += suffix_kl_sum(adapter, rec, layer, logp_flat, p_flat, temperature)
                 bar.advance(1)
             tokens += batch.numel()
-            del rec
+            del rec, p_flat
     div: dict[str, list[float | None]] = {k: [None] * adapter.num_layers for k in kinds}
     for (layer, kind), s in sums.items():
         div[kind][layer] = s / tokens

@@ -23,6 +23,7 @@ be pruned on one GPU. Embeddings and the unembedding stay dense.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -32,7 +33,8 @@ from torch import nn
 from prunelens.data.calibration import Calibration
 from prunelens.models.adapter import Adapter, block_output, is_offloaded, param_count
 from prunelens.models.compat import CACHE_KWARGS
-from prunelens.plan import SPARSE_METHODS, PrunePlan
+from prunelens.plan import ALLOCATIONS, SPARSE_METHODS, PrunePlan
+from prunelens.prune.allocation import OWL_LAMBDA, OWL_OUTLIER_M, allocate, kl_scores, outlier_ratio
 from prunelens.prune.lockstep import run_in_lockstep
 from prunelens.prune.sparse_math import (
     accumulate_gram,
@@ -76,10 +78,15 @@ to 3 %), so SparseGPT keeps the published procedure."""
 
 
 def validate_sparsity(
-    method: str, sparsity: float | None, pattern: str | None
+    method: str,
+    sparsity: float | None,
+    pattern: str | None,
+    allocation: str = "uniform",
+    allocation_lambda: float | None = None,
 ) -> tuple[float | None, tuple[int, int] | None]:
     if method not in SPARSE_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(SPARSE_METHODS)}")
+    validate_allocation(allocation, allocation_lambda, pattern)
     if (sparsity is None) == (pattern is None):
         raise ValueError("give exactly one of sparsity (unstructured) or pattern (N:M)")
     if pattern is not None:
@@ -87,6 +94,23 @@ def validate_sparsity(
     if not 0.0 <= float(sparsity) < 1.0:
         raise ValueError(f"sparsity must be in [0, 1); got {sparsity}")
     return float(sparsity), None
+
+
+def validate_allocation(allocation: str, allocation_lambda: float | None, pattern: str | None) -> None:
+    """The allocation rule and its lambda (see :mod:`prunelens.prune.allocation`); N:M stays uniform."""
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"unknown allocation {allocation!r}; choose one of {', '.join(ALLOCATIONS)}")
+    if allocation == "uniform":
+        if allocation_lambda is not None:
+            raise ValueError("allocation lambda only applies to a non-uniform allocation (owl or kl)")
+        return
+    if pattern is not None:
+        raise ValueError(
+            f"allocation {allocation!r} needs an unstructured sparsity: N:M patterns stay uniform"
+        )
+    lam = OWL_LAMBDA if allocation_lambda is None else allocation_lambda
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0.0 <= float(lam) < 1.0:
+        raise ValueError(f"allocation lambda must be a number in [0, 1); got {allocation_lambda!r}")
 
 
 def _kwargs_of(kwargs: dict) -> dict:
@@ -442,11 +466,182 @@ def magnitude_masks(adapter: Adapter, layer: int, ratio: float | None, nm: tuple
     """``(linear, mask)`` for every linear of block ``layer`` under magnitude pruning (``True`` = zeroed).
 
     Magnitude needs no calibration, so the analysis rebuilds these masks from the dense weights instead
-    of storing a pruned copy; both go through here.
+    of storing a pruned copy; both go through here. ``ratio`` is block ``layer``'s own sparsity: with a
+    non-uniform allocation, :func:`block_sparsities` of the plan.
     """
     for lin in adapter.block_linears(layer).values():
         mask = score_mask(magnitude_scores(lin.weight), sparsity=ratio, nm=nm, per_row=False)
         yield lin, mask.to(lin.weight.device)
+
+
+def block_params(adapter: Adapter) -> list[int]:
+    """Per block, the number of weights its linears hold (what sparsifying counts)."""
+    return [
+        sum(lin.weight.numel() for lin in adapter.block_linears(i).values())
+        for i in range(adapter.num_layers)
+    ]
+
+
+def block_sparsities(plan: PrunePlan, num_layers: int) -> list[float | None]:
+    """Per block, the sparsity a plan gave it: ``sparsity.allocation.by_block`` when the plan allocated
+    per block, else the one overall ratio (``None`` for N:M)."""
+    alloc = plan.sparsity.get("allocation") or {}
+    if alloc.get("rule", "uniform") != "uniform":
+        return [float(s) for s in alloc["by_block"]]
+    if plan.sparsity.get("pattern"):
+        return [None] * num_layers
+    return [float(plan.sparsity.get("sparsity", 0.0))] * num_layers
+
+
+def _block_pruned_state(method, linears, stats, ratio, blocksize, percdamp) -> dict[str, torch.Tensor]:
+    """What ``method`` at ``ratio`` makes of the block's linears, the block left dense: Wanda and magnitude
+    as masks (``True`` = zeroed), SparseGPT as the updated weights."""
+    if method == "magnitude":
+        return {
+            n: score_mask(magnitude_scores(lin.weight), sparsity=ratio, per_row=False).to(lin.weight.device)
+            for n, lin in linears.items()
+        }
+    if method == "wanda":
+        return {
+            n: score_mask(wanda_scores(lin.weight, stats[n].sq), sparsity=ratio, per_row=True)
+            for n, lin in linears.items()
+        }
+    dense = {n: lin.weight.detach().clone() for n, lin in linears.items()}
+    prune = _group_pruner(method, linears, ratio, None, blocksize, percdamp)
+    for owner, names in stats.groups().items():
+        prune(names, stats[owner])
+    out = {}
+    for n, lin in linears.items():
+        out[n] = lin.weight.detach().clone()
+        lin.weight.copy_(dense[n])
+    return out
+
+
+def _swap_in(linears: dict[str, nn.Module], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Put a pruned state (see :func:`_block_pruned_state`) into the linears; returns the dense weights."""
+    saved = {}
+    for n, lin in linears.items():
+        st = state[n].to(lin.weight.device)
+        saved[n] = lin.weight.detach().clone()
+        if st.dtype == torch.bool:
+            _zero(lin.weight, st)
+        else:
+            lin.weight.copy_(st)
+    return saved
+
+
+@torch.no_grad()
+def block_sensitivity(
+    model,
+    calibration: Calibration,
+    *,
+    rule: str,
+    method: str,
+    sparsity: float,
+    batch_size: int = 8,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    device: str | torch.device | None = None,
+    outlier_threshold: float = OWL_OUTLIER_M,
+    windows: int | None = 8,
+) -> dict[str, Any]:
+    """Per-block scores of an allocation ``rule``, measured on the dense model (which is left unchanged).
+
+    * ``owl``: each block's outlier ratio (:func:`prunelens.prune.allocation.outlier_ratio`) of its Wanda
+      scores ``|W|·‖X‖``, ``‖X‖`` from the dense model's block inputs over every calibration window.
+    * ``kl``: each block's exact counterfactual ``KL(p_dense ‖ p_l)``, mean per token: ``p_l`` is the model
+      with *only* block ``l`` sparsified by ``method`` at ``sparsity`` (its statistics from the dense block
+      inputs over every calibration window, the published procedure), on the first ``windows`` calibration
+      windows (None: all). As :func:`prunelens.prune.objectives.counterfactual_kl`: one dense pass per batch
+      records every block's input, and block ``l``'s candidate re-runs blocks ``l … L−1`` from it. Holds the
+      ``L`` pruned states until the end (masks; SparseGPT: a copy of the block weights).
+
+    Returns ``{"scores", "tokens", "seconds", "score"}``.
+    """
+    from prunelens.models.adapter import input_device
+    from prunelens.prune.objectives import _record, suffix_kl_sum
+
+    t0 = time.perf_counter()
+    adapter = Adapter(model)
+    L = adapter.num_layers
+    states: list[dict[str, torch.Tensor]] = []
+    ratios: list[float] = []
+    need_stats = rule == "owl" or method != "magnitude"
+    if need_stats:
+        work_device = torch.device(device) if device is not None else adapter.embed.weight.device
+        with reuse_freed_memory():
+            inps, kwargs = capture_block_inputs(
+                model, adapter, calibration.input_ids, batch_size, work_device
+            )
+            outs = torch.empty_like(inps)
+            with progress_bar(f"{rule} scores", total=L) as bar:
+                for i in range(L):
+                    block = adapter.layers[i]
+                    home = next(block.parameters()).device
+                    block.to(work_device)
+                    linears = adapter.block_linears(i)
+                    stats = _SharedStats(work_device, rule == "kl" and method == "sparsegpt")
+                    _collect_stats(block, linears, stats, inps, kwargs[i], batch_size)
+                    if rule == "owl":
+                        ratios.append(
+                            outlier_ratio(
+                                (wanda_scores(lin.weight, stats[n].sq) for n, lin in linears.items()),
+                                outlier_threshold,
+                            )
+                        )
+                    else:
+                        st = _block_pruned_state(method, linears, stats, sparsity, blocksize, percdamp)
+                        states.append({n: t.to(home) for n, t in st.items()})
+                    del stats
+                    if i + 1 < L:
+                        _run_block(block, inps, outs, kwargs[i], batch_size)  # dense: the next block's input
+                    block.to(home)
+                    inps, outs = outs, inps
+                    bar.advance()
+            del inps, outs
+    if rule == "owl":
+        return {
+            "scores": ratios,
+            "tokens": int(calibration.input_ids.numel()),
+            "seconds": time.perf_counter() - t0,
+            "score": f"outlier ratio: share of the block's Wanda scores |W|·‖X‖ above {outlier_threshold:g}× "
+            "their mean (dense model, every calibration window)",
+        }
+    if method == "magnitude":  # no calibration statistics: the masks come from the weights alone
+        states = [
+            _block_pruned_state(method, adapter.block_linears(i), None, sparsity, blocksize, percdamp)
+            for i in range(L)
+        ]
+    ids = calibration.input_ids if windows is None else calibration.input_ids[:windows]
+    dev = input_device(model)
+    sums = [0.0] * L
+    tokens = 0
+    starts = list(range(0, ids.shape[0], batch_size))
+    with progress_bar("kl scores", total=len(starts) * L) as bar:
+        for start in starts:
+            batch = ids[start : start + batch_size].to(dev)
+            rec = _record(model, adapter, batch)
+            logp_ref = torch.log_softmax(rec.logits, dim=-1).reshape(-1, rec.logits.shape[-1])
+            rec.logits = rec.logits.new_empty(0)  # only the reference is needed from the dense logits
+            p_ref = logp_ref.exp()  # once per batch, not once per block
+            for i in range(L):
+                linears = adapter.block_linears(i)
+                saved = _swap_in(linears, states[i])
+                try:
+                    sums[i] += suffix_kl_sum(adapter, rec, i, logp_ref, p_ref, 1.0)
+                finally:
+                    for n, lin in linears.items():
+                        lin.weight.copy_(saved[n])
+                bar.advance()
+            tokens += batch.numel()
+            del rec, logp_ref, p_ref
+    return {
+        "scores": [s / tokens for s in sums],
+        "tokens": tokens,
+        "seconds": time.perf_counter() - t0,
+        "score": f"exact KL(p_dense ‖ p with only this block {method}-sparsified at {sparsity:g}), "
+        f"nats per token, on the first {ids.shape[0]} calibration windows",
+    }
 
 
 @torch.no_grad()
@@ -463,6 +658,10 @@ def sparsify(
     device: str | torch.device | None = None,
     base_model: str = "",
     true_sequential: bool | None = None,
+    allocation: str = "uniform",
+    allocation_lambda: float | None = None,
+    outlier_threshold: float = OWL_OUTLIER_M,
+    sensitivity_windows: int | None = 8,
 ) -> PrunePlan:
     """Sparsify every linear layer inside the blocks of ``model`` in place; return the plan.
 
@@ -477,8 +676,18 @@ def sparsify(
     calibration tokens, a peak of 44 GiB of GPU memory instead of 31). None (default) takes the method's
     default, :data:`TRUE_SEQUENTIAL_DEFAULT`: on for Wanda, off for SparseGPT (see there for the
     measurements).
+
+    ``allocation``: how the overall ``sparsity`` is shared among the blocks
+    (:mod:`prunelens.prune.allocation`).
+    ``uniform`` (default): every block at ``sparsity``. ``owl``: by each block's outlier ratio
+    (``outlier_threshold`` × the mean Wanda score); ``kl``: by each block's exact KL sensitivity, measured
+    on the first ``sensitivity_windows`` calibration windows (:func:`block_sensitivity`). Both keep the
+    parameter-weighted mean at ``sparsity`` and every block within ``allocation_lambda`` (default
+    :data:`~prunelens.prune.allocation.OWL_LAMBDA`, 0.08) of it; both need calibration, magnitude too.
+    N:M patterns stay uniform. The plan's ``sparsity.allocation`` records the rule, lambda, every block's
+    sparsity, score and weight count, and the seconds the scores took.
     """
-    ratio, nm = validate_sparsity(method, sparsity, pattern)
+    ratio, nm = validate_sparsity(method, sparsity, pattern, allocation, allocation_lambda)
     if true_sequential is None:
         true_sequential = TRUE_SEQUENTIAL_DEFAULT.get(method, False)
     if is_offloaded(model):
@@ -490,12 +699,16 @@ def sparsify(
     adapter = Adapter(model)
     if method != "magnitude" and calibration is None:
         raise ValueError(f"{method} needs calibration data")
+    if allocation != "uniform" and calibration is None:
+        raise ValueError(f"allocation {allocation!r} needs calibration data (also for magnitude)")
     plan = PrunePlan(
         method=method,
         base_model=base_model,
         family=adapter.spec.family,
         sparsity={"sparsity": ratio} if nm is None else {"pattern": pattern, "sparsity": 1 - nm[0] / nm[1]},
-        calibration=calibration.describe() if (calibration is not None and method != "magnitude") else {},
+        calibration=calibration.describe()
+        if (calibration is not None and (method != "magnitude" or allocation != "uniform"))
+        else {},
         seed=calibration.seed if calibration is not None else None,
         params_before=param_count(model),
         num_layers_before=adapter.num_layers,
@@ -510,10 +723,44 @@ def sparsify(
         },
     )
 
+    ratios: list[float | None] = [ratio] * adapter.num_layers
+    if allocation != "uniform":
+        assert ratio is not None and calibration is not None  # validated above
+        lam = OWL_LAMBDA if allocation_lambda is None else float(allocation_lambda)
+        measured = block_sensitivity(
+            model,
+            calibration,
+            rule=allocation,
+            method=method,
+            sparsity=ratio,
+            batch_size=batch_size,
+            blocksize=blocksize,
+            percdamp=percdamp,
+            device=device,
+            outlier_threshold=outlier_threshold,
+            windows=sensitivity_windows,
+        )
+        params = block_params(adapter)
+        raw = measured["scores"]
+        by_block = allocate(raw if allocation == "owl" else kl_scores(raw), params, ratio, lam)
+        ratios = list(by_block)
+        plan.sparsity["allocation"] = {
+            "rule": allocation,
+            "lambda": lam,
+            "by_block": by_block,
+            "scores": raw,
+            "score": measured["score"],
+            "block_params": params,
+            "tokens": measured["tokens"],
+            "seconds": round(measured["seconds"], 3),
+            **({"outlier_threshold": outlier_threshold} if allocation == "owl" else {}),
+            **({"map": "linear in log KL"} if allocation == "kl" else {"map": "linear in the score"}),
+        }
+
     if method == "magnitude":
         with progress_bar("magnitude", total=adapter.num_layers) as bar:
             for i in range(adapter.num_layers):
-                for lin, mask in magnitude_masks(adapter, i, ratio, nm):
+                for lin, mask in magnitude_masks(adapter, i, ratios[i], nm):
                     _zero(lin.weight, mask)
                 bar.advance()
     else:
@@ -530,7 +777,7 @@ def sparsify(
                     block.to(work_device)
                     linears = adapter.block_linears(i)
                     last = i + 1 == adapter.num_layers  # the last block's outputs feed nothing
-                    prune = _group_pruner(method, linears, ratio, nm, blocksize, percdamp)
+                    prune = _group_pruner(method, linears, ratios[i], nm, blocksize, percdamp)
                     if true_sequential:
                         _true_sequential_block(
                             block,

@@ -7,7 +7,7 @@ from pathlib import Path
 from prunelens.report.figures import predictor_caption, predictor_figure, story_caption, story_figure
 from prunelens.report.load import load_study
 from prunelens.report.page import render_html
-from prunelens.report.tables import build_tables, near_chance, variant_facts
+from prunelens.report.tables import build_tables, near_chance, twin_facts, variant_facts
 from prunelens.study import guidance as G
 
 __all__ = ["REPORT_DIR", "build_report"]
@@ -63,6 +63,12 @@ def build_report(study_dir: str | Path) -> Path:
                 )
         except Exception as exc:  # noqa: BLE001
             problems.append(f"the predictor figure could not be drawn ({type(exc).__name__}: {exc})")
+    twins: list[tuple[G.TwinFacts, G.TwinGuidance]] = []
+    try:
+        tf = twin_facts(st, table, facts, flags)
+        twins = list(zip(tf, G.twin_guidance(tf, facts, axis)))
+    except Exception as exc:  # noqa: BLE001
+        problems.append(f"the twin comparisons could not be built ({type(exc).__name__}: {exc})")
     try:
         atomic_write_json(
             out / "guidance.json",
@@ -73,12 +79,15 @@ def build_report(study_dir: str | Path) -> Path:
                 "generative_measure": {"kind": axis.kind, "reason": axis.reason},
                 "predictor_spearman": {"rho": rho, "variants": n_rho},
                 "variants": [g.to_dict() for g in G.guidance(facts)],
+                "twins": [g.to_dict() for _, g in twins],
             },
         )
     except Exception as exc:  # noqa: BLE001
         problems.append(f"guidance.json could not be written ({type(exc).__name__}: {exc})")
     sweep_section = _sweep_section(st, table, facts, out, problems)
-    page = render_html(st, table, facts, figures, problems, flags, sweep_section=sweep_section)
+    page = render_html(
+        st, table, facts, figures, problems, flags, sweep_section=sweep_section, twins=twins or None
+    )
     path = out / "report.html"
     atomic_write_text(path, page)
     return path

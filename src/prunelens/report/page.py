@@ -207,8 +207,20 @@ def _table_section(table: dict[str, Any] | None, flags: list[dict[str, Any]] | N
     )
 
 
+def twin_order(st: Study) -> list[str]:
+    """The study's variants in config order, each twin moved right after the variant it is the twin of (so
+    the hierarchy table and figures show the two side by side)."""
+    from prunelens.study.config import twin_pairs
+
+    twin_of = {a: b for a, b in twin_pairs(st.config.get("variants") or []) if a in st.variants}
+    order = [n for n in st.variants if n not in twin_of or twin_of[n] not in st.variants]
+    for a in [n for n in st.variants if n not in order]:
+        order.insert(order.index(twin_of[a]) + 1 if twin_of[a] in order else len(order), a)
+    return order + [n for n in st.variants if n not in order]
+
+
 def _hierarchy_html(st: Study) -> str:
-    names = [n for n in st.variants if n in st.analysis]
+    names = [n for n in twin_order(st) if n in st.analysis]
     if not names:
         return "<p>No analysis results are stored.</p>"
     rows = [r for r in _HIERARCHY_ROWS if any(is_finite(getattr(st.analysis[n], r[0])) for n in names)]
@@ -302,6 +314,111 @@ def _guidance_html(facts: list[VariantFacts]) -> str:
         )
     out.append("</tbody></table></div>")
     return "".join(out)
+
+
+_TWIN_NUMBERS = [  # (TwinFacts.numbers key, row label, format)
+    ("rouge_l", "ROUGE-L to dense, mean over generative tasks", "{:.3f}"),
+    ("exact_match", "identical to the dense output", "pct"),
+    ("kl_teacher_forced", "TF KL (median, teacher-forced decoding)", "{:.3g}"),
+    ("kl_transitions", "KL at the sublayer transitions (median)", "{:.3g}"),
+    ("kl_free_running", "FR KL (median, free-running decoding)", "{:.3g}"),
+    ("first_divergence", "first divergence step (median)", "{:.3g}"),
+    ("choice_flip_rate", "MC choice flips", "pct"),
+    ("predictor", "predictor Var_p(Δz)/(2T²)", "{:.3g}"),
+]
+
+
+def _twin_test_cells(x: G.TaskTest | None, p_holm: float | None = None) -> str:
+    if x is None:
+        return "<td>—</td><td>—</td><td>—</td>"
+    p = f"p = {x.p_value:.2g}" + (f'<span class="ci">Holm {p_holm:.2g}</span>' if p_holm is not None else "")
+    return (
+        f'<td>{_e(G.twin_difference(x))}</td><td class="l">{_e(x.test)}</td>'
+        f'<td>{p}<span class="ci">n = {x.n}</span></td>'
+    )
+
+
+def _twin_value(x: float | None, fmt: str) -> str:
+    if not is_finite(x):
+        return "—"
+    return pct(x) if fmt == "pct" else fmt.format(x)
+
+
+def _twin_html(t: G.TwinFacts, g: G.TwinGuidance, kinds: dict[str, str]) -> str:
+    """One twin pair: per task both scores and the paired difference (variant − twin), the generation
+    fidelity and the hierarchy numbers of both, their grades, and the guidance sentences."""
+    a, b = t.name, t.twin
+    out = [
+        f'<div class="twin"><h3>{_e(a)} beside its twin {_e(b)}</h3>'
+        f'<p class="sub">Changed rule: {_e(t.rule)}.</p>'
+        '<div class="tablewrap"><table><thead><tr><th class="l">task · measure</th>'
+        f"<th>{_e(b)}</th><th>{_e(a)}</th><th>{_e(a)} − {_e(b)} [95% interval]</th>"
+        '<th class="l">paired test</th><th>p</th></tr></thead><tbody>'
+    ]
+    holm = {
+        d["task"]: d.get("p_holm")
+        for use in (g.non_generative, g.generative)
+        for d in use.tests
+        if isinstance(d, dict)
+    }
+    for x in [*t.nongen_tests, *t.gen_tests, *t.shown_tests]:
+        kind = _KIND_LABEL.get(kinds.get(x.task, ""), kinds.get(x.task, ""))
+        if kinds.get(x.task) == "ppl":  # its paired records are windows' mean NLL per token
+            kind = "mean NLL per token of the windows, lower is better"
+        judged = x in t.nongen_tests or (x in t.gen_tests and g.generative.measure == "scores")
+        note = kind + ("" if judged or x in t.nongen_tests else " · shown, not judged")
+        out.append(
+            f'<tr><td class="l">{_e(x.task)}<span class="kind">{_e(note)}</span></td>'
+            f"<td>{_num(x.reference)}</td><td>{_num(x.value)}</td>"
+            + _twin_test_cells(x, holm.get(x.task) if judged else None)
+            + "</tr>"
+        )
+    for x in t.fidelity_tests:
+        out.append(
+            f'<tr><td class="l">ROUGE-L to dense · {_e(x.task)}</td><td>{x.reference:.3f}</td>'
+            f"<td>{x.value:.3f}</td>" + _twin_test_cells(x) + "</tr>"
+        )
+    if t.fidelity is not None and len(t.fidelity_tests) != 1:  # one task: its row is the pooled one
+        f = t.fidelity
+        out.append(
+            '<tr class="avg"><td class="l">ROUGE-L to dense, pooled over the generative tasks</td>'
+            f"<td>{f.reference:.3f}</td><td>{f.value:.3f}</td>" + _twin_test_cells(f) + "</tr>"
+        )
+    for key, label, fmt in _TWIN_NUMBERS:
+        va, vb = (t.numbers.get(n, {}).get(key) for n in (a, b))
+        if key == "rouge_l" and t.fidelity is not None or not (is_finite(va) or is_finite(vb)):
+            continue
+        out.append(
+            f'<tr><td class="l">{_e(label)}</td><td>{_twin_value(vb, fmt)}</td>'
+            f'<td>{_twin_value(va, fmt)}</td><td colspan="3" class="l note">measured, not tested</td></tr>'
+        )
+    for use in (g.non_generative, g.generative):
+        out.append(
+            f'<tr><td class="l">verdict, {_e(use.use)} use</td>'
+            f"<td>{_badge(use.verdicts.get(b, G.NOT_MEASURED))}</td>"
+            f"<td>{_badge(use.verdicts.get(a, G.NOT_MEASURED))}</td>"
+            f'<td colspan="3" class="l note">{_e("moved" if use.moved else "same grade")}</td></tr>'
+        )
+    out.append("</tbody></table></div>")
+    out.append(
+        '<ul class="twin-says">'
+        + "".join(f"<li>{_e(u.sentence)}</li>" for u in (g.non_generative, g.generative))
+        + "</ul></div>"
+    )
+    return "".join(out)
+
+
+def _twins_html(twins: list[tuple[G.TwinFacts, G.TwinGuidance]], table: dict[str, Any] | None) -> str:
+    kinds = {r["task"]: r["kind"] for r in (table or {}).get("rows", [])}
+    intro = (
+        '<p class="sub">A twin is the same pruning as another variant but for one changed rule (the '
+        "config field <code>twin</code>). Both were evaluated on the same examples, so each task compares "
+        "them pair by pair: exact McNemar for accuracies, a sign-flip test otherwise (p-values "
+        "Holm-adjusted over the tasks a use judges), and the per-prompt ROUGE-L against the dense outputs "
+        "pooled over the generative tasks (tasks weigh equally). Differences are variant − twin. The "
+        "hierarchy numbers are medians measured once per variant, shown side by side without a test.</p>"
+    )
+    return intro + "".join(_twin_html(t, g, kinds) for t, g in twins)
 
 
 def _case_html(st: Study) -> str:
@@ -406,11 +523,13 @@ def render_html(
     problems: list[str] | None = None,
     flags: list[dict[str, Any]] | None = None,
     sweep_section: str | None = None,
+    twins: list[tuple[G.TwinFacts, G.TwinGuidance]] | None = None,
 ) -> str:
     """The report page. ``figures``: ``(png, alt, caption)`` for the study figures; the analysis figures are
     taken from ``st``. Each section is built on its own: one that fails says so instead of breaking the
     page. ``sweep_section``: the body of the "Sweep" section (a sweep study only, see
-    :mod:`prunelens.report.sweep`), placed after the figures."""
+    :mod:`prunelens.report.sweep`), placed after the figures. ``twins``: each twin pair's facts and guidance
+    (the "Twins" section, after the figures; absent when the study has no twins)."""
     problems = problems if problems is not None else []
     flags = near_chance(st) if flags is None else flags
     chance = [f["task"] for f in flags]
@@ -433,7 +552,7 @@ def render_html(
 
     def analysis_figs_html() -> str:
         parts = [_hierarchy_html(st)]
-        for n in st.variants:
+        for n in twin_order(st):
             if st.analysis_figures.get(n):
                 parts.append(f"<h3>{_e(n)}</h3>")
             for p in st.analysis_figures.get(n, []):
@@ -453,6 +572,14 @@ def render_html(
     ]
     if sweep_section is not None:  # a sweep study: its curves and marked ratios right after the figures
         sections.append(_Section("sweep", "Sweep: ratio × calibration seeds", sweep_section))
+    if twins:
+        sections.append(
+            _Section(
+                "twins",
+                "Twins: one changed rule, side by side",
+                guard(lambda: _twins_html(twins, table), "twins"),
+            )
+        )
     sections += [
         _Section("hierarchy", "Representation hierarchy (analysis)", guard(analysis_figs_html, "analysis")),
         _Section(

@@ -7,7 +7,14 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["is_finite", "finite_or_none", "chance_bound", "rankdata", "spearman"]
+__all__ = [
+    "is_finite",
+    "finite_or_none",
+    "chance_bound",
+    "rankdata",
+    "spearman",
+    "pooled_paired_difference",
+]
 
 
 def is_finite(v: Any) -> bool:
@@ -68,3 +75,49 @@ def spearman(x: Sequence[float | None], y: Sequence[float | None]) -> float | No
     if vr == 0 or vs == 0:
         return None
     return max(-1.0, min(1.0, cov / math.sqrt(vr * vs)))
+
+
+def pooled_paired_difference(
+    groups: Sequence[tuple[Sequence[float], Sequence[float]]], *, seed: int = 0
+) -> dict[str, Any]:
+    """Two models compared on the same examples of several tasks, pooled with the tasks weighing equally.
+
+    ``groups``: per task, the reference's and the other model's per-example values in the same order. With
+    ``k`` tasks, ``n_t`` examples in task ``t`` and ``N = Σ n_t``, the pooled value of a model is the mean of
+    its task means and the difference is ``Δ = (1/k) Σ_t mean_t(other − reference)``. Its 95 % interval
+    resamples each task's pairs (pairs kept together, tasks independently:
+    :func:`~prunelens.evaluate.uncertainty.pooled_mean_interval`). The p-value is the sign-flip test of
+    :func:`~prunelens.evaluate.uncertainty.sign_flip_p_value` on the weighted differences
+    ``w_i = (other_i − reference_i) · N / (k · n_t)``, whose mean is ``Δ``: under "no difference" every
+    pair's difference is as likely to have either sign (exact for ``N ≤ 12``). Returns the keys of a
+    :class:`~prunelens.evaluate.uncertainty.PairedComparison` (``dense`` = the reference's pooled value,
+    ``pruned`` = the other's), so a :class:`~prunelens.study.guidance.TaskTest` reads it.
+    """
+    import numpy as np
+    from numpy.typing import ArrayLike
+
+    from prunelens.evaluate.uncertainty import pooled_mean_interval, sign_flip_p_value
+
+    if not groups:
+        raise ValueError("no tasks to pool")
+    refs, others = [], []
+    for ref, other in groups:
+        a, b = np.asarray(ref, dtype=np.float64), np.asarray(other, dtype=np.float64)
+        if a.ndim != 1 or a.shape != b.shape or a.size == 0:
+            raise ValueError("each task needs the same positive number of values on both sides")
+        refs.append(a)
+        others.append(b)
+    k, total = len(refs), sum(a.size for a in refs)
+    diffs = [b - a for a, b in zip(refs, others)]
+    diff, interval = pooled_mean_interval(list[ArrayLike](diffs), seed=seed)
+    weighted = np.concatenate([d * (total / (k * d.size)) for d in diffs])
+    return {
+        "n": int(total),
+        "dense": float(np.mean([a.mean() for a in refs])),
+        "pruned": float(np.mean([b.mean() for b in others])),
+        "difference": float(diff),
+        "interval": [float(interval[0]), float(interval[1])],
+        "p_value": sign_flip_p_value(weighted, seed=seed),
+        "test": "paired sign-flip test",
+        "tasks": k,
+    }

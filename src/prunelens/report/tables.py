@@ -9,11 +9,11 @@ from typing import Any
 
 from prunelens.report.analysis_results import AnalysisHeadline
 from prunelens.report.load import Study
-from prunelens.report.stats import finite_or_none, is_finite
-from prunelens.study.config import DENSE
-from prunelens.study.guidance import TaskTest, VariantFacts
+from prunelens.report.stats import finite_or_none, is_finite, pooled_paired_difference
+from prunelens.study.config import DENSE, twin_pairs
+from prunelens.study.guidance import TaskTest, TwinFacts, VariantFacts
 
-__all__ = ["build_tables", "near_chance", "variant_facts"]
+__all__ = ["build_tables", "near_chance", "variant_facts", "twin_facts", "changed_rule"]
 
 
 def _summaries_for_table(st: Study) -> list[dict[str, Any]]:
@@ -237,3 +237,138 @@ def variant_facts(
             f.predictor = finite_or_none(p.get("var_p_dz_over_2T2"))
         facts.append(f)
     return facts
+
+
+# ----------------------------------------------------------------------------------------------------
+# twins: a variant against the same pruning but for one changed rule
+
+#: what an omitted key of a ``drop`` block means (so a changed rule reads "hidden → generation")
+_DROP_DEFAULTS = {
+    "objective": "hidden",
+    "estimator": "exact",
+    "temperature": 1.0,
+    "iterative": False,
+    "window": False,
+}
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_show(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, bool):
+        return str(v).lower()
+    return str(v)
+
+
+def changed_rule(twin: dict[str, Any], variant: dict[str, Any], nsamples: Any = None) -> list[str]:
+    """The config fields in which ``variant``'s spec differs from its ``twin``'s, one ``field: old → new``
+    each (``name`` and ``twin`` left out; an omitted ``drop`` key reads as its default; ``nsamples``: the
+    study's calibration windows, what an omitted ``drop.score_windows`` scores on)."""
+    defaults = dict(_DROP_DEFAULTS)
+    defaults["score_windows"] = f"all {nsamples}" if nsamples else "all"
+    out = []
+    for key in [k for k in {**twin, **variant} if k not in ("name", "twin")]:
+        a, b = twin.get(key), variant.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for sub in {**a, **b}:
+                x = a.get(sub, defaults.get(sub) if key == "drop" else None)
+                y = b.get(sub, defaults.get(sub) if key == "drop" else None)
+                if x != y:
+                    out.append(f"{key}.{sub}: {_show('unset' if x is None else x)} → {_show(y)}")
+        elif a != b:
+            out.append(f"{key}: {'unset' if a is None else _show(a)} → {'unset' if b is None else _show(b)}")
+    return out
+
+
+def _by_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {str(x["id"]): x for x in records if isinstance(x, dict) and "id" in x}
+
+
+def _rouge_by_id(dense: list[dict[str, Any]], mine: list[dict[str, Any]], task: str) -> dict[str, float]:
+    """Per prompt id, the ROUGE-L of ``mine`` against the dense outputs (empty when they do not pair)."""
+    from prunelens.evaluate.fidelity import fidelity
+
+    if not dense or len(mine) != len(dense):
+        return {}
+    try:
+        return {str(r["id"]): float(r["rouge_l"]) for r in fidelity(dense, mine, task=task).records}
+    except (ValueError, KeyError):  # the two runs hold different prompts: no paired fidelity
+        return {}
+
+
+def twin_facts(
+    st: Study,
+    table: dict[str, Any] | None,
+    facts: list[VariantFacts],
+    flags: list[dict[str, Any]] | None = None,
+) -> list[TwinFacts]:
+    """One :class:`TwinFacts` per twin pair of the study config whose two variants were both evaluated.
+
+    Per task the twins' per-example records are matched by id and compared with the table's paired test
+    (:func:`prunelens.evaluate.runner._paired`: exact McNemar for 0/1 scores, else a sign-flip test), the
+    twin as the reference. Generation fidelity: each twin's per-prompt ROUGE-L against the dense outputs,
+    paired per prompt, per task and pooled over the generative tasks
+    (:func:`~prunelens.report.stats.pooled_paired_difference`). Judged tasks are those the verdicts judge
+    (near-chance multiple-choice tasks left out unless every non-generative task is)."""
+    from prunelens.evaluate.runner import _paired, load_records
+    from prunelens.evaluate.uncertainty import compare_paired
+
+    pairs = [(a, b) for a, b in twin_pairs(st.config.get("variants") or []) if a in st.variants]
+    if not pairs:
+        return []
+    by_name = {f.name: f for f in facts}
+    flagged = frozenset(f["task"] for f in (near_chance(st) if flags is None else flags))
+    rows = table["rows"] if table else []
+    if flagged and not any(r["kind"] in ("mc", "retrieval") and r["task"] not in flagged for r in rows):
+        flagged = frozenset()
+    nsamples = (st.config.get("calibration") or {}).get("nsamples")
+    out = []
+    for name, twin in pairs:
+        if twin not in st.variants:
+            st.missing.append(
+                f"{name} names {twin} as its twin, but {twin} has no results: no twin comparison"
+            )
+            continue
+        t = TwinFacts(name, twin, changed_rule(st.specs.get(twin) or {}, st.specs.get(name) or {}, nsamples))
+        groups: list[tuple[list[float], list[float]]] = []
+        for r in rows:
+            mine = load_records(st.root / "eval" / name, r["task"])
+            other = load_records(st.root / "eval" / twin, r["task"])
+            if not mine or not other:
+                continue
+            test = TaskTest.from_dict(r["task"], _paired(other, mine, r["kind"]))
+            if test is not None:
+                if r["kind"] in ("mc", "retrieval") and r["task"] not in flagged:
+                    t.nongen_tests.append(test)
+                elif r["kind"] == "gen":
+                    t.gen_tests.append(test)
+                else:
+                    t.shown_tests.append(test)
+            if r["kind"] == "gen":
+                dense = load_records(st.root / "eval" / DENSE, r["task"])
+                ra, rb = _rouge_by_id(dense, mine, r["task"]), _rouge_by_id(dense, other, r["task"])
+                ids = [i for i in rb if i in ra]
+                if ids:
+                    ref, val = [rb[i] for i in ids], [ra[i] for i in ids]
+                    test = TaskTest.from_dict(r["task"], compare_paired(ref, val).to_dict())
+                    if test is not None:
+                        t.fidelity_tests.append(test)
+                        groups.append((ref, val))
+        if groups:
+            t.fidelity = TaskTest.from_dict("ROUGE-L to dense", pooled_paired_difference(groups))
+        for n in (name, twin):
+            f = by_name.get(n)
+            a = st.analysis.get(n)
+            t.numbers[n] = {
+                "rouge_l": f.rouge_l if f else None,
+                "exact_match": f.exact_match if f else None,
+                "kl_transitions": a.kl_transitions if a else None,
+                "kl_teacher_forced": a.tf_kl if a else None,
+                "kl_free_running": a.fr_kl if a else None,
+                "first_divergence": a.first_divergence if a else None,
+                "choice_flip_rate": a.choice_flip_rate if a else None,
+                "predictor": f.predictor if f else None,
+                "parameters": f.parameters if f else None,
+            }
+        out.append(t)
+    return out

@@ -38,6 +38,13 @@ class VariantSpec:
     control: dict[str, Any] | None = None
     #: the calibration seed of this variant's drop scores / sparsity masks (default: the study's seed)
     seed: int | None = None
+    #: the name of another variant of the study that this one is the same pruning as, but for one changed
+    #: rule (an objective, a repair, ...): the report shows the two side by side with paired differences
+    #: between them. A label for the report only: it is left out of every unit fingerprint.
+    twin: str | None = None
+    #: a repair after the pruning (``prunelens repair``): the :class:`~prunelens.distill.RepairSettings`
+    #: fields, every default spelled out, plus ``nsamples`` / ``seqlen`` of its calibration windows
+    repair: dict[str, Any] | None = None
 
     @property
     def is_dense(self) -> bool:
@@ -126,12 +133,26 @@ DEFAULT_VARIANTS: tuple[dict[str, Any], ...] = (
     {"name": CONTROL, "control": {"round_to": "auto"}},
     {"name": "Drop-4A", "drop": {"target": "attn", "n": 4}},
     {"name": "Drop-8A", "drop": {"target": "attn", "n": 8}},
+    {  # Drop-8A's twin (see VARIANT_COMMENTS)
+        "name": "Drop-8A-KL",
+        "drop": {"target": "attn", "n": 8, "objective": "generation", "score_windows": 4},
+        "twin": "Drop-8A",
+    },
     {"name": "Drop-4M", "drop": {"target": "mlp", "n": 4}},
     {"name": "Drop-8M", "drop": {"target": "mlp", "n": 8}},
     {"name": "Drop-4B", "drop": {"target": "block", "n": 4}},
     {"name": "Wanda-50%", "sparsify": {"method": "wanda", "sparsity": 0.5}},
     {"name": "SparseGPT-2:4", "sparsify": {"method": "sparsegpt", "pattern": "2:4"}},
 )
+
+#: comment lines printed above a default variant
+VARIANT_COMMENTS: dict[str, tuple[str, ...]] = {
+    "Drop-8A-KL": (
+        "twin: NAME = the same pruning as NAME but for one changed rule; the report pairs the two.",
+        "Here: the exact next-token KL chooses (objective generation) instead of the cosine, scored on",
+        "the first 4 calibration windows (score_windows: 54 s on a 2-core CPU; 8 windows pick the same set).",
+    ),
+}
 
 #: (task entry, comment printed beside it)
 DEFAULT_TASKS: tuple[tuple[dict[str, Any], str], ...] = (
@@ -173,8 +194,9 @@ class StudyConfig:
         d = self.to_dict()
         picked = {}
         for p in parts:
-            if p.startswith("variant:"):
-                picked[p] = next(v for v in d["variants"] if v["name"] == p[8:])
+            if p.startswith("variant:"):  # the twin label changes no unit's result
+                v = next(v for v in d["variants"] if v["name"] == p[8:])
+                picked[p] = {k: x for k, x in v.items() if k != "twin"}
             elif p.startswith("task:"):
                 picked[p] = next(t for t in d["tasks"] if t["task"] == p[5:])
             else:
@@ -215,6 +237,8 @@ def _default_config_yaml() -> str:
     row(f"  seqlen: {cal.seqlen}", "at most the model's context length")
     row("variants:", 'the dense model ("Full") is always included first')
     for v in DEFAULT_VARIANTS:
+        for comment in VARIANT_COMMENTS.get(v["name"], ()):
+            lines.append(f"  # {comment}")
         lines.append(f"  - {_flow(v)}")
     row("tasks:", "kind is taken from the task registry (mc, retrieval, ppl = non-generative; gen)")
     for t, comment in DEFAULT_TASKS:
@@ -270,6 +294,7 @@ DROP_KEYS = (
     "search_evaluations",
     "choice_task",
     "choice_limit",
+    "score_windows",
 )
 
 
@@ -323,6 +348,12 @@ def _drop_objective(drop: dict[str, Any], where: str) -> None:
         task in mc, f"{where}.choice_task", f"must be a multiple-choice task ({', '.join(mc)}), got {task!r}"
     )
     _int(drop.get("choice_limit", 64), f"{where}.choice_limit")
+    _int(drop.get("score_windows"), f"{where}.score_windows", allow_none=True)
+    _expect(
+        not (objective == "choice" and drop.get("score_windows") is not None),
+        f"{where}.score_windows",
+        "the choice objective scores on multiple-choice questions, not calibration windows: use choice_limit",
+    )
     _expect(
         objective == "choice" or not ({"choice_task", "choice_limit"} & set(drop)),
         f"{where}.choice_task",
@@ -338,9 +369,11 @@ def _variant(raw: Any, i: int) -> VariantSpec:
         where,
         f"must be a mapping with 'name' and one of {' / '.join(kinds)}, got {raw!r}",
     )
-    unknown = set(raw) - {"name", "seed", *kinds}
+    unknown = set(raw) - {"name", "seed", "twin", "repair", *kinds}
     _expect(
-        not unknown, where, f"unknown keys {sorted(unknown)}; allowed: name, drop, sparsify, control, seed"
+        not unknown,
+        where,
+        f"unknown keys {sorted(unknown)}; allowed: name, drop, sparsify, control, seed, twin, repair",
     )
     name = raw.get("name")
     _expect(
@@ -391,13 +424,15 @@ def _variant(raw: Any, i: int) -> VariantSpec:
         _expect(
             isinstance(sparsify, dict),
             f"{where}.sparsify",
-            "must be a mapping {method, sparsity | pattern[, true_sequential]}",
+            "must be a mapping {method, sparsity | pattern"
+            "[, true_sequential, allocation, allocation_lambda]}",
         )
-        unknown = set(sparsify) - {"method", "sparsity", "pattern", "true_sequential"}
+        allowed = ("method", "sparsity", "pattern", "true_sequential", "allocation", "allocation_lambda")
+        unknown = set(sparsify) - set(allowed)
         _expect(
             not unknown,
             f"{where}.sparsify",
-            f"unknown keys {sorted(unknown)}; allowed: method, sparsity, pattern, true_sequential",
+            f"unknown keys {sorted(unknown)}; allowed: {', '.join(allowed)}",
         )
         _expect(
             sparsify.get("true_sequential") in (None, True, False),
@@ -409,12 +444,20 @@ def _variant(raw: Any, i: int) -> VariantSpec:
             f"{where}.sparsify.method",
             f"must be one of {', '.join(SPARSE_METHODS)}, got {sparsify.get('method')!r}",
         )
-        from prunelens.prune.sparsify import TRUE_SEQUENTIAL_DEFAULT, validate_sparsity
+        from prunelens.prune.allocation import OWL_LAMBDA
+        from prunelens.prune.sparsify import TRUE_SEQUENTIAL_DEFAULT, validate_allocation, validate_sparsity
 
+        allocation = sparsify.get("allocation", "uniform")
+        try:
+            validate_allocation(allocation, sparsify.get("allocation_lambda"), sparsify.get("pattern"))
+        except ValueError as exc:
+            raise _err(f"{where}.sparsify.allocation", str(exc)) from exc
         try:
             validate_sparsity(sparsify["method"], sparsify.get("sparsity"), sparsify.get("pattern"))
         except ValueError as exc:
             raise _err(f"{where}.sparsify", str(exc)) from exc
+        if allocation != "uniform":  # the default lambda spelled out, as true_sequential below
+            sparsify = {**sparsify, "allocation_lambda": sparsify.get("allocation_lambda", OWL_LAMBDA)}
         if (
             sparsify["method"] in TRUE_SEQUENTIAL_DEFAULT
         ):  # spelled out, so a changed default changes the fingerprint
@@ -424,7 +467,48 @@ def _variant(raw: Any, i: int) -> VariantSpec:
                     "true_sequential", TRUE_SEQUENTIAL_DEFAULT[sparsify["method"]]
                 ),
             }
-    return VariantSpec(name=name, drop=drop, sparsify=sparsify, control=control, seed=seed)
+    twin = raw.get("twin")
+    _expect(
+        twin is None or (isinstance(twin, str) and twin.strip() != ""),
+        f"{where}.twin",
+        f"must be the name of another variant of the study, got {twin!r}",
+    )
+    repair = _repair(raw.get("repair"), where, pruned=drop is not None or sparsify is not None)
+    return VariantSpec(
+        name=name, drop=drop, sparsify=sparsify, control=control, seed=seed, twin=twin, repair=repair
+    )
+
+
+#: calibration windows of a study variant's repair unless its ``repair:`` block says otherwise
+REPAIR_NSAMPLES = 64
+
+
+def _repair(raw: Any, where: str, *, pruned: bool) -> dict[str, Any] | None:
+    """A variant's ``repair:`` block, checked as ``prunelens repair`` checks its options, defaults
+    spelled out (so a changed default changes the fingerprint)."""
+    from prunelens.distill.settings import RepairSettings, RepairSettingsError
+
+    if raw is None:
+        return None
+    field = f"{where}.repair"
+    _expect(isinstance(raw, dict), field, f"must be a mapping of repair settings, got {raw!r}")
+    _expect(pruned, field, "repairs a pruned variant: give it a drop or sparsify block too")
+    calib = {"nsamples": raw.get("nsamples", REPAIR_NSAMPLES), "seqlen": raw.get("seqlen")}
+    for key in ("nsamples", "seqlen"):
+        v = calib[key]
+        ok = v is None and key == "seqlen" or isinstance(v, int) and not isinstance(v, bool) and v > 0
+        _expect(ok, f"{field}.{key}", f"must be a positive integer, got {v!r}")
+    _expect(calib["nsamples"] >= 2, f"{field}.nsamples", "needs at least 2 windows (training and held-out)")
+    try:
+        settings = RepairSettings.from_dict(
+            {k: v for k, v in raw.items() if k not in ("nsamples", "seqlen")}, where=field
+        )
+    except (RepairSettingsError, TypeError) as exc:
+        raise _err(getattr(exc, "field", field), str(exc).split(": ", 1)[-1]) from None
+    out = {**settings.to_dict(), "nsamples": calib["nsamples"]}
+    if calib["seqlen"] is not None:
+        out["seqlen"] = calib["seqlen"]
+    return out
 
 
 def _task(raw: Any, i: int) -> StudyTask:
@@ -521,6 +605,50 @@ def _analyses(raw: Any) -> AnalysesConfig:
     )
 
 
+def _twins_and_windows(cfg: StudyConfig, raw_variants: list[Any]) -> None:
+    """Checks across variants: a ``twin`` names another listed variant (not itself, not the dense model,
+    not a variant that names this one back), and ``drop.score_windows`` fits the calibration."""
+    index = {
+        v.get("name"): i for i, v in enumerate(raw_variants) if isinstance(v, dict) and v.get("name") != DENSE
+    }
+    listed = {v.name: v for v in cfg.variants if v.name != DENSE}
+    for v in listed.values():
+        where = f"variants[{index.get(v.name, '?')}]"
+        if v.twin is not None:
+            _expect(v.twin != v.name, f"{where}.twin", f"{v.name!r} cannot be its own twin")
+            _expect(
+                v.twin != DENSE,
+                f"{where}.twin",
+                f"every variant is already compared with {DENSE}: name another variant of the study",
+            )
+            _expect(
+                v.twin in listed,
+                f"{where}.twin",
+                f"must name another variant of the study ({', '.join(listed)}), got {v.twin!r}",
+            )
+            _expect(
+                listed[v.twin].twin != v.name,
+                f"{where}.twin",
+                f"{v.twin!r} already names {v.name!r} as its twin: give the twin on one side only",
+            )
+        k = (v.drop or {}).get("score_windows")
+        _expect(
+            k is None or k <= cfg.calibration.nsamples,
+            f"{where}.drop.score_windows",
+            f"must be at most calibration.nsamples ({cfg.calibration.nsamples}), got {k!r}",
+        )
+
+
+def twin_pairs(cfg_variants: list[VariantSpec] | list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """``(variant, its twin)`` for every variant that names one, in config order."""
+    out = []
+    for v in cfg_variants:
+        name, twin = (v.get("name"), v.get("twin")) if isinstance(v, dict) else (v.name, v.twin)
+        if isinstance(name, str) and isinstance(twin, str):
+            out.append((name, twin))
+    return out
+
+
 def parse_config(data: Any) -> StudyConfig:
     """Validate a parsed YAML mapping into a :class:`StudyConfig`; every omitted field takes its default."""
     if data is None:
@@ -570,6 +698,7 @@ def parse_config(data: Any) -> StudyConfig:
     names = [v.name for v in cfg.variants]
     dupes = sorted({n for n in names if names.count(n) > 1})
     _expect(not dupes, "variants", f"names must be unique; repeated: {dupes}")
+    _twins_and_windows(cfg, variants)
     tasks = data.get("tasks", [t for t, _ in DEFAULT_TASKS])
     _expect(isinstance(tasks, list) and tasks, "tasks", "must be a non-empty list")
     cfg.tasks = [_task(t, i) for i, t in enumerate(tasks)]

@@ -64,6 +64,15 @@ __all__ = [
     "GROUP_LABELS",
     "GenerativeAxis",
     "generative_axis",
+    "TWIN_BETTER",
+    "TWIN_WORSE",
+    "TWIN_MIXED",
+    "TWIN_SAME",
+    "TwinFacts",
+    "TwinUse",
+    "TwinGuidance",
+    "twin_difference",
+    "twin_guidance",
 ]
 
 #: retained fraction of the dense score at or above which a variant is "safe"
@@ -704,3 +713,275 @@ def answer_for_model(model: str, facts: list[VariantFacts], near_chance: Iterabl
         s += f" and smallest for {best.name} ({best.kl:.3g})." if best is not worst else "."
         parts.append(s)
     return " ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------------
+# twins: a variant against the same pruning but for one changed rule
+
+#: what the paired comparison of two twins found on a use (``TwinUse.finding``)
+TWIN_BETTER = "the changed rule does better"
+TWIN_WORSE = "the changed rule does worse"
+TWIN_MIXED = "the changed rule does better on some tasks and worse on others"
+TWIN_SAME = "indistinguishable at this n"
+
+
+@dataclass
+class TwinFacts:
+    """A variant (``name``) against its twin (``twin``: the same pruning but for the rules in ``changed``), on
+    the examples both evaluated. Every :class:`TaskTest` here has the twin as ``reference`` and the variant as
+    ``value``: differences are variant − twin.
+
+    ``nongen_tests``: per judged multiple-choice / retrieval task (near-chance tasks left out, as in the
+    verdicts); ``gen_tests``: per generative task score; ``fidelity_tests``: per generative task, the
+    per-prompt ROUGE-L against the dense outputs; ``fidelity``: that ROUGE-L pooled over the generative tasks
+    (the mean of the task means, tasks weighing equally); ``shown_tests``: tasks shown but never judged
+    (perplexity: NLL per token). ``numbers``: per name, the headline numbers shown side by side."""
+
+    name: str
+    twin: str
+    changed: list[str] = field(default_factory=list)
+    nongen_tests: list[TaskTest] = field(default_factory=list)
+    gen_tests: list[TaskTest] = field(default_factory=list)
+    fidelity_tests: list[TaskTest] = field(default_factory=list)
+    fidelity: TaskTest | None = None
+    shown_tests: list[TaskTest] = field(default_factory=list)
+    numbers: dict[str, dict[str, float | None]] = field(default_factory=dict)
+
+    @property
+    def rule(self) -> str:
+        """The changed rule in words: ``drop.objective: hidden → generation; …``."""
+        return "; ".join(self.changed) if self.changed else "no config field differs"
+
+
+@dataclass
+class TwinUse:
+    """One use of one twin pair: what the paired differences found, the sentence that says so, both grades."""
+
+    use: str  # "non-generative" | "generative"
+    finding: str
+    sentence: str
+    verdicts: dict[str, str] = field(default_factory=dict)  # name -> grade, variant first
+    moved: bool = False  # the two grades differ
+    measure: str = ""  # what was compared: "scores", "ROUGE-L to dense"
+    n: dict[str, int] = field(default_factory=dict)
+    tests: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "finding": self.finding,
+            "sentence": self.sentence,
+            "verdicts": self.verdicts,
+            "verdict_moved": self.moved,
+            "measure": self.measure,
+            "n": self.n,
+            "tests": self.tests,
+        }
+
+
+@dataclass
+class TwinGuidance:
+    name: str
+    twin: str
+    changed: list[str]
+    non_generative: TwinUse
+    generative: TwinUse
+    numbers: dict[str, dict[str, float | None]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "variant": self.name,
+            "twin": self.twin,
+            "changed": self.changed,
+            "non_generative": self.non_generative.to_dict(),
+            "generative": self.generative.to_dict(),
+            "numbers": self.numbers,
+        }
+
+
+def _binary(t: TaskTest) -> bool:
+    return "McNemar" in t.test
+
+
+def twin_difference(t: TaskTest) -> str:
+    """``+3.5 points [+0.5, +6.5]`` for an accuracy (0/1 scores), ``+0.110 [+0.050, +0.170]`` otherwise."""
+    if _binary(t):
+        lo, hi = t.interval
+        return f"{100 * t.difference:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    return f"{t.difference:+.3f} [{t.interval[0]:+.3f}, {t.interval[1]:+.3f}]"
+
+
+def _verdict_clause(name: str, twin: str, gx: str, gy: str, same: bool) -> str:
+    if gx == gy:
+        return f" Verdict: '{gx}' for both."
+    tail = ", although the twins themselves are not told apart at this n" if same else ""
+    return f" The verdict moves from '{gy}' ({twin}) to '{gx}' ({name}){tail}."
+
+
+def _holm_part(t: TwinFacts, tests: list[TaskTest], use_words: str) -> tuple[str, str, list[dict[str, Any]]]:
+    """(finding, evidence clause, test dicts) from per-task twin tests, Holm-adjusted over the use's tasks."""
+    from prunelens.evaluate.uncertainty import holm
+
+    adjusted = holm([x.p_value for x in tests])
+    dicts = [{**x.to_dict(), "p_holm": p} for x, p in zip(tests, adjusted)]
+    few = [x for x in tests if x.n < MIN_PAIRED_N]
+    if few:
+        return (
+            UNCLEAR,
+            "only "
+            + ", ".join(f"{x.n} on {x.task}" for x in few)
+            + f" shared examples (fewer than {MIN_PAIRED_N}): {UNCLEAR}",
+            dicts,
+        )
+    sig = [(x, p) for x, p in zip(tests, adjusted) if p < ALPHA and x.difference != 0]
+    ns = ", ".join(f"{x.n} on {x.task}" for x in tests)
+    if not sig:
+        p_min = min(adjusted)
+        return (
+            TWIN_SAME,
+            f"no task differs between the twins (smallest Holm-adjusted p = {p_min:.2g}; n = {ns}): "
+            f"{TWIN_SAME}",
+            dicts,
+        )
+    parts = "; ".join(
+        f"{x.task} {twin_difference(x)} ({x.test}, Holm-adjusted p = {p:.2g}, n = {x.n})" for x, p in sig
+    )
+    up = [x for x, _ in sig if x.difference > 0]
+    down = [x for x, _ in sig if x.difference < 0]
+    if up and not down:
+        return (
+            TWIN_BETTER,
+            f"paired difference {t.name} − {t.twin}: {parts}: {t.name}'s changed rule ({t.rule}) suits "
+            f"{use_words} better on this model",
+            dicts,
+        )
+    if down and not up:
+        return (
+            TWIN_WORSE,
+            f"paired difference {t.name} − {t.twin}: {parts}: {t.name}'s changed rule ({t.rule}) suits "
+            f"{use_words} worse on this model ({t.twin}'s rule is the better choice here)",
+            dicts,
+        )
+    return (
+        TWIN_MIXED,
+        f"paired difference {t.name} − {t.twin}: {parts}: {t.name}'s changed rule ({t.rule}) helps on "
+        f"{', '.join(x.task for x in up)} and hurts on {', '.join(x.task for x in down)}",
+        dicts,
+    )
+
+
+def _grades(name: str, twin: str, verdicts: dict[str, VariantGuidance], use: str) -> tuple[str, str]:
+    def grade(n: str) -> str:
+        g = verdicts.get(n)
+        if g is None:
+            return NOT_MEASURED
+        return (g.non_generative if use == "non-generative" else g.generative).verdict
+
+    return grade(name), grade(twin)
+
+
+def _kept(v: VariantGuidance | None, use: str) -> float | None:
+    if v is None:
+        return None
+    r = (v.non_generative if use == "non-generative" else v.generative).retained
+    return r if _ok(r) else None
+
+
+def _twin_scores_use(
+    t: TwinFacts, verdicts: dict[str, VariantGuidance], use: str, tests: list[TaskTest], show_kept: bool
+) -> TwinUse:
+    """A use judged on task scores (non-generative, or generative where the dense model scores);
+    ``show_kept``: the verdicts' retained fractions are of these scores, so the sentence quotes them."""
+    words = "non-generative use" if use == "non-generative" else "generation"
+    gx, gy = _grades(t.name, t.twin, verdicts, use)
+    kx, ky = _kept(verdicts.get(t.name), use), _kept(verdicts.get(t.twin), use)
+    which = "non-generative" if use == "non-generative" else "generative"
+    lead = f"On {words}, {t.name}"
+    if kx is not None and ky is not None and show_kept:
+        lead += f" keeps {pct(kx)} of the dense {which} score against {t.twin}'s {pct(ky)}"
+    else:
+        lead += f" against {t.twin}"
+    verdicts_d = {t.name: gx, t.twin: gy}
+    if not tests:
+        return TwinUse(
+            use,
+            NOT_MEASURED,
+            f"On {words}, {t.name} and {t.twin} share no paired {which} records: {NOT_MEASURED}."
+            + _verdict_clause(t.name, t.twin, gx, gy, True),
+            verdicts_d,
+            gx != gy,
+            "scores",
+        )
+    finding, clause, dicts = _holm_part(t, tests, words)
+    same = finding in (TWIN_SAME, UNCLEAR)
+    return TwinUse(
+        use,
+        finding,
+        f"{lead}; {clause}." + _verdict_clause(t.name, t.twin, gx, gy, same),
+        verdicts_d,
+        gx != gy,
+        "scores",
+        {x.task: x.n for x in tests},
+        dicts,
+    )
+
+
+def _twin_fidelity_use(t: TwinFacts, verdicts: dict[str, VariantGuidance]) -> TwinUse:
+    """Generation judged on the ROUGE-L of the greedy outputs against the dense ones, pooled over tasks."""
+    f = t.fidelity
+    assert f is not None
+    gx, gy = _grades(t.name, t.twin, verdicts, "generative")
+    lead = f"On generation, {t.name} keeps ROUGE-L {f.value:.2f} against {t.twin}'s {f.reference:.2f}"
+    evidence = (
+        f"(paired difference {f.difference:+.2f} [{f.interval[0]:+.2f}, {f.interval[1]:+.2f}], "
+        f"{f.test} p = {f.p_value:.2g} on {f.n} prompts)"
+    )
+    if f.n < MIN_PAIRED_N:
+        finding, tail = UNCLEAR, f"only {f.n} shared prompts (fewer than {MIN_PAIRED_N}): {UNCLEAR}"
+    elif f.p_value < ALPHA and f.difference > 0:
+        finding = TWIN_BETTER
+        tail = f"{t.name}'s changed rule ({t.rule}) suits generation better on this model"
+    elif f.p_value < ALPHA and f.difference < 0:
+        finding = TWIN_WORSE
+        tail = (
+            f"{t.name}'s changed rule ({t.rule}) suits generation worse on this model "
+            f"({t.twin}'s rule is the better choice here)"
+        )
+    else:
+        finding, tail = TWIN_SAME, TWIN_SAME
+    same = finding in (TWIN_SAME, UNCLEAR)
+    tests = [{**x.to_dict(), "p_holm": None} for x in t.fidelity_tests]
+    return TwinUse(
+        "generative",
+        finding,
+        f"{lead} {evidence}: {tail}." + _verdict_clause(t.name, t.twin, gx, gy, same),
+        {t.name: gx, t.twin: gy},
+        gx != gy,
+        "ROUGE-L to dense",
+        {x.task: x.n for x in t.fidelity_tests} or {"pooled": f.n},
+        [{**f.to_dict(), "task": "pooled", "p_holm": None}] + tests,
+    )
+
+
+def twin_guidance(
+    twins: Iterable[TwinFacts], facts: Iterable[VariantFacts], axis: GenerativeAxis | None = None
+) -> list[TwinGuidance]:
+    """For every twin pair and use, one plain sentence from the paired differences between the twins: did
+    the changed rule move the score (and which way), or are the twins indistinguishable at this n, and
+    did it move the verdict. Non-generative use: per-task paired tests (exact McNemar / sign-flip),
+    Holm-adjusted over the judged tasks. Generation: the study's generative measure (:func:`generative_axis`)
+    — the ROUGE-L against the dense outputs pooled over the generative tasks (a sign-flip test on the
+    shared prompts), or the generative task scores where the dense model scores."""
+    facts = list(facts)
+    axis = axis or generative_axis(facts)
+    verdicts = {g.name: g for g in guidance(facts)}
+    out = []
+    for t in twins:
+        non_gen = _twin_scores_use(t, verdicts, "non-generative", t.nongen_tests, True)
+        if axis.kind == "fidelity" and t.fidelity is not None:
+            gen = _twin_fidelity_use(t, verdicts)
+        elif axis.kind == "fidelity":  # the dense model scores too little: its scores cannot tell the twins
+            gen = _twin_scores_use(t, verdicts, "generative", [], False)
+        else:
+            gen = _twin_scores_use(t, verdicts, "generative", t.gen_tests, axis.kind == "score")
+        out.append(TwinGuidance(t.name, t.twin, list(t.changed), non_gen, gen, t.numbers))
+    return out

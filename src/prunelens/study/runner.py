@@ -216,26 +216,37 @@ class Workbench:
                 search_evaluations=d.get("search_evaluations"),
                 estimator=d.get("estimator", "exact"),
                 seed=seed,
+                score_windows=d.get("score_windows"),
             )
             params = plan.params_after
-            plan.save(out)
+            if spec.repair is not None:
+                plan = self._repair(spec, pruned, plan, out)
+            else:
+                plan.save(out)
             del pruned
         elif spec.sparsify is not None:
             calibration = self.calibration_for(seed)
             pruned = copy.deepcopy(model)
             s = spec.sparsify
+            allocation = s.get("allocation", "uniform")
+            calibrate = s["method"] != "magnitude" or allocation != "uniform"
             plan = sparsify(
                 pruned,
-                calibration if s["method"] != "magnitude" else None,
+                calibration if calibrate else None,
                 method=s["method"],
                 sparsity=s.get("sparsity"),
                 pattern=s.get("pattern"),
                 batch_size=self.cfg.batch_size,
                 base_model=self.cfg.model,
                 true_sequential=s.get("true_sequential"),
+                allocation=allocation,
+                allocation_lambda=s.get("allocation_lambda"),
             )
             params = plan.params_after
-            save_pruned(pruned, tok, plan, out / "checkpoint", overwrite=True)
+            if spec.repair is not None:
+                plan = self._repair(spec, pruned, plan, out)
+            else:
+                save_pruned(pruned, tok, plan, out / "checkpoint", overwrite=True)
             del pruned
         else:
             params = param_count(model)
@@ -248,6 +259,33 @@ class Workbench:
         atomic_write_json(out / "info.json", info)
         return info
 
+    def _repair(self, spec, pruned, plan, out: Path):
+        """Repair the freshly pruned ``pruned`` towards the dense model as ``spec.repair`` says and save the
+        checkpoint (its plan records the repair; the loss curves go beside it). The training state lives in
+        ``out/repair-state`` until the checkpoint is written, so an interrupted study resumes the repair."""
+        import shutil
+
+        from prunelens.data.calibration import split_calibration
+        from prunelens.distill.settings import RepairSettings
+        from prunelens.distill.trainer import repair_model, write_log
+        from prunelens.prune.save import save_pruned
+
+        model, tok = self.dense
+        r = dict(spec.repair)
+        nsamples, seqlen = r.pop("nsamples"), r.pop("seqlen", self.cfg.calibration.seqlen)
+        settings = RepairSettings(**r)
+        train, held = split_calibration(
+            tok, self.cfg.calibration.source, nsamples, seqlen, self.cfg.seed, settings.heldout
+        )
+        state = out / "repair-state"
+        result = repair_model(
+            pruned, model, train, held, settings, plan=plan, teacher_name=self.cfg.model, state_dir=state
+        )
+        save_pruned(result.model, tok, result.plan, out / "checkpoint", overwrite=True)
+        write_log(result.log, out)
+        shutil.rmtree(state, ignore_errors=True)
+        return result.plan
+
     def variant(self, name: str):
         """The analysis :class:`~prunelens.analysis.variants.Variant` of ``name`` on the dense weights."""
         from prunelens.analysis.variants import resolve_variant
@@ -258,7 +296,7 @@ class Workbench:
             return self.control(name)
         model, tok = self.dense
         out = self.store.variant_dir(name)
-        if spec.drop is not None:
+        if spec.drop is not None and spec.repair is None:  # a drop alone: the plan is all there is
             v = resolve_variant(model, PrunePlan.load(out), tokenizer=tok)
         else:
             v = resolve_variant(model, str(out / "checkpoint"), tokenizer=tok)
