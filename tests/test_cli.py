@@ -169,6 +169,26 @@ def test_sparsify(model_dir, tmp_path, args):
             ],
             "use --objective generation",
         ),
+        (
+            ["prune", "drop", "--target", "attn", "--n", "1", "--score-windows", "0"],
+            "--score-windows must be",
+        ),
+        (["prune", "drop", "--target", "attn", "--n", "1", "--score-windows", "5"], "exceeds --nsamples 4"),
+        (
+            [
+                "prune",
+                "drop",
+                "--target",
+                "attn",
+                "--n",
+                "1",
+                "--objective",
+                "choice",
+                "--score-windows",
+                "2",
+            ],
+            "does not apply to --objective choice",
+        ),
         (["prune", "sparsify", "--method", "wanda", "--sparsity", "1.0"], "[0, 1)"),
         (["prune", "sparsify", "--method", "wanda", "--sparsity", "-0.2"], "[0, 1)"),
         (["prune", "sparsify", "--method", "wanda", "--pattern", "4:4"], "0 < N < M"),
@@ -200,6 +220,8 @@ def test_drop_by_generation_objective_records_it_in_the_plan(model_dir, tmp_path
             "generation",
             "--search-evaluations",
             "3",
+            "--score-windows",
+            "2",
             "--out",
             str(out),
             *_common(model_dir),
@@ -208,6 +230,7 @@ def test_drop_by_generation_objective_records_it_in_the_plan(model_dir, tmp_path
     assert res.exit_code == 0, res.output
     plan = json.loads((out / PLAN_FILE).read_text())
     assert plan["options"]["objective"] == "generation" and plan["scores"]["objective"] == "generation"
+    assert plan["options"]["score_windows"] == 2
     assert plan["scores"]["search"]["evaluations"] == 3 and "kl" in plan["dropped_sublayers"][0]
     assert "objective" in res.output and "search" in res.output
 

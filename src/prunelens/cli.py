@@ -221,6 +221,13 @@ def prune_drop(
         help="choice objective: multiple-choice task whose validation split is read.",
     ),
     choice_limit: int = typer.Option(64, "--choice-limit", help="choice objective: number of questions."),
+    score_windows: int | None = typer.Option(
+        None,
+        "--score-windows",
+        help="Score (and search) on the first K calibration windows only (a seeded random subset; "
+        "default: all --nsamples). An exact KL objective costs about a forward pass per candidate, so "
+        "fewer windows trade ranking noise for time; hidden and generation objectives.",
+    ),
     calib: str = _Common.calib,
     nsamples: int = _Common.nsamples,
     seqlen: int = _Common.seqlen,
@@ -258,6 +265,15 @@ next-token or option distribution."""
         )
     except PruneConfigError as exc:
         _fail(str(exc))
+    if score_windows is not None:
+        if objective == "choice":
+            _fail(
+                "--score-windows does not apply to --objective choice (it scores on --choice-limit questions)"
+            )
+        if score_windows <= 0:
+            _fail(f"--score-windows must be positive (got {score_windows})")
+        if score_windows > nsamples:
+            _fail(f"--score-windows {score_windows} exceeds --nsamples {nsamples}")
     choice_examples = None
     if objective == "choice":
         choice_examples = _choice_examples(choice_task, choice_limit, seed)
@@ -297,6 +313,7 @@ next-token or option distribution."""
         search_evaluations=search_evaluations,
         estimator=estimator,
         seed=seed,
+        score_windows=score_windows,
     )
     save_pruned(m, tok, plan, out, overwrite=overwrite)
     _print_plan(plan, out, time.perf_counter() - t0)
