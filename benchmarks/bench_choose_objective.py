@@ -7,8 +7,10 @@ selections at equal budgets, on the embedded model.
 
 1. **Cost** (median of ``--reps``): cosine scoring of every sublayer (``similarities``, today's rule) on the
    calibration windows, the exact counterfactual KL of every attention and MLP sublayer on the same
-   windows, and the Fisher estimate (one sampled token per position); ratios against the cosine scoring.
-2. **Agreement**: Spearman's ρ between the Fisher estimate and the exact KL, per kind and over all 60.
+   windows, the Fisher estimate (one sampled token per position), and the exact KL on only the first
+   ``--exact-windows`` windows (the ``--score-windows`` estimate); ratios against the cosine scoring.
+2. **Agreement**: Spearman's ρ of the Fisher estimate and of the fewer-window exact KL with the exact KL
+   on all windows, per kind and over all 60.
 3. **Quality**: for each budget (4 and 8 attention sublayers, 4 and 8 MLPs, 4 blocks, 8 sublayers of
    either kind) the three objectives choose one-shot on the calibration windows (the choice objective on
    64 ARC-Easy *validation* questions; every evaluation reads test splits); ``generation`` also iterative
@@ -49,6 +51,12 @@ def main() -> None:
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--fisher-samples", default="1,4", help="sampled tokens per position to time and check")
     ap.add_argument("--iterative", default="attn:8", help="budgets also chosen iteratively (generation)")
+    ap.add_argument(
+        "--exact-windows",
+        default="1,2",
+        help="also time the exact KL on only the first K calibration windows (--score-windows K) and "
+        "check its ranking against the exact KL on all of them",
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     C.set_offline()
@@ -109,12 +117,21 @@ def main() -> None:
             fisher_t[k].append(t)
     t, (exact, _) = timed(lambda: counterfactual_kl(model, ids, ("attn", "mlp"), batch_size=bs))
     exact_t.append(t)
+    windows_list = [int(x) for x in args.exact_windows.split(",") if x]
+    sub_t: dict[int, float] = {}
+    subs: dict[int, object] = {}
+    for k in windows_list:
+        sub_t[k], (subs[k], _) = timed(
+            lambda k=k: counterfactual_kl(model, ids[:k], ("attn", "mlp"), batch_size=bs)
+        )
     cost = {
         "cosine_seconds": cos_t,
         "fisher_seconds": {str(k): v for k, v in fisher_t.items()},
         "exact_seconds": exact_t,
         "fisher_over_cosine": {str(k): C.median(v) / C.median(cos_t) for k, v in fisher_t.items()},
         "exact_over_cosine": C.median(exact_t) / C.median(cos_t),
+        "exact_windows_seconds": {str(k): v for k, v in sub_t.items()},
+        "exact_windows_over_cosine": {str(k): v / C.median(cos_t) for k, v in sub_t.items()},
         "tokens": int(ids.numel()),
     }
     C.print_table(
@@ -127,7 +144,15 @@ def main() -> None:
             ]
             for k, v in fisher_t.items()
         ]
-        + [["exact KL (generation)", C.fmt(C.median(exact_t)), f"{cost['exact_over_cosine']:.2f}×"]],
+        + [["exact KL (generation)", C.fmt(C.median(exact_t)), f"{cost['exact_over_cosine']:.2f}×"]]
+        + [
+            [
+                f"exact KL on {k} window(s) ({k * args.seqlen} tokens)",
+                C.fmt(v),
+                f"{cost['exact_windows_over_cosine'][str(k)]:.2f}×",
+            ]
+            for k, v in sub_t.items()
+        ],
         ["scoring of all 60 sublayers", "seconds (median)", "vs cosine"],
         title=f"cost on {ids.numel()} calibration tokens",
     )
@@ -145,8 +170,20 @@ def main() -> None:
             f"Spearman ρ (Fisher, {k} sample(s), vs exact): attn {a['attn']:.3f}, mlp {a['mlp']:.3f}, "
             f"all 60 {a['all']:.3f}; median estimate / exact {a['median_estimate_over_exact']:.2f}"
         )
+    for k, sub in subs.items():
+        a = {kind: spearman(sub.divergence[kind], exact.divergence[kind]) for kind in ("attn", "mlp")}
+        a["all"] = spearman(sub.divergence["attn"] + sub.divergence["mlp"], both_e)
+        agree[f"exact_{k}_windows"] = a
+        print(
+            f"Spearman ρ (exact on {k} window(s) vs exact on all {ids.shape[0]}): attn {a['attn']:.3f}, "
+            f"mlp {a['mlp']:.3f}, all 60 {a['all']:.3f}"
+        )
     out["cost"], out["agreement"] = cost, agree
-    out["scores"] = {"exact": exact.divergence, **{f"fisher_{k}": f.divergence for k, f in fishers.items()}}
+    out["scores"] = {
+        "exact": exact.divergence,
+        **{f"fisher_{k}": f.divergence for k, f in fishers.items()},
+        **{f"exact_{k}_windows": s.divergence for k, s in subs.items()},
+    }
     C.write_json(args.out, out)
     if args.skip_quality:
         return
