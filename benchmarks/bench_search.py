@@ -1,0 +1,142 @@
+"""The budgeted swap search's cost and what it buys, on the embedded model.
+
+For each budget (default: 8 attention sublayers), choose one-shot by the exact generation KL on C4
+calibration windows, then improve the set by ``--evaluations`` swap-search evaluations (each one KL of the
+whole set on the same windows). Prints the search's seconds per evaluation, the accepted swaps, its fitness
+(the calibration-set KL) before and after, and, on data neither step saw, the teacher-forced KL to the
+dense model and the perplexity on WikiText-2 test windows of the one-shot and the searched sets.
+
+    python benchmarks/bench_search.py [--budgets attn:8] [--evaluations 40] [--out search.json]
+
+Run it alone: other processes on the cores change the timings (the load average is printed).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench_common as C  # noqa: E402
+
+
+def main() -> None:
+    ap = C.base_parser(__doc__)
+    ap.add_argument("--budgets", default="attn:8", help="comma-separated target:n")
+    ap.add_argument("--evaluations", type=int, default=40, help="swap-search set evaluations")
+    ap.add_argument("--nsamples", type=int, default=8)
+    ap.add_argument("--seqlen", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--heldout-windows", type=int, default=16)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    C.set_offline()
+
+    import numpy as np
+    import torch
+
+    from prunelens.data.calibration import get_calibration, load_texts, token_stream
+    from prunelens.prune.drop import drop
+    from prunelens.prune.objectives import dense_reference, set_kl
+
+    device = C.resolve_device(args.device)
+    spec, tok_path = C.resolve_specs(args.model)
+    model, tok, _ = C.build_model(
+        spec, device=device, dtype=args.dtype, layers=args.layers, seed=args.seed, tokenizer=tok_path
+    )
+    cal = get_calibration(tok, "c4", args.nsamples, args.seqlen, args.seed)
+    bs = args.batch_size
+    wt = token_stream(tok, load_texts("wikitext2"))
+    n_win = min(args.heldout_windows, wt.numel() // args.seqlen)
+    wiki = wt[: n_win * args.seqlen].reshape(n_win, args.seqlen)
+    ref = dense_reference(model, wiki, batch_size=bs)
+    print(
+        f"model {args.model}, torch threads {torch.get_num_threads()}; calibration c4 {args.nsamples} × "
+        f"{args.seqlen}; held-out WikiText-2 {tuple(wiki.shape)}; load average before {C.loadavg()}",
+        flush=True,
+    )
+
+    def perplexity(m) -> float:
+        nll, n = 0.0, 0
+        with torch.no_grad():
+            for s in range(0, wiki.shape[0], bs):
+                b = wiki[s : s + bs].to(device)
+                z = m(b, use_cache=False).logits.float()[:, :-1]
+                nll += float(
+                    torch.nn.functional.cross_entropy(
+                        z.reshape(-1, z.shape[-1]), b[:, 1:].reshape(-1), reduction="sum"
+                    )
+                )
+                n += b[:, 1:].numel()
+        return float(np.exp(nll / n))
+
+    def units(plan) -> list[str]:
+        return sorted(f"{d['sublayer']}{d['layer']}" for d in plan.dropped_sublayers) or [
+            f"block{b}" for b in plan.dropped_blocks
+        ]
+
+    out: dict = {"machine": C.machine_info(device), "args": vars(args), "dense_ppl": perplexity(model)}
+    rows, results = [], []
+    for item in args.budgets.split(","):
+        target, n = item.split(":")
+        r: dict = {"target": target, "n": int(n)}
+        for label, evaluations in (("one-shot", None), ("search", args.evaluations)):
+            m = copy.deepcopy(model)
+            t0 = time.perf_counter()
+            plan = drop(
+                m,
+                cal,
+                target=target,
+                n=int(n),
+                batch_size=bs,
+                objective="generation",
+                search_evaluations=evaluations,
+                seed=args.seed,
+            )
+            r[label] = {
+                "seconds": time.perf_counter() - t0,
+                "units": units(plan),
+                "heldout_kl": set_kl(m, wiki, ref, batch_size=bs),
+                "wikitext2_ppl": perplexity(m),
+            }
+            if evaluations:
+                s = plan.scores["search"]
+                r[label]["search"] = {k: s[k] for k in ("seconds", "evaluations", "kl_before", "kl_after")}
+                r[label]["accepted_swaps"] = len(s["accepted_swaps"])
+            del m
+        s = r["search"]["search"]
+        rows.append(
+            [
+                item,
+                f"{s['seconds']:.0f} ({s['seconds'] / s['evaluations']:.2f} per evaluation)",
+                f"{s['evaluations']} / {r['search']['accepted_swaps']}",
+                f"{s['kl_before']:.4f} → {s['kl_after']:.4f}",
+                f"{r['one-shot']['heldout_kl']:.4f} → {r['search']['heldout_kl']:.4f}",
+                f"{r['one-shot']['wikitext2_ppl']:.2f} → {r['search']['wikitext2_ppl']:.2f}",
+                " ".join(r["one-shot"]["units"]) + "  →  " + " ".join(r["search"]["units"]),
+            ]
+        )
+        results.append(r)
+        print(r, flush=True)
+    C.print_table(
+        rows,
+        [
+            "budget",
+            "search s",
+            "evaluations / accepted",
+            "calibration KL",
+            "WikiText-2 KL",
+            "WikiText-2 ppl",
+            "one-shot → searched set",
+        ],
+        title=f"swap search, generation objective (dense WikiText-2 ppl {out['dense_ppl']:.2f})",
+    )
+    out["results"], out["loadavg_after"] = results, C.loadavg()
+    C.write_json(args.out, out)
+
+
+if __name__ == "__main__":
+    main()
