@@ -234,6 +234,34 @@ def wikitext_stream(tok):
     return token_stream(tok, load_texts("wikitext2"))
 
 
+def wikitext_windows(tok, n: int, seqlen: int):
+    """The first ``n`` consecutive WikiText-2 test windows of ``seqlen`` tokens (fewer if it is short)."""
+    wt = wikitext_stream(tok)
+    n = min(n, wt.numel() // seqlen)
+    return wt[: n * seqlen].reshape(n, seqlen)
+
+
+def window_perplexity(model, windows, batch_size: int = 8) -> float:
+    """Perplexity of ``model`` over ``windows`` (each scored on its own, next-token NLL summed in float32)."""
+    import math
+
+    import torch
+
+    device = next(model.parameters()).device
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, windows.shape[0], batch_size):
+            b = windows[s : s + batch_size].to(device)
+            z = model(b, use_cache=False).logits.float()[:, :-1]
+            nll += float(
+                torch.nn.functional.cross_entropy(
+                    z.reshape(-1, z.shape[-1]), b[:, 1:].reshape(-1), reduction="sum"
+                )
+            )
+            n += b[:, 1:].numel()
+    return math.exp(nll / n)
+
+
 # --- output ------------------------------------------------------------------------------------------
 
 

@@ -50,7 +50,6 @@ def main() -> None:
     args = ap.parse_args()
     C.set_offline()
 
-    import numpy as np
     import torch
 
     from prunelens.data.calibration import (
@@ -71,9 +70,7 @@ def main() -> None:
     )
     cal = get_calibration(tok, "c4", args.nsamples, args.seqlen, args.seed)
     bs = args.batch_size
-    wt = token_stream(tok, load_texts("wikitext2"))
-    n_win = min(args.heldout_windows, wt.numel() // args.seqlen)
-    wiki = wt[: n_win * args.seqlen].reshape(n_win, args.seqlen)
+    wiki = C.wikitext_windows(tok, args.heldout_windows, args.seqlen)
     c4h = sample_windows(
         token_stream(tok, load_texts("c4-heldout")),
         args.heldout_windows,
@@ -92,18 +89,7 @@ def main() -> None:
     )
 
     def perplexity(m) -> float:
-        nll, n = 0.0, 0
-        with torch.no_grad():
-            for s in range(0, wiki.shape[0], bs):
-                b = wiki[s : s + bs].to(device)
-                z = m(b, use_cache=False).logits.float()[:, :-1]
-                nll += float(
-                    torch.nn.functional.cross_entropy(
-                        z.reshape(-1, z.shape[-1]), b[:, 1:].reshape(-1), reduction="sum"
-                    )
-                )
-                n += b[:, 1:].numel()
-        return float(np.exp(nll / n))
+        return C.window_perplexity(m, wiki, bs)
 
     out: dict = {"machine": C.machine_info(device), "args": vars(args), "dense_ppl": perplexity(model)}
     out["heldout_tokens"] = {"wikitext2": int(wiki.numel()), "c4_heldout": int(c4h.numel())}

@@ -62,11 +62,7 @@ def main() -> None:
     args = ap.parse_args()
     C.set_offline()
 
-    import numpy as np
-    import torch
-
     import prunelens
-    from prunelens.data.calibration import load_texts, token_stream
     from prunelens.evaluate.runner import EvalSettings, run_task
     from prunelens.evaluate.uncertainty import compare_paired
     from prunelens.prune.objectives import dense_reference, set_kl
@@ -123,24 +119,11 @@ def main() -> None:
 
     # --- test data: neither trained on nor used to choose ---------------------------------------
     dense, tok = prunelens.load()
-    wt = token_stream(tok, load_texts("wikitext2"))
-    n_win = min(args.heldout_windows, wt.numel() // 256)
-    wiki = wt[: n_win * 256].reshape(n_win, 256)
+    wiki = C.wikitext_windows(tok, args.heldout_windows, 256)
     ref = dense_reference(dense, wiki, batch_size=8)
 
     def perplexity(m) -> float:
-        nll, n = 0.0, 0
-        with torch.no_grad():
-            for s in range(0, wiki.shape[0], 8):
-                b = wiki[s : s + 8]
-                z = m(b, use_cache=False).logits.float()[:, :-1]
-                nll += float(
-                    torch.nn.functional.cross_entropy(
-                        z.reshape(-1, z.shape[-1]), b[:, 1:].reshape(-1), reduction="sum"
-                    )
-                )
-                n += b[:, 1:].numel()
-        return float(np.exp(nll / n))
+        return C.window_perplexity(m, wiki, 8)
 
     settings = EvalSettings(limit=args.mc_limit, batch_size=32)
 

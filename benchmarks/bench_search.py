@@ -35,10 +35,9 @@ def main() -> None:
     args = ap.parse_args()
     C.set_offline()
 
-    import numpy as np
     import torch
 
-    from prunelens.data.calibration import get_calibration, load_texts, token_stream
+    from prunelens.data.calibration import get_calibration
     from prunelens.prune.drop import drop
     from prunelens.prune.objectives import dense_reference, set_kl
 
@@ -49,9 +48,7 @@ def main() -> None:
     )
     cal = get_calibration(tok, "c4", args.nsamples, args.seqlen, args.seed)
     bs = args.batch_size
-    wt = token_stream(tok, load_texts("wikitext2"))
-    n_win = min(args.heldout_windows, wt.numel() // args.seqlen)
-    wiki = wt[: n_win * args.seqlen].reshape(n_win, args.seqlen)
+    wiki = C.wikitext_windows(tok, args.heldout_windows, args.seqlen)
     ref = dense_reference(model, wiki, batch_size=bs)
     print(
         f"model {args.model}, torch threads {torch.get_num_threads()}; calibration c4 {args.nsamples} × "
@@ -60,18 +57,7 @@ def main() -> None:
     )
 
     def perplexity(m) -> float:
-        nll, n = 0.0, 0
-        with torch.no_grad():
-            for s in range(0, wiki.shape[0], bs):
-                b = wiki[s : s + bs].to(device)
-                z = m(b, use_cache=False).logits.float()[:, :-1]
-                nll += float(
-                    torch.nn.functional.cross_entropy(
-                        z.reshape(-1, z.shape[-1]), b[:, 1:].reshape(-1), reduction="sum"
-                    )
-                )
-                n += b[:, 1:].numel()
-        return float(np.exp(nll / n))
+        return C.window_perplexity(m, wiki, bs)
 
     def units(plan) -> list[str]:
         return sorted(f"{d['sublayer']}{d['layer']}" for d in plan.dropped_sublayers) or [
