@@ -355,3 +355,31 @@ def test_eval_and_compare(model_dir, tmp_path):
     assert "95% interval" in (tmp_path / "table.csv").read_text()
     res = runner.invoke(app, ["eval", str(model_dir), "--tasks", "nope", "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "unknown task" in res.output
+
+
+def test_choice_objective_without_multiple_choice_data_is_one_line_exit_2(model_dir, tmp_path, monkeypatch):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    monkeypatch.setenv("PRUNELENS_DATA", str(empty))
+    monkeypatch.chdir(empty)  # neither ./data nor ../shared/data exists here
+    out = tmp_path / "out"
+    res = runner.invoke(
+        app,
+        ["prune", "drop", str(model_dir), "--target", "attn", "--n", "1", "--objective", "choice"]
+        + ["--out", str(out), *_common(model_dir)],
+    )
+    assert res.exit_code == 2, res.output
+    assert "--choice-task arc_easy: no validation questions" in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+    assert not out.exists()
+
+
+def test_one_line_joins_a_data_error_listing():
+    from prunelens.utils.cli_output import one_line
+
+    msg = "could not find a.jsonl; looked in:\n  /x/a.jsonl\n  /y/a.jsonl\nSet PRUNELENS_DATA to a folder."
+    assert (
+        one_line(msg)
+        == "could not find a.jsonl; looked in: /x/a.jsonl, /y/a.jsonl Set PRUNELENS_DATA to a folder."
+    )
+    assert one_line("plain") == "plain"
