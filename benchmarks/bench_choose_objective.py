@@ -65,7 +65,7 @@ def main() -> None:
     import torch
 
     from prunelens.analysis.subspace import choice_set
-    from prunelens.data.calibration import get_calibration, load_texts, token_stream
+    from prunelens.data.calibration import get_calibration
     from prunelens.evaluate.fidelity import fidelity
     from prunelens.evaluate.runner import EvalSettings, run_task
     from prunelens.evaluate.uncertainty import compare_paired
@@ -190,25 +190,11 @@ def main() -> None:
 
     # 3. quality ----------------------------------------------------------------------------------------
     choices = choice_set(tok, "arc_easy", limit=64, seed=args.seed)
-    wt = token_stream(tok, load_texts("wikitext2"))
-    n_win = min(args.heldout_windows, wt.numel() // args.seqlen)
-    heldout = wt[: n_win * args.seqlen].reshape(n_win, args.seqlen)
+    heldout = C.wikitext_windows(tok, args.heldout_windows, args.seqlen)
     ref = dense_reference(model, heldout, batch_size=bs)
 
     def heldout_numbers(m):
-        kl = set_kl(m, heldout, ref, batch_size=bs)
-        nll, n = 0.0, 0
-        with torch.no_grad():
-            for s in range(0, heldout.shape[0], bs):
-                b = heldout[s : s + bs].to(device)
-                z = m(b, use_cache=False).logits.float()[:, :-1]
-                nll += float(
-                    torch.nn.functional.cross_entropy(
-                        z.reshape(-1, z.shape[-1]), b[:, 1:].reshape(-1), reduction="sum"
-                    )
-                )
-                n += b[:, 1:].numel()
-        return kl, float(np.exp(nll / n))
+        return set_kl(m, heldout, ref, batch_size=bs), C.window_perplexity(m, heldout, bs)
 
     def evaluate(m):
         row = {}
