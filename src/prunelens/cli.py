@@ -242,7 +242,13 @@ def prune_drop(
 input/output cosine similarity; with --objective generation or choice, the smallest exact effect on the \
 next-token or option distribution."""
     from prunelens.plan import DROP_TARGETS
-    from prunelens.prune.drop import PruneConfigError, drop, validate_drop, validate_objective
+    from prunelens.prune.drop import (
+        PruneConfigError,
+        drop,
+        validate_drop,
+        validate_objective,
+        validate_score_windows,
+    )
     from prunelens.prune.save import save_pruned
 
     _threads(threads)
@@ -263,17 +269,16 @@ next-token or option distribution."""
             estimator=estimator,
             need_choices=False,
         )
+        validate_score_windows(
+            score_windows,
+            objective,
+            nsamples,
+            option="--score-windows",
+            objective_option="--objective",
+            nsamples_option="--nsamples",
+        )
     except PruneConfigError as exc:
         _fail(str(exc))
-    if score_windows is not None:
-        if objective == "choice":
-            _fail(
-                "--score-windows does not apply to --objective choice (it scores on --choice-limit questions)"
-            )
-        if score_windows <= 0:
-            _fail(f"--score-windows must be positive (got {score_windows})")
-        if score_windows > nsamples:
-            _fail(f"--score-windows {score_windows} exceeds --nsamples {nsamples}")
     choice_examples = None
     if objective == "choice":
         choice_examples = _choice_examples(choice_task, choice_limit, seed)

@@ -186,21 +186,42 @@ def drop(
     return plan
 
 
-def _scored_windows(calibration: Calibration, score_windows: int | None, objective: str) -> Calibration:
-    """The calibration windows a drop is scored on: the first ``score_windows`` (all when ``None``)."""
+def validate_score_windows(
+    score_windows: int | None,
+    objective: str,
+    nsamples: int,
+    *,
+    option: str = "score_windows",
+    objective_option: str = "objective",
+    nsamples_option: str | None = None,
+) -> None:
+    """Refuse a ``score_windows`` that cannot apply: with the choice objective (it scores on questions), not
+    a positive count, or more than the ``nsamples`` calibration windows. The ``*_option`` names are how the
+    caller spells the fields (the CLI: ``--score-windows``, ``--objective``, ``--nsamples``; without
+    ``nsamples_option`` the limit reads "the N calibration windows")."""
     if score_windows is None:
-        return calibration
+        return
     if objective == "choice":
         raise PruneConfigError(
-            "the choice objective scores on multiple-choice questions, not calibration windows: "
-            "use choice_limit instead of score_windows"
+            f"{option} does not apply to {objective_option} choice "
+            "(it scores on multiple-choice questions, not calibration windows)"
         )
     if isinstance(score_windows, bool) or not isinstance(score_windows, int) or score_windows < 1:
-        raise PruneConfigError(f"score_windows must be a positive number of windows (got {score_windows!r})")
-    if score_windows > calibration.nsamples:
-        raise PruneConfigError(
-            f"score_windows {score_windows} exceeds the {calibration.nsamples} calibration windows"
+        raise PruneConfigError(f"{option} must be a positive number of windows (got {score_windows!r})")
+    if score_windows > nsamples:
+        limit = (
+            f"the {nsamples} calibration windows"
+            if nsamples_option is None
+            else f"{nsamples_option} {nsamples}"
         )
+        raise PruneConfigError(f"{option} {score_windows} exceeds {limit}")
+
+
+def _scored_windows(calibration: Calibration, score_windows: int | None, objective: str) -> Calibration:
+    """The calibration windows a drop is scored on: the first ``score_windows`` (all when ``None``)."""
+    validate_score_windows(score_windows, objective, calibration.nsamples)
+    if score_windows is None:
+        return calibration
     return dataclasses.replace(calibration, input_ids=calibration.input_ids[:score_windows])
 
 
