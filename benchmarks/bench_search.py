@@ -38,8 +38,9 @@ def main() -> None:
     import torch
 
     from prunelens.data.calibration import get_calibration
+    from prunelens.models.adapter import Adapter
     from prunelens.prune.drop import drop
-    from prunelens.prune.objectives import dense_reference, set_kl
+    from prunelens.prune.objectives import dense_reference, set_kl, temporarily_dropped
 
     device = C.resolve_device(args.device)
     spec, tok_path = C.resolve_specs(args.model)
@@ -59,40 +60,48 @@ def main() -> None:
     def perplexity(m) -> float:
         return C.window_perplexity(m, wiki, bs)
 
-    def units(plan) -> list[str]:
-        return sorted(f"{d['sublayer']}{d['layer']}" for d in plan.dropped_sublayers) or [
-            f"block{b}" for b in plan.dropped_blocks
+    def units(plan) -> list[tuple[int, str]]:
+        return [(d["layer"], d["sublayer"]) for d in plan.dropped_sublayers] + [
+            (b, "block") for b in plan.dropped_blocks
         ]
+
+    def names(us) -> list[str]:
+        return sorted(f"{kind}{layer}" for layer, kind in us)
+
+    def measured(m, us, seconds: float) -> dict:
+        kl, ppl = set_kl(m, wiki, ref, batch_size=bs), perplexity(m)
+        return {"seconds": seconds, "units": names(us), "heldout_kl": kl, "wikitext2_ppl": ppl}
 
     out: dict = {"machine": C.machine_info(device), "args": vars(args), "dense_ppl": perplexity(model)}
     rows, results = [], []
     for item in args.budgets.split(","):
         target, n = item.split(":")
         r: dict = {"target": target, "n": int(n)}
-        for label, evaluations in (("one-shot", None), ("search", args.evaluations)):
-            m = copy.deepcopy(model)
-            t0 = time.perf_counter()
-            plan = drop(
-                m,
-                cal,
-                target=target,
-                n=int(n),
-                batch_size=bs,
-                objective="generation",
-                search_evaluations=evaluations,
-                seed=args.seed,
-            )
-            r[label] = {
-                "seconds": time.perf_counter() - t0,
-                "units": units(plan),
-                "heldout_kl": set_kl(m, wiki, ref, batch_size=bs),
-                "wikitext2_ppl": perplexity(m),
-            }
-            if evaluations:
-                s = plan.scores["search"]
-                r[label]["search"] = {k: s[k] for k in ("seconds", "evaluations", "kl_before", "kl_after")}
-                r[label]["accepted_swaps"] = len(s["accepted_swaps"])
-            del m
+        m = copy.deepcopy(model)
+        t0 = time.perf_counter()
+        plan = drop(
+            m,
+            cal,
+            target=target,
+            n=int(n),
+            batch_size=bs,
+            objective="generation",
+            search_evaluations=args.evaluations,
+            seed=args.seed,
+        )
+        total = time.perf_counter() - t0
+        search = plan.scores["search"]
+        searched = units(plan)
+        # the one-shot set the search started from: its accepted swaps undone, last first (no second scoring)
+        oneshot = list(searched)
+        for swap in reversed(search["accepted_swaps"]):
+            oneshot = [u for u in oneshot if u != tuple(swap["in"])] + [tuple(swap["out"])]
+        with temporarily_dropped(Adapter(model), oneshot):
+            r["one-shot"] = measured(model, oneshot, total - search["seconds"])
+        r["search"] = measured(m, searched, total)
+        r["search"]["search"] = {k: search[k] for k in ("seconds", "evaluations", "kl_before", "kl_after")}
+        r["search"]["accepted_swaps"] = len(search["accepted_swaps"])
+        del m
         s = r["search"]["search"]
         rows.append(
             [
