@@ -66,9 +66,9 @@ def main() -> None:
 
     from prunelens.analysis.subspace import choice_set
     from prunelens.data.calibration import get_calibration
-    from prunelens.evaluate.fidelity import fidelity
-    from prunelens.evaluate.runner import EvalSettings, run_task
-    from prunelens.evaluate.uncertainty import compare_paired
+    from prunelens.evaluation.fidelity import fidelity
+    from prunelens.evaluation.runner import EvalSettings, run_task
+    from prunelens.evaluation.uncertainty import compare_paired
     from prunelens.models.adapter import Adapter
     from prunelens.prune.choose import choose
     from prunelens.prune.drop import drop

@@ -36,15 +36,15 @@ MC, GEN = ("arc_easy", "piqa"), ("gsm8k", "nq_open")
 
 
 def _records(root: Path, variant: str, task: str) -> dict[str, dict]:
-    from prunelens.evaluate.runner import load_records
+    from prunelens.evaluation.runner import load_records
 
     return {str(r["id"]): r for r in load_records(root / "eval" / variant, task)}
 
 
 def _rouge_per_prompt(root: Path, variant: str) -> dict[str, float]:
     """ROUGE-L of each greedy generation against the dense model's (ids prefixed by the task)."""
-    from prunelens.evaluate.fidelity import fidelity
-    from prunelens.evaluate.runner import load_records
+    from prunelens.evaluation.fidelity import fidelity
+    from prunelens.evaluation.runner import load_records
 
     out = {}
     for task in GEN:
@@ -55,7 +55,7 @@ def _rouge_per_prompt(root: Path, variant: str) -> dict[str, float]:
 
 
 def _paired(a: dict[str, float], b: dict[str, float]) -> dict:
-    from prunelens.evaluate.uncertainty import compare_paired, sign_flip_p_value
+    from prunelens.evaluation.uncertainty import compare_paired, sign_flip_p_value
 
     ids = sorted(set(a) & set(b))
     x, y = [a[i] for i in ids], [b[i] for i in ids]
@@ -190,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import yaml
 
-    from prunelens.study.config import parse_config
-    from prunelens.study.runner import run_study
+    from prunelens.studies.config import parse_config
+    from prunelens.studies.runner import run_study
 
     torch.set_num_threads(args.threads)
     print("machine:", json.dumps(machine_info("cpu")), "load average at start:", loadavg())

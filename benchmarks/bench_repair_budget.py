@@ -63,8 +63,8 @@ def main() -> None:
     C.set_offline()
 
     import prunelens
-    from prunelens.evaluate.runner import EvalSettings, run_task
-    from prunelens.evaluate.uncertainty import compare_paired
+    from prunelens.evaluation.runner import EvalSettings, run_task
+    from prunelens.evaluation.uncertainty import compare_paired
     from prunelens.prune.objectives import dense_reference, set_kl
 
     root = Path(args.out)

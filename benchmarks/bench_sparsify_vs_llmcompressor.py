@@ -193,7 +193,7 @@ def run_child(job: dict) -> dict:
     if job.get("masks_to") and job["method"] != "dense":
         torch.save(block_masks(model), job["masks_to"])
         out["masks"] = job["masks_to"]
-    from prunelens.evaluate.perplexity import perplexity
+    from prunelens.evaluation.perplexity import perplexity
 
     model.eval()
     t1 = time.perf_counter()

@@ -33,7 +33,7 @@ from prunelens.prune.allocation import (
 )
 from prunelens.prune.sparse_math import magnitude_scores, score_mask, wanda_scores
 from prunelens.prune.sparsify import block_params, block_sensitivity, block_sparsities, sparsify
-from prunelens.study.config import StudyConfigError, parse_config
+from prunelens.studies.config import StudyConfigError, parse_config
 
 from conftest import random_text
 
@@ -438,7 +438,7 @@ def test_study_builds_the_allocated_variant_and_the_analysis_rebuilds_it(tmp_pat
 
     need_data("c4/c4_demo.json")
     from prunelens.analysis.variants import resolve_variant
-    from prunelens.study.runner import Store, Workbench
+    from prunelens.studies.runner import Store, Workbench
 
     d = tmp_path / "tiny"
     tiny_model("llama").save_pretrained(d)

@@ -1,10 +1,10 @@
-"""Answer extraction, normalisation and per-example metrics (prunelens.evaluate.answers): pure functions."""
+"""Answer extraction, normalisation and per-example metrics (prunelens.evaluation.answers): pure functions."""
 
 from __future__ import annotations
 
 import pytest
 
-from prunelens.evaluate.answers import (
+from prunelens.evaluation.answers import (
     defines_function,
     exact_match,
     extract_code,

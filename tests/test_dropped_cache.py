@@ -15,7 +15,7 @@ import torch
 from test_multiple_choice import _brute_force, _examples
 
 from prunelens.analysis.trajectories import decode
-from prunelens.evaluate.multiple_choice import evaluate_multiple_choice
+from prunelens.evaluation.multiple_choice import evaluate_multiple_choice
 from prunelens.models.adapter import Adapter, drop_sublayer
 from prunelens.models.compat import CACHE_KW, cache_kwargs, module_cache, output_cache
 from prunelens.models.tiny import TINY_FAMILIES, tiny_model

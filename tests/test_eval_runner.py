@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from prunelens.evaluate import runner
-from prunelens.evaluate.compare import render_markdown, write_comparison
-from prunelens.evaluate.results import TaskResult
-from prunelens.evaluate.runner import EvalSettings, comparison_table, evaluate_model, load_records
+from prunelens.evaluation import runner
+from prunelens.evaluation.compare import render_markdown, write_comparison
+from prunelens.evaluation.results import TaskResult
+from prunelens.evaluation.runner import EvalSettings, comparison_table, evaluate_model, load_records
 from prunelens.utils.io import OutputExistsError
 
 

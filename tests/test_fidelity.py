@@ -1,10 +1,10 @@
-"""Fidelity and degeneration metrics (prunelens.evaluate.fidelity) on hand-computed examples."""
+"""Fidelity and degeneration metrics (prunelens.evaluation.fidelity) on hand-computed examples."""
 
 from __future__ import annotations
 
 import pytest
 
-from prunelens.evaluate.fidelity import (
+from prunelens.evaluation.fidelity import (
     common_prefix_len,
     degeneration,
     distinct_n,
@@ -16,7 +16,7 @@ from prunelens.evaluate.fidelity import (
     rouge_l,
     rouge_tokenize,
 )
-from prunelens.evaluate.results import TaskResult
+from prunelens.evaluation.results import TaskResult
 
 
 def test_common_prefix_and_lcs():

@@ -1,4 +1,4 @@
-"""Generation helper and generative evaluators (prunelens.evaluate.generation / .generative).
+"""Generation helper and generative evaluators (prunelens.evaluation.generation / .generative).
 
 Structure on a tiny random Llama with the tiny word-level tokenizer; scoring on real benchmark files
 (canonical solutions must pass the sandbox, wrong ones fail); one small end-to-end run on the embedded
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from prunelens.data.tasks import GenExample, load_task
-from prunelens.evaluate.fidelity import fidelity
-from prunelens.evaluate.generation import format_prompt, generate, generate_batch
-from prunelens.evaluate.generative import (
+from prunelens.evaluation.fidelity import fidelity
+from prunelens.evaluation.generation import format_prompt, generate, generate_batch
+from prunelens.evaluation.generative import (
     HUMANEVAL_STOPS,
     evaluate_generative,
     fewshot_examples,
@@ -22,7 +22,7 @@ from prunelens.evaluate.generative import (
     nq_prompt,
     score_outputs,
 )
-from prunelens.evaluate.results import TaskResult
+from prunelens.evaluation.results import TaskResult
 from prunelens.models.tiny import tiny_model
 
 from conftest import need_data, random_text, tiny_tokenizer
@@ -181,7 +181,7 @@ def test_prompt_builders():
 
 def test_specs_name_scorers_that_resolve():
     from prunelens.data.tasks import TASKS
-    from prunelens.evaluate.generative import GEN_TASKS, TASK_DEFAULTS, resolve_function, score_gsm8k
+    from prunelens.evaluation.generative import GEN_TASKS, TASK_DEFAULTS, resolve_function, score_gsm8k
 
     assert GEN_TASKS == ("gsm8k", "nq_open", "humaneval", "mbpp")
     assert TASK_DEFAULTS == {
@@ -192,12 +192,12 @@ def test_specs_name_scorers_that_resolve():
     }
     for t in GEN_TASKS:
         assert callable(resolve_function(TASKS[t].scorer))
-    assert resolve_function("prunelens.evaluate.generative:score_gsm8k") is score_gsm8k
+    assert resolve_function("prunelens.evaluation.generative:score_gsm8k") is score_gsm8k
     assert resolve_function(score_gsm8k) is score_gsm8k
     assert TASKS["humaneval"].stops_for(False) == list(HUMANEVAL_STOPS)
     assert TASKS["gsm8k"].stops_for(True) == [] and TASKS["nq_open"].stops_for(True) == ["\n"]
     with pytest.raises(ValueError, match="package.module:function"):
-        resolve_function("prunelens.evaluate.generative.score_gsm8k")
+        resolve_function("prunelens.evaluation.generative.score_gsm8k")
     with pytest.raises(ValueError, match="unknown generation task 'arc_easy'"):
         score_outputs("arc_easy", [], [])
 
@@ -258,7 +258,7 @@ def test_humaneval_canonical_passes_wrong_fails():
     broken = score_outputs("humaneval", exs[:1], ["    return (\n"])
     assert broken[0]["score"] == 0.0 and broken[0]["status"] == "error"
     # a completion with trailing junk is cut by the HumanEval stop strings before scoring
-    from prunelens.evaluate.answers import truncate_at_stop
+    from prunelens.evaluation.answers import truncate_at_stop
 
     junk = canon[0] + "\n\nprint(" + exs[0].meta["entry_point"] + "(1))\nraise SystemExit(1)\n"
     assert score_outputs("humaneval", exs[:1], [truncate_at_stop(junk, HUMANEVAL_STOPS)])[0]["score"] == 1.0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import prunelens
 
-ORDER = ("utils", "plan", "data", "models", "prune", "evaluate", "analysis", "study", "report", "cli")
+ORDER = ("utils", "plan", "data", "models", "prune", "evaluation", "analysis", "studies", "report", "cli")
 ROOT = Path(prunelens.__file__).parent
 
 

@@ -20,7 +20,7 @@ import os
 import pytest
 
 from prunelens.data.tasks import MCExample, load_task
-from prunelens.evaluate.multiple_choice import encode_pair, evaluate_multiple_choice
+from prunelens.evaluation.multiple_choice import encode_pair, evaluate_multiple_choice
 from prunelens.models.adapter import Adapter, drop_sublayer
 from prunelens.models.tiny import tiny_model
 
@@ -31,7 +31,7 @@ need_package("lm_eval", module=True)
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
-from prunelens.evaluate.lm_eval_bridge import (  # noqa: E402
+from prunelens.evaluation.lm_eval_bridge import (  # noqa: E402
     lm_eval_records,
     lm_eval_tasks_for_local_data,
     run_lm_eval,
@@ -276,7 +276,7 @@ def _near_tie(logprobs: list[float], lengths: list[int] | None = None) -> bool:
 @pytest.mark.real_model
 @pytest.mark.parametrize("task", ["arc_easy", "boolq", "piqa"])
 def test_accuracy_and_predictions_agree_with_lm_eval(agreement, task):
-    from prunelens.evaluate.multiple_choice import normalisation_lengths
+    from prunelens.evaluation.multiple_choice import normalisation_lengths
 
     d = agreement[task]
     ours, theirs, tm = d["ours"], d["theirs"], d["theirs_metrics"]
@@ -304,7 +304,7 @@ def test_perplexity_equals_lm_eval_rolling_loglikelihood_for_a_bos_tokenizer(tmp
     from tokenizers import processors
 
     from prunelens.data.calibration import bos_prefix, get_calibration, token_stream
-    from prunelens.evaluate.perplexity import perplexity
+    from prunelens.evaluation.perplexity import perplexity
 
     tok = tiny_tokenizer()
     assert bos_prefix(tok) is None

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from prunelens.data.tasks import load_task, write_beir
-from prunelens.evaluate.retrieval import evaluate_retrieval, mteb_evaluate, subsample
+from prunelens.evaluation.retrieval import evaluate_retrieval, mteb_evaluate, subsample
 from prunelens.models.embedder_loading import load_embedder
 
 from conftest import need_data, need_minilm, need_package

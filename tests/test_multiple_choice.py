@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from prunelens.data.tasks import MCExample
-from prunelens.evaluate.multiple_choice import (
+from prunelens.evaluation.multiple_choice import (
     MAIN_METRIC,
     encode_pair,
     evaluate_multiple_choice,
@@ -137,7 +137,7 @@ def test_winogrande_per_choice_contexts(llama, tok):
 
 
 def test_auto_shares_long_contexts_with_short_answers_only(tok):
-    from prunelens.evaluate.multiple_choice import _plan, _Req
+    from prunelens.evaluation.multiple_choice import _plan, _Req
 
     def reqs(ex, lc, lks):
         return [_Req(ex, i, list(range(lc)), list(range(100, 100 + k))) for i, k in enumerate(lks)]

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from prunelens.data.calibration import Calibration
-from prunelens.evaluate.perplexity import perplexity
+from prunelens.evaluation.perplexity import perplexity
 from prunelens.models.adapter import input_device, is_offloaded
 from prunelens.models.tiny import tiny_model
 from prunelens.prune.drop import drop

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prunelens.evaluate.perplexity import _windows, perplexity
+from prunelens.evaluation.perplexity import _windows, perplexity
 from prunelens.models.tiny import tiny_model
 
 STREAM = torch.randint(3, 256, (103,), generator=torch.Generator().manual_seed(4))

@@ -13,7 +13,7 @@ import torch
 
 import prunelens
 from prunelens.data.calibration import get_calibration, load_texts, token_stream
-from prunelens.evaluate.perplexity import perplexity
+from prunelens.evaluation.perplexity import perplexity
 from prunelens.models.adapter import Adapter, param_count
 from prunelens.models.loading import embedded_gguf
 from prunelens.prune.drop import drop

@@ -469,7 +469,7 @@ def test_cli_refuses_bad_input_and_writes_nothing(pruned_dirs, tmp_path, student
 
 
 def test_study_config_validates_repair_blocks():
-    from prunelens.study.config import StudyConfigError, parse_config
+    from prunelens.studies.config import StudyConfigError, parse_config
 
     def cfg(variant):
         return parse_config({"variants": [variant], "tasks": [{"task": "wikitext2", "limit": 1}]})
@@ -498,8 +498,8 @@ def test_study_runs_a_repaired_twin(tmp_path):
     from conftest import need_data
 
     need_data("c4/c4_demo.json")
-    from prunelens.study.config import parse_config
-    from prunelens.study.runner import plan_units, run_study
+    from prunelens.studies.config import parse_config
+    from prunelens.studies.runner import plan_units, run_study
 
     d = tmp_path / "tiny"
     tiny_model("llama").save_pretrained(d)

@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModel
 
 from prunelens.data.calibration import encoder_calibration
 from prunelens.data.tasks import RetrievalData, load_task, write_beir
-from prunelens.evaluate.retrieval import (
+from prunelens.evaluation.retrieval import (
     cosine_scores,
     dcg,
     doc_text,

@@ -1,4 +1,4 @@
-"""Tests of the code-execution sandbox (prunelens.evaluate.sandbox), hostile programs included."""
+"""Tests of the code-execution sandbox (prunelens.evaluation.sandbox), hostile programs included."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from prunelens.evaluate.sandbox import (
+from prunelens.evaluation.sandbox import (
     STATUSES,
     ExecResult,
     check_program,

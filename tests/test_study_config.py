@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from prunelens.study.config import DEFAULT_CONFIG_YAML, StudyConfigError, load_config, parse_config
-from prunelens.study.runner import plan_units
+from prunelens.studies.config import DEFAULT_CONFIG_YAML, StudyConfigError, load_config, parse_config
+from prunelens.studies.runner import plan_units
 
 
 def test_default_config_is_the_documented_study():

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from prunelens.report import AnalysisHeadline, build_report, load_study, rankdata, spearman
-from prunelens.study import guidance as G
-from prunelens.study.guidance import VariantFacts
+from prunelens.studies import guidance as G
+from prunelens.studies.guidance import VariantFacts
 
 from conftest import missing
 
@@ -435,7 +435,7 @@ def test_interval_verdict_rule(tests, interval, grade, finding):
     d = v.to_dict()
     assert d["interval"] == list(interval) and d["n"] == {t.task: t.n for t in tests}
     assert [t["p_holm"] for t in d["tests"]] == pytest.approx(
-        __import__("prunelens.evaluate.uncertainty", fromlist=["holm"]).holm([t.p_value for t in tests])
+        __import__("prunelens.evaluation.uncertainty", fromlist=["holm"]).holm([t.p_value for t in tests])
     )
 
 

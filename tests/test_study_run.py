@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from prunelens.models.tiny import tiny_model
-from prunelens.study.config import parse_config
-from prunelens.study.runner import FAULT_ENV, plan_units, run_study
+from prunelens.studies.config import parse_config
+from prunelens.studies.runner import FAULT_ENV, plan_units, run_study
 from prunelens.utils.io import OutputExistsError
 
 from conftest import need_data

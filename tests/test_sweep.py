@@ -20,8 +20,8 @@ from prunelens.report.sweep import (
     seed_interval,
     t_quantile_975,
 )
-from prunelens.study.config import CONTROL, StudyConfigError
-from prunelens.study.sweep import (
+from prunelens.studies.config import CONTROL, StudyConfigError
+from prunelens.studies.sweep import (
     DEFAULT_SWEEP_YAML,
     load_sweep,
     parse_sweep,
@@ -191,7 +191,7 @@ def tiny_dir(tmp_path_factory):
 def swept(tiny_dir, tmp_path_factory):
     need_data("c4/c4_demo.json")
     from prunelens.report import build_report
-    from prunelens.study.runner import plan_units
+    from prunelens.studies.runner import plan_units
 
     out = tmp_path_factory.mktemp("sweep") / "s"
     sc = parse_sweep(_raw(tiny_dir))
@@ -390,7 +390,7 @@ def test_ray_runs_the_same_sweep_units(tiny_dir, tmp_path):
     """The Ray engine runs each variant (ratio × seed) as a task and the sweep is recorded as with local."""
     pytest.importorskip("ray")
     need_data("c4/c4_demo.json")
-    from prunelens.study.runner import plan_units
+    from prunelens.studies.runner import plan_units
 
     raw = _raw(tiny_dir, ns=(1,))
     raw["tasks"] = [{"task": "arc_easy", "limit": 2}]

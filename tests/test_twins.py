@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from prunelens.study import guidance as G
-from prunelens.study.config import DEFAULT_CONFIG_YAML, StudyConfigError, load_config, parse_config
-from prunelens.study.runner import plan_units
+from prunelens.studies import guidance as G
+from prunelens.studies.config import DEFAULT_CONFIG_YAML, StudyConfigError, load_config, parse_config
+from prunelens.studies.runner import plan_units
 
 # ----------------------------------------------------------------------------------------------------
 # the config field
@@ -351,7 +351,7 @@ def make_twin_study(root: Path, order=("A", "A-KL")) -> Path:
 
 
 def test_the_twin_pair_in_the_report_and_guidance(tmp_path):
-    from prunelens.evaluate.uncertainty import mcnemar_exact
+    from prunelens.evaluation.uncertainty import mcnemar_exact
     from prunelens.report import build_report
 
     root = make_twin_study(tmp_path / "study")
@@ -436,7 +436,7 @@ def test_a_tiny_study_with_twins_runs_and_reports_them(tmp_path):
 
     from prunelens.models.tiny import tiny_model
     from prunelens.report import build_report
-    from prunelens.study.runner import run_study
+    from prunelens.studies.runner import run_study
 
     from conftest import need_data
 

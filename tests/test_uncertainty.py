@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from prunelens.evaluate.uncertainty import (
+from prunelens.evaluation.uncertainty import (
     bootstrap_interval,
     mcnemar_exact,
     minimum_detectable_difference,
@@ -96,7 +96,7 @@ def test_minimum_detectable_difference():
 
 
 def test_score_and_perplexity_intervals_and_the_fitting_paired_test():
-    from prunelens.evaluate.uncertainty import compare_paired, perplexity_interval, score_interval
+    from prunelens.evaluation.uncertainty import compare_paired, perplexity_interval, score_interval
 
     acc = score_interval([1, 0, 1, 1])
     assert acc["method"] == "wilson" and (acc["low"], acc["high"]) == pytest.approx(wilson_interval(3, 4))
@@ -111,7 +111,7 @@ def test_score_and_perplexity_intervals_and_the_fitting_paired_test():
 
 
 def test_sign_flip_p_value_is_exact_for_few_pairs_and_honest_at_two():
-    from prunelens.evaluate.uncertainty import sign_flip_p_value
+    from prunelens.evaluation.uncertainty import sign_flip_p_value
 
     # two prompts that both got worse by the same amount: 2 of the 4 sign patterns are as extreme
     assert sign_flip_p_value([-0.75, -0.75]) == 0.5
@@ -129,7 +129,7 @@ def test_sign_flip_p_value_is_exact_for_few_pairs_and_honest_at_two():
 
 
 def test_holm_adjustment():
-    from prunelens.evaluate.uncertainty import holm
+    from prunelens.evaluation.uncertainty import holm
 
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.5]) == [0.5] and holm([]) == []
@@ -139,7 +139,7 @@ def test_holm_adjustment():
 
 
 def test_pooled_retained_interval_covers_the_ratio_and_shrinks_with_n():
-    from prunelens.evaluate.uncertainty import pooled_retained
+    from prunelens.evaluation.uncertainty import pooled_retained
 
     rng = np.random.default_rng(0)
     small = [(rng.integers(0, 2, 40).astype(float), rng.integers(0, 2, 40).astype(float)) for _ in range(2)]

@@ -533,8 +533,8 @@ sublayers of the
     embedded model, save it, and print a before/after summary (parameters, perplexity on held-out C4,
     one greedy generation from each)."""
     from prunelens.data.calibration import bos_prefix, load_texts, token_stream
-    from prunelens.evaluate.generation import generate
-    from prunelens.evaluate.perplexity import perplexity
+    from prunelens.evaluation.generation import generate
+    from prunelens.evaluation.perplexity import perplexity
     from prunelens.models.adapter import param_count
     from prunelens.prune.drop import drop
     from prunelens.prune.save import save_pruned
@@ -645,7 +645,7 @@ def eval_cmd(
     threads: int | None = _Common.threads,
 ):
     """Evaluate a (pruned) model on non-generative and generative tasks; per-example JSONL + summary JSON."""
-    from prunelens.evaluate.runner import EvalSettings, evaluate_model, task_kind
+    from prunelens.evaluation.runner import EvalSettings, evaluate_model, task_kind
     from prunelens.utils.io import OutputExistsError
 
     _threads(threads)
@@ -705,8 +705,8 @@ def compare(
 ):
     """The paper-style table across evaluated models: tasks × models with 95 % intervals, averages, retained
     fraction of dense, and a paired test of each model against the first on the examples they share."""
-    from prunelens.evaluate.compare import write_comparison
-    from prunelens.evaluate.runner import comparison_table, load_all_records, load_summary
+    from prunelens.evaluation.compare import write_comparison
+    from prunelens.evaluation.runner import comparison_table, load_all_records, load_summary
 
     try:
         summaries = [load_summary(d) for d in dirs]
@@ -807,8 +807,8 @@ def study(
 ):
     """The whole study: prune several ways, evaluate every variant on non-generative and generative tasks,
     analyse the representation hierarchy, and write tables, figures and report.html."""
-    from prunelens.study.config import DEFAULT_CONFIG_YAML, StudyConfigError, load_config
-    from prunelens.study.runner import run_study
+    from prunelens.studies.config import DEFAULT_CONFIG_YAML, StudyConfigError, load_config
+    from prunelens.studies.runner import run_study
 
     if print_config:
         typer.echo(DEFAULT_CONFIG_YAML, nl=False)
@@ -822,14 +822,14 @@ def study(
         cfg = load_config(config)
         override = {k: v for k, v in (("model", model), ("dtype", dtype), ("device", device)) if v}
         if override:
-            from prunelens.study.config import DENSE, parse_config
+            from prunelens.studies.config import DENSE, parse_config
 
             raw = cfg.to_dict()
             raw["variants"] = [v for v in raw["variants"] if v["name"] != DENSE]
             cfg = parse_config({**raw, **override})
     except StudyConfigError as exc:
         _fail(str(exc))
-    from prunelens.study.runner import plan_units
+    from prunelens.studies.runner import plan_units
 
     _run_units(
         "study",
@@ -863,7 +863,7 @@ def _run_units(label: str, total: int, run, out: Path, extra: str = "") -> None:
     from prunelens.models.adapter import UnsupportedArchitectureError
     from prunelens.models.loading import ContextLengthError, ModelNotFoundError
     from prunelens.prune.drop import PruneConfigError
-    from prunelens.study.config import StudyConfigError
+    from prunelens.studies.config import StudyConfigError
     from prunelens.utils.artifacts import ArtifactError
     from prunelens.utils.io import OutputExistsError
 
@@ -983,9 +983,9 @@ def sweep(
 
     from prunelens.models.adapter import UnsupportedArchitectureError
     from prunelens.models.loading import ContextLengthError, ModelNotFoundError
-    from prunelens.study.config import StudyConfigError
-    from prunelens.study.runner import plan_units
-    from prunelens.study.sweep import DEFAULT_SWEEP_YAML, parse_sweep, preflight, run_sweep, study_config
+    from prunelens.studies.config import StudyConfigError
+    from prunelens.studies.runner import plan_units
+    from prunelens.studies.sweep import DEFAULT_SWEEP_YAML, parse_sweep, preflight, run_sweep, study_config
 
     if print_config:
         typer.echo(DEFAULT_SWEEP_YAML, nl=False)

@@ -17,7 +17,7 @@ Reads (every file optional; what is missing is listed in the report, nothing cra
     STUDY/case_study.json                    the same prompts answered by every variant
 
 Writes ``STUDY/report/``: ``table.csv|md|json`` (the paper's Table 1/2 shape, via
-:func:`prunelens.evaluate.runner.comparison_table`), ``figures/*.png|svg`` (retained scores and
+:func:`prunelens.evaluation.runner.comparison_table`), ``figures/*.png|svg`` (retained scores and
 probability-space divergence; predictor against measured degradation), ``guidance.json`` and one
 self-contained ``report.html`` (images as base64 data URIs, inline CSS, no scripts, no network).
 
@@ -36,7 +36,7 @@ from prunelens.report.load import Study, load_study
 from prunelens.report.page import render_html
 from prunelens.report.stats import rankdata, spearman
 from prunelens.report.tables import build_tables, near_chance, variant_facts
-from prunelens.study.config import DENSE
+from prunelens.studies.config import DENSE
 
 __all__ = [
     "Study",

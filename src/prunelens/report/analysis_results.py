@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from prunelens.report.stats import chance_bound, finite_or_none, is_finite
-from prunelens.study.guidance import pct
+from prunelens.studies.guidance import pct
 
 __all__ = [
     "AnalysisHeadline",

@@ -8,7 +8,7 @@ from prunelens.report.figures import predictor_caption, predictor_figure, story_
 from prunelens.report.load import load_study
 from prunelens.report.page import render_html
 from prunelens.report.tables import build_tables, near_chance, twin_facts, variant_facts
-from prunelens.study import guidance as G
+from prunelens.studies import guidance as G
 
 __all__ = ["REPORT_DIR", "build_report"]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from prunelens.report.stats import finite_or_none, is_finite, spearman
-from prunelens.study import guidance as G
-from prunelens.study.config import DENSE
-from prunelens.study.guidance import VariantFacts, pct
+from prunelens.studies import guidance as G
+from prunelens.studies.config import DENSE
+from prunelens.studies.guidance import VariantFacts, pct
 
 __all__ = ["story_figure", "predictor_figure", "story_caption", "predictor_caption"]
 

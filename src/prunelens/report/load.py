@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from prunelens.report.analysis_results import AnalysisHeadline, figure_order
-from prunelens.study.config import DENSE
+from prunelens.studies.config import DENSE
 
 __all__ = ["Study", "load_study"]
 

@@ -16,9 +16,9 @@ from prunelens.report.analysis_results import analysis_caption, subspace_chance_
 from prunelens.report.load import Study
 from prunelens.report.stats import is_finite
 from prunelens.report.tables import near_chance
-from prunelens.study import guidance as G
-from prunelens.study.config import DENSE
-from prunelens.study.guidance import VariantFacts, pct
+from prunelens.studies import guidance as G
+from prunelens.studies.config import DENSE
+from prunelens.studies.guidance import VariantFacts, pct
 
 __all__ = ["render_html"]
 
@@ -65,8 +65,8 @@ def _num(v: float) -> str:
 def _table_html(table: dict[str, Any]) -> str:
     """Tasks × variants; each pruned cell shows the score and, below it, the retained fraction (coloured by
     the guidance thresholds). Same numbers as ``table.csv``
-    (:func:`prunelens.evaluate.compare.table_rows`)."""
-    from prunelens.evaluate.compare import table_rows
+    (:func:`prunelens.evaluation.compare.table_rows`)."""
+    from prunelens.evaluation.compare import table_rows
 
     rows = table_rows(table)
     models = table["models"]
@@ -210,7 +210,7 @@ def _table_section(table: dict[str, Any] | None, flags: list[dict[str, Any]] | N
 def twin_order(st: Study) -> list[str]:
     """The study's variants in config order, each twin moved right after the variant it is the twin of (so
     the hierarchy table and figures show the two side by side)."""
-    from prunelens.study.config import twin_pairs
+    from prunelens.studies.config import twin_pairs
 
     twin_of = {a: b for a, b in twin_pairs(st.config.get("variants") or []) if a in st.variants}
     order = [n for n in st.variants if n not in twin_of or twin_of[n] not in st.variants]

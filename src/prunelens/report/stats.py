@@ -86,17 +86,17 @@ def pooled_paired_difference(
     ``k`` tasks, ``n_t`` examples in task ``t`` and ``N = Σ n_t``, the pooled value of a model is the mean of
     its task means and the difference is ``Δ = (1/k) Σ_t mean_t(other − reference)``. Its 95 % interval
     resamples each task's pairs (pairs kept together, tasks independently:
-    :func:`~prunelens.evaluate.uncertainty.pooled_mean_interval`). The p-value is the sign-flip test of
-    :func:`~prunelens.evaluate.uncertainty.sign_flip_p_value` on the weighted differences
+    :func:`~prunelens.evaluation.uncertainty.pooled_mean_interval`). The p-value is the sign-flip test of
+    :func:`~prunelens.evaluation.uncertainty.sign_flip_p_value` on the weighted differences
     ``w_i = (other_i − reference_i) · N / (k · n_t)``, whose mean is ``Δ``: under "no difference" every
     pair's difference is as likely to have either sign (exact for ``N ≤ 12``). Returns the keys of a
-    :class:`~prunelens.evaluate.uncertainty.PairedComparison` (``dense`` = the reference's pooled value,
-    ``pruned`` = the other's), so a :class:`~prunelens.study.guidance.TaskTest` reads it.
+    :class:`~prunelens.evaluation.uncertainty.PairedComparison` (``dense`` = the reference's pooled value,
+    ``pruned`` = the other's), so a :class:`~prunelens.studies.guidance.TaskTest` reads it.
     """
     import numpy as np
     from numpy.typing import ArrayLike
 
-    from prunelens.evaluate.uncertainty import pooled_mean_interval, sign_flip_p_value
+    from prunelens.evaluation.uncertainty import pooled_mean_interval, sign_flip_p_value
 
     if not groups:
         raise ValueError("no tasks to pool")

@@ -1,11 +1,11 @@
 """The sweep section of a study report: per ratio, the seeds aggregated, curves with error bands, and the
 largest ratio whose verdict stays "indistinguishable from dense" for each use.
 
-A sweep study (see :mod:`prunelens.study.sweep`) records in ``study.json`` which variant is which
+A sweep study (see :mod:`prunelens.studies.sweep`) records in ``study.json`` which variant is which
 (ratio, calibration seed). Per ratio, over its seeds, four measures are aggregated:
 
 * ``retained_nongen`` — pruned / dense, averaged over the multiple-choice + retrieval tasks (the report's
-  :class:`~prunelens.study.guidance.VariantFacts`);
+  :class:`~prunelens.studies.guidance.VariantFacts`);
 * ``rouge_l`` — generation fidelity: mean ROUGE-L F1 of the pruned greedy outputs against the dense ones
   (``eval/fidelity.json``), drawn beside the control's, the noise floor of a harmless perturbation;
 * ``kl_teacher_forced`` — the median teacher-forced KL(p_dense ‖ p_pruned) along the dense continuation;
@@ -19,9 +19,9 @@ Verdict per use and ratio (:func:`ratio_verdict`): "indistinguishable from dense
 no paired test on the same examples is significant (p ≥ :data:`ALPHA`) — non-generative: each mc /
 retrieval task's paired test against Full (McNemar / paired bootstrap, from the comparison table);
 generative: each generative task's per-prompt ROUGE-L to the dense outputs against the control's
-(:func:`~prunelens.evaluate.uncertainty.compare_paired`). The p-values are not adjusted for the several
+(:func:`~prunelens.evaluation.uncertainty.compare_paired`). The p-values are not adjusted for the several
 tasks: any one task telling the variant apart is enough to withhold the claim (conservative for a claim
-of "no difference"). When :mod:`prunelens.study.guidance` exposes ``INDISTINGUISHABLE``, its per-variant
+of "no difference"). When :mod:`prunelens.studies.guidance` exposes ``INDISTINGUISHABLE``, its per-variant
 findings are used instead (:func:`guidance_finding_verdict`; that rule also asks the retained fraction's
 interval to exclude a large loss, and enough examples per task) and the page prints which rule decided.
 A verdict is three-valued: indistinguishable, told apart, or cannot tell.
@@ -45,9 +45,9 @@ from typing import Any
 
 from prunelens.report.load import Study
 from prunelens.report.stats import finite_or_none, is_finite
-from prunelens.study import guidance as G
-from prunelens.study.config import CONTROL, DENSE
-from prunelens.study.guidance import VariantFacts
+from prunelens.studies import guidance as G
+from prunelens.studies.config import CONTROL, DENSE
+from prunelens.studies.guidance import VariantFacts
 
 __all__ = [
     "ALPHA",
@@ -169,8 +169,8 @@ def nongen_indistinguishable(table: dict[str, Any] | None, name: str) -> tuple[b
 
 def _per_prompt_rouge(root: Path, name: str, task: str) -> dict[str, float] | None:
     """Per prompt id, ROUGE-L F1 of ``name``'s greedy output against Full's (None when either is missing)."""
-    from prunelens.evaluate.fidelity import fidelity
-    from prunelens.evaluate.runner import load_records
+    from prunelens.evaluation.fidelity import fidelity
+    from prunelens.evaluation.runner import load_records
 
     dense, mine = load_records(root / "eval" / DENSE, task), load_records(root / "eval" / name, task)
     if not dense or len(dense) != len(mine):
@@ -187,8 +187,9 @@ def generative_indistinguishable(
 ) -> tuple[bool | None, dict[str, Any]]:
     """Whether ``name``'s fidelity to the dense outputs is told apart from the control's on any generative
     task: per prompt, ROUGE-L(variant, dense) against ROUGE-L(control, dense), a paired test on the same
-    prompts (:func:`~prunelens.evaluate.uncertainty.compare_paired`). ``None`` without control or records."""
-    from prunelens.evaluate.uncertainty import compare_paired
+    prompts (:func:`~prunelens.evaluation.uncertainty.compare_paired`).
+    ``None`` without control or records."""
+    from prunelens.evaluation.uncertainty import compare_paired
 
     ps = []
     for task in tasks:
@@ -267,7 +268,7 @@ def sweep_summary(
     rec = st.meta.get("sweep")
     if not isinstance(rec, dict) or not isinstance(rec.get("variants"), list):
         return None
-    from prunelens.evaluate.runner import task_kind
+    from prunelens.evaluation.runner import task_kind
 
     by_name = {f.name: f for f in facts}
     control = rec.get("control") or CONTROL

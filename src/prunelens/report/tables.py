@@ -10,8 +10,8 @@ from typing import Any
 from prunelens.report.analysis_results import AnalysisHeadline
 from prunelens.report.load import Study
 from prunelens.report.stats import finite_or_none, is_finite, pooled_paired_difference
-from prunelens.study.config import DENSE, twin_pairs
-from prunelens.study.guidance import TaskTest, TwinFacts, VariantFacts
+from prunelens.studies.config import DENSE, twin_pairs
+from prunelens.studies.guidance import TaskTest, TwinFacts, VariantFacts
 
 __all__ = ["build_tables", "near_chance", "variant_facts", "twin_facts", "changed_rule"]
 
@@ -36,8 +36,8 @@ def _summaries_for_table(st: Study) -> list[dict[str, Any]]:
 def build_tables(st: Study, out_dir: str | Path | None = None) -> dict[str, Any] | None:
     """The comparison table (tasks × variants, Full first); written as ``table.csv|md|json`` into
     ``out_dir``."""
-    from prunelens.evaluate.compare import write_comparison
-    from prunelens.evaluate.runner import comparison_table, load_records
+    from prunelens.evaluation.compare import write_comparison
+    from prunelens.evaluation.runner import comparison_table, load_records
 
     if not st.summaries:
         return None
@@ -130,9 +130,9 @@ def _paired_evidence(
     """The paired tests of column ``i`` against Full and the pooled retained intervals, per use.
 
     The tests are the table's (exact McNemar / paired bootstrap per task); the pooled interval resamples
-    each judged task's shared examples (:func:`~prunelens.evaluate.uncertainty.pooled_retained`)."""
-    from prunelens.evaluate.runner import load_records
-    from prunelens.evaluate.uncertainty import pooled_retained
+    each judged task's shared examples (:func:`~prunelens.evaluation.uncertainty.pooled_retained`)."""
+    from prunelens.evaluation.runner import load_records
+    from prunelens.evaluation.uncertainty import pooled_retained
 
     def evidence(kinds: tuple[str, ...]) -> tuple[list[TaskTest], tuple[float, float] | None]:
         tests, pairs = [], []
@@ -158,8 +158,8 @@ def _paired_evidence(
     f.nongen_tests, f.retained_nongen_interval = evidence(("mc", "retrieval"))
     f.gen_tests, f.retained_gen_interval = evidence(("gen",))
     # the fidelity axis: mean ROUGE-L of the greedy outputs against the dense ones, prompts resampled
-    from prunelens.evaluate.fidelity import fidelity
-    from prunelens.evaluate.uncertainty import pooled_mean_interval
+    from prunelens.evaluation.fidelity import fidelity
+    from prunelens.evaluation.uncertainty import pooled_mean_interval
 
     groups = []
     for r in table["rows"]:
@@ -286,7 +286,7 @@ def _by_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def _rouge_by_id(dense: list[dict[str, Any]], mine: list[dict[str, Any]], task: str) -> dict[str, float]:
     """Per prompt id, the ROUGE-L of ``mine`` against the dense outputs (empty when they do not pair)."""
-    from prunelens.evaluate.fidelity import fidelity
+    from prunelens.evaluation.fidelity import fidelity
 
     if not dense or len(mine) != len(dense):
         return {}
@@ -305,13 +305,13 @@ def twin_facts(
     """One :class:`TwinFacts` per twin pair of the study config whose two variants were both evaluated.
 
     Per task the twins' per-example records are matched by id and compared with the table's paired test
-    (:func:`prunelens.evaluate.runner._paired`: exact McNemar for 0/1 scores, else a sign-flip test), the
+    (:func:`prunelens.evaluation.runner._paired`: exact McNemar for 0/1 scores, else a sign-flip test), the
     twin as the reference. Generation fidelity: each twin's per-prompt ROUGE-L against the dense outputs,
     paired per prompt, per task and pooled over the generative tasks
     (:func:`~prunelens.report.stats.pooled_paired_difference`). Judged tasks are those the verdicts judge
     (near-chance multiple-choice tasks left out unless every non-generative task is)."""
-    from prunelens.evaluate.runner import _paired, load_records
-    from prunelens.evaluate.uncertainty import compare_paired
+    from prunelens.evaluation.runner import _paired, load_records
+    from prunelens.evaluation.uncertainty import compare_paired
 
     pairs = [(a, b) for a, b in twin_pairs(st.config.get("variants") or []) if a in st.variants]
     if not pairs:

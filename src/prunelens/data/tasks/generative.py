@@ -3,7 +3,7 @@
 Readers turn the published files (or the hub's rows) into :class:`GenExample` s whose ``prompt`` is
 lm-evaluation-harness's zero-shot prompt. The prompt builders (``(example, shots, chat) -> prompt``) give
 what the model reads: chat messages (an instruction per question, shots as earlier turns) or the plain
-lm-eval form with shots. Each spec names its scorer in :mod:`prunelens.evaluate.generative` by a
+lm-eval form with shots. Each spec names its scorer in :mod:`prunelens.evaluation.generative` by a
 ``"module:function"`` string, imported when outputs are scored (this layer imports no evaluation code).
 
 * **gsm8k** - chat: the Llama-3 evaluation instruction (... "The final answer is [answer]"); shots are
@@ -288,7 +288,7 @@ def _gen(*args, **kw):
     return row_task(*args, kind="gen", **kw)
 
 
-_SCORERS = "prunelens.evaluate.generative"  # the scorers named below live there
+_SCORERS = "prunelens.evaluation.generative"  # the scorers named below live there
 
 # fmt: off
 register(

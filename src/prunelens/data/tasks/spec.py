@@ -51,15 +51,15 @@ class TaskSpec:
     for the hub and by most local loaders); ``hub_id``/``hub_config`` name the Hugging Face dataset, whose
     split names equal ours unless ``hub_splits`` maps them.
 
-    Evaluation (read by :mod:`prunelens.evaluate`): ``main_metric`` is the headline metric
+    Evaluation (read by :mod:`prunelens.evaluation`): ``main_metric`` is the headline metric
     (multiple-choice and generation tasks). Generation tasks add ``prompt(example, shots, chat)`` (a
     string, or chat messages), the stop strings of plain prompts (``stops``) and of chat answers
     (``chat_stops``), the default budget ``max_new_tokens``, and ``scorer``: ``"module:function"``, a
-    function of :mod:`prunelens.evaluate` named here and imported when scoring (this layer does not
+    function of :mod:`prunelens.evaluation` named here and imported when scoring (this layer does not
     import evaluation code). The scorer maps ``(example, output text, chat)`` to record fields
     (``prediction``, ``score`` ...); with ``sandbox`` it returns ``(program, fields)`` and the program's
     run in the code sandbox gives the score. ``extra_metrics`` names further averages of the records
-    (defined in :mod:`prunelens.evaluate.generative`). Few-shot examples come from ``fewshot_split``
+    (defined in :mod:`prunelens.evaluation.generative`). Few-shot examples come from ``fewshot_split``
     (None: the task has none); with ``fewshot_fallback`` that split is read locally only, and when it is
     missing the shots come from the ``fewshot_fallback`` split, never from the evaluated examples.
     """
@@ -85,7 +85,7 @@ class TaskSpec:
     stops: tuple[str, ...] = ()
     chat_stops: tuple[str, ...] = ()
     max_new_tokens: int | None = None
-    scorer: str | None = None  # "package.module:function", resolved by prunelens.evaluate
+    scorer: str | None = None  # "package.module:function", resolved by prunelens.evaluation
     sandbox: bool = False
     extra_metrics: tuple[str, ...] = ()
     fewshot_split: str | None = "train"

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from prunelens.evaluate.generation import generate, generate_batch
+    from prunelens.evaluation.generation import generate, generate_batch
 
     texts = generate(model, tok, ["What is 2+2?"], max_new_tokens=32)            # list[str], stripped
     gens = generate_batch(model, tok, prompts, max_new_tokens=192, stop=["\\n\\n"], batch_size=8)
@@ -17,7 +17,7 @@ outputs come back in the order of ``prompts``.
 
 Stop sequences: generation of a row ends at EOS or when its decoded output contains one of ``stop``
 (checked after every step by :class:`StopOnStrings`, so a batch ends as soon as every row is done); the
-text is then cut before the first stop string (:func:`prunelens.evaluate.answers.find_stop`: only
+text is then cut before the first stop string (:func:`prunelens.evaluation.answers.find_stop`: only
 occurrences after some non-whitespace output count).
 """
 
@@ -31,7 +31,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from prunelens.data.tasks.generative import Prompt
-from prunelens.evaluate.answers import find_stop
+from prunelens.evaluation.answers import find_stop
 from prunelens.models.adapter import input_device
 from prunelens.utils.progress import progress_bar
 

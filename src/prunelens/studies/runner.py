@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from prunelens import __version__
-from prunelens.study.config import DENSE, StudyConfig, TrajectoriesConfig, TransitionsConfig, parse_config
+from prunelens.studies.config import DENSE, StudyConfig, TrajectoriesConfig, TransitionsConfig, parse_config
 from prunelens.utils.io import OutputExistsError, atomic_write_json
 
 NON_DENSE_DEPS = ("calibration",)
@@ -324,7 +324,7 @@ class Workbench:
 
 
 def _run_eval(bench: Workbench, unit: Unit) -> dict[str, Any]:
-    from prunelens.evaluate.runner import EvalSettings, run_task, store_task_result
+    from prunelens.evaluation.runner import EvalSettings, run_task, store_task_result
 
     cfg = bench.cfg
     t = next(t for t in cfg.tasks if t.task == unit.task)
@@ -420,7 +420,7 @@ def _run_predictor(bench: Workbench, unit: Unit) -> dict[str, Any]:
     import numpy as np
 
     from prunelens.analysis.metrics import kl, theorem3_estimate
-    from prunelens.evaluate.generation import format_prompt
+    from prunelens.evaluation.generation import format_prompt
     from prunelens.models.adapter import input_device
 
     cfg = bench.cfg
@@ -462,7 +462,7 @@ def _run_predictor(bench: Workbench, unit: Unit) -> dict[str, Any]:
 
 def _run_case_study(bench: Workbench, unit: Unit) -> dict[str, Any]:
     from prunelens.data.tasks import load_task
-    from prunelens.evaluate.generation import generate
+    from prunelens.evaluation.generation import generate
 
     cfg = bench.cfg
     cs = cfg.case_study
@@ -544,8 +544,8 @@ def collect(root: str | Path, cfg: StudyConfig) -> None:
     ``eval/fidelity.json`` ({variant: {task: metrics}}: every generative task's outputs against Full's,
     paired by example id — exact match, common token prefix, ROUGE-L, repeated 4-gram rate).
     """
-    from prunelens.evaluate.fidelity import fidelity
-    from prunelens.evaluate.runner import load_records
+    from prunelens.evaluation.fidelity import fidelity
+    from prunelens.evaluation.runner import load_records
 
     root = Path(root)
     names = [v.name for v in cfg.variants]
@@ -599,7 +599,7 @@ def fidelity_against_control(
     prompts: per task the paired bootstrap (variant − control), and the pooled ratio variant / control
     with its interval. The control's drift is the noise floor of greedy decoding, so this, not the
     distance from a perfect 1, says whether a variant generates differently from the dense model."""
-    from prunelens.evaluate.uncertainty import compare_paired, pooled_retained
+    from prunelens.evaluation.uncertainty import compare_paired, pooled_retained
 
     if control is None or control not in per_prompt:
         return {}
@@ -628,7 +628,7 @@ def fidelity_against_control(
 
 
 def _kind(task: str) -> str:
-    from prunelens.evaluate.runner import task_kind
+    from prunelens.evaluation.runner import task_kind
 
     return task_kind(task)
 

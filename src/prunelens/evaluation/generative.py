@@ -4,8 +4,8 @@ Usage::
 
     import prunelens
     from prunelens.data.tasks import load_task
-    from prunelens.evaluate.generative import evaluate_generative
-    from prunelens.evaluate.fidelity import fidelity
+    from prunelens.evaluation.generative import evaluate_generative
+    from prunelens.evaluation.fidelity import fidelity
 
     model, tok = prunelens.load()
     gsm = load_task("gsm8k", limit=20, seed=0)
@@ -16,10 +16,10 @@ Usage::
 
 Each task builds its prompts (chat template when the model has one, unless ``chat=False``; optional
 few-shot examples as earlier turns), generates greedily in batches with a KV cache
-(:func:`prunelens.evaluate.generation.generate_batch`), cuts outputs at the task's stop strings and scores
+(:func:`prunelens.evaluation.generation.generate_batch`), cuts outputs at the task's stop strings and scores
 them:
 
-* **gsm8k** - exact match of the final number (:func:`~prunelens.evaluate.answers.extract_number`, compared
+* **gsm8k** - exact match of the final number (:func:`~prunelens.evaluation.answers.extract_number`, compared
   numerically). Chat prompt: the Llama-3 evaluation instruction ("... Your response should end with "The
   final answer is [answer]" ..."); few-shot answers are the train solutions without calculator
   annotations, ending "The final answer is N". Plain prompt: lm-eval's ``Question: ...\\nAnswer:`` with
@@ -31,7 +31,7 @@ them:
   sandbox. Plain prompt: the raw function prompt, stopped at ``\\ndef ``, ``\\nclass ``, ``\\nif __name__``,
   ``\\nprint(``, ``\\n#``, ``\\nassert``; chat prompt: the function in a fenced block with a request for
   the whole function, stopped at the end of the first fenced block (:data:`CODE_CHAT_STOPS`). A model
-  that repeats the signature is handled (:func:`~prunelens.evaluate.answers.humaneval_source`).
+  that repeats the signature is handled (:func:`~prunelens.evaluation.answers.humaneval_source`).
 * **mbpp** - pass@1 on the task's asserts (setup code included). Plain prompt: lm-eval's ``[BEGIN]``
   prompt (shots from the ``prompt`` split, task ids 1-10, ending ``[DONE]``); chat: the task and its tests
   with a request for a fenced block, stopped at the end of the first fenced block.
@@ -39,13 +39,13 @@ them:
 What each task uses - prompt builder, stop strings (plain and chat), token budget, main metric, scorer,
 few-shot split - is read from its :class:`~prunelens.data.tasks.TaskSpec`
 (:mod:`prunelens.data.tasks.generative`); the scorers themselves are the ``score_<task>`` functions
-here, which the specs name as ``"prunelens.evaluate.generative:score_<task>"`` (:func:`resolve_function`).
+here, which the specs name as ``"prunelens.evaluation.generative:score_<task>"`` (:func:`resolve_function`).
 
-Every evaluator returns a :class:`~prunelens.evaluate.results.TaskResult` whose records hold ``id``,
+Every evaluator returns a :class:`~prunelens.evaluation.results.TaskResult` whose records hold ``id``,
 ``prompt`` (the example's prompt), ``input_text`` (what the model read), ``target``, ``prediction`` (the
 extracted answer or code), ``score``, ``text`` (the output cut at the stop strings), ``token_ids``,
 ``finish_reason``, ``n_tokens`` and task fields; metrics add generation statistics and the output's
-degeneration (``degen_*``, see :mod:`prunelens.evaluate.fidelity`).
+degeneration (``degen_*``, see :mod:`prunelens.evaluation.fidelity`).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ from prunelens.data.tasks.generative import (  # noqa: F401
     nq_prompt,
 )
 from prunelens.data.tasks.spec import get_spec
-from prunelens.evaluate.answers import (
+from prunelens.evaluation.answers import (
     exact_match,
     extract_code,
     extract_number,
@@ -87,9 +87,9 @@ from prunelens.evaluate.answers import (
     parse_number,
     token_f1,
 )
-from prunelens.evaluate.fidelity import degeneration
-from prunelens.evaluate.generation import generate_batch, has_chat_template
-from prunelens.evaluate.results import TaskResult
+from prunelens.evaluation.fidelity import degeneration
+from prunelens.evaluation.generation import generate_batch, has_chat_template
+from prunelens.evaluation.results import TaskResult
 
 __all__ = [
     "GEN_TASKS",
@@ -194,8 +194,8 @@ def score_nq_open(ex: GenExample, text: str, chat: bool = False) -> dict[str, An
 
 def score_humaneval(ex: GenExample, text: str, chat: bool = False) -> tuple[str, dict[str, Any]]:
     """HumanEval: the program ``prompt + completion`` + the task's tests (a repeated signature is
-    handled, :func:`~prunelens.evaluate.answers.humaneval_source`)."""
-    from prunelens.evaluate.sandbox import humaneval_program
+    handled, :func:`~prunelens.evaluation.answers.humaneval_source`)."""
+    from prunelens.evaluation.sandbox import humaneval_program
 
     completion, mode = humaneval_source(ex.prompt, text, ex.meta["entry_point"], prose=chat)
     program = humaneval_program(ex.prompt, completion, ex.meta["test"], ex.meta["entry_point"])
@@ -204,7 +204,7 @@ def score_humaneval(ex: GenExample, text: str, chat: bool = False) -> tuple[str,
 
 def score_mbpp(ex: GenExample, text: str, chat: bool = False) -> tuple[str, dict[str, Any]]:
     """MBPP: the extracted code + the task's setup code and asserts."""
-    from prunelens.evaluate.sandbox import mbpp_program
+    from prunelens.evaluation.sandbox import mbpp_program
 
     code = extract_code(text, prose=chat)
     return mbpp_program(code, ex.meta["test_list"], ex.meta.get("test_setup_code", "")), {"prediction": code}
@@ -213,7 +213,7 @@ def score_mbpp(ex: GenExample, text: str, chat: bool = False) -> tuple[str, dict
 def _run_in_sandbox(
     built: Sequence[tuple[str, dict[str, Any]]], timeout_s: float, workers: int | None
 ) -> list[dict[str, Any]]:
-    from prunelens.evaluate.sandbox import run_many
+    from prunelens.evaluation.sandbox import run_many
 
     fields = [f for _, f in built]
     results = run_many([p for p, _ in built], workers=workers, timeout_s=timeout_s)

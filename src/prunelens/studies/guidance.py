@@ -7,7 +7,7 @@ constants*, so the report always prints the rule that produced its verdicts.
 
 Rule (``r`` = retained fraction of the dense model's score, ``pruned / dense``, pooled over the tasks of
 a use). Each variant is evaluated on the *same* examples as the dense model, so every judgement rests on
-paired tests (exact McNemar for accuracies, a sign-flip test otherwise; ``prunelens.evaluate.uncertainty``):
+paired tests (exact McNemar for accuracies, a sign-flip test otherwise; ``prunelens.evaluation.uncertainty``):
 
 * **non-generative use** (multiple choice + retrieval; perplexity is shown but not judged): the task tests
   are Holm-adjusted; a significant loss on any task (adjusted ``p < ALPHA``) is ``lower than dense``
@@ -349,7 +349,7 @@ def _paired_part(
     against: str = "dense",
 ) -> tuple[str, str, list[str], list[dict[str, Any]]]:
     """(grade, finding, reasons, test dicts) from Holm-adjusted paired tests and a pooled interval."""
-    from prunelens.evaluate.uncertainty import holm
+    from prunelens.evaluation.uncertainty import holm
 
     if _ok(dense) and dense < MIN_DENSE_SCORE:
         return (
@@ -819,7 +819,7 @@ def _verdict_clause(name: str, twin: str, gx: str, gy: str, same: bool) -> str:
 
 def _holm_part(t: TwinFacts, tests: list[TaskTest], use_words: str) -> tuple[str, str, list[dict[str, Any]]]:
     """(finding, evidence clause, test dicts) from per-task twin tests, Holm-adjusted over the use's tasks."""
-    from prunelens.evaluate.uncertainty import holm
+    from prunelens.evaluation.uncertainty import holm
 
     adjusted = holm([x.p_value for x in tests])
     dicts = [{**x.to_dict(), "p_holm": p} for x, p in zip(tests, adjusted)]

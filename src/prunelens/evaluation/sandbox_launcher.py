@@ -1,6 +1,6 @@
 """The sandbox launcher: runs inside the child process, before the untrusted program.
 
-:func:`prunelens.evaluate.sandbox.run_program` starts ``python -I -B [-S] sandbox_launcher.py CONFIG_JSON``.
+:func:`prunelens.evaluation.sandbox.run_program` starts ``python -I -B [-S] sandbox_launcher.py CONFIG_JSON``.
 This file is run by path, never imported: it uses the standard library only, and only cheap imports (a
 few milliseconds of start-up per program matter when thousands are run). It enters the namespaces, sets
 the resource limits, installs the file-system guard, reports each step on a pipe, and then executes the

@@ -3,7 +3,7 @@
 A sweep *is* a study whose variants are generated: one variant per (ratio, seed) — ``attn-8@s1`` drops 8
 attention sublayers scored on calibration windows drawn with seed 1 — plus the control (every weight
 rounded to bfloat16, the noise floor of generation fidelity). :func:`study_config` turns a
-:class:`SweepConfig` into that :class:`~prunelens.study.config.StudyConfig`, so the study runner's units,
+:class:`SweepConfig` into that :class:`~prunelens.studies.config.StudyConfig`, so the study runner's units,
 fingerprints, resume and Ray engine apply unchanged (one unit per variant × task, i.e. per ratio × seed ×
 task). Several seeds per ratio are the point: a drop ranking or a sparsity mask scored on one calibration
 draw is one sample of what the method would do, and a verdict should hold over the draws.
@@ -26,7 +26,7 @@ import yaml
 
 from prunelens import DEFAULT_MODEL
 from prunelens.plan import DROP_TARGETS, SPARSE_METHODS
-from prunelens.study.config import (
+from prunelens.studies.config import (
     CONTROL,
     CalibrationConfig,
     StudyConfig,
@@ -247,7 +247,7 @@ def _sweep_block(raw: Any) -> dict[str, Any]:
 def parse_sweep(data: Any) -> SweepConfig:
     """Validate a parsed sweep YAML mapping into a :class:`SweepConfig` (omitted fields take the defaults).
 
-    The study fields are validated by :func:`~prunelens.study.config.parse_config` itself (the generated
+    The study fields are validated by :func:`~prunelens.studies.config.parse_config` itself (the generated
     study is parsed here once), so a sweep accepts exactly what a study accepts, with the same messages.
     """
     if data is None:
@@ -402,7 +402,7 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Run (or resume) the sweep's study, then record the sweep in ``study.json`` (the report's cue to draw
     the sweep section). Returns the study's timings. Drop counts are checked against the model first."""
-    from prunelens.study.runner import run_study
+    from prunelens.studies.runner import run_study
     from prunelens.utils.io import atomic_write_json
 
     cfg = study_config(sc)

@@ -3,7 +3,7 @@
 Usage::
 
     import prunelens
-    from prunelens.evaluate.lm_eval_bridge import lm_eval_tasks_for_local_data, run_lm_eval, lm_eval_records
+    from prunelens.evaluation.lm_eval_bridge import lm_eval_tasks_for_local_data, run_lm_eval, lm_eval_records
 
     model, tok = prunelens.load()                 # prune it in place if you like
     with lm_eval_tasks_for_local_data(["arc_easy", "boolq", "piqa"], limit=100) as local:
@@ -494,10 +494,10 @@ def lm_eval_records(results: dict, task: str, target_delimiter: str = " ") -> li
     Each: ``doc_id``, ``doc``, ``target`` (lm-eval's: the gold index, or the target text for tasks with
     per-choice contexts such as WinoGrande), ``logprobs`` (one per choice),
     ``is_greedy``, ``prediction`` (argmax), ``prediction_norm`` (argmax of log-prob / choice length,
-    lengths as :func:`prunelens.evaluate.multiple_choice.normalisation_lengths` takes them from the
+    lengths as :func:`prunelens.evaluation.multiple_choice.normalisation_lengths` takes them from the
     request arguments), and lm-eval's own ``acc``/``acc_norm`` when it computed them. Sorted by doc_id.
     """
-    from prunelens.evaluate.multiple_choice import mc_predictions
+    from prunelens.evaluation.multiple_choice import mc_predictions
 
     samples = (results.get("samples") or {}).get(task)
     if samples is None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from prunelens import __version__
-from prunelens.evaluate.results import TaskResult
+from prunelens.evaluation.results import TaskResult
 from prunelens.utils.io import OutputExistsError, atomic_write_json, atomic_write_text
 
 NON_GENERATIVE_KINDS = ("mc", "retrieval", "ppl")
@@ -68,7 +68,7 @@ def task_kind(name: str) -> str:
 def evaluate_perplexity(model, tokenizer, task: str, settings: EvalSettings) -> TaskResult:
     """Perplexity on WikiText-2 (test) or the C4 sample, over ``settings.limit`` windows (all if None)."""
     from prunelens.data.calibration import bos_prefix, load_texts, token_stream
-    from prunelens.evaluate.perplexity import perplexity
+    from prunelens.evaluation.perplexity import perplexity
 
     t0 = time.perf_counter()
     docs = load_texts("wikitext2" if task == "wikitext2" else "c4-heldout")
@@ -111,7 +111,7 @@ def evaluate_retrieval_task(model, tokenizer, task: str, settings: EvalSettings)
     model, not pruned), else the evaluated model itself with last-token pooling (E5-Mistral style), so a
     pruned model is evaluated as a pruned embedder."""
     from prunelens.data.tasks import load_task
-    from prunelens.evaluate.retrieval import evaluate_retrieval, subsample
+    from prunelens.evaluation.retrieval import evaluate_retrieval, subsample
     from prunelens.models.embedder_loading import load_embedder
     from prunelens.models.embedders import DecoderEmbedder
 
@@ -141,14 +141,14 @@ def run_task(model, tokenizer, name: str, settings: EvalSettings) -> TaskResult:
         return evaluate_perplexity(model, tokenizer, name, settings)
     t0 = time.perf_counter()
     if kind == "mc":
-        from prunelens.evaluate.multiple_choice import evaluate_multiple_choice
+        from prunelens.evaluation.multiple_choice import evaluate_multiple_choice
 
         examples = load_task(name, limit=settings.limit, seed=settings.seed)
         result = evaluate_multiple_choice(
             model, tokenizer, examples, batch_size=settings.batch_size, task=name
         )
     elif kind == "gen":
-        from prunelens.evaluate.generative import evaluate_generative
+        from prunelens.evaluation.generative import evaluate_generative
 
         examples = load_task(name, limit=settings.limit, seed=settings.seed)
         result = evaluate_generative(
@@ -182,7 +182,7 @@ def _versions() -> dict[str, str]:
 
 def score_interval_of(r: TaskResult) -> dict[str, Any] | None:
     """The 95 % interval of a task's main score, from its per-example records (None without records)."""
-    from prunelens.evaluate.uncertainty import perplexity_interval, score_interval
+    from prunelens.evaluation.uncertainty import perplexity_interval, score_interval
 
     if not r.records:
         return None
@@ -293,7 +293,7 @@ def comparison_table(
     Perplexity is shown but left out of the averages (it is not a score in [0, 1]). Each row carries the
     scores' 95 % intervals; with ``records`` (from :func:`load_all_records`) also a paired test of every
     model against the first on the examples they share (exact McNemar for accuracies, else a paired
-    bootstrap; see :mod:`prunelens.evaluate.uncertainty`).
+    bootstrap; see :mod:`prunelens.evaluation.uncertainty`).
     """
     if not summaries:
         raise ValueError("nothing to compare")
@@ -349,7 +349,7 @@ def comparison_table(
 
 def _detectable(dense: list[dict[str, Any]], score: float | None, kind: str) -> dict[str, Any] | None:
     """The smallest accuracy difference a paired test on these examples would detect (accuracies only)."""
-    from prunelens.evaluate.uncertainty import minimum_detectable_difference
+    from prunelens.evaluation.uncertainty import minimum_detectable_difference
 
     scores = [float(x["score"]) for x in dense]
     if kind == "ppl" or not scores or score is None or any(v not in (0.0, 1.0) for v in scores):
@@ -366,7 +366,7 @@ def _detectable(dense: list[dict[str, Any]], score: float | None, kind: str) -> 
 
 def _paired(dense: list[dict[str, Any]], pruned: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
     """Paired test of one task between two models, on the examples both evaluated (matched by id)."""
-    from prunelens.evaluate.uncertainty import compare_paired
+    from prunelens.evaluation.uncertainty import compare_paired
 
     by_id = {str(x["id"]): x for x in pruned}
     shared = [(x, by_id[str(x["id"])]) for x in dense if str(x["id"]) in by_id]

@@ -4,7 +4,7 @@ Usage::
 
     import prunelens
     from prunelens.data.tasks import load_task
-    from prunelens.evaluate.multiple_choice import evaluate_multiple_choice
+    from prunelens.evaluation.multiple_choice import evaluate_multiple_choice
 
     model, tok = prunelens.load()
     res = evaluate_multiple_choice(model, tok, load_task("arc_easy", limit=200))
@@ -62,7 +62,7 @@ from typing import Any
 import torch
 
 from prunelens.data.tasks import TASKS
-from prunelens.evaluate.results import TaskResult
+from prunelens.evaluation.results import TaskResult
 from prunelens.models.adapter import input_device
 from prunelens.models.compat import cache_kwargs, output_cache
 from prunelens.utils.progress import progress_bar

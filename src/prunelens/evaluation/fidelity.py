@@ -2,7 +2,7 @@
 
 Pure functions over token sequences (any hashable items: token ids, words), plus :func:`fidelity` and
 :func:`degeneration`, which read the per-example records of two
-:class:`~prunelens.evaluate.results.TaskResult` runs (dense and pruned, same prompts) and summarise them.
+:class:`~prunelens.evaluation.results.TaskResult` runs (dense and pruned, same prompts) and summarise them.
 
 Definitions (``x`` a sequence of ``L`` tokens):
 
@@ -29,7 +29,7 @@ import statistics
 import time
 from collections.abc import Hashable, Iterable, Sequence
 
-from prunelens.evaluate.results import TaskResult
+from prunelens.evaluation.results import TaskResult
 
 __all__ = [
     "common_prefix_len",

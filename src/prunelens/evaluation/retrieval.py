@@ -4,7 +4,7 @@ Usage::
 
     from prunelens.data.tasks import load_task
     from prunelens.models.embedder_loading import load_embedder
-    from prunelens.evaluate.retrieval import evaluate_retrieval, subsample
+    from prunelens.evaluation.retrieval import evaluate_retrieval, subsample
 
     data = subsample(load_task("boolq_retrieval"), n_queries=150, n_distractors=250, seed=0)
     result = evaluate_retrieval(load_embedder("all-minilm-l6-v2"), data, task="boolq_retrieval")
@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from prunelens.data.tasks import RetrievalData
-from prunelens.evaluate.results import TaskResult
+from prunelens.evaluation.results import TaskResult
 
 __all__ = [
     "DEFAULT_K",
