@@ -79,18 +79,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import select
 import signal
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+from prunelens.evaluation.sandbox_process import ChildRun, read_head, read_report, run_child
 
 __all__ = [
     "ExecResult",
@@ -199,106 +198,69 @@ _LAUNCHER = Path(__file__).with_name("sandbox_launcher.py")
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Parent side
+# Parent side (the process itself: prunelens.evaluation.sandbox_process)
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _exited(pid: int) -> bool:
-    """Whether ``pid`` has ended, without reaping it (so its process group id cannot be reused yet)."""
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+def _check_limits(
+    source: Any,
+    timeout_s: float,
+    cpu_s: float | None,
+    memory_mb: int | None,
+    max_output_bytes: int,
+    max_file_mb: float,
+    max_processes: int,
+    disk_mb: int,
+) -> None:
+    if not isinstance(source, str):
+        raise TypeError(f"source must be str, got {type(source).__name__}")
+    if not timeout_s or timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+    if cpu_s is not None and cpu_s <= 0:
+        raise ValueError(f"cpu_s must be > 0, got {cpu_s!r}")
+    if memory_mb is not None and memory_mb <= 0:
+        raise ValueError(f"memory_mb must be > 0 or None, got {memory_mb!r}")
+    if max_output_bytes < 0 or max_file_mb <= 0 or max_processes < 1 or disk_mb < 0:
+        raise ValueError("max_output_bytes must be >= 0, max_file_mb > 0, max_processes >= 1, disk_mb >= 0")
 
 
-def _wait_exit(pid: int, timeout_s: float) -> bool:
-    """Wait until ``pid`` ends (True) or ``timeout_s`` passes (False); the process is not reaped."""
-    deadline = time.monotonic() + timeout_s
-    pidfd = None
-    if hasattr(os, "pidfd_open"):
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError:
-            pidfd = None
-    try:
-        if pidfd is not None:
-            poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return _exited(pid)
-                if poller.poll(max(1, math.ceil(remaining * 1000))):
-                    return True
-        delay = 0.0005
-        while True:
-            if _exited(pid):
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, 0.01)
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
+def _child_environment(work: str) -> dict[str, str]:
+    """Nothing of the parent's environment: a fixed ``PATH``, home and temporary folders in ``work``."""
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": work,
+        "TMPDIR": work,
+        "TMP": work,
+        "TEMP": work,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+    }
 
 
-def _killpg(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _write_program(root: str, source: str) -> tuple[str, str]:
+    """The program's working directory (``root/work``) and the program file beside it."""
+    work = os.path.join(root, "work")
+    os.mkdir(work, 0o700)
+    program_path = os.path.join(root, "program.py")
+    with open(program_path, "w", encoding="utf-8", errors="surrogatepass") as f:
+        f.write(source)
+    return work, program_path
 
 
-def _live_group_members(pgid: int) -> list[int]:
-    """Pids of processes in process group ``pgid`` that are still alive (zombies excluded), via ``/proc``."""
-    found = []
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return found
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            found.append(int(name))
-    return found
+def _launcher_command(python: str, allow_site_packages: bool, cfg: dict[str, Any]) -> list[str]:
+    """Isolated mode, no bytecode files, UTF-8; without ``site`` unless site-packages are allowed."""
+    cmd = [python, "-I", "-B", "-X", "utf8"]
+    if not allow_site_packages:
+        cmd.append("-S")
+    return cmd + [str(_LAUNCHER), json.dumps(cfg)]
 
 
-def _read_head(path: str, limit: int) -> tuple[str, bool]:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError:
-        return "", False
-    truncated = len(data) > limit
-    return data[:limit].decode("utf-8", errors="replace"), truncated
-
-
-def _read_report(fd: int) -> list[dict[str, Any]]:
-    os.set_blocking(fd, False)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    events = []
-    for line in b"".join(chunks).splitlines():
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            events.append(obj)
-    return events
+def _launcher_records(events: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The protections the launcher reported at its start, and its end record (None if it never came)."""
+    start = next((e for e in events if e.get("event") == "start"), {})
+    end = next((e for e in events if e.get("event") == "end"), None)
+    protections = start.get("protections", {}) if isinstance(start.get("protections"), dict) else {}
+    return protections, end
 
 
 def _signal_name(signum: int) -> str:
@@ -306,6 +268,42 @@ def _signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
+
+
+def _killed_detail(sig: int, cpu_used: float | None, cpu_limit: int) -> str:
+    """Why a process that died from signal ``sig`` (before the wall-clock limit) died."""
+    if sig == signal.SIGXCPU:
+        return f"CPU-time limit of {cpu_limit} s exceeded (SIGXCPU)"
+    if sig == signal.SIGKILL and cpu_used is not None and cpu_used >= cpu_limit:
+        return f"CPU-time limit of {cpu_limit} s exceeded (SIGKILL at the hard limit)"
+    if sig == signal.SIGKILL:
+        return "killed by SIGKILL (out of memory?)"
+    if sig == signal.SIGXFSZ:
+        return "file size limit exceeded (SIGXFSZ)"
+    return f"killed by {_signal_name(sig)}"
+
+
+def _outcome(
+    end: dict[str, Any] | None, child: ChildRun, timeout_s: float, cpu_limit: int
+) -> tuple[str, str, str | None]:
+    """``(status, detail, exception)`` from the launcher's end record and how the process ended."""
+    rc = child.returncode
+    if child.timed_out:
+        return "timeout", f"wall-clock limit of {timeout_s:g} s reached; process group killed", None
+    if end is None and rc is not None and rc < 0:
+        return "killed", _killed_detail(-rc, child.cpu_s, cpu_limit), None
+    if end is None:
+        return "error", f"the process ended (exit code {rc}) before the program finished", None
+    if end.get("outcome") == "ok":
+        if rc == 0:
+            return "passed", "", None
+        return "error", f"exit code {rc} after the program finished", None
+    if end.get("outcome") == "exit":
+        return "error", f"the program called sys.exit({end.get('code')}) before it finished", "SystemExit"
+    exception = str(end.get("type") or "Exception")
+    message = str(end.get("message") or "")
+    status = "failed" if exception == "AssertionError" else "error"
+    return status, (f"{exception}: {message}" if message else exception), exception
 
 
 def run_program(
@@ -334,16 +332,7 @@ def run_program(
     layers). ``allow_site_packages``: let the program import the interpreter's site-packages (not only the
     standard library). ``python``: interpreter to use (default: ``sys.executable``).
     """
-    if not isinstance(source, str):
-        raise TypeError(f"source must be str, got {type(source).__name__}")
-    if not timeout_s or timeout_s <= 0:
-        raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
-    if cpu_s is not None and cpu_s <= 0:
-        raise ValueError(f"cpu_s must be > 0, got {cpu_s!r}")
-    if memory_mb is not None and memory_mb <= 0:
-        raise ValueError(f"memory_mb must be > 0 or None, got {memory_mb!r}")
-    if max_output_bytes < 0 or max_file_mb <= 0 or max_processes < 1 or disk_mb < 0:
-        raise ValueError("max_output_bytes must be >= 0, max_file_mb > 0, max_processes >= 1, disk_mb >= 0")
+    _check_limits(source, timeout_s, cpu_s, memory_mb, max_output_bytes, max_file_mb, max_processes, disk_mb)
     python = python or sys.executable
     if not python:
         raise RuntimeError("no Python interpreter found (sys.executable is empty); pass python=")
@@ -353,11 +342,7 @@ def run_program(
 
     with tempfile.TemporaryDirectory(prefix="prunelens-sandbox-", ignore_cleanup_errors=True) as tmp:
         root = os.path.realpath(tmp)
-        work = os.path.join(root, "work")
-        os.mkdir(work, 0o700)
-        program_path = os.path.join(root, "program.py")
-        with open(program_path, "w", encoding="utf-8", errors="surrogatepass") as f:
-            f.write(source)
+        work, program_path = _write_program(root, source)
         out_path, err_path = os.path.join(root, "stdout"), os.path.join(root, "stderr")
         report_r, report_w = os.pipe()
         cfg = {
@@ -372,128 +357,38 @@ def run_program(
             "namespaces": bool(namespaces),
             "guard": bool(guard),
         }
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": work,
-            "TMPDIR": work,
-            "TMP": work,
-            "TEMP": work,
-            "LANG": "C.UTF-8",
-            "LC_ALL": "C.UTF-8",
-        }
-        cmd = [python, "-I", "-B", "-X", "utf8"]
-        if not allow_site_packages:
-            cmd.append("-S")
-        cmd += [str(_LAUNCHER), json.dumps(cfg)]
-
-        proc = None
-        timed_out = False
-        wall = 0.0
-        status_word = None
-        rusage = None
-        leftover: list[int] = []
         try:
-            with open(out_path, "wb") as out, open(err_path, "wb") as err:
-                t0 = time.monotonic()
-                try:
-                    proc = subprocess.Popen(
-                        cmd,
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=err,
-                        cwd=work,
-                        env=env,
-                        start_new_session=True,
-                        pass_fds=(report_w,),
-                        close_fds=True,
-                    )
-                finally:
-                    os.close(report_w)
-                try:
-                    if hasattr(os, "waitid"):
-                        timed_out = not _wait_exit(proc.pid, timeout_s)
-                    else:  # not Linux: no way to wait without reaping
-                        try:
-                            proc.wait(timeout_s)
-                        except subprocess.TimeoutExpired:
-                            timed_out = True
-                    wall = time.monotonic() - t0
-                finally:
-                    if not wall:
-                        wall = time.monotonic() - t0
-                    # Kill the whole group (on timeout, and any straggler otherwise), and make sure no member
-                    # is left, all before reaping the leader: its zombie keeps the group id from being reused.
-                    _killpg(proc.pid)
-                    if proc.returncode is None and not hasattr(os, "waitid"):
-                        proc.wait()
-                    if proc.returncode is None:
-                        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-                        deadline = time.monotonic() + 1.0
-                        while True:
-                            leftover = _live_group_members(proc.pid)
-                            if not leftover or time.monotonic() > deadline:
-                                break
-                            _killpg(proc.pid)
-                            time.sleep(0.01)
-                        _, status_word, rusage = os.wait4(proc.pid, 0)
-                        proc.returncode = os.waitstatus_to_exitcode(status_word)
-            events = _read_report(report_r)
+            child = run_child(
+                _launcher_command(python, allow_site_packages, cfg),
+                cwd=work,
+                env=_child_environment(work),
+                report_w=report_w,
+                stdout_path=out_path,
+                stderr_path=err_path,
+                timeout_s=timeout_s,
+            )
+            events = read_report(report_r)
         finally:
             os.close(report_r)
-        stdout, out_trunc = _read_head(out_path, max_output_bytes)
-        stderr, err_trunc = _read_head(err_path, max_output_bytes)
+        stdout, out_trunc = read_head(out_path, max_output_bytes)
+        stderr, err_trunc = read_head(err_path, max_output_bytes)
 
-    start = next((e for e in events if e.get("event") == "start"), {})
-    end = next((e for e in events if e.get("event") == "end"), None)
-    protections = start.get("protections", {}) if isinstance(start.get("protections"), dict) else {}
-    rc = proc.returncode
-    cpu_used = None if rusage is None else rusage.ru_utime + rusage.ru_stime
-    exception = None
-    if timed_out:
-        status, detail = "timeout", f"wall-clock limit of {timeout_s:g} s reached; process group killed"
-    elif end is None and rc is not None and rc < 0:
-        sig = -rc
-        status = "killed"
-        if sig == signal.SIGXCPU:
-            detail = f"CPU-time limit of {cpu_limit} s exceeded (SIGXCPU)"
-        elif sig == signal.SIGKILL and cpu_used is not None and cpu_used >= cpu_limit:
-            detail = f"CPU-time limit of {cpu_limit} s exceeded (SIGKILL at the hard limit)"
-        elif sig == signal.SIGKILL:
-            detail = "killed by SIGKILL (out of memory?)"
-        elif sig == signal.SIGXFSZ:
-            detail = "file size limit exceeded (SIGXFSZ)"
-        else:
-            detail = f"killed by {_signal_name(sig)}"
-    elif end is None:
-        status, detail = "error", f"the process ended (exit code {rc}) before the program finished"
-    elif end.get("outcome") == "ok":
-        if rc == 0:
-            status, detail = "passed", ""
-        else:
-            status, detail = "error", f"exit code {rc} after the program finished"
-    elif end.get("outcome") == "exit":
-        status, detail = "error", f"the program called sys.exit({end.get('code')}) before it finished"
-        exception = "SystemExit"
-    else:
-        exception = str(end.get("type") or "Exception")
-        message = str(end.get("message") or "")
-        status = "failed" if exception == "AssertionError" else "error"
-        detail = f"{exception}: {message}" if message else exception
-
+    protections, end = _launcher_records(events)
+    status, detail, exception = _outcome(end, child, timeout_s, cpu_limit)
     return ExecResult(
         status=status,
-        returncode=rc,
+        returncode=child.returncode,
         stdout=stdout,
         stderr=stderr,
-        wall_s=wall,
-        cpu_s=cpu_used,
+        wall_s=child.wall_s,
+        cpu_s=child.cpu_s,
         exception=exception,
         detail=detail,
         stdout_truncated=out_trunc,
         stderr_truncated=err_trunc,
         protections=protections,
-        pid=proc.pid,
-        leftover_processes=len(leftover),
+        pid=child.pid,
+        leftover_processes=len(child.leftover),
     )
 
 

@@ -221,29 +221,39 @@ def set_limits(prot, host_uid):
         prot["nproc_enforced"] = prot["rlimit_nproc"] is not None and host_uid != 0
 
 
-def install_guard(root):
-    import _io
-    import _socket
-    import builtins
+def blocked(name, what=None):
+    """A stand-in for ``name`` that refuses every call with ``PermissionError``."""
     import errno
-    import io
+
+    msg = "blocked by the prunelens sandbox: " + (what or name)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EPERM, msg)
+
+    refuse.__name__ = name.rsplit(".", 1)[-1]
+    return refuse
+
+
+def patch(name, value):
+    """Replace ``name`` in ``os`` and in ``posix`` (``os`` re-exports ``posix``'s functions)."""
     import posix
+
+    for mod in (os, posix):
+        if hasattr(mod, name):
+            setattr(mod, name, value)
+
+
+def path_checker(root):
+    """``check(name, path, dir_fd=None, follow=True)``: raise ``PermissionError`` unless ``path`` resolves
+    (``dir_fd`` and symlinks included) inside ``root`` or to ``/dev/null``. The functions it calls are
+    bound here, before any of them is replaced by a guarded one."""
+    import errno
 
     realpath, join, split, isabs = os.path.realpath, os.path.join, os.path.split, os.path.isabs
     getcwd, readlink, fsdecode, fspath = os.getcwd, os.readlink, os.fsdecode, os.fspath
     root = realpath(root)
     prefix = root.rstrip("/") + "/"
     allowed = frozenset(["/dev/null"])
-    WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-
-    def blocked(name, what=None):
-        msg = "blocked by the prunelens sandbox: " + (what or name)
-
-        def refuse(*args, **kwargs):
-            raise PermissionError(errno.EPERM, msg)
-
-        refuse.__name__ = name.rsplit(".", 1)[-1]
-        return refuse
 
     def resolve(path, dir_fd, follow):
         p = fsdecode(fspath(path))
@@ -273,11 +283,16 @@ def install_guard(root):
                 path if isinstance(path, (str, bytes)) else str(path),
             )
 
-    def patch(name, value):
-        for mod in (os, posix):
-            if hasattr(mod, name):
-                setattr(mod, name, value)
+    return check
 
+
+def guard_opens(check):
+    """``open``/``io.open``/``_io.open`` in a write mode and ``os.open`` with a write flag, checked."""
+    import _io
+    import builtins
+    import io
+
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
     orig_io_open = io.open
 
     def guarded_open(file, mode="r", *args, **kwargs):
@@ -291,72 +306,63 @@ def install_guard(root):
     orig_os_open = os.open
 
     def guarded_os_open(path, flags, mode=0o777, *, dir_fd=None):
-        if flags & WRITE_FLAGS:
+        if flags & write_flags:
             check("os.open", path, dir_fd)
         return orig_os_open(path, flags, mode, dir_fd=dir_fd)
 
     guarded_os_open.__name__ = "open"
     patch("open", guarded_os_open)
 
-    def one_path(name, follow):
-        fn = getattr(os, name, None)
-        if fn is None:
-            return
 
-        def wrapper(path, *args, **kwargs):
-            check("os." + name, path, kwargs.get("dir_fd"), follow and kwargs.get("follow_symlinks", True))
-            return fn(path, *args, **kwargs)
+def guard_one_path(check, name, follow):
+    """``os.<name>(path, ...)``, checked (``dir_fd`` and ``follow_symlinks`` honoured)."""
+    fn = getattr(os, name, None)
+    if fn is None:
+        return
 
-        wrapper.__name__ = name
-        patch(name, wrapper)
+    def wrapper(path, *args, **kwargs):
+        check("os." + name, path, kwargs.get("dir_fd"), follow and kwargs.get("follow_symlinks", True))
+        return fn(path, *args, **kwargs)
 
-    for name in ("remove", "unlink", "rmdir", "mkdir", "mkfifo", "mknod", "removexattr"):
-        one_path(name, follow=False)
-    for name in (
-        "truncate",
-        "chmod",
-        "lchmod",
-        "chown",
-        "lchown",
-        "utime",
-        "setxattr",
-        "chflags",
-        "lchflags",
-    ):
-        one_path(name, follow=True)
+    wrapper.__name__ = name
+    patch(name, wrapper)
 
-    def two_paths(name, check_src):
-        fn = getattr(os, name, None)
-        if fn is None:
-            return
 
-        def wrapper(src, dst, *args, **kwargs):
-            if check_src:
-                check("os." + name, src, kwargs.get("src_dir_fd"), False)
-            check("os." + name, dst, kwargs.get("dst_dir_fd", kwargs.get("dir_fd")), False)
-            return fn(src, dst, *args, **kwargs)
+def guard_two_paths(check, name, check_src):
+    """``os.<name>(src, dst, ...)``, with the destination (and, if ``check_src``, the source) checked."""
+    fn = getattr(os, name, None)
+    if fn is None:
+        return
 
-        wrapper.__name__ = name
-        patch(name, wrapper)
+    def wrapper(src, dst, *args, **kwargs):
+        if check_src:
+            check("os." + name, src, kwargs.get("src_dir_fd"), False)
+        check("os." + name, dst, kwargs.get("dst_dir_fd", kwargs.get("dir_fd")), False)
+        return fn(src, dst, *args, **kwargs)
 
-    two_paths("rename", True)
-    two_paths("replace", True)
-    two_paths("link", True)
-    two_paths("symlink", False)
+    wrapper.__name__ = name
+    patch(name, wrapper)
 
-    for name in (
-        "fork",
-        "forkpty",
-        "system",
-        "popen",
-        "kill",
-        "killpg",
-        "execv",
-        "execve",
-        "posix_spawn",
-        "posix_spawnp",
-        "chroot",
-    ):
+
+def guard_file_writes(root):
+    """Every way of writing, creating, deleting, renaming or changing a file, refused outside ``root``."""
+    check = path_checker(root)
+    guard_opens(check)
+    for name in "remove unlink rmdir mkdir mkfifo mknod removexattr".split():
+        guard_one_path(check, name, follow=False)
+    for name in "truncate chmod lchmod chown lchown utime setxattr chflags lchflags".split():
+        guard_one_path(check, name, follow=True)
+    guard_two_paths(check, "rename", True)
+    guard_two_paths(check, "replace", True)
+    guard_two_paths(check, "link", True)
+    guard_two_paths(check, "symlink", False)
+
+
+def block_processes_and_limits():
+    """No new process (``os`` and ``subprocess``), no signal to another one, no change of the limits."""
+    import posix
+
+    for name in "fork forkpty system popen kill killpg execv execve posix_spawn posix_spawnp chroot".split():
         if hasattr(os, name) or hasattr(posix, name):
             patch(name, blocked("os." + name))
     fork_exec = blocked("subprocess", "starting a process (subprocess)")
@@ -381,27 +387,32 @@ def install_guard(root):
     if hasattr(resource, "prlimit"):
         resource.prlimit = blocked("resource.prlimit")
 
-    no_net = "network access"
-    base_socket = _socket.socket
 
-    class socket(base_socket):
+def block_network():
+    """No socket can be created and no name resolved."""
+    import _socket
+    import errno
+
+    no_net = "network access"
+
+    class socket(_socket.socket):
         __slots__ = ()
 
         def __init__(self, *args, **kwargs):
             raise PermissionError(errno.EPERM, "blocked by the prunelens sandbox: " + no_net + " (socket)")
 
     _socket.socket = _socket.SocketType = socket
-    for name in (
-        "socketpair",
-        "getaddrinfo",
-        "gethostbyname",
-        "gethostbyname_ex",
-        "gethostbyaddr",
-        "getnameinfo",
-    ):
+    for name in "socketpair getaddrinfo gethostbyname gethostbyname_ex gethostbyaddr getnameinfo".split():
         if hasattr(_socket, name):
             setattr(_socket, name, blocked("socket." + name, no_net + " (socket." + name + ")"))
 
+
+def install_guard(root):
+    """The Python-level guard (see :mod:`prunelens.evaluation.sandbox`): destructive functions replaced by
+    ones that raise ``PermissionError``, and ``ctypes`` made unimportable."""
+    guard_file_writes(root)
+    block_processes_and_limits()
+    block_network()
     for name in ("ctypes", "_ctypes", "ctypes.util", "ctypes._endian"):
         sys.modules[name] = None
 
