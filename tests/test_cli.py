@@ -114,7 +114,7 @@ def test_sparsify(model_dir, tmp_path, args):
         (["prune", "drop", "--target", "mlp", "--n", "1", "--window"], "--window only applies"),
         (
             ["prune", "drop", "--target", "attn", "--n", "1", "--objective", "loss"],
-            "unknown objective 'loss'",
+            "--objective: must be one of hidden, generation, choice (got 'loss')",
         ),
         (
             [
@@ -171,7 +171,7 @@ def test_sparsify(model_dir, tmp_path, args):
         ),
         (
             ["prune", "drop", "--target", "attn", "--n", "1", "--score-windows", "0"],
-            "--score-windows must be",
+            "--score-windows: must be a positive integer",
         ),
         (["prune", "drop", "--target", "attn", "--n", "1", "--score-windows", "5"], "exceeds --nsamples 4"),
         (

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from prunelens.data.calibration import Calibration
 from prunelens.models.adapter import Adapter, drop_sublayer
 from prunelens.models.tiny import TINY_FAMILIES, tiny_model
-from prunelens.prune.drop import PruneConfigError, drop, validate_objective
+from prunelens.prune.drop import PruneConfigError, drop
 from prunelens.prune.objectives import (
     ChoiceSet,
     _record,
@@ -22,6 +22,7 @@ from prunelens.prune.objectives import (
     counterfactual_kl,
     temporarily_dropped,
 )
+from prunelens.prune.specs import DropSpec, SpecError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -163,17 +164,16 @@ def test_choice_objective_against_brute_force_and_in_drop():
 @pytest.mark.parametrize(
     "kw,msg",
     [
-        ({"objective": "loss"}, "unknown objective 'loss'"),
+        ({"objective": "loss"}, r"objective: must be one of hidden, generation, choice \(got 'loss'\)"),
         ({"objective": "choice"}, "needs multiple-choice questions"),
         ({"objective": "generation", "search_budget": 0}, "positive number of seconds"),
         ({"objective": "generation", "search_budget": -3.0}, "positive number of seconds"),
-        ({"objective": "hidden", "search_budget": 5.0}, "use --objective generation or choice"),
-        ({"objective": "generation", "window": True}, "needs --objective hidden"),
+        ({"objective": "hidden", "search_budget": 5.0}, "use objective generation or choice"),
+        ({"objective": "generation", "window": True}, "needs objective hidden"),
     ],
 )
 def test_impossible_objective_requests_are_refused(kw, msg):
-    with pytest.raises(PruneConfigError, match=msg):
-        validate_objective(**kw)
+    """Refused by the DropSpec's check (missing questions: by drop itself) before anything is dropped."""
     model = tiny_model("llama", num_hidden_layers=3)
     target = "block" if kw.get("window") else "attn"
     with pytest.raises(PruneConfigError, match=msg):
@@ -224,8 +224,8 @@ def test_fisher_estimate_samples_the_exact_second_order_form():
         model, _calibration(ids), target="attn", n=1, objective="generation", estimator="fisher", dry_run=True
     )
     assert plan.options["estimator"] == "fisher" and "Fisher" in plan.scores["method"]
-    with pytest.raises(PruneConfigError, match="use --objective generation"):
-        validate_objective("choice", estimator="fisher", choices=_choices())
+    with pytest.raises(SpecError, match="estimator: .* use objective generation"):
+        DropSpec("attn", 1, objective="choice", estimator="fisher").check()
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2", "gpt_neox"])

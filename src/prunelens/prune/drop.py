@@ -20,11 +20,9 @@ import time
 
 from prunelens.data.calibration import Calibration
 from prunelens.models.adapter import Adapter, drop_blocks, param_count
-from prunelens.plan import DROP_TARGETS, PrunePlan
+from prunelens.plan import PrunePlan
 from prunelens.prune.choose import best_window, choose, count_dropped, drop_by_scores, kinds_for
 from prunelens.prune.objectives import (
-    ESTIMATORS,
-    OBJECTIVES,
     ChoiceSet,
     candidates,
     choice_divergence,
@@ -36,114 +34,62 @@ from prunelens.prune.objectives import (
     temporarily_dropped,
 )
 from prunelens.prune.scoring import Similarities, similarities
+from prunelens.prune.specs import DropSpec, PruneConfigError, SpecError, check_drop_count, option_name
 
-
-class PruneConfigError(ValueError):
-    """Impossible pruning request (bad target, count, sparsity or pattern)."""
-
-
-def validate_drop(num_layers: int, target: str, n: int, already_dropped: int = 0) -> None:
-    """Refuse targets and counts that cannot be satisfied, before any work."""
-    if target not in DROP_TARGETS:
-        raise PruneConfigError(f"unknown drop target {target!r}; choose one of {', '.join(DROP_TARGETS)}")
-    if n <= 0:
-        raise PruneConfigError(f"the number to drop must be positive (got {n})")
-    available = (2 * num_layers if target == "joint" else num_layers) - already_dropped
-    if n >= available:
-        what = "sublayers" if target == "joint" else "layers"
-        raise PruneConfigError(
-            f"cannot drop {n} with target {target!r}: the model has {available} candidate {what}; "
-            f"n must be between 1 and {available - 1}"
-        )
+__all__ = ["PruneConfigError", "drop"]  # PruneConfigError: where callers have always imported it from
 
 
 def drop(
     model,
     calibration: Calibration,
+    spec: DropSpec | None = None,
     *,
-    target: str,
-    n: int,
-    iterative: bool = False,
-    window: bool = False,
     batch_size: int = 8,
     base_model: str = "",
     sims: Similarities | None = None,
     dry_run: bool = False,
-    objective: str = "hidden",
-    temperature: float = 1.0,
     choices: ChoiceSet | None = None,
-    search_budget: float | None = None,
-    search_evaluations: int | None = None,
-    estimator: str = "exact",
     seed: int = 0,
-    score_windows: int | None = None,
+    **fields,
 ) -> PrunePlan:
-    """Score on ``calibration``, drop ``n`` units of ``target`` from ``model`` in place, return the plan.
+    """Score on ``calibration``, drop the units ``spec`` asks for from ``model`` in place, return the plan.
 
+    ``spec``: a :class:`~prunelens.prune.specs.DropSpec`, or its fields as keywords (``target=``, ``n=``,
+    ``objective=``, ...); it is checked against the model and the calibration before any work.
     ``sims``: similarities already measured on this model and calibration (reused for the first ranking).
     ``dry_run``: return the plan a one-shot drop would make and leave ``model`` untouched (the analysis
     uses it to study a variant without a second copy of the weights).
-    ``objective``: ``hidden`` (cosine), ``generation`` (KL at ``temperature`` on the calibration tokens)
-    or ``choice`` (option KL on ``choices``); ``search_budget``: seconds of swap search after the
-    selection (KL objectives only), seeded by ``seed``; ``search_evaluations``: stop the search after
-    this many set evaluations instead (or as well) — a count, unlike seconds, reproduces on any machine.
-    ``estimator``: ``exact`` counterfactual KL, or ``fisher`` (the generation objective's fast second-order
-    estimate, every unit from one backward pass; iterative re-estimates on the reduced model).
-    ``score_windows``: score (and search) on the first this many calibration windows only (the windows are
-    drawn at seeded random offsets, so these are a seeded random subset; ``None``: all of them) — how an
-    exact KL objective, which costs about a forward pass per candidate, fits a time budget. The plan
-    records it (``options.score_windows``, and the scored tokens).
+    ``choices``: the choice objective's questions (:func:`prunelens.analysis.subspace.choice_set`).
+    ``seed``: seeds the swap search. The scored windows (``score_windows``) are the first K of the
+    calibration, which draws its windows at seeded random offsets: a seeded random subset.
     """
+    if spec is None:
+        spec = DropSpec(**fields)
+    elif fields:
+        raise TypeError(f"give a DropSpec or its fields, not both (got {sorted(fields)})")
     adapter = Adapter(model)
     site = _DryRun(adapter) if dry_run else adapter
-    num_layers = adapter.num_layers
-    validate_drop(num_layers, target, n, count_dropped(adapter, target))
-    validate_objective(
-        objective,
-        window=window,
-        choices=choices,
-        search_budget=search_budget,
-        search_evaluations=search_evaluations,
-        estimator=estimator,
+    spec.check(
+        nsamples=calibration.nsamples,
+        num_layers=adapter.num_layers,
+        already_dropped=count_dropped(adapter, spec.target),
     )
-    if window and target != "block":
-        raise PruneConfigError("--window (consecutive blocks) only applies to target 'block'")
-    calibration = _scored_windows(calibration, score_windows, objective)
-    if objective != "hidden":
+    if spec.objective == "choice" and choices is None:
+        raise PruneConfigError("the choice objective needs multiple-choice questions to score on")
+    if spec.score_windows is not None:
+        calibration = dataclasses.replace(calibration, input_ids=calibration.input_ids[: spec.score_windows])
+    if spec.objective != "hidden":
         return _drop_by_objective(
-            model,
-            site,
-            calibration,
-            target=target,
-            n=n,
-            iterative=iterative,
-            batch_size=batch_size,
-            base_model=base_model,
-            objective=objective,
-            temperature=temperature,
-            choices=choices,
-            search_budget=search_budget,
-            search_evaluations=search_evaluations,
-            estimator=estimator,
-            seed=seed,
-            dry_run=dry_run,
-            score_windows=score_windows,
+            model, site, calibration, spec, batch_size, base_model, choices, seed, dry_run
         )
-    if dry_run and iterative:
+    if dry_run and spec.iterative:
         raise PruneConfigError("an iterative drop re-scores the pruned model, so it cannot be a dry run")
-    ids = calibration.input_ids
-    plan = _new_plan(
-        model,
-        adapter,
-        calibration,
-        target,
-        base_model,
-        {"iterative": iterative, "window": window, **_windows_option(score_windows)},
-    )
+    plan = _new_plan(model, adapter, calibration, spec.target, base_model, spec.plan_options())
+    n, window = spec.n, spec.window
     first = (
         sims
         if sims is not None and (sims.window_size or 0) == (n if window else 0)
-        else similarities(model, ids, batch_size=batch_size, window=n if window else 0)
+        else similarities(model, calibration.input_ids, batch_size=batch_size, window=n if window else 0)
     )
     plan.scores = {
         **first.to_dict(),
@@ -154,79 +100,42 @@ def drop(
     def rescore() -> dict:
         rescore_step[0] += 1
         return similarities(
-            model, ids, batch_size=batch_size, desc=f"re-scoring ({rescore_step[0]}/{n})"
+            model, calibration.input_ids, batch_size=batch_size, desc=f"re-scoring ({rescore_step[0]}/{n})"
         ).by_kind()
 
-    if target == "block":
-        if window:
-            start = best_window(first.window)
-            chosen = list(range(start, start + n))
-            plan.scores["chosen_window"] = {"start": start, "similarity": first.window[start]}
-        elif not iterative:
-            chosen = sorted(c.layer for c in choose(first.by_kind(), "block", n))
-        else:
-            original, scores, steps = list(range(num_layers)), first.by_kind(), []
-            for step in range(n):
-                c = choose(scores, "block", 1)[0]
-                steps.append({"step": step, "block": original[c.layer], "similarity": c.score})
-                drop_blocks(adapter, [c.layer])
-                del original[c.layer]
-                if step + 1 < n:
-                    scores = rescore()
-            chosen = sorted(s["block"] for s in steps)
-            plan.scores["iterative_steps"] = steps
-        plan.dropped_blocks = chosen
-        if not iterative:
-            site.drop_block_set(chosen)
+    if spec.target == "block":
+        _drop_blocks_by_cosine(adapter, site, plan, spec, first, rescore)
     else:
         plan.dropped_sublayers = drop_by_scores(
-            site, rescore, target, n, iterative=iterative, first=first.by_kind()
+            site, rescore, spec.target, n, iterative=spec.iterative, first=first.by_kind()
         )
     plan.params_after = plan.params_before - site.removed if dry_run else param_count(model)
     return plan
 
 
-def validate_score_windows(
-    score_windows: int | None,
-    objective: str,
-    nsamples: int,
-    *,
-    option: str = "score_windows",
-    objective_option: str = "objective",
-    nsamples_option: str | None = None,
-) -> None:
-    """Refuse a ``score_windows`` that cannot apply: with the choice objective (it scores on questions), not
-    a positive count, or more than the ``nsamples`` calibration windows. The ``*_option`` names are how the
-    caller spells the fields (the CLI: ``--score-windows``, ``--objective``, ``--nsamples``; without
-    ``nsamples_option`` the limit reads "the N calibration windows")."""
-    if score_windows is None:
-        return
-    if objective == "choice":
-        raise PruneConfigError(
-            f"{option} does not apply to {objective_option} choice "
-            "(it scores on multiple-choice questions, not calibration windows)"
-        )
-    if isinstance(score_windows, bool) or not isinstance(score_windows, int) or score_windows < 1:
-        raise PruneConfigError(f"{option} must be a positive number of windows (got {score_windows!r})")
-    if score_windows > nsamples:
-        limit = (
-            f"the {nsamples} calibration windows"
-            if nsamples_option is None
-            else f"{nsamples_option} {nsamples}"
-        )
-        raise PruneConfigError(f"{option} {score_windows} exceeds {limit}")
-
-
-def _scored_windows(calibration: Calibration, score_windows: int | None, objective: str) -> Calibration:
-    """The calibration windows a drop is scored on: the first ``score_windows`` (all when ``None``)."""
-    validate_score_windows(score_windows, objective, calibration.nsamples)
-    if score_windows is None:
-        return calibration
-    return dataclasses.replace(calibration, input_ids=calibration.input_ids[:score_windows])
-
-
-def _windows_option(score_windows: int | None) -> dict:
-    return {} if score_windows is None else {"score_windows": score_windows}
+def _drop_blocks_by_cosine(adapter: Adapter, site, plan: PrunePlan, spec: DropSpec, first, rescore) -> None:
+    """Whole blocks by cosine: the best window, the ``n`` best one-shot, or one at a time re-scored."""
+    n = spec.n
+    if spec.window:
+        start = best_window(first.window)
+        chosen = list(range(start, start + n))
+        plan.scores["chosen_window"] = {"start": start, "similarity": first.window[start]}
+    elif not spec.iterative:
+        chosen = sorted(c.layer for c in choose(first.by_kind(), "block", n))
+    else:
+        original, scores, steps = list(range(adapter.num_layers)), first.by_kind(), []
+        for step in range(n):
+            c = choose(scores, "block", 1)[0]
+            steps.append({"step": step, "block": original[c.layer], "similarity": c.score})
+            drop_blocks(adapter, [c.layer])
+            del original[c.layer]
+            if step + 1 < n:
+                scores = rescore()
+        chosen = sorted(s["block"] for s in steps)
+        plan.scores["iterative_steps"] = steps
+    plan.dropped_blocks = chosen
+    if not spec.iterative:
+        site.drop_block_set(chosen)
 
 
 def _new_plan(model, adapter: Adapter, calibration: Calibration, target: str, base_model: str, options: dict):
@@ -244,89 +153,31 @@ def _new_plan(model, adapter: Adapter, calibration: Calibration, target: str, ba
     )
 
 
-def validate_objective(
-    objective: str,
-    *,
-    window: bool = False,
-    choices: ChoiceSet | None = None,
-    search_budget: float | None = None,
-    search_evaluations: int | None = None,
-    estimator: str = "exact",
-    need_choices: bool = True,
-) -> None:
-    """Refuse an unknown objective, a choice objective without questions and a budget ≤ 0, before any work.
-    ``need_choices=False``: the caller builds the questions later (it checks that it can)."""
-    if objective not in OBJECTIVES:
-        raise PruneConfigError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
-    if objective != "hidden" and window:
-        raise PruneConfigError("--window (the best consecutive blocks by cosine) needs --objective hidden")
-    if estimator not in ESTIMATORS:
-        raise PruneConfigError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
-    if estimator == "fisher" and objective != "generation":
-        raise PruneConfigError(
-            "the Fisher estimate is of the generation objective's KL: use --objective generation"
-        )
-    if objective == "choice" and choices is None and need_choices:
-        raise PruneConfigError("the choice objective needs multiple-choice questions to score on")
-    if search_budget is not None:
-        if not search_budget > 0:
-            raise PruneConfigError(
-                f"the search budget must be a positive number of seconds (got {search_budget})"
-            )
-        if objective == "hidden":
-            raise PruneConfigError(
-                "the budgeted search improves a set by its KL: use --objective generation or choice"
-            )
-
-
 def _drop_by_objective(
     model,
     site,
     calibration: Calibration,
-    *,
-    target: str,
-    n: int,
-    iterative: bool,
+    spec: DropSpec,
     batch_size: int,
     base_model: str,
-    objective: str,
-    temperature: float,
     choices: ChoiceSet | None,
-    search_budget: float | None,
-    search_evaluations: int | None,
-    estimator: str,
     seed: int,
     dry_run: bool,
-    score_windows: int | None = None,
 ) -> PrunePlan:
     """Choose by a KL objective: rank (one-shot or iterative) with exact counterfactual scores while the
     model is only *temporarily* changed, optionally improve the set by swaps, then drop it for real."""
     adapter = Adapter(model)
+    target, objective, temperature = spec.target, spec.objective, spec.temperature
     kinds = kinds_for(target)
     ids = calibration.input_ids
-    plan = _new_plan(
-        model,
-        adapter,
-        calibration,
-        target,
-        base_model,
-        {
-            "iterative": iterative,
-            "window": False,
-            "objective": objective,
-            "temperature": temperature,
-            "estimator": estimator,
-            **_windows_option(score_windows),
-        },
-    )
+    plan = _new_plan(model, adapter, calibration, target, base_model, spec.plan_options())
 
     def score(reference):
-        if objective == "generation" and estimator == "fisher":
+        if objective == "generation" and spec.estimator == "fisher":
             est = fisher_kl_estimate(
                 model, ids, kinds, temperature=temperature, batch_size=batch_size, seed=seed
             )
-            searching = search_budget is not None or search_evaluations is not None
-            if reference is None and searching:  # the search's fitness is exact: the dense distributions
+            if reference is None and spec.searching:  # the search's fitness is exact: the dense distributions
                 reference = dense_reference(model, ids, temperature=temperature, batch_size=batch_size)
             return est, reference
         if objective == "generation":
@@ -345,25 +196,8 @@ def _drop_by_objective(
         f"mean KL(dense ‖ without the unit) of the {'next-token' if objective == 'generation' else 'option'} "
         "distribution; lower = less important"
     )
-    chosen: list[tuple[int, str]] = []
-    kl_of: dict[tuple[int, str], float] = {}
-    if not iterative:
-        for c in choose(first.by_kind(), target, n):
-            chosen.append((c.layer, c.kind))
-            kl_of[(c.layer, c.kind)] = -c.score
-    else:
-        steps, scores = [], first
-        for step in range(n):
-            c = choose(scores.by_kind(), target, 1)[0]
-            chosen.append((c.layer, c.kind))
-            kl_of[(c.layer, c.kind)] = -c.score
-            steps.append({"step": step, "layer": c.layer, "sublayer": c.kind, "kl": -c.score})
-            if step + 1 < n:
-                with temporarily_dropped(adapter, chosen):
-                    scores, _ = score(reference)
-        plan.scores["iterative_steps"] = steps
-        plan.scores["iterative_seconds"] = time.perf_counter() - t0
-    if search_budget is not None or search_evaluations is not None:
+    chosen, kl_of = _rank_by_objective(adapter, plan, spec, first, score, reference, t0)
+    if spec.searching:
         chosen, record = _swap_search(
             model,
             adapter,
@@ -376,8 +210,8 @@ def _drop_by_objective(
             choices,
             temperature=temperature,
             batch_size=batch_size,
-            budget=search_budget,
-            max_evaluations=search_evaluations,
+            budget=spec.search_budget,
+            max_evaluations=spec.search_evaluations,
             seed=seed,
         )
         plan.scores["search"] = record
@@ -392,6 +226,30 @@ def _drop_by_objective(
         plan.dropped_sublayers = entries
     plan.params_after = plan.params_before - site.removed if dry_run else param_count(model)
     return plan
+
+
+def _rank_by_objective(adapter: Adapter, plan: PrunePlan, spec: DropSpec, first, score, reference, t0):
+    """The ``n`` units with the lowest KL: at once, or one at a time re-scored with the chosen ones
+    temporarily dropped. Returns the units and their KL."""
+    chosen: list[tuple[int, str]] = []
+    kl_of: dict[tuple[int, str], float] = {}
+    if not spec.iterative:
+        for c in choose(first.by_kind(), spec.target, spec.n):
+            chosen.append((c.layer, c.kind))
+            kl_of[(c.layer, c.kind)] = -c.score
+        return chosen, kl_of
+    steps, scores = [], first
+    for step in range(spec.n):
+        c = choose(scores.by_kind(), spec.target, 1)[0]
+        chosen.append((c.layer, c.kind))
+        kl_of[(c.layer, c.kind)] = -c.score
+        steps.append({"step": step, "layer": c.layer, "sublayer": c.kind, "kl": -c.score})
+        if step + 1 < spec.n:
+            with temporarily_dropped(adapter, chosen):
+                scores, _ = score(reference)
+    plan.scores["iterative_steps"] = steps
+    plan.scores["iterative_seconds"] = time.perf_counter() - t0
+    return chosen, kl_of
 
 
 def _swap_search(
@@ -479,3 +337,47 @@ class _DryRun:
 
     def drop_block_set(self, layers: list[int]) -> None:
         self.removed += sum(p.numel() for i in layers for p in self.adapter.layers[i].parameters())
+
+
+# --- transitional: the command line and the study runner still call these while they move to DropSpec;
+# each is the spec's own check, spelled with command-line option names. Removed once no caller is left.
+
+
+def _as_option_error(check) -> None:
+    try:
+        check()
+    except SpecError as exc:
+        raise PruneConfigError(exc.render(option_name)) from None
+
+
+def validate_drop(num_layers: int, target: str, n: int, already_dropped: int = 0) -> None:
+    _as_option_error(lambda: check_drop_count(num_layers, target, n, already_dropped))
+
+
+def validate_objective(
+    objective: str,
+    *,
+    window: bool = False,
+    choices=None,
+    search_budget=None,
+    search_evaluations=None,
+    estimator: str = "exact",
+    need_choices: bool = True,
+) -> None:
+    spec = DropSpec(
+        "block" if window else "attn",
+        1,
+        window=window,
+        objective=objective,
+        estimator=estimator,
+        search_budget=search_budget,
+        search_evaluations=search_evaluations,
+    )
+    _as_option_error(spec.check)
+    if objective == "choice" and choices is None and need_choices:
+        raise PruneConfigError("the choice objective needs multiple-choice questions to score on")
+
+
+def validate_score_windows(score_windows, objective: str, nsamples: int, **_options) -> None:
+    spec = DropSpec("attn", 1, objective=objective, score_windows=score_windows)
+    _as_option_error(lambda: spec._check_windows(nsamples))

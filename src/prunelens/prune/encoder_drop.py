@@ -30,8 +30,9 @@ from prunelens.models.encoder_adapter import (
 )
 from prunelens.plan import PrunePlan
 from prunelens.prune.choose import count_dropped, drop_by_scores
-from prunelens.prune.drop import PruneConfigError, drop, validate_drop
+from prunelens.prune.drop import drop
 from prunelens.prune.scoring import Similarities, cosine_sum
+from prunelens.prune.specs import PruneConfigError, check_drop_count
 
 
 @torch.no_grad()
@@ -122,7 +123,7 @@ def drop_encoder(
         raise PruneConfigError(f"mode must be one of {DROP_MODES}, got {mode!r}")
     ad = EncoderAdapter(model)
     site = _EncoderSite(ad, mode)
-    validate_drop(ad.num_layers, target, n, count_dropped(site, target))
+    check_drop_count(ad.num_layers, target, n, count_dropped(site, target))
     ids = calibration if isinstance(calibration, torch.Tensor) else calibration.input_ids
     calib_info = (
         {"source": "tensor", "nsamples": ids.shape[0], "seqlen": ids.shape[1]}
