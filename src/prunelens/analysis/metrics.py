@@ -32,6 +32,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from prunelens.utils.kl import kl_divergence
+
 __all__ = [
     "Decomposition",
     "centered_cosine",
@@ -301,27 +303,9 @@ def prob_one_minus_cos(z: Tensor, z_pert: Tensor, T: float = 1.0) -> Tensor:
 
 
 def _kl_logp(lp: Tensor, lq: Tensor, p: Tensor | None = None, q: Tensor | None = None) -> Tensor:
-    """KL(p‖q) from log-probabilities, as ``Σ_i [p_i δ_i + q_i − p_i]`` with ``δ = log p − log q``.
-
-    Each term equals ``p_i φ(δ_i)``, ``φ(δ) = δ + e^{−δ} − 1 ≥ 0``; the sum equals ``Σ p δ`` because
-    ``Σ q = Σ p = 1``. This form damps the rounding of a shared shift in ``δ`` (first-order error
-    terms cancel) and no term is negative. ``p·(e^{−δ} − 1)`` is evaluated as ``p·expm1(−δ)`` for
-    ``δ ≥ −1`` and as ``q − p`` below (no overflow). A token with ``p_i = 0`` contributes ``q_i``
-    (the ``p·δ`` part is 0), which keeps the identity exact when ``p`` has zeros.
-    """
-    if p is None:
-        p = lp.exp()
-    if q is None:
-        q = lq.exp()
-    d = lp - lq
-    pe = torch.where(d >= -1.0, p * torch.expm1(-d.clamp_min(-1.0)), q - p)
-    term = (p * d + pe).clamp_min(0.0)
-    out = term.sum(-1)
-    bad = torch.isnan(out)
-    if bad.any():  # only with −inf logits in the dense distribution: 0·(−inf) in p·δ
-        safe = torch.where(p > 0, term, q).sum(-1)
-        out = torch.where(bad, safe, out)
-    return out
+    """KL(p‖q) from log-probabilities with every term ``p_i φ(δ_i) ≥ 0`` (the project's one KL,
+    :func:`prunelens.utils.kl.kl_divergence`, in its cancellation-damped form: see there)."""
+    return kl_divergence(lp, lq, p, q, nonnegative_terms=True)
 
 
 def kl(z: Tensor, z_pert: Tensor, T: float = 1.0) -> Tensor:

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from prunelens.analysis.metrics import check_temperature  # pure maths: the one temperature rule
 from prunelens.plan import REPAIR_LOSSES as LOSSES  # one list: the plan validates what a repair records
+from prunelens.utils.kl import kl_divergence, log_probs
 
 DIVERGENCES = ("kl", "reverse-kl", "jsd")
 
@@ -66,19 +67,19 @@ def token_divergence(student_logits: Tensor, teacher_logits: Tensor, loss: str, 
             f"student and teacher logits differ in shape: {tuple(student_logits.shape)} vs "
             f"{tuple(teacher_logits.shape)} (different vocabularies?)"
         )
-    lq = torch.log_softmax(_up(student_logits) / temperature, dim=-1)
-    lp = torch.log_softmax(_up(teacher_logits).to(lq.dtype) / temperature, dim=-1)
+    lq = log_probs(_up(student_logits), temperature)
+    lp = log_probs(_up(teacher_logits).to(lq.dtype), temperature)
     if loss == "kl":
-        return (lp.exp() * (lp - lq)).sum(-1)
+        return kl_divergence(lp, lq)
     if loss == "reverse-kl":
-        return (lq.exp() * (lq - lp)).sum(-1)
+        return kl_divergence(lq, lp)
     lm = torch.logaddexp(lp, lq) - math.log(2.0)
-    return 0.5 * ((lp.exp() * (lp - lm)).sum(-1) + (lq.exp() * (lq - lm)).sum(-1))
+    return 0.5 * (kl_divergence(lp, lm) + kl_divergence(lq, lm))
 
 
 def token_cross_entropy(student_logits: Tensor, targets: Tensor) -> Tensor:
     """``−log q(target)`` at every position (T = 1)."""
-    lq = torch.log_softmax(_up(student_logits), dim=-1)
+    lq = log_probs(_up(student_logits))
     return -lq.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 

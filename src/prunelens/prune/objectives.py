@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from prunelens.models.adapter import (
     Adapter,
@@ -44,6 +43,7 @@ from prunelens.models.adapter import (
     input_device,
     set_submodule,
 )
+from prunelens.utils.kl import kl_divergence, log_probs
 from prunelens.utils.progress import progress_bar
 
 __all__ = [
@@ -186,8 +186,7 @@ def _suffix_logits(adapter: Adapter, rec: _Recorded, start: int, last_only: bool
 
 def _kl_sum(logp_ref: torch.Tensor, z: torch.Tensor, temperature: float, mask=None) -> float:
     """``Σ_t KL(p_ref,t ‖ softmax(z_t / T))`` over positions (``mask``: weight per position)."""
-    logq = F.log_softmax(z / temperature, dim=-1)
-    kl = (logp_ref.exp() * (logp_ref - logq)).sum(-1)
+    kl = kl_divergence(logp_ref, log_probs(z, temperature))
     return float((kl * mask).sum() if mask is not None else kl.sum())
 
 
@@ -215,11 +214,9 @@ def _head_kl_sum(
     h = h.reshape(-1, h.shape[-1])
     total = 0.0
     for s in range(0, h.shape[0], chunk):
-        z = adapter.logits_from_hidden(h[s : s + chunk]).float()
-        logq = F.log_softmax(z / temperature if temperature != 1 else z, dim=-1)
-        del z
-        logq.neg_().add_(logp_ref[s : s + chunk]).mul_(p_ref[s : s + chunk])  # p (log p − log q)
-        total += float(logq.sum(-1).double().sum())
+        logq = log_probs(adapter.logits_from_hidden(h[s : s + chunk]).float(), temperature)
+        kl = kl_divergence(logp_ref[s : s + chunk], logq, p_ref[s : s + chunk], overwrite_log_q=True)
+        total += float(kl.double().sum())
     return total
 
 
@@ -280,7 +277,7 @@ def counterfactual_kl(
             batch = input_ids[start : start + batch_size].to(device)
             rec = _record(model, adapter, batch)
             if reference is None:
-                logp_ref = F.log_softmax(rec.logits / temperature, dim=-1)
+                logp_ref = log_probs(rec.logits, temperature)
             else:
                 logp_ref = reference[b].to(rec.logits.device)
             rec.logits = rec.logits.new_empty(0)  # only the reference is needed from the dense logits
@@ -307,7 +304,7 @@ def dense_reference(model, input_ids: torch.Tensor, *, temperature: float = 1.0,
     out = []
     for start in range(0, input_ids.shape[0], batch_size):
         z = model(input_ids[start : start + batch_size].to(device), use_cache=False).logits.float()
-        out.append(F.log_softmax(z / temperature, dim=-1))
+        out.append(log_probs(z, temperature))
     return out
 
 
@@ -334,7 +331,7 @@ def set_kl(
 
 def _option_logprobs(last: torch.Tensor, options: list[list[int]], temperature: float) -> torch.Tensor:
     """Log-probabilities renormalised over the options (each option: the mass of its letter spellings)."""
-    logp = F.log_softmax(last / temperature, dim=-1)
+    logp = log_probs(last, temperature)
     mass = torch.stack([torch.logsumexp(logp[ids], dim=0) for ids in options])
     return mass - torch.logsumexp(mass, dim=0)
 
@@ -398,7 +395,7 @@ def choice_divergence(
                 for r, o in enumerate(opts):
                     cand = _option_logprobs(z[r], o, temperature)
                     ref = batch_refs[r]
-                    kl_sum[(layer, kind)] += float((ref.exp() * (ref - cand)).sum())
+                    kl_sum[(layer, kind)] += float(kl_divergence(ref, cand))
                     flips[(layer, kind)] += int(cand.argmax() != ref.argmax())
                 bar.advance(1)
     div: dict[str, list[float | None]] = {k: [None] * adapter.num_layers for k in kinds}
@@ -438,7 +435,7 @@ def choice_set_kl(
         for r, opts in enumerate(choices.options[b0 : b0 + batch_size]):
             cand = _option_logprobs(z[r], opts, temperature)
             ref = reference[b0 + r].to(cand.device)
-            total += float((ref.exp() * (ref - cand)).sum())
+            total += float(kl_divergence(ref, cand))
     return total / len(choices.prompts)
 
 
@@ -503,8 +500,8 @@ def fisher_kl_estimate(
             for start in batches:
                 batch = input_ids[start : start + batch_size].to(device)
                 captured.clear()
-                logits = model(batch, use_cache=False).logits.float() / temperature
-                logp = F.log_softmax(logits, dim=-1)
+                logits = model(batch, use_cache=False).logits.float()
+                logp = log_probs(logits, temperature)
                 keys = list(captured)
                 outs = [captured[key] for key in keys]
                 with torch.no_grad():

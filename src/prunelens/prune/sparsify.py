@@ -45,6 +45,7 @@ from prunelens.prune.sparse_math import (
     symmetric_from_lower,
     wanda_scores,
 )
+from prunelens.utils.kl import log_probs
 from prunelens.utils.memory import reuse_freed_memory
 from prunelens.utils.progress import progress_bar
 
@@ -621,7 +622,7 @@ def block_sensitivity(
         for start in starts:
             batch = ids[start : start + batch_size].to(dev)
             rec = _record(model, adapter, batch)
-            logp_ref = torch.log_softmax(rec.logits, dim=-1).reshape(-1, rec.logits.shape[-1])
+            logp_ref = log_probs(rec.logits).reshape(-1, rec.logits.shape[-1])
             rec.logits = rec.logits.new_empty(0)  # only the reference is needed from the dense logits
             p_ref = logp_ref.exp()  # once per batch, not once per block
             for i in range(L):
