@@ -13,8 +13,8 @@ Modules (import what you need; nothing heavy is imported here):
 * :mod:`~prunelens.analysis.trajectories` — decoding, teacher-forced and free-running comparisons;
 * :mod:`~prunelens.analysis.subspace` — multiple-choice answer options versus the full vocabulary;
 * :mod:`~prunelens.analysis.tables`, :mod:`~prunelens.analysis.figures` — tidy tables and figures;
-* :mod:`~prunelens.analysis.prompts`, :mod:`~prunelens.analysis.pipeline`,
-  :mod:`~prunelens.analysis.cli` — prompt sets, the whole run, and ``prunelens analyze``.
+* :mod:`~prunelens.analysis.prompts`, :mod:`~prunelens.analysis.pipeline` — prompt sets and the whole
+  run (the ``prunelens analyze`` command is :mod:`prunelens.cli.analyze`).
 
 Quick start::
 

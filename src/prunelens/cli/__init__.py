@@ -1,0 +1,58 @@
+"""prunelens command line: thin wrappers that parse arguments, call the library and say where results went.
+
+    prunelens demo --out runs/demo                 # the main job on the embedded model
+    prunelens prune drop [MODEL] --target attn --n 8 --out DIR
+    prunelens prune sparsify [MODEL] --method wanda --sparsity 0.5 --out DIR
+    prunelens info MODEL_OR_DIR
+
+Bad input (unknown model, impossible counts or sparsities, an existing output directory) exits with
+code 2 and a one-line reason, before anything is written.
+
+What lives where: this module builds the typer app and registers every command; :mod:`.common` holds the
+shared options and the steps before the library runs (threads, model resolve and load, calibration and
+output-directory checks); :mod:`.render` the tables that show results. One module per command group:
+:mod:`.prune` (prune drop, prune sparsify), :mod:`.evaluate` (eval, compare), :mod:`.study` (study,
+sweep, report), :mod:`.repair`, :mod:`.analyze`, :mod:`.info` (info, demo) and :mod:`.cache`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from prunelens.cli import analyze, cache, evaluate, info, prune, repair, study
+
+app = typer.Typer(
+    help=(
+        "prunelens: prune LLMs and measure when pruning works, and why (hidden → logit → probability space)."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+prune_app = typer.Typer(
+    help="Prune a model: drop sublayers/blocks, or sparsify weights.", no_args_is_help=True
+)
+app.add_typer(prune_app, name="prune")
+
+prune_app.command("drop")(prune.prune_drop)
+prune_app.command("sparsify")(prune.prune_sparsify)
+app.command()(info.info)
+app.command()(info.demo)
+app.command("eval")(evaluate.eval_cmd)
+app.command()(evaluate.compare)
+app.command()(study.study)
+app.command()(study.report)
+app.command()(study.sweep)
+app.command()(repair.repair)
+app.command("cache")(cache.cache_cmd)
+app.command("analyze")(analyze.analyze)
+
+
+def main() -> None:  # pragma: no cover
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,117 @@
+"""What the commands share: the common options, and the steps every command takes before the library runs
+(threads, resolving and loading the model, checking calibration and the output directory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from prunelens.utils.cli_output import err_console
+from prunelens.utils.cli_output import fail as fail
+
+__all__ = ["MODEL_HELP", "CommonOptions", "err_console", "fail", "out_console"]
+
+out_console = Console()
+
+MODEL_HELP = (
+    "Hub id, local checkpoint dir, .gguf file, prunelens dir, or alias (default: smollm2-135m, embedded)."
+)
+
+
+class CommonOptions:
+    """Options shared by the prune commands (and some of the others)."""
+
+    calib = typer.Option(
+        "c4",
+        "--calib",
+        help=(
+            "Calibration: c4, c4-heldout, wikitext2, a .txt/.json/.jsonl file, or hub:NAME[:CONFIG[:SPLIT]]."
+        ),
+    )
+    nsamples = typer.Option(64, "--nsamples", help="Number of calibration windows.")
+    seqlen = typer.Option(256, "--seqlen", help="Tokens per calibration window.")
+    seed = typer.Option(0, "--seed", help="Seed for calibration sampling.")
+    dtype = typer.Option("float32", "--dtype", help="Model dtype: float32, bfloat16, float16 or auto.")
+    device = typer.Option(
+        "cpu", "--device", help="Device: cpu, cuda, cuda:N, or auto (accelerate device map over all devices)."
+    )
+    batch_size = typer.Option(8, "--batch-size", help="Calibration windows per forward pass.")
+    overwrite = typer.Option(False, "--overwrite", help="Replace a non-empty output directory.")
+    threads = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice).")
+
+
+def set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def resolve_model(model: str | None):
+    """Resolve the model spec and run the cheap checks (files, config, plan) before any weights load."""
+    from prunelens.models.adapter import UnsupportedArchitectureError, spec_for
+    from prunelens.models.loading import ModelNotFoundError, resolve
+    from prunelens.utils.artifacts import ArtifactError
+
+    try:
+        src = resolve(model)
+        spec_for(src.config)
+        return src
+    except (ModelNotFoundError, UnsupportedArchitectureError, ArtifactError) as exc:
+        fail(str(exc))
+
+
+def load_model(src, dtype: str, device: str):
+    """Load a model resolved by :func:`resolve_model` (or a spec, resolved here).
+
+    Returns ``(model, tokenizer, plan)``.
+    """
+    from prunelens.models.adapter import UnsupportedArchitectureError
+    from prunelens.models.loading import ModelNotFoundError, ModelSource, load
+
+    if not isinstance(src, ModelSource):
+        src = resolve_model(src)
+    try:
+        if device == "auto":
+            return load(src, dtype=dtype, device_map="auto", return_plan=True)
+        return load(src, dtype=dtype, device=device, return_plan=True)
+    except (ModelNotFoundError, UnsupportedArchitectureError, ValueError) as exc:
+        fail(str(exc))
+
+
+def check_calibration_request(src, calib: str, nsamples: int, seqlen: int):
+    """Counts, lengths and the calibration file, checked before the model loads; returns the documents."""
+    from prunelens.data.calibration import CalibrationDataError, load_texts
+    from prunelens.data.paths import DataNotFoundError
+    from prunelens.models.loading import check_seqlen
+
+    if nsamples <= 0:
+        fail(f"--nsamples must be positive (got {nsamples})")
+    if seqlen <= 0:
+        fail(f"--seqlen must be positive (got {seqlen})")
+    try:
+        check_seqlen(seqlen, src.config)
+        return load_texts(calib)
+    except (CalibrationDataError, DataNotFoundError, ValueError) as exc:
+        fail(str(exc))
+
+
+def calibration(tokenizer, calib: str, nsamples: int, seqlen: int, seed: int, texts=None):
+    from prunelens.data.calibration import CalibrationDataError, get_calibration
+    from prunelens.data.paths import DataNotFoundError
+
+    try:
+        return get_calibration(tokenizer, calib, nsamples, seqlen, seed, texts=texts)
+    except (CalibrationDataError, DataNotFoundError) as exc:
+        fail(str(exc))
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    from prunelens.utils.io import OutputExistsError, check_output_dir
+
+    try:
+        check_output_dir(out, overwrite)
+    except OutputExistsError as exc:
+        fail(str(exc))
