@@ -42,6 +42,7 @@ __all__ = [
     "TABLE_COLUMNS",
     "STAT_COLUMNS",
     "transitions_frame",
+    "transitions_summary",
     "trajectories_frames",
     "subspace_frames",
     "write_table",
@@ -144,6 +145,31 @@ def transitions_frame(res) -> pd.DataFrame:
         }
     )
     return df[TABLE_COLUMNS["transitions"]]
+
+
+def transitions_summary(res) -> pd.DataFrame:
+    """``summary_transitions`` rows of a TransitionsResult: the statistics of each sublayer × metric over
+    all tokens, and over the prompt and the generated tokens apart."""
+    rows = []
+    kinds = res.tokens["position_kind"]
+    for (space, metric, T), arr in res.values.items():
+        for j, (layer, kind, cf, inv) in enumerate(res.entries):
+            base = {
+                "variant": res.variant,
+                "layer": layer,
+                "sublayer": kind,
+                "counterfactual": cf,
+                "in_variant": inv,
+                "space": space,
+                "metric": metric,
+                "temperature": np.nan if T is None else T,
+            }
+            rows.append({**base, "position_kind": "all", **summarize_values(arr[j])})
+            for pk in ("prompt", "generated"):
+                m = kinds == pk
+                if m.any():
+                    rows.append({**base, "position_kind": pk, **summarize_values(arr[j][m])})
+    return pd.DataFrame(rows)
 
 
 def trajectories_frames(res) -> dict[str, pd.DataFrame]:

@@ -2,7 +2,7 @@
 
 The study runs :func:`prunelens.analysis.pipeline.run_analysis` once per pruned variant, into
 ``analysis/<v>/``. Its ``summary.json`` is ``{"dense": …, "variants": {<v>: {...}}, "timings_s": …, …}``;
-the entry of the variant holds (``prunelens.analysis.pipeline.headline_transitions`` / ``_trajectories`` /
+the entry of the variant holds (``prunelens.analysis.headlines.headline_transitions`` / ``_trajectories`` /
 ``_subspace``, each present only when that analysis ran)::
 
     transitions.variant_sublayers | all_sublayers
