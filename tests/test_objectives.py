@@ -12,12 +12,11 @@ import torch.nn.functional as F
 
 from prunelens.data.calibration import Calibration
 from prunelens.models.adapter import Adapter, drop_sublayer
+from prunelens.models.capture import record_forward, suffix_logits
 from prunelens.models.tiny import TINY_FAMILIES, tiny_model
 from prunelens.prune.drop import PruneConfigError, drop
 from prunelens.prune.objectives import (
     ChoiceSet,
-    _record,
-    _suffix_logits,
     choice_divergence,
     counterfactual_kl,
     temporarily_dropped,
@@ -55,9 +54,9 @@ def test_suffix_rerun_reproduces_the_model_and_counterfactuals_match_brute_force
     adapter = Adapter(model)
     ids = _ids()
     with torch.no_grad():
-        rec = _record(model, adapter, ids)
+        rec = record_forward(model, adapter, ids)
         for start in range(adapter.num_layers):  # re-running from any recorded block input changes nothing
-            assert torch.allclose(_suffix_logits(adapter, rec, start), rec.logits, atol=1e-4, rtol=1e-4)
+            assert torch.allclose(suffix_logits(adapter, rec, start), rec.logits, atol=1e-4, rtol=1e-4)
     scores, _ = counterfactual_kl(model, ids, ("attn", "mlp", "block"), temperature=2.0, batch_size=2)
     for kind in ("attn", "mlp", "block"):
         for layer in range(adapter.num_layers):

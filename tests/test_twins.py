@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from prunelens.studies import guidance as G
+from prunelens.report import twins as TW
+from prunelens.report.guidance import UNCLEAR
 from prunelens.studies.config import DEFAULT_CONFIG_YAML, StudyConfigError, load_config, parse_config
+from prunelens.studies.facts import TaskTest, TwinFacts, VariantFacts
 from prunelens.studies.runner import plan_units
 
 # ----------------------------------------------------------------------------------------------------
@@ -106,8 +108,9 @@ def test_the_twin_label_changes_no_unit_fingerprint():
 
 def test_chunked_head_kl_equals_the_whole_batch_kl():
     from prunelens.models.adapter import Adapter
+    from prunelens.models.capture import head_kl_sum
     from prunelens.models.tiny import tiny_model
-    from prunelens.prune.objectives import _head_kl_sum, _kl_sum
+    from prunelens.prune.objectives import _kl_sum
 
     model = tiny_model("llama")
     adapter = Adapter(model)
@@ -120,7 +123,7 @@ def test_chunked_head_kl_equals_the_whole_batch_kl():
         for T in (1.0, 0.7):
             want = _kl_sum(ref, z, T)
             for chunk in (1, 4, 5, 21, 512):  # chunks that divide the 21 positions and that do not
-                got = _head_kl_sum(adapter, h, flat, flat.exp(), T, chunk=chunk)
+                got = head_kl_sum(adapter, h, flat, flat.exp(), T, chunk=chunk)
                 assert got == pytest.approx(want, rel=1e-5)
 
 
@@ -180,15 +183,15 @@ def test_pooled_paired_difference_on_a_hand_made_example():
 
 def _tt(task, ref, val, p, n=200, test="exact McNemar"):
     d = val - ref
-    return G.TaskTest(task, n, ref, val, d, (d - 0.05, d + 0.05), p, test)
+    return TaskTest(task, n, ref, val, d, (d - 0.05, d + 0.05), p, test)
 
 
 def _facts():
     """Full, a variant X and its twin Y: fidelity axis (the dense model answers nothing)."""
-    full = G.VariantFacts("Full", group="dense", dense_nongen=0.6, dense_gen=0.0)
+    full = VariantFacts("Full", group="dense", dense_nongen=0.6, dense_gen=0.0)
     out = [full]
     for name, kept, rouge in (("Y", 0.95, 0.30), ("X", 0.97, 0.41)):
-        f = G.VariantFacts(name, group="attn", n=8, dense_nongen=0.6, dense_gen=0.0)
+        f = VariantFacts(name, group="attn", n=8, dense_nongen=0.6, dense_gen=0.0)
         f.retained_nongen, f.retained_nongen_interval = kept, (kept - 0.04, min(1.0, kept + 0.04))
         f.nongen_tests = [_tt("arc_easy", 0.6, 0.6 * kept, 0.4)]
         f.rouge_l, f.exact_match = rouge, 0.0
@@ -197,25 +200,25 @@ def _facts():
 
 
 def test_twin_sentences_from_the_measured_numbers():
-    fid = G.TaskTest("ROUGE-L to dense", 48, 0.30, 0.41, 0.11, (0.05, 0.17), 0.002, "paired sign-flip test")
-    t = G.TwinFacts(
+    fid = TaskTest("ROUGE-L to dense", 48, 0.30, 0.41, 0.11, (0.05, 0.17), 0.002, "paired sign-flip test")
+    t = TwinFacts(
         "X",
         "Y",
         ["drop.objective: hidden → generation"],
         nongen_tests=[_tt("arc_easy", 0.57, 0.582, 0.5), _tt("piqa", 0.60, 0.62, 0.2)],
         fidelity=fid,
-        fidelity_tests=[G.TaskTest("gsm8k", 24, 0.3, 0.4, 0.1, (0.0, 0.2), 0.01, "paired sign-flip test")],
+        fidelity_tests=[TaskTest("gsm8k", 24, 0.3, 0.4, 0.1, (0.0, 0.2), 0.01, "paired sign-flip test")],
     )
-    (g,) = G.twin_guidance([t], _facts())
+    (g,) = TW.twin_guidance([t], _facts())
     gen = g.generative
-    assert gen.finding == G.TWIN_BETTER and gen.measure == "ROUGE-L to dense"
+    assert gen.finding == TW.TWIN_BETTER and gen.measure == "ROUGE-L to dense"
     assert gen.sentence.startswith(
         "On generation, X keeps ROUGE-L 0.41 against Y's 0.30 (paired difference +0.11 [+0.05, +0.17], "
         "paired sign-flip test p = 0.002 on 48 prompts): X's changed rule "
         "(drop.objective: hidden → generation) suits generation better on this model."
     )
     ng = g.non_generative
-    assert ng.finding == G.TWIN_SAME and ng.n == {"arc_easy": 200, "piqa": 200}
+    assert ng.finding == TW.TWIN_SAME and ng.n == {"arc_easy": 200, "piqa": 200}
     # Holm over the two tasks: 0.2·2 = 0.4, then max(0.4, 0.5) = 0.5
     assert [d["p_holm"] for d in ng.tests] == pytest.approx([0.5, 0.4])
     assert (
@@ -229,21 +232,21 @@ def test_twin_sentences_from_the_measured_numbers():
     assert d["variant"] == "X" and d["twin"] == "Y" and d["generative"]["verdicts"].keys() == {"X", "Y"}
     json.dumps(d)  # guidance.json can hold it
     # the other way round, and too few prompts
-    worse = G.TaskTest(
+    worse = TaskTest(
         "ROUGE-L to dense", 48, 0.41, 0.30, -0.11, (-0.17, -0.05), 0.002, "paired sign-flip test"
     )
-    (g,) = G.twin_guidance(
-        [G.TwinFacts("X", "Y", ["drop.objective: hidden → generation"], fidelity=worse)], _facts()
+    (g,) = TW.twin_guidance(
+        [TwinFacts("X", "Y", ["drop.objective: hidden → generation"], fidelity=worse)], _facts()
     )
-    assert g.generative.finding == G.TWIN_WORSE and "suits generation worse" in g.generative.sentence
+    assert g.generative.finding == TW.TWIN_WORSE and "suits generation worse" in g.generative.sentence
     assert "Y's rule is the better choice here" in g.generative.sentence
-    few = G.TaskTest("ROUGE-L to dense", 6, 0.3, 0.9, 0.6, (0.4, 0.8), 0.03, "paired sign-flip test")
-    (g,) = G.twin_guidance([G.TwinFacts("X", "Y", [], fidelity=few)], _facts())
-    assert g.generative.finding == G.UNCLEAR and "only 6 shared prompts" in g.generative.sentence
+    few = TaskTest("ROUGE-L to dense", 6, 0.3, 0.9, 0.6, (0.4, 0.8), 0.03, "paired sign-flip test")
+    (g,) = TW.twin_guidance([TwinFacts("X", "Y", [], fidelity=few)], _facts())
+    assert g.generative.finding == UNCLEAR and "only 6 shared prompts" in g.generative.sentence
     # a significant non-generative difference names the task, the test and the adjusted p
-    t = G.TwinFacts("X", "Y", ["repair: unset → {steps: 10}"], nongen_tests=[_tt("piqa", 0.55, 0.62, 0.004)])
-    (g,) = G.twin_guidance([t], _facts())
-    assert g.non_generative.finding == G.TWIN_BETTER
+    t = TwinFacts("X", "Y", ["repair: unset → {steps: 10}"], nongen_tests=[_tt("piqa", 0.55, 0.62, 0.004)])
+    (g,) = TW.twin_guidance([t], _facts())
+    assert g.non_generative.finding == TW.TWIN_BETTER
     assert "piqa +7.0 points [+2.0, +12.0] (exact McNemar, Holm-adjusted p = 0.004, n = 200)" in (
         g.non_generative.sentence
     )
@@ -366,7 +369,7 @@ def test_the_twin_pair_in_the_report_and_guidance(tmp_path):
     assert arc["reference"] == pytest.approx(4 / N) and arc["value"] == pytest.approx(10 / N)
     assert arc["difference"] == pytest.approx(6 / N)
     assert arc["p_value"] == pytest.approx(mcnemar_exact(0, 6)) == pytest.approx(2 / 2**6)
-    assert twin["non_generative"]["finding"] == G.TWIN_BETTER
+    assert twin["non_generative"]["finding"] == TW.TWIN_BETTER
     # generation: per-prompt ROUGE-L against the dense outputs, paired by prompt
     gen = twin["generative"]
     pooled = gen["tests"][0]
@@ -375,7 +378,7 @@ def test_the_twin_pair_in_the_report_and_guidance(tmp_path):
     diffs = np.array(ROUGE["A-KL"]) - np.array(ROUGE["A"])
     assert pooled["difference"] == pytest.approx(diffs.mean())
     assert pooled["p_value"] == pytest.approx(_exact_sign_flip(diffs)) == pytest.approx(2 / 2**N)
-    assert gen["measure"] == "ROUGE-L to dense" and gen["finding"] == G.TWIN_BETTER
+    assert gen["measure"] == "ROUGE-L to dense" and gen["finding"] == TW.TWIN_BETTER
     assert gen["sentence"].startswith("On generation, A-KL keeps ROUGE-L 0.83 against A's 0.38 (paired")
     assert "on 12 prompts): A-KL's changed rule" in gen["sentence"]
     assert twin["numbers"]["A-KL"]["kl_teacher_forced"] == pytest.approx(0.2)

@@ -14,14 +14,12 @@ the next-token distribution, the quantity that compounds during decoding. So:
   distributions renormalised over the option letters, and the share of questions whose argmax option
   flips: what multiple choice reads, a small subspace of ``p``.
 
-**Exact and cheap enough.** One dense pass per batch records, with forward pre-hooks, each block's input
-stream and the arguments the model passes to it (attention mask, rotary embeddings, positions — whatever
-this architecture and transformers release use, so nothing is re-derived). Removing a unit of block
-``i`` leaves blocks ``0 … i−1`` unchanged, so its counterfactual re-runs only blocks ``i … L−1`` from the
-recorded input, then the final norm and unembedding: about half a forward pass per candidate on the
-blocks. The unembedding and the full-vocabulary KL are computed a chunk of positions at a time, with the
-reference probabilities exponentiated once per batch (:func:`_head_kl_sum`): no whole-batch
-``positions × vocabulary`` temporary is made per candidate, and the reference's ``exp`` is not redone.
+**Exact and cheap enough.** One dense pass per batch records each block's input stream and the
+arguments the model passes to it; removing a unit of block ``i`` leaves blocks ``0 … i−1`` unchanged, so
+its counterfactual re-runs only blocks ``i … L−1`` from the recorded input, then the final norm and
+unembedding: about half a forward pass per candidate on the blocks (the capture engine,
+:mod:`prunelens.models.capture`, which also chunks the full-vocabulary KL so that no whole-batch
+``positions × vocabulary`` temporary is made per candidate).
 
 Droppability for :mod:`prunelens.prune.choose` is the negated divergence (higher = safer to remove).
 """
@@ -43,6 +41,7 @@ from prunelens.models.adapter import (
     input_device,
     set_submodule,
 )
+from prunelens.models.capture import counterfactual_kl_sums, record_forward, suffix_logits
 from prunelens.utils.kl import kl_divergence, log_probs
 from prunelens.utils.progress import progress_bar
 
@@ -131,106 +130,10 @@ def temporarily_dropped(adapter: Adapter, units: Sequence[tuple[int, str]]) -> I
             set_submodule(block, path, old)
 
 
-@dataclass
-class _Recorded:
-    inputs: list[torch.Tensor]  # per block: its input stream
-    calls: list[tuple[tuple, dict]]  # per block: the other positional and keyword arguments it got
-    logits: torch.Tensor  # the model's output logits, float32
-
-
-def _record(
-    model, adapter: Adapter, batch: torch.Tensor, attention_mask=None, position_ids=None
-) -> _Recorded:
-    L = adapter.num_layers
-    inputs: list[Any] = [None] * L
-    calls: list[Any] = [None] * L
-    handles = []
-    for i, block in enumerate(adapter.layers):
-
-        def hook(mod, args, kwargs, i=i):
-            h = args[0] if args else kwargs["hidden_states"]
-            rest = dict(kwargs)
-            rest.pop("hidden_states", None)
-            inputs[i] = h
-            calls[i] = (tuple(args[1:]), rest)
-
-        handles.append(block.register_forward_pre_hook(hook, with_kwargs=True))
-    try:
-        kw: dict[str, Any] = {}
-        if attention_mask is not None:
-            kw["attention_mask"] = attention_mask
-        if position_ids is not None:
-            kw["position_ids"] = position_ids
-        logits = model(batch, use_cache=False, **kw).logits.float()
-    finally:
-        for h in handles:
-            h.remove()
-    return _Recorded(inputs, calls, logits)
-
-
-def _suffix_hidden(adapter: Adapter, rec: _Recorded, start: int) -> torch.Tensor:
-    """The last residual stream with blocks ``start … L−1`` re-run from the recorded input of ``start``."""
-    h = rec.inputs[start]
-    for j in range(start, adapter.num_layers):
-        args, kwargs = rec.calls[j]
-        h = block_output(adapter.layers[j](h, *args, **kwargs))
-    return h
-
-
-def _suffix_logits(adapter: Adapter, rec: _Recorded, start: int, last_only: bool = False) -> torch.Tensor:
-    """Blocks ``start … L−1`` re-run from the recorded input of ``start``, then norm and unembedding
-    (``last_only``: of the last position only, all a multiple-choice prompt needs)."""
-    h = _suffix_hidden(adapter, rec, start)
-    return adapter.logits_from_hidden(h[:, -1:] if last_only else h).float()
-
-
 def _kl_sum(logp_ref: torch.Tensor, z: torch.Tensor, temperature: float, mask=None) -> float:
     """``Σ_t KL(p_ref,t ‖ softmax(z_t / T))`` over positions (``mask``: weight per position)."""
     kl = kl_divergence(logp_ref, log_probs(z, temperature))
     return float((kl * mask).sum() if mask is not None else kl.sum())
-
-
-#: positions whose logits and KL terms are computed at once when a candidate is scored (positions ×
-#: vocabulary floats per chunk, about 100 MB at a 49 152-word vocabulary: never the whole batch's)
-KL_CHUNK = 512
-
-
-def _head_kl_sum(
-    adapter: Adapter,
-    h: torch.Tensor,
-    logp_ref: torch.Tensor,
-    p_ref: torch.Tensor,
-    temperature: float,
-    chunk: int = KL_CHUNK,
-) -> float:
-    """``Σ_t KL(p_ref,t ‖ softmax(z_t / T))`` with ``z = head(h)`` (final norm, unembedding, soft-cap).
-
-    Computed ``chunk`` positions at a time in float32: a chunk's logits become its log-probabilities and
-    then, in place, its terms ``p (log p − log q)`` — the terms of :func:`_kl_sum`, whose whole-batch
-    temporaries (logits, log-probabilities, ``exp(log p)``, difference, product) cost several passes over
-    ``positions × vocabulary`` floats per candidate. ``logp_ref`` / ``p_ref``: the reference log-probabilities
-    and probabilities flattened to ``(positions, vocabulary)``, computed once per batch. Per-position sums
-    are accumulated in float64."""
-    h = h.reshape(-1, h.shape[-1])
-    total = 0.0
-    for s in range(0, h.shape[0], chunk):
-        logq = log_probs(adapter.logits_from_hidden(h[s : s + chunk]).float(), temperature)
-        kl = kl_divergence(logp_ref[s : s + chunk], logq, p_ref[s : s + chunk], overwrite_log_q=True)
-        total += float(kl.double().sum())
-    return total
-
-
-def suffix_kl_sum(
-    adapter: Adapter,
-    rec: _Recorded,
-    start: int,
-    logp_flat: torch.Tensor,
-    p_flat: torch.Tensor,
-    temperature: float,
-) -> float:
-    """``Σ_t KL(p_ref ‖ p)`` for the model as it is now, re-run from the recorded input of block ``start``
-    (the exact counterfactual of a change in blocks ``start …``: a dropped unit, a sparsified block)."""
-    return _head_kl_sum(adapter, _suffix_hidden(adapter, rec, start), logp_flat, p_flat, temperature)
 
 
 def candidates(adapter: Adapter, kinds: Sequence[str]) -> list[tuple[int, str]]:
@@ -266,34 +169,23 @@ def counterfactual_kl(
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     adapter = Adapter(model)
-    device = input_device(model)
     cands = candidates(adapter, kinds)
-    sums = {c: 0.0 for c in cands}
-    refs: list[torch.Tensor] = []
-    tokens = 0
-    batches = list(range(0, input_ids.shape[0], batch_size))
-    with progress_bar(desc, total=len(batches) * max(1, len(cands))) as bar:
-        for b, start in enumerate(batches):
-            batch = input_ids[start : start + batch_size].to(device)
-            rec = _record(model, adapter, batch)
-            if reference is None:
-                logp_ref = log_probs(rec.logits, temperature)
-            else:
-                logp_ref = reference[b].to(rec.logits.device)
-            rec.logits = rec.logits.new_empty(0)  # only the reference is needed from the dense logits
-            refs.append(logp_ref)
-            logp_flat = logp_ref.reshape(-1, logp_ref.shape[-1])
-            p_flat = logp_flat.exp()  # once per batch, not once per candidate
-            for layer, kind in cands:
-                with temporarily_dropped(adapter, [(layer, kind)]):
-                    sums[(layer, kind)] += suffix_kl_sum(adapter, rec, layer, logp_flat, p_flat, temperature)
-                bar.advance(1)
-            tokens += batch.numel()
-            del rec, p_flat
+    changes = [(layer, lambda u=(layer, kind): temporarily_dropped(adapter, [u])) for layer, kind in cands]
+    measured = counterfactual_kl_sums(
+        model,
+        adapter,
+        input_ids,
+        changes,
+        temperature=temperature,
+        batch_size=batch_size,
+        reference=reference,
+        desc=desc,
+    )
     div: dict[str, list[float | None]] = {k: [None] * adapter.num_layers for k in kinds}
-    for (layer, kind), s in sums.items():
-        div[kind][layer] = s / tokens
-    return ObjectiveScores("generation", div, tokens=tokens, temperature=temperature), refs
+    for (layer, kind), s in zip(cands, measured.sums):
+        div[kind][layer] = s / measured.tokens
+    scores = ObjectiveScores("generation", div, tokens=measured.tokens, temperature=temperature)
+    return scores, measured.reference
 
 
 @torch.no_grad()
@@ -381,7 +273,7 @@ def choice_divergence(
             prompts = choices.prompts[b0 : b0 + batch_size]
             opts = choices.options[b0 : b0 + batch_size]
             ids, mask, pos = _left_padded(prompts, pad_id, device)
-            rec = _record(model, adapter, ids, attention_mask=mask, position_ids=pos)
+            rec = record_forward(model, adapter, ids, attention_mask=mask, position_ids=pos)
             batch_refs = [
                 _option_logprobs(rec.logits[r, -1], o, temperature)
                 if reference is None
@@ -391,7 +283,7 @@ def choice_divergence(
             refs.extend(batch_refs)
             for layer, kind in cands:
                 with temporarily_dropped(adapter, [(layer, kind)]):
-                    z = _suffix_logits(adapter, rec, layer, last_only=True)[:, -1]
+                    z = suffix_logits(adapter, rec, layer, last_only=True)[:, -1]
                 for r, o in enumerate(opts):
                     cand = _option_logprobs(z[r], o, temperature)
                     ref = batch_refs[r]

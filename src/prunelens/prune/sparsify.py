@@ -33,18 +33,19 @@ from torch import nn
 from prunelens.data.calibration import Calibration
 from prunelens.models.adapter import Adapter, block_output, is_offloaded, param_count
 from prunelens.models.compat import CACHE_KWARGS
-from prunelens.plan import ALLOCATIONS, SPARSE_METHODS, PrunePlan
+from prunelens.plan import PrunePlan
 from prunelens.prune.allocation import OWL_LAMBDA, OWL_OUTLIER_M, allocate, kl_scores, outlier_ratio
 from prunelens.prune.lockstep import run_in_lockstep
 from prunelens.prune.sparse_math import (
     accumulate_gram,
     magnitude_scores,
-    parse_pattern,
     score_mask,
     sparsegpt_prune,
     symmetric_from_lower,
     wanda_scores,
 )
+from prunelens.prune.specs import TRUE_SEQUENTIAL_DEFAULT, SparsifySpec  # noqa: F401 - re-exported
+from prunelens.utils.errors import InputError
 from prunelens.utils.kl import log_probs
 from prunelens.utils.memory import reuse_freed_memory
 from prunelens.utils.progress import progress_bar
@@ -54,7 +55,7 @@ class _StopForward(Exception):
     pass
 
 
-class CalibrationMemoryError(MemoryError):
+class CalibrationMemoryError(MemoryError, InputError):
     """Calibration ran out of memory; the message says what to change."""
 
 
@@ -70,14 +71,6 @@ def _to(obj: Any, device) -> Any:
     return obj
 
 
-TRUE_SEQUENTIAL_DEFAULT = {"wanda": True, "sparsegpt": False}
-"""Per method, whether :func:`sparsify` calibrates true-sequentially unless told otherwise. Measured on the
-embedded model (C4 32 × 512 calibration, WikiText-2 perplexity, 50 %, three calibration seeds; figures in
-``benchmarks/README.md``): true-sequential Wanda takes one pass instead of two (0.6× the time) with an equal
-or lower perplexity in every seed; true-sequential SparseGPT raised perplexity in two seeds of three (by up
-to 3 %), so SparseGPT keeps the published procedure."""
-
-
 def validate_sparsity(
     method: str,
     sparsity: float | None,
@@ -85,33 +78,11 @@ def validate_sparsity(
     allocation: str = "uniform",
     allocation_lambda: float | None = None,
 ) -> tuple[float | None, tuple[int, int] | None]:
-    if method not in SPARSE_METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(SPARSE_METHODS)}")
-    validate_allocation(allocation, allocation_lambda, pattern)
-    if (sparsity is None) == (pattern is None):
-        raise ValueError("give exactly one of sparsity (unstructured) or pattern (N:M)")
-    if pattern is not None:
-        return None, parse_pattern(pattern)
-    if not 0.0 <= float(sparsity) < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1); got {sparsity}")
-    return float(sparsity), None
-
-
-def validate_allocation(allocation: str, allocation_lambda: float | None, pattern: str | None) -> None:
-    """The allocation rule and its lambda (see :mod:`prunelens.prune.allocation`); N:M stays uniform."""
-    if allocation not in ALLOCATIONS:
-        raise ValueError(f"unknown allocation {allocation!r}; choose one of {', '.join(ALLOCATIONS)}")
-    if allocation == "uniform":
-        if allocation_lambda is not None:
-            raise ValueError("allocation lambda only applies to a non-uniform allocation (owl or kl)")
-        return
-    if pattern is not None:
-        raise ValueError(
-            f"allocation {allocation!r} needs an unstructured sparsity: N:M patterns stay uniform"
-        )
-    lam = OWL_LAMBDA if allocation_lambda is None else allocation_lambda
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0.0 <= float(lam) < 1.0:
-        raise ValueError(f"allocation lambda must be a number in [0, 1); got {allocation_lambda!r}")
+    """Transitional (the command line calls it until it builds a :class:`SparsifySpec`): the spec's check,
+    returning ``(sparsity, (N, M))``."""
+    spec = SparsifySpec(method, sparsity, pattern, allocation=allocation, allocation_lambda=allocation_lambda)
+    spec.check()
+    return (None, spec.nm) if spec.nm else (float(sparsity), None)  # type: ignore[arg-type]
 
 
 def _kwargs_of(kwargs: dict) -> dict:
@@ -560,7 +531,7 @@ def block_sensitivity(
     Returns ``{"scores", "tokens", "seconds", "score"}``.
     """
     from prunelens.models.adapter import input_device
-    from prunelens.prune.objectives import _record, suffix_kl_sum
+    from prunelens.models.capture import record_forward, suffix_kl_sum
 
     t0 = time.perf_counter()
     adapter = Adapter(model)
@@ -621,7 +592,7 @@ def block_sensitivity(
     with progress_bar("kl scores", total=len(starts) * L) as bar:
         for start in starts:
             batch = ids[start : start + batch_size].to(dev)
-            rec = _record(model, adapter, batch)
+            rec = record_forward(model, adapter, batch)
             logp_ref = log_probs(rec.logits).reshape(-1, rec.logits.shape[-1])
             rec.logits = rec.logits.new_empty(0)  # only the reference is needed from the dense logits
             p_ref = logp_ref.exp()  # once per batch, not once per block
@@ -649,24 +620,20 @@ def block_sensitivity(
 def sparsify(
     model,
     calibration: Calibration | None,
+    spec: SparsifySpec | None = None,
     *,
-    method: str,
-    sparsity: float | None = None,
-    pattern: str | None = None,
     batch_size: int = 8,
-    blocksize: int = 128,
-    percdamp: float = 0.01,
     device: str | torch.device | None = None,
     base_model: str = "",
-    true_sequential: bool | None = None,
-    allocation: str = "uniform",
-    allocation_lambda: float | None = None,
     outlier_threshold: float = OWL_OUTLIER_M,
     sensitivity_windows: int | None = 8,
+    **fields,
 ) -> PrunePlan:
-    """Sparsify every linear layer inside the blocks of ``model`` in place; return the plan.
+    """Sparsify every linear layer inside the blocks of ``model`` as ``spec`` asks, in place; return the plan.
 
-    ``magnitude`` needs no calibration (``calibration`` may be None); Wanda and SparseGPT do.
+    ``spec``: a :class:`~prunelens.prune.specs.SparsifySpec`, or its fields as keywords (``method=``,
+    ``sparsity=`` or ``pattern=``, ...), checked before any work. ``magnitude`` needs no calibration
+    (``calibration`` may be None); Wanda and SparseGPT do.
 
     ``true_sequential``: False is the published procedure: every linear's statistics come from one pass
     over the *dense* block, all are pruned, then the pruned block runs for the next block's inputs — two
@@ -675,8 +642,7 @@ def sparsify(
     already-pruned groups before it, in one pass over the block (:mod:`prunelens.prune.lockstep`); it
     holds every calibration batch's activations inside the block at once (on a 7B model with 128 × 2048
     calibration tokens, a peak of 44 GiB of GPU memory instead of 31). None (default) takes the method's
-    default, :data:`TRUE_SEQUENTIAL_DEFAULT`: on for Wanda, off for SparseGPT (see there for the
-    measurements).
+    default, :data:`~prunelens.prune.specs.TRUE_SEQUENTIAL_DEFAULT`: on for Wanda, off for SparseGPT.
 
     ``allocation``: how the overall ``sparsity`` is shared among the blocks
     (:mod:`prunelens.prune.allocation`).
@@ -688,9 +654,16 @@ def sparsify(
     N:M patterns stay uniform. The plan's ``sparsity.allocation`` records the rule, lambda, every block's
     sparsity, score and weight count, and the seconds the scores took.
     """
-    ratio, nm = validate_sparsity(method, sparsity, pattern, allocation, allocation_lambda)
-    if true_sequential is None:
-        true_sequential = TRUE_SEQUENTIAL_DEFAULT.get(method, False)
+    if spec is None:
+        spec = SparsifySpec(**fields)
+    elif fields:
+        raise TypeError(f"give a SparsifySpec or its fields, not both (got {sorted(fields)})")
+    spec.check()
+    method, pattern, nm = spec.method, spec.pattern, spec.nm
+    true_sequential = spec.calibrates_true_sequentially
+    ratio = None if nm else float(spec.sparsity)  # type: ignore[arg-type]
+    allocation, allocation_lambda = spec.allocation, spec.allocation_lambda
+    blocksize, percdamp = spec.blocksize, spec.percdamp
     if is_offloaded(model):
         raise ValueError(
             "sparsifying rewrites the weights in place, so they must be in memory: this model has "
