@@ -383,3 +383,38 @@ def test_one_line_joins_a_data_error_listing():
         == "could not find a.jsonl; looked in: /x/a.jsonl, /y/a.jsonl Set PRUNELENS_DATA to a folder."
     )
     assert one_line("plain") == "plain"
+
+
+def test_an_internal_error_is_not_reported_as_bad_input(model_dir, monkeypatch):
+    """A ValueError from inside the library is a bug of ours: it keeps its traceback (not exit 2)."""
+    import prunelens.models.loading as loading
+
+    def broken(*args, **kwargs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(loading, "load", broken)
+    res = runner.invoke(app, ["info", str(model_dir)])
+    assert res.exit_code != 2 and "boom" not in res.output
+    assert isinstance(res.exception, ValueError) and str(res.exception) == "boom"
+
+
+def test_every_input_error_is_one_line_exit_2(model_dir, monkeypatch):
+    """Any InputError subclass raised below a command is caught in one place: one line, exit 2."""
+    import prunelens.models.loading as loading
+
+    def refused(*args, **kwargs):
+        raise loading.ContextLengthError("the model reads at most 8 tokens\n(--seqlen 16 is longer)")
+
+    monkeypatch.setattr(loading, "load", refused)
+    res = runner.invoke(app, ["info", str(model_dir)])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == "error: the model reads at most 8 tokens (--seqlen 16 is longer)"
+    res = runner.invoke(app, ["info", str(model_dir), "--json"])
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
+
+
+def test_unknown_dtype_is_bad_input(model_dir, tmp_path):
+    res = runner.invoke(
+        app, ["eval", str(model_dir), "--tasks", "wikitext2", "--dtype", "fp7", "--out", str(tmp_path / "e")]
+    )
+    assert res.exit_code == 2 and "unknown dtype 'fp7'" in res.output

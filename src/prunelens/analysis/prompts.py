@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from prunelens.utils.errors import InputError
+
 __all__ = ["OPEN_QUESTIONS", "PromptError", "default_prompts", "load_prompts", "encode_prompts"]
 
 OPEN_QUESTIONS = [
@@ -24,7 +26,7 @@ OPEN_QUESTIONS = [
 ]
 
 
-class PromptError(ValueError):
+class PromptError(InputError):
     """A prompt set that cannot be read."""
 
 

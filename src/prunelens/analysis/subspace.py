@@ -32,6 +32,7 @@ from prunelens.analysis.pairstats import DEFAULT_KS, LogitState, default_k, p_ke
 from prunelens.analysis.tracing import model_forward
 from prunelens.analysis.transitions import P_RENAME, check_temperatures, stats_rows
 from prunelens.models.adapter import input_device
+from prunelens.utils.errors import InputError
 from prunelens.utils.progress import progress_bar
 
 __all__ = [
@@ -48,7 +49,7 @@ DEFAULT_LABELS = tuple(string.ascii_uppercase)
 INSTRUCTION = "Answer with the letter of the correct option."
 
 
-class OptionTokenError(ValueError):
+class OptionTokenError(InputError):
     """An answer option cannot be read as one token of the tokenizer."""
 
 

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from prunelens.models.adapter import SUBLAYERS, Adapter, drop_sublayer, get_submodule, set_submodule, spec_for
 from prunelens.plan import PrunePlan
+from prunelens.utils.errors import InputError
 
 __all__ = [
     "Variant",
@@ -78,7 +79,7 @@ _STRUCTURAL = (
 )
 
 
-class VariantMismatchError(ValueError):
+class VariantMismatchError(InputError):
     """The pruned side is not a variant of the dense model (architecture, shapes or vocabulary differ)."""
 
 
@@ -260,7 +261,7 @@ def variant_from_plan(model: nn.Module, plan: PrunePlan, *, source: str = "plan"
     elif plan.method == "magnitude":
         v = Variant(plan.name, source, (), _magnitude_overrides(model, adapter, plan), plan)
     else:
-        raise ValueError(
+        raise VariantMismatchError(
             f"a {plan.method} plan does not hold its pruned weights "
             "(they depend on calibration activations); "
             "pass the pruned checkpoint directory instead of the plan file"

@@ -8,11 +8,13 @@
 Bad input (unknown model, impossible counts or sparsities, an existing output directory) exits with
 code 2 and a one-line reason, before anything is written.
 
-What lives where: this module builds the typer app and registers every command; :mod:`.common` holds the
-shared options and the steps before the library runs (threads, model resolve and load, calibration and
-output-directory checks); :mod:`.render` the tables that show results. One module per command group:
-:mod:`.prune` (prune drop, prune sparsify), :mod:`.evaluate` (eval, compare), :mod:`.study` (study,
-sweep, report), :mod:`.repair`, :mod:`.analyze`, :mod:`.info` (info, demo) and :mod:`.cache`.
+What lives where: this module builds the typer app and registers every command (:data:`COMMANDS`).
+:mod:`.common` holds the shared options, the steps before the library runs (threads, model resolve and
+load, calibration and output-directory checks) and :func:`~.common.refusals_exit_2`, the one place where
+an :class:`~prunelens.utils.errors.InputError` becomes one line and exit code 2; :mod:`.render` holds the
+tables that show results. One module per command group: :mod:`.prune` (prune drop, prune sparsify),
+:mod:`.evaluate` (eval, compare), :mod:`.study` (study, sweep, report), :mod:`.repair`, :mod:`.analyze`,
+:mod:`.info` (info, demo) and :mod:`.cache`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 import typer
 
 from prunelens.cli import analyze, cache, evaluate, info, prune, repair, study
+from prunelens.cli.common import refusals_exit_2
 
 app = typer.Typer(
     help=(
@@ -35,18 +38,24 @@ prune_app = typer.Typer(
 )
 app.add_typer(prune_app, name="prune")
 
-prune_app.command("drop")(prune.prune_drop)
-prune_app.command("sparsify")(prune.prune_sparsify)
-app.command()(info.info)
-app.command()(info.demo)
-app.command("eval")(evaluate.eval_cmd)
-app.command()(evaluate.compare)
-app.command()(study.study)
-app.command()(study.report)
-app.command()(study.sweep)
-app.command()(repair.repair)
-app.command("cache")(cache.cache_cmd)
-app.command("analyze")(analyze.analyze)
+#: every command, as (group, name, function); each is wrapped by refusals_exit_2, the one place where bad
+#: input (an InputError from anywhere below) becomes one line on stderr and exit code 2
+COMMANDS = (
+    (prune_app, "drop", prune.prune_drop),
+    (prune_app, "sparsify", prune.prune_sparsify),
+    (app, "info", info.info),
+    (app, "demo", info.demo),
+    (app, "eval", evaluate.eval_cmd),
+    (app, "compare", evaluate.compare),
+    (app, "study", study.study),
+    (app, "report", study.report),
+    (app, "sweep", study.sweep),
+    (app, "repair", repair.repair),
+    (app, "cache", cache.cache_cmd),
+    (app, "analyze", analyze.analyze),
+)
+for group, name, command in COMMANDS:
+    group.command(name)(refusals_exit_2(command))
 
 
 def main() -> None:  # pragma: no cover

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import typer
 
-from prunelens.cli.common import check_out, err_console, fail, set_threads
+from prunelens.cli.common import err_console, fail, set_threads
 from prunelens.cli.render import print_analysis
+from prunelens.utils.errors import InputError
 
 
 def csv_list(value: str | None) -> list[str]:
@@ -192,6 +193,7 @@ def analysis_config(
     import math
 
     from prunelens.analysis.pipeline import ANALYSES, AnalysisConfig
+    from prunelens.utils.io import check_output_dir
 
     for t in list(temperatures) + [sample_temperature]:
         if not (t > 0) or not math.isfinite(t):
@@ -218,41 +220,37 @@ def analysis_config(
         layer_list = tuple(int(x) for x in csv_list(layers)) or None
     except ValueError:
         fail(f"--layers must be comma-separated integers (got {layers!r})")
-    check_out(out, overwrite)
+    check_output_dir(out, overwrite)
     set_threads(threads)
-    try:
-        return AnalysisConfig(
-            temperatures=tuple(temperatures),
-            max_new_tokens=max_new_tokens,
-            analyses=tuple(chosen),
-            scope=scope,
-            final_norm=not no_final_norm,
-            sample=sample,
-            sample_temperature=sample_temperature,
-            seed=seed,
-            positions=positions,
-            batch_size=batch_size,
-            chunk_tokens=chunk_tokens,
-            exact=exact,
-            layers=layer_list,
-            option_labels=tuple(csv_list(option_labels)) or None,
-            csv=not no_csv,
-            figures=not no_figures,
-        )
-    except ValueError as exc:
-        fail(str(exc))
+    return AnalysisConfig(
+        temperatures=tuple(temperatures),
+        max_new_tokens=max_new_tokens,
+        analyses=tuple(chosen),
+        scope=scope,
+        final_norm=not no_final_norm,
+        sample=sample,
+        sample_temperature=sample_temperature,
+        seed=seed,
+        positions=positions,
+        batch_size=batch_size,
+        chunk_tokens=chunk_tokens,
+        exact=exact,
+        layers=layer_list,
+        option_labels=tuple(csv_list(option_labels)) or None,
+        csv=not no_csv,
+        figures=not no_figures,
+    )
 
 
 def load_dense(dense: str, seqlen: int, dtype: str, device: str):
     """The dense model and tokenizer (its files, config and plan checked before any weights load)."""
-    from prunelens.models.adapter import UnsupportedArchitectureError
-    from prunelens.models.loading import ModelNotFoundError, check_seqlen, load, resolve
+    from prunelens.models.loading import check_seqlen, load, resolve
 
+    src = resolve(dense)  # files, config and plan checked before any weights load
+    check_seqlen(seqlen, src.config)
     try:
-        src = resolve(dense)  # files, config and plan checked before any weights load
-        check_seqlen(seqlen, src.config)
         model, tok, dense_plan = load(src, dtype=dtype, device=device, return_plan=True)
-    except (ModelNotFoundError, UnsupportedArchitectureError, ValueError, OSError) as exc:
+    except OSError as exc:  # a checkpoint directory whose files transformers cannot read
         fail(str(exc))
     if dense_plan is not None:
         err_console.print(f"note: the dense side {dense} is itself pruned ({dense_plan.name})")
@@ -262,12 +260,11 @@ def load_dense(dense: str, seqlen: int, dtype: str, device: str):
 
 def load_prompt_set(prompts: str | None, limit: int | None, seed: int):
     """The prompts (a file, a task, or the default set) and the notes their reading left."""
-    from prunelens.analysis.prompts import PromptError, load_prompts
-    from prunelens.data.paths import DataNotFoundError
+    from prunelens.analysis.prompts import load_prompts
 
     try:
         return load_prompts(prompts, limit=limit, seed=seed)
-    except (PromptError, DataNotFoundError, OSError) as exc:
+    except OSError as exc:  # a prompt file that cannot be read
         fail(str(exc))
 
 
@@ -308,9 +305,7 @@ def multiple_choice(mc: str | None, mc_limit: int, seed: int, config, tok, notes
 def resolve_variants(model, tok, dense: str, pruned: list[str], calib_args: tuple):
     """Each PRUNED spec as a variant of the loaded dense model; calibration is read at most once, and only
     when a ``drop-N`` shorthand needs it. ``calib_args`` is ``(calib, nsamples, seqlen, seed)``."""
-    from prunelens.analysis.variants import VariantMismatchError, resolve_variant
-    from prunelens.models.adapter import UnsupportedArchitectureError
-    from prunelens.models.loading import ModelNotFoundError
+    from prunelens.analysis.variants import resolve_variant
 
     cal_cache: dict = {}
 
@@ -337,13 +332,7 @@ def resolve_variants(model, tok, dense: str, pruned: list[str], calib_args: tupl
                 calibration_factory=calibration,
                 sims_cache=sims_cache,
             )
-        except (
-            VariantMismatchError,
-            ModelNotFoundError,
-            UnsupportedArchitectureError,
-            ValueError,
-            OSError,
-        ) as exc:
+        except (InputError, OSError) as exc:  # named by the spec it came from
             fail(f"{spec}: {exc}")
         if any(v.name == w.name for w in variants):
             v.name = f"{v.name}#{len(variants)}"

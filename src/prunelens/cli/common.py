@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import functools
 
 import typer
 from rich.console import Console
 
 from prunelens.utils.cli_output import err_console
 from prunelens.utils.cli_output import fail as fail
+from prunelens.utils.errors import InputError
 
 __all__ = ["MODEL_HELP", "CommonOptions", "err_console", "fail", "out_console"]
 
@@ -49,18 +50,32 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def refusals_exit_2(command):
+    """``command`` with every :class:`~prunelens.utils.errors.InputError` it raises turned into one line on
+    stderr and exit code 2 (:func:`fail`): the one place the command line reports bad input.
+
+    Anything else keeps its traceback: an internal error reported as bad input would send the user looking
+    for a mistake they did not make.
+    """
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except InputError as exc:
+            fail(str(exc))
+
+    return run
+
+
 def resolve_model(model: str | None):
     """Resolve the model spec and run the cheap checks (files, config, plan) before any weights load."""
-    from prunelens.models.adapter import UnsupportedArchitectureError, spec_for
-    from prunelens.models.loading import ModelNotFoundError, resolve
-    from prunelens.utils.artifacts import ArtifactError
+    from prunelens.models.adapter import spec_for
+    from prunelens.models.loading import resolve
 
-    try:
-        src = resolve(model)
-        spec_for(src.config)
-        return src
-    except (ModelNotFoundError, UnsupportedArchitectureError, ArtifactError) as exc:
-        fail(str(exc))
+    src = resolve(model)
+    spec_for(src.config)
+    return src
 
 
 def load_model(src, dtype: str, device: str):
@@ -68,50 +83,23 @@ def load_model(src, dtype: str, device: str):
 
     Returns ``(model, tokenizer, plan)``.
     """
-    from prunelens.models.adapter import UnsupportedArchitectureError
-    from prunelens.models.loading import ModelNotFoundError, ModelSource, load
+    from prunelens.models.loading import ModelSource, load
 
     if not isinstance(src, ModelSource):
         src = resolve_model(src)
-    try:
-        if device == "auto":
-            return load(src, dtype=dtype, device_map="auto", return_plan=True)
-        return load(src, dtype=dtype, device=device, return_plan=True)
-    except (ModelNotFoundError, UnsupportedArchitectureError, ValueError) as exc:
-        fail(str(exc))
+    if device == "auto":
+        return load(src, dtype=dtype, device_map="auto", return_plan=True)
+    return load(src, dtype=dtype, device=device, return_plan=True)
 
 
 def check_calibration_request(src, calib: str, nsamples: int, seqlen: int):
     """Counts, lengths and the calibration file, checked before the model loads; returns the documents."""
-    from prunelens.data.calibration import CalibrationDataError, load_texts
-    from prunelens.data.paths import DataNotFoundError
+    from prunelens.data.calibration import load_texts
     from prunelens.models.loading import check_seqlen
 
     if nsamples <= 0:
         fail(f"--nsamples must be positive (got {nsamples})")
     if seqlen <= 0:
         fail(f"--seqlen must be positive (got {seqlen})")
-    try:
-        check_seqlen(seqlen, src.config)
-        return load_texts(calib)
-    except (CalibrationDataError, DataNotFoundError, ValueError) as exc:
-        fail(str(exc))
-
-
-def calibration(tokenizer, calib: str, nsamples: int, seqlen: int, seed: int, texts=None):
-    from prunelens.data.calibration import CalibrationDataError, get_calibration
-    from prunelens.data.paths import DataNotFoundError
-
-    try:
-        return get_calibration(tokenizer, calib, nsamples, seqlen, seed, texts=texts)
-    except (CalibrationDataError, DataNotFoundError) as exc:
-        fail(str(exc))
-
-
-def check_out(out: Path, overwrite: bool) -> None:
-    from prunelens.utils.io import OutputExistsError, check_output_dir
-
-    try:
-        check_output_dir(out, overwrite)
-    except OutputExistsError as exc:
-        fail(str(exc))
+    check_seqlen(seqlen, src.config)
+    return load_texts(calib)

@@ -65,7 +65,6 @@ def eval_cmd(
 ):
     """Evaluate a (pruned) model on non-generative and generative tasks; per-example JSONL + summary JSON."""
     from prunelens.evaluation.runner import EvalSettings, evaluate_model, task_kind
-    from prunelens.utils.io import OutputExistsError
 
     set_threads(threads)
     names = [t.strip() for t in tasks.split(",") if t.strip()]
@@ -74,7 +73,7 @@ def eval_cmd(
     try:
         for t in names:
             task_kind(t)
-    except ValueError as exc:
+    except ValueError as exc:  # task_kind's refusal of an unknown task name (a lookup, nothing else)
         fail(str(exc))
     if limit is not None and limit <= 0:
         fail(f"--limit must be positive (got {limit})")
@@ -92,19 +91,16 @@ def eval_cmd(
         num_fewshot=num_fewshot,
         embedder=embedder,
     )
-    try:
-        summary = evaluate_model(
-            m,
-            tok,
-            names,
-            out,
-            settings=settings,
-            model_info=info,
-            overwrite=overwrite,
-            on_task_done=print_task_done,
-        )
-    except OutputExistsError as exc:
-        fail(str(exc))
+    summary = evaluate_model(
+        m,
+        tok,
+        names,
+        out,
+        settings=settings,
+        model_info=info,
+        overwrite=overwrite,
+        on_task_done=print_task_done,
+    )
     print_eval(info, summary, out)
 
 
@@ -124,7 +120,7 @@ def compare(
     try:
         summaries = [load_summary(d) for d in dirs]
         table = comparison_table(summaries, load_all_records(dirs, summaries))
-    except (FileNotFoundError, ValueError) as exc:
+    except FileNotFoundError as exc:  # a directory that is not a `prunelens eval` output
         fail(str(exc))
     print_comparison(table)
     if out is not None:

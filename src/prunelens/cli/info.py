@@ -12,8 +12,6 @@ from prunelens import DEFAULT_MODEL
 from prunelens.cli.common import (
     MODEL_HELP,
     CommonOptions,
-    calibration,
-    check_out,
     err_console,
     load_model,
     out_console,
@@ -74,16 +72,16 @@ def demo(
 sublayers of the
     embedded model, save it, and print a before/after summary (parameters, perplexity on held-out C4,
     one greedy generation from each)."""
-    from prunelens.data.calibration import bos_prefix, load_texts, token_stream
+    from prunelens.data.calibration import bos_prefix, get_calibration, load_texts, token_stream
     from prunelens.evaluation.generation import generate
     from prunelens.evaluation.perplexity import perplexity
     from prunelens.models.adapter import param_count
     from prunelens.prune.drop import drop
     from prunelens.prune.save import save_pruned
-    from prunelens.utils.io import atomic_write_json
+    from prunelens.utils.io import atomic_write_json, check_output_dir
 
     set_threads(threads)
-    check_out(out, overwrite)
+    check_output_dir(out, overwrite)
     t0 = time.perf_counter()
     m, tok, _ = load_model(model, "float32", "cpu")
     err_console.print(f"loaded {model or 'smollm2-135m'} ({param_count(m):,} parameters)")
@@ -96,7 +94,7 @@ sublayers of the
 
     before_ppl, before_gen = measure("perplexity (dense)")
     params_before = param_count(m)
-    cal = calibration(tok, "c4", nsamples, 256, 0)
+    cal = get_calibration(tok, "c4", nsamples, 256, 0)
     plan = drop(m, cal, target="attn", n=n, base_model=model or DEFAULT_MODEL)
     after_ppl, after_gen = measure(f"perplexity ({plan.name})")
     save_pruned(m, tok, plan, out, overwrite=overwrite)

@@ -15,15 +15,14 @@ from prunelens import DEFAULT_MODEL
 from prunelens.cli.common import (
     MODEL_HELP,
     CommonOptions,
-    calibration,
     check_calibration_request,
-    check_out,
     fail,
     load_model,
     resolve_model,
     set_threads,
 )
 from prunelens.cli.render import print_plan
+from prunelens.utils.errors import InputError
 
 ALREADY_PRUNED = "the model is already pruned; prune its dense parent instead (plans do not stack yet)"
 
@@ -92,8 +91,10 @@ def prune_drop(
     """Drop the N least important attention/MLP sublayers or blocks: by default the highest \
 input/output cosine similarity; with --objective generation or choice, the smallest exact effect on the \
 next-token or option distribution."""
-    from prunelens.prune.drop import PruneConfigError, drop, validate_drop
+    from prunelens.data.calibration import get_calibration
+    from prunelens.prune.drop import drop, validate_drop
     from prunelens.prune.save import save_pruned
+    from prunelens.utils.io import check_output_dir
 
     set_threads(threads)
     check_drop_options(
@@ -111,18 +112,15 @@ next-token or option distribution."""
     choice_examples = None
     if objective == "choice":
         choice_examples = choice_examples_for(choice_task, choice_limit, seed)
-    check_out(out, overwrite)
+    check_output_dir(out, overwrite)
     t0 = time.perf_counter()
     src = resolve_model(model)
     if src.plan is not None:
         fail(ALREADY_PRUNED)
-    try:
-        validate_drop(src.num_layers, target, n)
-    except PruneConfigError as exc:
-        fail(str(exc))
+    validate_drop(src.num_layers, target, n)
     texts = check_calibration_request(src, calib, nsamples, seqlen)
     m, tok, _ = load_model(src, dtype, device)
-    cal = calibration(tok, calib, nsamples, seqlen, seed, texts)
+    cal = get_calibration(tok, calib, nsamples, seqlen, seed, texts=texts)
     choices = None
     if choice_examples is not None:
         choices = _choice_set(tok, choice_task, choice_limit, seed, choice_examples)
@@ -162,7 +160,7 @@ def check_drop_options(
 ) -> None:
     """Every check of ``prune drop``'s options that needs no model (its layer count is checked later)."""
     from prunelens.plan import DROP_TARGETS
-    from prunelens.prune.drop import PruneConfigError, validate_objective, validate_score_windows
+    from prunelens.prune.drop import validate_objective, validate_score_windows
 
     if target not in DROP_TARGETS:
         fail(f"unknown target {target!r}; choose one of {', '.join(DROP_TARGETS)}")
@@ -172,25 +170,22 @@ def check_drop_options(
         fail("--window only applies to --target block")
     if not temperature > 0:
         fail(f"--temperature must be positive (got {temperature})")
-    try:
-        validate_objective(
-            objective,
-            window=window,
-            search_budget=search_budget,
-            search_evaluations=search_evaluations,
-            estimator=estimator,
-            need_choices=False,
-        )
-        validate_score_windows(
-            score_windows,
-            objective,
-            nsamples,
-            option="--score-windows",
-            objective_option="--objective",
-            nsamples_option="--nsamples",
-        )
-    except PruneConfigError as exc:
-        fail(str(exc))
+    validate_objective(
+        objective,
+        window=window,
+        search_budget=search_budget,
+        search_evaluations=search_evaluations,
+        estimator=estimator,
+        need_choices=False,
+    )
+    validate_score_windows(
+        score_windows,
+        objective,
+        nsamples,
+        option="--score-windows",
+        objective_option="--objective",
+        nsamples_option="--nsamples",
+    )
 
 
 def choice_examples_for(task: str, limit: int, seed: int):
@@ -205,7 +200,7 @@ def choice_examples_for(task: str, limit: int, seed: int):
         fail(f"--choice-limit must be positive (got {limit})")
     try:
         examples = load_task(task, split=CHOICE_SPLIT, limit=limit, seed=seed)
-    except (OSError, ValueError) as exc:
+    except (OSError, InputError) as exc:  # no data, or a data file that cannot be read
         fail(f"--choice-task {task}: no {CHOICE_SPLIT} questions to score on ({exc})")
     if not examples:
         fail(f"--choice-task {task}: its {CHOICE_SPLIT} split holds no question")
@@ -273,12 +268,14 @@ def prune_sparsify(
 ):
     """Zero weights of every linear layer in the blocks \
 (layer by layer, calibrated on pruned predecessors)."""
+    from prunelens.data.calibration import get_calibration
     from prunelens.prune.save import save_pruned
     from prunelens.prune.sparsify import sparsify
+    from prunelens.utils.io import check_output_dir
 
     set_threads(threads)
     check_sparsify_options(method, sparsity, pattern, allocation, allocation_lambda)
-    check_out(out, overwrite)
+    check_output_dir(out, overwrite)
     t0 = time.perf_counter()
     exec_device = None
     if device not in ("cpu", "auto"):
@@ -292,25 +289,22 @@ def prune_sparsify(
     calibrate = method != "magnitude" or allocation != "uniform"
     texts = check_calibration_request(src, calib, nsamples, seqlen) if calibrate else None
     m, tok, _ = load_model(src, dtype, device)
-    cal = calibration(tok, calib, nsamples, seqlen, seed, texts) if calibrate else None
-    try:
-        plan = sparsify(
-            m,
-            cal,
-            method=method,
-            sparsity=sparsity,
-            pattern=pattern,
-            batch_size=batch_size,
-            blocksize=blocksize,
-            percdamp=percdamp,
-            device=exec_device,
-            base_model=model or DEFAULT_MODEL,
-            true_sequential=true_sequential,
-            allocation=allocation,
-            allocation_lambda=allocation_lambda,
-        )
-    except (ValueError, MemoryError) as exc:
-        fail(str(exc))
+    cal = get_calibration(tok, calib, nsamples, seqlen, seed, texts=texts) if calibrate else None
+    plan = sparsify(
+        m,
+        cal,
+        method=method,
+        sparsity=sparsity,
+        pattern=pattern,
+        batch_size=batch_size,
+        blocksize=blocksize,
+        percdamp=percdamp,
+        device=exec_device,
+        base_model=model or DEFAULT_MODEL,
+        true_sequential=true_sequential,
+        allocation=allocation,
+        allocation_lambda=allocation_lambda,
+    )
     save_pruned(m, tok, plan, out, overwrite=overwrite)
     print_plan(plan, out, time.perf_counter() - t0)
 
@@ -334,7 +328,4 @@ def check_sparsify_options(
         fail("--allocation-lambda only applies with --allocation owl or kl")
     if allocation_lambda is not None and not 0.0 <= allocation_lambda < 1.0:
         fail(f"--allocation-lambda must be in [0, 1) (got {allocation_lambda})")
-    try:
-        validate_sparsity(method, sparsity, pattern, allocation, allocation_lambda)
-    except ValueError as exc:  # what validate_sparsity raises for a bad request (nothing else runs here)
-        fail(str(exc))
+    validate_sparsity(method, sparsity, pattern, allocation, allocation_lambda)

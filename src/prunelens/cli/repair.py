@@ -79,14 +79,8 @@ def repair(
     same arguments. Writes a prunelens checkpoint (its plan records the repair), repair_log.json and
     repair_loss.png.
     """
-    from prunelens.data.calibration import CalibrationDataError
-    from prunelens.data.paths import DataNotFoundError
-    from prunelens.distill import RepairInputError, RepairSettings, RepairSettingsError
+    from prunelens.distill import RepairSettings, RepairSettingsError
     from prunelens.distill import repair as run_repair
-    from prunelens.models.adapter import UnsupportedArchitectureError
-    from prunelens.models.loading import ContextLengthError, ModelNotFoundError
-    from prunelens.utils.artifacts import ArtifactError
-    from prunelens.utils.io import OutputExistsError
 
     set_threads(threads)
     t0 = time.perf_counter()
@@ -127,15 +121,4 @@ def repair(
     except RepairSettingsError as exc:
         # a settings field is spelled as its option: batch_size → --batch-size
         fail(f"--{exc.field.replace('_', '-')}: {str(exc).split(': ', 1)[1]}")
-    except (
-        RepairInputError,
-        CalibrationDataError,
-        DataNotFoundError,
-        ModelNotFoundError,
-        UnsupportedArchitectureError,
-        ArtifactError,
-        ContextLengthError,
-        OutputExistsError,
-    ) as exc:
-        fail(str(exc))
     print_repair(result, out, time.perf_counter() - t0)

@@ -46,7 +46,7 @@ def study(
 ):
     """The whole study: prune several ways, evaluate every variant on non-generative and generative tasks,
     analyse the representation hierarchy, and write tables, figures and report.html."""
-    from prunelens.studies.config import DEFAULT_CONFIG_YAML, StudyConfigError, load_config
+    from prunelens.studies.config import DEFAULT_CONFIG_YAML, load_config
     from prunelens.studies.runner import plan_units, run_study
 
     if print_config:
@@ -57,17 +57,14 @@ def study(
     if engine not in ("local", "ray"):
         fail(f"unknown engine {engine!r}; choose local or ray")
     set_threads(threads)
-    try:
-        cfg = load_config(config)
-        override = {k: v for k, v in (("model", model), ("dtype", dtype), ("device", device)) if v}
-        if override:
-            from prunelens.studies.config import DENSE, parse_config
+    cfg = load_config(config)
+    override = {k: v for k, v in (("model", model), ("dtype", dtype), ("device", device)) if v}
+    if override:
+        from prunelens.studies.config import DENSE, parse_config
 
-            raw = cfg.to_dict()
-            raw["variants"] = [v for v in raw["variants"] if v["name"] != DENSE]
-            cfg = parse_config({**raw, **override})
-    except StudyConfigError as exc:
-        fail(str(exc))
+        raw = cfg.to_dict()
+        raw["variants"] = [v for v in raw["variants"] if v["name"] != DENSE]
+        cfg = parse_config({**raw, **override})
     run_units(
         "study",
         len(plan_units(cfg)),
@@ -97,13 +94,6 @@ def run_units(label: str, total: int, run, out: Path, extra: str = "") -> None:
     )
     from transformers.utils import logging as hf_logging
 
-    from prunelens.models.adapter import UnsupportedArchitectureError
-    from prunelens.models.loading import ContextLengthError, ModelNotFoundError
-    from prunelens.prune.drop import PruneConfigError
-    from prunelens.studies.config import StudyConfigError
-    from prunelens.utils.artifacts import ArtifactError
-    from prunelens.utils.io import OutputExistsError
-
     hf_logging.disable_progress_bar()  # one overall bar; transformers' per-load bars would interleave with it
     t0 = time.perf_counter()
     with Progress(
@@ -125,18 +115,7 @@ def run_units(label: str, total: int, run, out: Path, extra: str = "") -> None:
             )
             progress.advance(task)
 
-        try:
-            timings = run(report)
-        except (
-            StudyConfigError,
-            OutputExistsError,
-            PruneConfigError,
-            ModelNotFoundError,
-            UnsupportedArchitectureError,
-            ArtifactError,
-            ContextLengthError,
-        ) as exc:
-            fail(str(exc))
+        timings = run(report)  # a refused input inside is an InputError: one line, exit 2 (refusals_exit_2)
     from prunelens.report import build_report
 
     path = build_report(out)
@@ -214,9 +193,6 @@ def sweep(
     Runs as a study (one unit per ratio × seed × task; the same command again resumes) and writes
     report/report.html with a Sweep section, report/sweep.json and report/sweep.csv.
     """
-    from prunelens.models.adapter import UnsupportedArchitectureError
-    from prunelens.models.loading import ContextLengthError, ModelNotFoundError
-    from prunelens.studies.config import StudyConfigError
     from prunelens.studies.runner import plan_units
     from prunelens.studies.sweep import DEFAULT_SWEEP_YAML, parse_sweep, preflight, run_sweep, study_config
 
@@ -236,15 +212,9 @@ def sweep(
     raw = read_sweep_config(config)
     raw = {**raw, "sweep": merge_sweep_options(raw, target, ns_list, method, sp_list, seed_list)}
     raw.update({k: v for k, v in (("model", model), ("dtype", dtype), ("device", device)) if v})
-    try:
-        sc = parse_sweep(raw)
-    except StudyConfigError as exc:
-        fail(str(exc))
+    sc = parse_sweep(raw)
     set_threads(threads)
-    try:  # before the progress bar: a refused model or ratio prints one line
-        preflight(sc)
-    except (StudyConfigError, ModelNotFoundError, UnsupportedArchitectureError, ContextLengthError) as exc:
-        fail(str(exc))
+    preflight(sc)  # before the progress bar: a refused model or ratio prints one line
     run_units(
         "sweep",
         len(plan_units(study_config(sc))),

@@ -30,11 +30,12 @@ import torch
 
 from prunelens.data.paths import DataNotFoundError
 from prunelens.data.tasks.readers import JSONLinesError, json_lines, read_text
+from prunelens.utils.errors import InputError
 
 C4_CALIB_DOCS = 250
 
 
-class CalibrationDataError(ValueError):
+class CalibrationDataError(InputError):
     """Calibration data is empty, unreadable or too short."""
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from prunelens.utils.errors import InputError
 
-class DataNotFoundError(FileNotFoundError):
+
+class DataNotFoundError(FileNotFoundError, InputError):
     """A data set was not found locally (and could not be fetched); the message says where we looked."""
 
 

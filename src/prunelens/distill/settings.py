@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from prunelens.distill.losses import LOSSES, check_loss
+from prunelens.utils.errors import InputError
 
 TRAINABLE = ("lora", "norms")
 PRECISIONS = ("float32", "bfloat16")
@@ -21,7 +22,7 @@ KEEP = ("best", "last")
 DEFAULT_LR = {"lora": 2e-4, "norms": 1e-3}
 
 
-class RepairSettingsError(ValueError):
+class RepairSettingsError(InputError):
     """A repair setting that cannot be run; ``field`` names it (the CLI option or the config key)."""
 
     def __init__(self, field: str, message: str):

@@ -44,13 +44,14 @@ from prunelens.distill.losses import repair_loss, token_cross_entropy, token_div
 from prunelens.distill.settings import RepairSettings, RepairSettingsError
 from prunelens.models.adapter import Adapter, get_submodule
 from prunelens.plan import SPARSE_METHODS, PrunePlan
+from prunelens.utils.errors import InputError
 from prunelens.utils.io import atomic_write_json
 from prunelens.utils.progress import progress_bar
 
 STATE_FORMAT = "prunelens.repair-state/1"
 
 
-class RepairInputError(ValueError):
+class RepairInputError(InputError):
     """Teacher, student or calibration that cannot be repaired together (one line: what and why)."""
 
 

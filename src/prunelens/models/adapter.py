@@ -29,9 +29,10 @@ from torch import nn
 
 from prunelens.models.compat import module_cache
 from prunelens.plan import PLAN_FILE, SUBLAYERS, PlanError, PrunePlan
+from prunelens.utils.errors import InputError
 
 
-class UnsupportedArchitectureError(ValueError):
+class UnsupportedArchitectureError(InputError):
     """The model's architecture has no entry in the adapter table."""
 
 

@@ -31,6 +31,7 @@ from prunelens import DEFAULT_MODEL
 from prunelens.models.adapter import apply_structure, spec_for
 from prunelens.plan import PLAN_FILE, PrunePlan
 from prunelens.utils.artifacts import ArtifactError, check_checkpoint_files, read_json
+from prunelens.utils.errors import InputError
 
 SOURCE_FILE = "prunelens_source.json"  # beside a converted GGUF checkpoint: where it came from
 
@@ -47,7 +48,7 @@ DTYPES = {
 }
 
 
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(InputError):
     """A model spec that is neither an alias, a local path nor a reachable hub id."""
 
 
@@ -67,7 +68,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype == "auto":
         return None
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(sorted(set(DTYPES)))}")
+        raise InputError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(sorted(set(DTYPES)))}")
     return DTYPES[dtype]
 
 
@@ -204,7 +205,7 @@ def context_length(config) -> int | None:
     return None
 
 
-class ContextLengthError(ValueError):
+class ContextLengthError(InputError):
     """A requested sequence length beyond the model's context."""
 
 

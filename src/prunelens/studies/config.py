@@ -18,6 +18,7 @@ import yaml
 from prunelens import DEFAULT_MODEL
 from prunelens.analysis import ANALYSES
 from prunelens.plan import DROP_TARGETS, SPARSE_METHODS
+from prunelens.utils.errors import InputError
 
 #: the name of the unpruned model in every study table, figure and directory
 DENSE = "Full"
@@ -25,7 +26,7 @@ DENSE = "Full"
 TASK_FIELDS = {"task", "limit", "max_new_tokens", "num_fewshot"}
 
 
-class StudyConfigError(ValueError):
+class StudyConfigError(InputError):
     """An invalid study config; the message names the field and what is allowed."""
 
 

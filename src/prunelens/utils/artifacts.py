@@ -12,8 +12,10 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from prunelens.utils.errors import InputError
 
-class ArtifactError(ValueError):
+
+class ArtifactError(InputError):
     """A file on disk is missing, malformed or inconsistent; the message names the file and the field."""
 
     def __init__(self, path: str | Path, message: str, field: str | None = None):

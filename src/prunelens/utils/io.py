@@ -12,8 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from prunelens.utils.errors import InputError
 
-class OutputExistsError(FileExistsError):
+
+class OutputExistsError(FileExistsError, InputError):
     """The output directory exists and is not empty, and overwriting was not asked for."""
 
 

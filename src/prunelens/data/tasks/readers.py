@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from prunelens.utils.errors import InputError
+
 __all__ = [
     "JSONLinesError",
     "open_text",
@@ -29,7 +31,7 @@ __all__ = [
 ]
 
 
-class JSONLinesError(ValueError):
+class JSONLinesError(InputError):
     """Line ``line`` (1-based) of a JSON Lines text is not JSON; ``error`` is the decoder's error."""
 
     def __init__(self, line: int, error: json.JSONDecodeError) -> None:
