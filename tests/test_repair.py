@@ -18,14 +18,8 @@ from prunelens.cli import app
 from prunelens.data.calibration import Calibration, CalibrationDataError, split_calibration
 from prunelens.distill.losses import repair_loss, token_cross_entropy, token_divergence
 from prunelens.distill.settings import RepairSettings, RepairSettingsError
-from prunelens.distill.trainer import (
-    RepairInputError,
-    RepairStateError,
-    _window_order,
-    adaptable_linears,
-    norm_parameters,
-    repair_model,
-)
+from prunelens.distill.trainable import adaptable_linears, norm_parameters
+from prunelens.distill.trainer import RepairInputError, RepairStateError, _window_order, repair_model
 from prunelens.models.adapter import Adapter
 from prunelens.models.tiny import TINY_FAMILIES, tiny_model
 from prunelens.plan import PLAN_FILE, PlanError, PrunePlan

@@ -54,6 +54,54 @@ def _tokenizer(src):
     return AutoTokenizer.from_pretrained(src.path if src.path is not None else src.spec)
 
 
+def _checked_settings(
+    settings: RepairSettings | None, overrides: dict[str, Any], nsamples: int, seqlen: int
+) -> RepairSettings:
+    settings = settings or RepairSettings()
+    if overrides:
+        settings = RepairSettings(**{**settings.to_dict(), **overrides})
+    settings.check()
+    for name, v in (("nsamples", nsamples), ("seqlen", seqlen)):
+        if not (isinstance(v, int) and v > 0):
+            raise RepairSettingsError(name, f"must be a positive integer (got {v!r})")
+    if nsamples < 2:
+        raise RepairSettingsError("nsamples", f"is {nsamples}; training and held-out windows need at least 2")
+    return settings
+
+
+def _check_pair_specs(
+    pruned: str, src, teacher_spec: str, tsrc, seqlen: int, settings: RepairSettings
+) -> None:
+    """What the configs alone can refuse: the context length, the LoRA rank, the vocabularies."""
+    from prunelens.distill.trainable import check_rank
+    from prunelens.models.loading import check_seqlen
+
+    check_seqlen(seqlen, src.config)
+    if settings.train == "lora":
+        check_rank(_skeleton(src.config), settings.rank)
+    vs, vt = getattr(src.config, "vocab_size", None), getattr(tsrc.config, "vocab_size", None)
+    if vs != vt:
+        raise RepairInputError(
+            f"teacher {teacher_spec} and student {pruned} have different vocabularies ({vt} vs {vs} tokens): "
+            "distillation compares their distributions token by token"
+        )
+
+
+def _save_repaired(
+    result: RepairResult, tok, out: str | Path, overwrite: bool, config: dict[str, Any]
+) -> None:
+    """The repaired checkpoint, its plan, the loss curves and ``repair_config.json``, written atomically."""
+    from prunelens.distill.trainer import write_log
+    from prunelens.utils.io import atomic_output_dir, atomic_write_json
+
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        result.model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        result.plan.save(tmp)
+        write_log(result.log, tmp)
+        atomic_write_json(tmp / "repair_config.json", config)
+
+
 def repair(
     pruned: str,
     *,
@@ -83,19 +131,11 @@ def repair(
     from transformers import AutoTokenizer
 
     from prunelens.data.calibration import load_texts, split_calibration, token_stream
-    from prunelens.distill.trainer import check_pair, check_rank, write_log
-    from prunelens.models.loading import check_seqlen, load, resolve
-    from prunelens.utils.io import atomic_output_dir, atomic_write_json, check_output_dir
+    from prunelens.distill.trainer import check_pair
+    from prunelens.models.loading import load, resolve
+    from prunelens.utils.io import check_output_dir
 
-    settings = settings or RepairSettings()
-    if overrides:
-        settings = RepairSettings(**{**settings.to_dict(), **overrides})
-    settings.check()
-    for name, v in (("nsamples", nsamples), ("seqlen", seqlen)):
-        if not (isinstance(v, int) and v > 0):
-            raise RepairSettingsError(name, f"must be a positive integer (got {v!r})")
-    if nsamples < 2:
-        raise RepairSettingsError("nsamples", f"is {nsamples}; training and held-out windows need at least 2")
+    settings = _checked_settings(settings, overrides, nsamples, seqlen)
     check_output_dir(out, overwrite)
     src = resolve(pruned)
     if src.plan is None:
@@ -105,15 +145,7 @@ def repair(
         )
     teacher_spec = teacher or src.plan.base_model
     tsrc = resolve(teacher_spec)
-    check_seqlen(seqlen, src.config)
-    if settings.train == "lora":
-        check_rank(_skeleton(src.config), settings.rank)
-    vs, vt = getattr(src.config, "vocab_size", None), getattr(tsrc.config, "vocab_size", None)
-    if vs != vt:
-        raise RepairInputError(
-            f"teacher {teacher_spec} and student {pruned} have different vocabularies ({vt} vs {vs} tokens): "
-            "distillation compares their distributions token by token"
-        )
+    _check_pair_specs(pruned, src, teacher_spec, tsrc, seqlen, settings)
     texts = load_texts(calib)
     tok, teacher_tok = AutoTokenizer.from_pretrained(src.path), _tokenizer(tsrc)
     if tok.get_vocab() != teacher_tok.get_vocab():
@@ -136,21 +168,14 @@ def repair(
         teacher_name=teacher_spec,
         state_dir=state,
     )
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        result.model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        result.plan.save(tmp)
-        write_log(result.log, tmp)
-        atomic_write_json(
-            tmp / "repair_config.json",
-            {
-                "student": str(pruned),
-                "teacher": teacher_spec,
-                "settings": settings.to_dict(),
-                "calibration": {"source": calib, "nsamples": nsamples, "seqlen": seqlen, "seed": calib_seed},
-                "dtype": dtype,
-                "device": device,
-            },
-        )
+    config = {
+        "student": str(pruned),
+        "teacher": teacher_spec,
+        "settings": settings.to_dict(),
+        "calibration": {"source": calib, "nsamples": nsamples, "seqlen": seqlen, "seed": calib_seed},
+        "dtype": dtype,
+        "device": device,
+    }
+    _save_repaired(result, tok, out, overwrite, config)
     shutil.rmtree(state, ignore_errors=True)
     return result

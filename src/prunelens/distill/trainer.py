@@ -28,22 +28,19 @@ import json
 import math
 import shutil
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MethodType
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from prunelens.data.calibration import Calibration
 from prunelens.distill.losses import repair_loss, token_cross_entropy, token_divergence
-from prunelens.distill.settings import RepairSettings, RepairSettingsError
-from prunelens.models.adapter import Adapter, get_submodule
-from prunelens.plan import SPARSE_METHODS, PrunePlan
+from prunelens.distill.settings import RepairSettings
+from prunelens.distill.trainable import attach_trainable, load_trainable, merge_trainable, trainable_state
+from prunelens.plan import PrunePlan
 from prunelens.utils.errors import InputError
 from prunelens.utils.io import atomic_write_json
 from prunelens.utils.progress import progress_bar
@@ -65,39 +62,7 @@ class RepairResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-# --- what trains ---------------------------------------------------------------------------------
-
-
-def adaptable_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """Every linear layer inside the decoder blocks, by its full module name (embeddings, unembedding
-    and the no-op stand-ins of dropped sublayers are not among them)."""
-    prefix = Adapter(model).spec.layers
-    return {
-        name: m
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and name.startswith(prefix + ".")
-    }
-
-
-def norm_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The weights (and biases) of every normalisation module: RMSNorm and LayerNorm of any family."""
-    out: dict[str, nn.Parameter] = {}
-    for name, m in model.named_modules():
-        if isinstance(m, nn.LayerNorm) or type(m).__name__.endswith(("RMSNorm", "LayerNorm")):
-            for pname, p in m.named_parameters(recurse=False):
-                out[f"{name}.{pname}"] = p
-    return out
-
-
-def check_rank(model: nn.Module, rank: int) -> None:
-    """A LoRA rank no larger than any adapted layer's smaller side (else the update is not low-rank)."""
-    for name, m in adaptable_linears(model).items():
-        if rank > min(m.in_features, m.out_features):
-            raise RepairSettingsError(
-                "rank",
-                f"is {rank}, larger than layer {name} ({m.out_features} × {m.in_features}); "
-                f"use at most {min(m.in_features, m.out_features)}",
-            )
+# --- the pair ----------------------------------------------------------------------------------
 
 
 def check_pair(student: nn.Module, teacher: nn.Module, student_tok=None, teacher_tok=None) -> None:
@@ -115,96 +80,6 @@ def check_pair(student: nn.Module, teacher: nn.Module, student_tok=None, teacher
         and student_tok.get_vocab() != teacher_tok.get_vocab()
     ):
         raise RepairInputError("teacher and student tokenizers differ: their token ids do not mean the same")
-
-
-def _masked_lora_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    """peft LoRA linear whose update keeps the base weight's zeros: ``x (W + M ⊙ ΔW)ᵀ + b``."""
-    base = self.get_base_layer()
-    weight = base.weight
-    if not self.disable_adapters and not self.merged:
-        for name in self.active_adapters:
-            if name in self.lora_A:
-                weight = weight + self.get_delta_weight(name).to(weight.dtype) * self.prunelens_mask
-    return F.linear(x, weight.to(x.dtype), None if base.bias is None else base.bias.to(x.dtype))
-
-
-def _sparse_masks(model: nn.Module, plan: PrunePlan | None) -> dict[str, torch.Tensor]:
-    """For a sparsified student, the non-zero pattern of every adapted linear (what repair must keep)."""
-    if plan is None or plan.method not in SPARSE_METHODS:
-        return {}
-    return {name: (m.weight != 0) for name, m in adaptable_linears(model).items()}
-
-
-def attach_trainable(model: nn.Module, settings: RepairSettings, plan: PrunePlan | None):
-    """Make ``model`` trainable as ``settings.train`` says; returns ``(model to call, masks)``.
-
-    LoRA is initialised from the seed (peft draws A randomly and sets B to zero, so the untrained
-    adapter changes nothing).
-    """
-    for p in model.parameters():
-        p.requires_grad_(False)
-    masks = _sparse_masks(model, plan)
-    if settings.train == "norms":
-        for p in norm_parameters(model).values():
-            p.requires_grad_(True)
-        return model, masks
-    from peft import LoraConfig, get_peft_model
-
-    check_rank(model, settings.rank)
-    config = LoraConfig(
-        r=settings.rank,
-        lora_alpha=settings.alpha,
-        lora_dropout=0.0,
-        bias="none",
-        target_modules=sorted(adaptable_linears(model)),
-    )
-    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
-        # peft asks transformers an attribute that transformers 5 renamed; not the user's concern
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        torch.manual_seed(settings.seed)  # the adapters' initialisation, without touching the caller's RNG
-        wrapped = get_peft_model(model, config)
-    for name, mask in masks.items():
-        layer = wrapped.base_model.model.get_submodule(name)
-        layer.prunelens_mask = mask
-        layer.forward = MethodType(_masked_lora_forward, layer)
-    return wrapped, masks
-
-
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _load_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for n, t in state.items():
-            params[n].copy_(t)
-
-
-def merge_trainable(
-    wrapped: nn.Module, masks: dict[str, torch.Tensor], settings: RepairSettings
-) -> nn.Module:
-    """Fold the adapters into the weights (masked for sparse layers) and return the plain model."""
-    if settings.train == "norms":
-        for p in wrapped.parameters():
-            p.requires_grad_(False)
-        return wrapped
-    inner = wrapped.base_model.model
-    with torch.no_grad():
-        for name, mask in masks.items():
-            layer = inner.get_submodule(name)
-            base = layer.get_base_layer()
-            for a in layer.active_adapters:
-                base.weight += layer.get_delta_weight(a).to(base.weight.dtype) * mask
-                layer.lora_B[a].weight.zero_()  # already folded in: peft's merge adds nothing more
-    model = wrapped.merge_and_unload()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for name, mask in masks.items():
-        w = get_submodule(model, name).weight
-        if bool((w[~mask] != 0).any()):  # pragma: no cover - guarded by construction
-            raise RuntimeError(f"repair changed the sparsity pattern of {name}")
-    return model
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -294,6 +169,241 @@ def _latest_state(state_dir: Path | None) -> Path | None:
     return done[-1] if done else None
 
 
+@dataclass
+class _Loop:
+    """What every step of one repair uses: the model being trained, its teacher, the optimiser and the
+    held-out windows (with the teacher's logits on them when they fit in memory)."""
+
+    model: nn.Module
+    teacher: nn.Module
+    settings: RepairSettings
+    params: list[nn.Parameter]
+    opt: torch.optim.Optimizer
+    sched: Any
+    device: torch.device
+    autocast: Any
+    held_ids: torch.Tensor
+    held_teacher: list[torch.Tensor] | None
+
+    def heldout(self) -> dict[str, float]:
+        return heldout_metrics(
+            self.model, self.teacher, self.held_ids, self.settings.batch_size, self.held_teacher
+        )
+
+
+@dataclass
+class _Progress:
+    """Where a repair stands: what a checkpoint saves and a resumed repair restores."""
+
+    step: int = 0
+    log: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, torch.Tensor] | None = None
+    best_kl: float = math.inf
+    bad_evals: int = 0
+    seconds_before: float = 0.0
+
+
+def _make_loop(
+    model: nn.Module, student: nn.Module, teacher: nn.Module, settings: RepairSettings, held_ids: torch.Tensor
+) -> _Loop:
+    """AdamW over what trains, the warm-up + cosine schedule, the autocast, the teacher's held-out logits."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise RepairInputError(f"nothing to train: the student has no {settings.train} parameters")
+    opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    sched = get_cosine_schedule_with_warmup(
+        opt, num_warmup_steps=math.floor(settings.warmup * settings.steps), num_training_steps=settings.steps
+    )
+    device = next(student.parameters()).device
+    autocast = torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=settings.precision == "bfloat16"
+    )
+    held_teacher = None
+    bs = settings.batch_size
+    held_bytes = held_ids.numel() * student.get_output_embeddings().weight.shape[0] * 4
+    if held_bytes <= 2**30:  # the teacher's held-out logits are fixed: keep them when they fit
+        with torch.no_grad():
+            held_teacher = [
+                _logits(teacher, held_ids[i : i + bs].to(device)) for i in range(0, held_ids.shape[0], bs)
+            ]
+    return _Loop(model, teacher, settings, params, opt, sched, device, autocast, held_ids, held_teacher)
+
+
+def _resumable_state(state_dir: Path | None, fingerprint: str) -> Path | None:
+    """The latest checkpoint under ``state_dir`` (None: none); one of another repair is refused."""
+    latest = _latest_state(state_dir)
+    if latest is not None:
+        meta = json.loads((latest / "state.json").read_text())
+        if meta.get("fingerprint") != fingerprint or meta.get("format") != STATE_FORMAT:
+            raise RepairStateError(
+                f"{latest / 'state.json'}: field 'fingerprint': a repair with other settings, calibration "
+                "or models was started here; remove the directory (or use --restart) to begin anew"
+            )
+    return latest
+
+
+def _resume(latest: Path, loop: _Loop) -> _Progress:
+    """Trainable tensors, best state, optimiser and schedule as the checkpoint ``latest`` saved them."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((latest / "state.json").read_text())
+    load_trainable(loop.model, load_file(str(latest / "trainable.safetensors")))
+    best = None
+    if (latest / "best.safetensors").exists():
+        best = load_file(str(latest / "best.safetensors"))
+    opt_state = torch.load(latest / "optimizer.pt", weights_only=True)
+    loop.opt.load_state_dict(opt_state["optimizer"])
+    loop.sched.load_state_dict(opt_state["scheduler"])
+    return _Progress(meta["step"], meta["log"], best, meta["best_kl"], meta["bad_evals"], meta["seconds"])
+
+
+def _start(loop: _Loop) -> _Progress:
+    """A fresh repair: the held-out metrics before any step are its first log row and its best so far."""
+    before = loop.heldout()
+    return _Progress(
+        log=[{"step": 0, **before}], best=trainable_state(loop.model), best_kl=before["heldout_kl"]
+    )
+
+
+def _optimiser_step(loop: _Loop, calibration: Calibration, step: int) -> float:
+    """One optimiser step over ``grad_accum`` micro-batches of the seeded window order; the mean loss."""
+    s = loop.settings
+    bs = s.batch_size
+    per_step = bs * s.grad_accum
+    order = _window_order(calibration.nsamples, s.seed, per_step, start=step * per_step)
+    total = 0.0
+    for micro in range(s.grad_accum):
+        ids = calibration.input_ids[order[micro * bs : (micro + 1) * bs]].to(loop.device)
+        with torch.no_grad():
+            t_logits = None if s.loss == "ce" else _logits(loop.teacher, ids)
+        with loop.autocast:
+            s_logits = _logits(loop.model, ids)
+        loss = repair_loss(s_logits, t_logits, ids, loss=s.loss, temperature=s.temperature)
+        (loss / s.grad_accum).backward()
+        total += float(loss.detach()) / s.grad_accum
+    torch.nn.utils.clip_grad_norm_(loop.params, s.max_grad_norm)
+    loop.opt.step()
+    loop.sched.step()
+    loop.opt.zero_grad(set_to_none=True)
+    return total
+
+
+def _evaluate(loop: _Loop, progress: _Progress, row: dict[str, Any]) -> bool:
+    """Add the held-out metrics to ``row``, keep the best state; whether patience says stop."""
+    row.update(loop.heldout())
+    if row["heldout_kl"] < progress.best_kl:
+        progress.best_kl, progress.bad_evals = row["heldout_kl"], 0
+        progress.best = trainable_state(loop.model)
+        return False
+    progress.bad_evals += 1
+    return loop.settings.patience is not None and progress.bad_evals >= loop.settings.patience
+
+
+def _checkpoint(state_dir: Path, fingerprint: str, loop: _Loop, progress: _Progress, t0: float) -> None:
+    meta = {
+        "format": STATE_FORMAT,
+        "fingerprint": fingerprint,
+        "log": progress.log,
+        "best_kl": progress.best_kl,
+        "bad_evals": progress.bad_evals,
+        "seconds": progress.seconds_before + time.perf_counter() - t0,
+    }
+    _save_state(state_dir, progress.step, loop.model, loop.opt, loop.sched, meta, progress.best)
+
+
+def _train(
+    loop: _Loop,
+    progress: _Progress,
+    calibration: Calibration,
+    state_dir: Path | None,
+    fingerprint: str,
+    t0: float,
+    on_step: Callable[[int], None] | None,
+) -> str:
+    """Step until ``settings.steps`` or early stopping (checkpointing at every evaluation); how it ended."""
+    s = loop.settings
+    with progress_bar(f"repair ({s.loss})", s.steps) as bar:
+        bar.advance(progress.step)
+        while progress.step < s.steps:
+            total = _optimiser_step(loop, calibration, progress.step)
+            progress.step += 1
+            step = progress.step
+            row: dict[str, Any] = {"step": step, "loss": total, "lr": loop.sched.get_last_lr()[0]}
+            stop = False
+            if step % s.eval_every == 0 or step == s.steps:
+                stop = _evaluate(loop, progress, row)
+            progress.log.append(row)
+            bar.update(description=f"repair ({s.loss}) loss {total:.4f}")
+            bar.advance()
+            if state_dir is not None and ("heldout_kl" in row or stop):
+                _checkpoint(state_dir, fingerprint, loop, progress, t0)
+            if on_step is not None:
+                on_step(step)
+            if stop:
+                return (
+                    f"early stop at step {step} (held-out KL not lower for {progress.bad_evals} evaluations)"
+                )
+    return "steps"
+
+
+def _kept_row(loop: _Loop, progress: _Progress) -> dict[str, Any]:
+    """Load the state ``settings.keep`` asks for; its held-out row (the last state measured if need be)."""
+    evaluated = [r for r in progress.log if "heldout_kl" in r]
+    if loop.settings.keep == "best" and progress.best is not None:
+        load_trainable(loop.model, progress.best)
+        return min(evaluated, key=lambda r: r["heldout_kl"])
+    if evaluated[-1]["step"] != progress.step:  # the last state has not been measured yet
+        evaluated.append({"step": progress.step, **loop.heldout()})
+    return evaluated[-1]
+
+
+def _summary(
+    loop: _Loop,
+    progress: _Progress,
+    calibration: Calibration,
+    heldout: Calibration,
+    teacher_name: str,
+    kept: dict[str, Any],
+    stopped: str,
+    masks_kept: int,
+    clocks: tuple[float, float],
+) -> dict[str, Any]:
+    """The ``repair`` record of the returned plan; ``clocks``: wall and CPU time when the steps began."""
+    settings, step = loop.settings, progress.step
+    before = next(r for r in progress.log if r["step"] == 0)
+    t0, c0 = clocks
+    return {
+        "loss": settings.loss,
+        "temperature": settings.temperature if settings.loss != "ce" else None,
+        "train": settings.train,
+        "rank": settings.rank if settings.train == "lora" else None,
+        "alpha": settings.alpha if settings.train == "lora" else None,
+        "learning_rate": settings.learning_rate,
+        "steps": settings.steps,
+        "steps_run": step,
+        "kept_step": kept["step"],
+        "keep": settings.keep,
+        "stopped": stopped,
+        "tokens": step * settings.batch_size * settings.grad_accum * calibration.seqlen,
+        "batch_size": settings.batch_size,
+        "grad_accum": settings.grad_accum,
+        "warmup": settings.warmup,
+        "precision": settings.precision,
+        "seed": settings.seed,
+        "teacher": teacher_name,
+        "trainable_parameters": sum(p.numel() for p in loop.params),
+        "masks_kept": masks_kept,
+        "calibration": calibration.describe(),
+        "heldout": heldout.describe(),
+        "heldout_before": {k: before[k] for k in ("heldout_kl", "heldout_ce")},
+        "heldout_after": {k: kept[k] for k in ("heldout_kl", "heldout_ce")},
+        "seconds": progress.seconds_before + time.perf_counter() - t0,
+        "cpu_seconds_this_run": time.process_time() - c0,
+    }
+
+
 def repair_model(
     student: nn.Module,
     teacher: nn.Module,
@@ -316,167 +426,33 @@ def repair_model(
     other settings is refused (:class:`RepairStateError`). ``on_step(step)`` is called after every
     optimiser step (tests use it to interrupt a run).
     """
-    from transformers import get_cosine_schedule_with_warmup
-
     settings.check()
     if calibration.nsamples == 0 or heldout.nsamples == 0:
         raise RepairInputError("the calibration set is empty")
     check_pair(student, teacher)
-    n_train, n_held = calibration.nsamples, heldout.nsamples
-    train_ids, held_ids = calibration.input_ids, heldout.input_ids
+    student_plan = plan.to_dict() | {"created": None}
     fingerprint = settings_fingerprint(
         settings,
         calibration,
-        {
-            "teacher": teacher_name,
-            "student": plan.to_dict() | {"created": None},
-            "heldout": heldout.describe(),
-        },
+        {"teacher": teacher_name, "student": student_plan, "heldout": heldout.describe()},
     )
     state_dir = Path(state_dir) if state_dir is not None else None
-    latest = _latest_state(state_dir)
-    if latest is not None:
-        meta = json.loads((latest / "state.json").read_text())
-        if meta.get("fingerprint") != fingerprint or meta.get("format") != STATE_FORMAT:
-            raise RepairStateError(
-                f"{latest / 'state.json'}: field 'fingerprint': a repair with other settings, calibration "
-                "or models was started here; remove the directory (or use --restart) to begin anew"
-            )
+    latest = _resumable_state(state_dir, fingerprint)
 
     teacher.eval()
     student.eval()  # no dropout: the loss is a deterministic function of the weights
     model, masks = attach_trainable(student, settings, plan)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise RepairInputError(f"nothing to train: the student has no {settings.train} parameters")
-    opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    sched = get_cosine_schedule_with_warmup(
-        opt, num_warmup_steps=math.floor(settings.warmup * settings.steps), num_training_steps=settings.steps
-    )
-    device = next(student.parameters()).device
-    autocast = torch.autocast(
-        device_type=device.type, dtype=torch.bfloat16, enabled=settings.precision == "bfloat16"
-    )
-    held_teacher = None
-    bs = settings.batch_size
-    held_bytes = held_ids.numel() * student.get_output_embeddings().weight.shape[0] * 4
-    if held_bytes <= 2**30:  # the teacher's held-out logits are fixed: keep them when they fit
-        with torch.no_grad():
-            held_teacher = [_logits(teacher, held_ids[i : i + bs].to(device)) for i in range(0, n_held, bs)]
-
-    log: list[dict[str, Any]] = []
-    start, best, best_kl, bad_evals, seconds_before = 0, None, math.inf, 0, 0.0
-    if latest is not None:
-        from safetensors.torch import load_file
-
-        meta = json.loads((latest / "state.json").read_text())
-        _load_trainable(model, load_file(str(latest / "trainable.safetensors")))
-        if (latest / "best.safetensors").exists():
-            best = load_file(str(latest / "best.safetensors"))
-        opt_state = torch.load(latest / "optimizer.pt", weights_only=True)
-        opt.load_state_dict(opt_state["optimizer"])
-        sched.load_state_dict(opt_state["scheduler"])
-        start, log = meta["step"], meta["log"]
-        best_kl, bad_evals, seconds_before = meta["best_kl"], meta["bad_evals"], meta["seconds"]
-    else:
-        before = heldout_metrics(model, teacher, held_ids, bs, held_teacher)
-        log.append({"step": 0, **before})
-        best_kl = before["heldout_kl"]
-        best = trainable_state(model)
-    before = next(r for r in log if r["step"] == 0)
-
+    loop = _make_loop(model, student, teacher, settings, heldout.input_ids)
+    progress = _resume(latest, loop) if latest is not None else _start(loop)
     t0, c0 = time.perf_counter(), time.process_time()
-    stopped = "steps"
-    step = start
-    per_step = bs * settings.grad_accum
-    with progress_bar(f"repair ({settings.loss})", settings.steps) as bar:
-        bar.advance(start)
-        while step < settings.steps:
-            order = _window_order(n_train, settings.seed, per_step, start=step * per_step)
-            total = 0.0
-            for micro in range(settings.grad_accum):
-                ids = train_ids[order[micro * bs : (micro + 1) * bs]].to(device)
-                with torch.no_grad():
-                    t_logits = None if settings.loss == "ce" else _logits(teacher, ids)
-                with autocast:
-                    s_logits = _logits(model, ids)
-                loss = repair_loss(
-                    s_logits, t_logits, ids, loss=settings.loss, temperature=settings.temperature
-                )
-                (loss / settings.grad_accum).backward()
-                total += float(loss.detach()) / settings.grad_accum
-            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            row: dict[str, Any] = {"step": step, "loss": total, "lr": sched.get_last_lr()[0]}
-            stop = False
-            if step % settings.eval_every == 0 or step == settings.steps:
-                row.update(heldout_metrics(model, teacher, held_ids, bs, held_teacher))
-                if row["heldout_kl"] < best_kl:
-                    best_kl, bad_evals, best = row["heldout_kl"], 0, trainable_state(model)
-                else:
-                    bad_evals += 1
-                    stop = settings.patience is not None and bad_evals >= settings.patience
-            log.append(row)
-            bar.update(description=f"repair ({settings.loss}) loss {total:.4f}")
-            bar.advance()
-            if state_dir is not None and ("heldout_kl" in row or stop):
-                meta = {
-                    "format": STATE_FORMAT,
-                    "fingerprint": fingerprint,
-                    "log": log,
-                    "best_kl": best_kl,
-                    "bad_evals": bad_evals,
-                    "seconds": seconds_before + time.perf_counter() - t0,
-                }
-                _save_state(state_dir, step, model, opt, sched, meta, best)
-            if on_step is not None:
-                on_step(step)
-            if stop:
-                stopped = f"early stop at step {step} (held-out KL not lower for {bad_evals} evaluations)"
-                break
-    evaluated = [r for r in log if "heldout_kl" in r]
-    if settings.keep == "best" and best is not None:
-        _load_trainable(model, best)
-        best_row = min(evaluated, key=lambda r: r["heldout_kl"])
-    else:
-        if evaluated[-1]["step"] != step:  # the last state has not been measured yet
-            evaluated.append({"step": step, **heldout_metrics(model, teacher, held_ids, bs, held_teacher)})
-        best_row = evaluated[-1]
+    stopped = _train(loop, progress, calibration, state_dir, fingerprint, t0, on_step)
+    kept = _kept_row(loop, progress)
     merged = merge_trainable(model, masks, settings)
-    trained = sum(p.numel() for p in params)
-    summary = {
-        "loss": settings.loss,
-        "temperature": settings.temperature if settings.loss != "ce" else None,
-        "train": settings.train,
-        "rank": settings.rank if settings.train == "lora" else None,
-        "alpha": settings.alpha if settings.train == "lora" else None,
-        "learning_rate": settings.learning_rate,
-        "steps": settings.steps,
-        "steps_run": step,
-        "kept_step": best_row["step"],
-        "keep": settings.keep,
-        "stopped": stopped,
-        "tokens": step * per_step * calibration.seqlen,
-        "batch_size": bs,
-        "grad_accum": settings.grad_accum,
-        "warmup": settings.warmup,
-        "precision": settings.precision,
-        "seed": settings.seed,
-        "teacher": teacher_name,
-        "trainable_parameters": trained,
-        "masks_kept": len(masks),
-        "calibration": calibration.describe(),
-        "heldout": heldout.describe(),
-        "heldout_before": {k: before[k] for k in ("heldout_kl", "heldout_ce")},
-        "heldout_after": {k: best_row[k] for k in ("heldout_kl", "heldout_ce")},
-        "seconds": seconds_before + time.perf_counter() - t0,
-        "cpu_seconds_this_run": time.process_time() - c0,
-    }
+    summary = _summary(
+        loop, progress, calibration, heldout, teacher_name, kept, stopped, len(masks), (t0, c0)
+    )
     new_plan = PrunePlan.from_dict({**plan.to_dict(), "repair": summary})
-    return RepairResult(merged, new_plan, log, summary)
+    return RepairResult(merged, new_plan, progress.log, summary)
 
 
 def write_log(log: list[dict[str, Any]], out: Path) -> None:
