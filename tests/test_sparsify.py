@@ -19,8 +19,8 @@ from prunelens.prune.sparsify import (
     capture_block_inputs,
     layer_kwargs,
     sparsify,
-    validate_sparsity,
 )
+from prunelens.prune.specs import SparsifySpec, SpecError
 
 IDS = torch.randint(3, 256, (6, 16), generator=torch.Generator().manual_seed(1))
 CAL = Calibration(IDS, "random", 0, IDS.numel())
@@ -112,12 +112,16 @@ def test_sparsegpt_is_deterministic():
         (("wanda", None, "5:4"), "0 < N < M"),
         (("wanda", 0.5, "2:4"), "exactly one"),
         (("wanda", None, None), "exactly one"),
-        (("obs", 0.5, None), "unknown method"),
+        (("obs", 0.5, None), "method: must be one of magnitude, wanda, sparsegpt"),
+        (("wanda", 0.5, None, "owl", 1.5), r"allocation_lambda: must be a number in \[0, 1\)"),
+        (("wanda", None, "2:4", "kl"), "N:M patterns stay uniform"),
+        (("wanda", 0.5, None, "uniform", 0.1), "only applies to a non-uniform allocation"),
     ],
 )
-def test_validate_sparsity_refuses(args, match):
-    with pytest.raises(ValueError, match=match):
-        validate_sparsity(*args)
+def test_sparsify_spec_refuses(args, match):
+    """The one check of a sparsify request (SparsifySpec.check), which the CLI, configs and API all call."""
+    with pytest.raises(SpecError, match=match):
+        SparsifySpec(*args[:3], **dict(zip(("allocation", "allocation_lambda"), args[3:]))).check()
 
 
 def _first_block(family):

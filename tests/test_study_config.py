@@ -43,7 +43,7 @@ def test_default_config_is_the_documented_study():
         (
             {"variants": [{"name": "X", "drop": {"target": "attn", "n": 0}}]},
             "variants[0].drop.n",
-            "integer ≥ 1",
+            "must be a positive integer (got 0)",
         ),
         (
             {"variants": [{"name": "X", "sparsify": {"method": "obs", "sparsity": 0.5}}]},
@@ -52,7 +52,7 @@ def test_default_config_is_the_documented_study():
         ),
         (
             {"variants": [{"name": "X", "sparsify": {"method": "wanda", "sparsity": 1.5}}]},
-            "variants[0].sparsify",
+            "variants[0].sparsify.sparsity",
             "[0, 1)",
         ),
         (
@@ -113,7 +113,7 @@ def test_default_config_is_the_documented_study():
         ),
         (
             {"variants": [{"name": "X", "drop": {"target": "attn", "n": 2, "search_budget": 10}}]},
-            "variants[0].drop.objective",
+            "variants[0].drop.search_budget",
             "use objective generation or choice",
         ),
         (

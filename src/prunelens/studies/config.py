@@ -17,7 +17,7 @@ import yaml
 
 from prunelens import DEFAULT_MODEL
 from prunelens.analysis import ANALYSES
-from prunelens.plan import DROP_TARGETS, SPARSE_METHODS
+from prunelens.prune.specs import TRUE_SEQUENTIAL_DEFAULT, DropSpec, SparsifySpec, SpecError
 from prunelens.utils.errors import InputError
 
 #: the name of the unpruned model in every study table, figure and directory
@@ -151,7 +151,8 @@ VARIANT_COMMENTS: dict[str, tuple[str, ...]] = {
     "Drop-8A-KL": (
         "twin: NAME = the same pruning as NAME but for one changed rule; the report pairs the two.",
         "Here: the exact next-token KL chooses (objective generation) instead of the cosine, scored on",
-        "the first 4 calibration windows (score_windows: 54 s on a 2-core CPU; 8 windows pick the same set).",
+        "the first 4 calibration windows (score_windows; its cost and choices: benchmarks/README.md,",
+        "section 'What the default study's report says').",
     ),
 }
 
@@ -221,7 +222,8 @@ def _default_config_yaml() -> str:
         "# prints this default. The limits keep the default study under 20 minutes on a 2-core CPU while",
         "# giving paired tests a usable n; raise them (and add tasks: boolq, humaneval, mbpp, mmlu,",
         "# hellaswag, ...) for numbers you would publish. BoolQ is not in the default: the embedded 135M",
-        "# model answers it below chance (40.5% at n = 200), so it could not judge anything.",
+        "# model answers it below chance (benchmarks/README.md, section 'The whole study'), so it could not",
+        "# judge anything.",
         "# A nested block you give is merged with these defaults field by field.",
     ]
 
@@ -282,84 +284,46 @@ def _int(value: Any, field_name: str, minimum: int = 1, allow_none: bool = False
     return value
 
 
-#: the keys of a variant's ``drop`` block
-DROP_KEYS = (
-    "target",
-    "n",
-    "iterative",
-    "window",
-    "objective",
-    "estimator",
-    "temperature",
-    "search_budget",
-    "search_evaluations",
-    "choice_task",
-    "choice_limit",
-    "score_windows",
-)
+def _spec_field(where: str, exc: SpecError) -> StudyConfigError:
+    """A spec's refusal as a config error naming the field's path (``variants[2].drop.n``)."""
+    return _err(f"{where}.{exc.field}", exc.text())
 
 
-def _drop_objective(drop: dict[str, Any], where: str) -> None:
-    """The objective fields of a ``drop`` block: the objective, its temperature, search and choice data."""
-    from prunelens.data.tasks import TASKS
-    from prunelens.prune.objectives import OBJECTIVES
+def _drop_block(drop: Any, where: str) -> dict[str, Any]:
+    """A variant's ``drop`` block: its keys, then :meth:`DropSpec.check` (every rule lives there). The block
+    is kept as written (defaults not spelled out: unit fingerprints of existing studies stay valid)."""
+    keys = DropSpec.keys()
+    _expect(isinstance(drop, dict), where, "must be a mapping {target, n[, iterative, ...]}")
+    unknown = set(drop) - set(keys)
+    _expect(not unknown, where, f"unknown keys {sorted(unknown)}; allowed: {', '.join(keys)}")
+    try:
+        DropSpec(**{"target": None, "n": None, **drop}).check()
+    except SpecError as exc:
+        raise _spec_field(where, exc) from None
+    return drop
 
-    objective = drop.get("objective", "hidden")
-    _expect(
-        objective in OBJECTIVES,
-        f"{where}.objective",
-        f"must be one of {', '.join(OBJECTIVES)}, got {objective!r}",
-    )
-    from prunelens.prune.objectives import ESTIMATORS
 
-    est = drop.get("estimator", "exact")
-    _expect(est in ESTIMATORS, f"{where}.estimator", f"must be one of {', '.join(ESTIMATORS)}, got {est!r}")
+def _sparsify_block(sparsify: Any, where: str) -> dict[str, Any]:
+    """A variant's ``sparsify`` block, checked by :meth:`SparsifySpec.check`; the calibration order and the
+    allocation's lambda are spelled out, so a changed default changes the fingerprint."""
+    allowed = ("method", "sparsity", "pattern", "true_sequential", "allocation", "allocation_lambda")
     _expect(
-        est == "exact" or objective == "generation",
-        f"{where}.estimator",
-        "the Fisher estimate is of the generation objective's KL: use objective generation",
+        isinstance(sparsify, dict),
+        where,
+        "must be a mapping {method, sparsity | pattern[, true_sequential, allocation, allocation_lambda]}",
     )
-    t = drop.get("temperature", 1.0)
-    _expect(
-        isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0,
-        f"{where}.temperature",
-        f"must be a positive number, got {t!r}",
-    )
-    b = drop.get("search_budget")
-    _expect(
-        b is None or (isinstance(b, (int, float)) and not isinstance(b, bool) and b > 0),
-        f"{where}.search_budget",
-        f"must be a positive number of seconds, got {b!r}",
-    )
-    _int(drop.get("search_evaluations"), f"{where}.search_evaluations", allow_none=True)
-    searching = b is not None or drop.get("search_evaluations") is not None
-    _expect(
-        not (searching and objective == "hidden"),
-        f"{where}.objective",
-        "the budgeted search improves a set by its KL: use objective generation or choice",
-    )
-    _expect(
-        not (drop.get("window") and objective != "hidden"),
-        f"{where}.window",
-        "the best window of consecutive blocks is a cosine rule: it needs objective hidden",
-    )
-    mc = sorted(k for k, v in TASKS.items() if v.kind == "mc")
-    task = drop.get("choice_task", "arc_easy")
-    _expect(
-        task in mc, f"{where}.choice_task", f"must be a multiple-choice task ({', '.join(mc)}), got {task!r}"
-    )
-    _int(drop.get("choice_limit", 64), f"{where}.choice_limit")
-    _int(drop.get("score_windows"), f"{where}.score_windows", allow_none=True)
-    _expect(
-        not (objective == "choice" and drop.get("score_windows") is not None),
-        f"{where}.score_windows",
-        "the choice objective scores on multiple-choice questions, not calibration windows: use choice_limit",
-    )
-    _expect(
-        objective == "choice" or not ({"choice_task", "choice_limit"} & set(drop)),
-        f"{where}.choice_task",
-        "choice_task and choice_limit belong to objective choice",
-    )
+    unknown = set(sparsify) - set(allowed)
+    _expect(not unknown, where, f"unknown keys {sorted(unknown)}; allowed: {', '.join(allowed)}")
+    try:
+        spec = SparsifySpec(**{"method": None, **sparsify}).check()
+    except SpecError as exc:
+        raise _spec_field(where, exc) from None
+    out = dict(sparsify)
+    if spec.allocation != "uniform":
+        out["allocation_lambda"] = spec.spread
+    if spec.method in TRUE_SEQUENTIAL_DEFAULT:
+        out["true_sequential"] = spec.calibrates_true_sequentially
+    return out
 
 
 def _variant(raw: Any, i: int) -> VariantSpec:
@@ -407,67 +371,9 @@ def _variant(raw: Any, i: int) -> VariantSpec:
             f"must be one of {', '.join(CONTROL_ROUNDINGS)}, got {control['round_to']!r}",
         )
     if drop is not None:
-        _expect(isinstance(drop, dict), f"{where}.drop", "must be a mapping {target, n[, iterative, ...]}")
-        unknown = set(drop) - set(DROP_KEYS)
-        _expect(
-            not unknown,
-            f"{where}.drop",
-            f"unknown keys {sorted(unknown)}; allowed: {', '.join(DROP_KEYS)}",
-        )
-        _drop_objective(drop, f"{where}.drop")
-        _expect(
-            drop.get("target") in DROP_TARGETS,
-            f"{where}.drop.target",
-            f"must be one of {', '.join(DROP_TARGETS)}, got {drop.get('target')!r}",
-        )
-        _int(drop.get("n"), f"{where}.drop.n")
+        drop = _drop_block(drop, f"{where}.drop")
     if sparsify is not None:
-        _expect(
-            isinstance(sparsify, dict),
-            f"{where}.sparsify",
-            "must be a mapping {method, sparsity | pattern"
-            "[, true_sequential, allocation, allocation_lambda]}",
-        )
-        allowed = ("method", "sparsity", "pattern", "true_sequential", "allocation", "allocation_lambda")
-        unknown = set(sparsify) - set(allowed)
-        _expect(
-            not unknown,
-            f"{where}.sparsify",
-            f"unknown keys {sorted(unknown)}; allowed: {', '.join(allowed)}",
-        )
-        _expect(
-            sparsify.get("true_sequential") in (None, True, False),
-            f"{where}.sparsify.true_sequential",
-            f"must be true or false, got {sparsify.get('true_sequential')!r}",
-        )
-        _expect(
-            sparsify.get("method") in SPARSE_METHODS,
-            f"{where}.sparsify.method",
-            f"must be one of {', '.join(SPARSE_METHODS)}, got {sparsify.get('method')!r}",
-        )
-        from prunelens.prune.allocation import OWL_LAMBDA
-        from prunelens.prune.sparsify import TRUE_SEQUENTIAL_DEFAULT, validate_allocation, validate_sparsity
-
-        allocation = sparsify.get("allocation", "uniform")
-        try:
-            validate_allocation(allocation, sparsify.get("allocation_lambda"), sparsify.get("pattern"))
-        except ValueError as exc:
-            raise _err(f"{where}.sparsify.allocation", str(exc)) from exc
-        try:
-            validate_sparsity(sparsify["method"], sparsify.get("sparsity"), sparsify.get("pattern"))
-        except ValueError as exc:
-            raise _err(f"{where}.sparsify", str(exc)) from exc
-        if allocation != "uniform":  # the default lambda spelled out, as true_sequential below
-            sparsify = {**sparsify, "allocation_lambda": sparsify.get("allocation_lambda", OWL_LAMBDA)}
-        if (
-            sparsify["method"] in TRUE_SEQUENTIAL_DEFAULT
-        ):  # spelled out, so a changed default changes the fingerprint
-            sparsify = {
-                **sparsify,
-                "true_sequential": sparsify.get(
-                    "true_sequential", TRUE_SEQUENTIAL_DEFAULT[sparsify["method"]]
-                ),
-            }
+        sparsify = _sparsify_block(sparsify, f"{where}.sparsify")
     twin = raw.get("twin")
     _expect(
         twin is None or (isinstance(twin, str) and twin.strip() != ""),
