@@ -8,8 +8,8 @@ after attention at layer ``l`` is the *dense* side of the attention transition a
 of the MLP transition. Everything that depends on one state only (top-k, norms, ``p = softmax(z/T)``,
 the Theorem-2 weights ``r ∝ p²``, log-partition) is computed once per state (:class:`LogitState`), and
 each pair then needs about twenty passes over the vocabulary (:func:`pair_stats`), in place where
-possible. Measured on SmolLM2-135M (``benchmarks/bench_analysis.py``, one CPU thread): a transitions
-run costs 1.8× its unavoidable matrix products with this module and 6.7× with the reference.
+possible. What a transitions run costs with this module and with the reference, against its
+unavoidable matrix products: benchmarks/README.md, § Measurements behind choices in the code.
 
 How the pair quantities are obtained (``Δz = z' − z``, ``α = ⟨Δz, z⟩/‖z‖²``):
 

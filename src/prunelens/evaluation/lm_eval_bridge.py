@@ -435,7 +435,8 @@ def run_lm_eval(
     (e.g. ``hflm_kwargs={"add_bos_token": True}``); the model is not copied or saved.
     ``limit``: lm-eval's (first N docs, or a fraction). ``task_paths``: folders or YAML files of extra
     task configs (``TaskManager(include_path=...)``), e.g. ``LocalLmEvalTasks.path``.
-    ``include_defaults``: index lm-eval's ~15k built-in tasks too (about 20 s); default: only when a
+    ``include_defaults``: index lm-eval's ~15k built-in tasks too (slow: benchmarks/README.md,
+    § Measurements behind choices in the code); default: only when a
     requested task is not defined under ``task_paths``. ``bootstrap_iters=0`` skips the bootstrap
     standard errors (lm-eval's default of 100000 is slow on CPU). Other keyword arguments go to
     ``lm_eval.simple_evaluate``; its request caches (``use_cache``, ``cache_requests``) are refused,

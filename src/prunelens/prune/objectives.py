@@ -1,9 +1,10 @@
 """Scoring what to drop by its effect in the space the use reads (the ``generation`` and ``choice``
 objectives); the ``hidden`` objective is the cosine rule of :mod:`prunelens.prune.scoring`.
 
-The hidden-state cosine between a sublayer's input and output stream is near 1 for every candidate
-(0.98–0.99 on the embedded model), yet the candidates differ by an order of magnitude in what they do to
-the next-token distribution, the quantity that compounds during decoding. So:
+The hidden-state cosine between a sublayer's input and output stream is near 1 for every candidate, yet
+the candidates differ by an order of magnitude in what they do to the next-token distribution, the
+quantity that compounds during decoding (benchmarks/README.md, § What the default study's report says,
+and § Choosing what to drop). So:
 
 * ``generation`` — for each candidate unit ``u`` (an attention or MLP sublayer, or a block), the exact
   counterfactual ``KL(p_dense ‖ p_{−u})`` of the next-token distributions at temperature ``T``, averaged

@@ -47,8 +47,9 @@ def kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
 
     For float32 a radix step comes first: the bit patterns of non-negative floats sort like the floats, so
     a histogram of their top 16 bits finds the bucket that holds the ``k``-th value, and ``kthvalue`` runs
-    on that bucket alone. Measured 5× faster than ``kthvalue`` on 196 k scores on a 2-core CPU (SparseGPT
-    chooses a mask this way for every 128-column block). Other dtypes and devices use ``kthvalue``.
+    on that bucket alone: faster than ``kthvalue`` on a whole block's scores (benchmarks/README.md,
+    § Measurements behind choices in the code; SparseGPT chooses a mask this way for every 128-column
+    block). Other dtypes and devices use ``kthvalue``.
     """
     if x.dtype != torch.float32 or x.device.type != "cpu" or x.numel() < 4096:
         return torch.kthvalue(x, k).values
@@ -63,8 +64,9 @@ def lowest_k(scores: torch.Tensor, k: int, per_row: bool) -> torch.Tensor:
     """Mask of exactly ``k`` lowest scores, in each row (``per_row``) or over the whole tensor.
 
     The threshold comes from a selection (``kthvalue``, or :func:`kth_smallest` over the whole tensor),
-    2–3.6× faster than ``topk`` with ``k`` near half the entries on a 2-core CPU, or more; entries tied with
-    the threshold are taken in index order until ``k`` are marked, so the count is exact even with ties.
+    faster than ``topk`` with ``k`` near half the entries (benchmarks/README.md, § Measurements behind
+    choices in the code); entries tied with the threshold are taken in index order until ``k`` are marked,
+    so the count is exact even with ties.
     """
     if per_row:
         thresh = torch.kthvalue(scores, k, dim=1, keepdim=True).values
@@ -119,8 +121,8 @@ def accumulate_gram(G: torch.Tensor, x: torch.Tensor) -> None:
     upper triangle is left stale; read the result with :func:`symmetric_from_lower`).
 
     ``XᵀX`` is symmetric, so the product is split into up to 6 bands of rows, each multiplied only up to
-    the diagonal: about 58 % of the arithmetic of the full product in a handful of large ``addmm`` calls.
-    Measured on a 2-core CPU with 4096 tokens: 1.5× faster than one ``addmm`` for 576 and 1536 columns.
+    the diagonal: about 58 % of the arithmetic of the full product in a handful of large ``addmm`` calls,
+    faster than one ``addmm`` (benchmarks/README.md, § Measurements behind choices in the code).
     (A BLAS ``syrk`` through SciPy computes exactly one triangle, but its OpenBLAS threads spin after each
     call and slowed the surrounding PyTorch work by more than they saved; these bands stay in PyTorch.)
     """
@@ -142,7 +144,8 @@ def lower_triangular_inverse(L: torch.Tensor, leaf: int = 128) -> torch.Tensor:
     """``L⁻¹`` for a lower-triangular ``L``, by halves: ``[[A, 0], [C, D]]⁻¹ = [[A⁻¹, 0], [−D⁻¹CA⁻¹, D⁻¹]]``.
 
     About ``d³/3`` multiply-adds, mostly in matrix products, where a triangular solve against the identity
-    does ``d³`` (it cannot skip the identity's zeros): 2× faster for 576 and 1536 columns on a 2-core CPU.
+    does ``d³`` (it cannot skip the identity's zeros); the time saved: benchmarks/README.md,
+    § Measurements behind choices in the code.
     """
     d = L.shape[0]
     if d <= leaf:
@@ -196,9 +199,9 @@ def sparsegpt_prune(
     × column block). One factorisation and one column loop then serve the whole stack.
 
     The work runs on ``Wᵀ``, so that a column of ``W`` — what each step reads and updates — is a
-    contiguous row. Measured on a 2-core CPU this loop is 4–7× faster than on ``W`` itself (strided
-    columns), and 1.5–3× faster than solving each block's updates as one batched triangular system
-    (``O(rows · blocksize³)``, tried and dropped).
+    contiguous row: faster than on ``W`` itself (strided columns), and faster than solving each block's
+    updates as one batched triangular system (``O(rows · blocksize³)``, tried and dropped); measured in
+    benchmarks/README.md, § Measurements behind choices in the code.
     """
     if nm is None and not 0.0 <= float(sparsity or 0.0) < 1.0:
         raise ValueError(f"sparsity must be in [0, 1); got {sparsity}")

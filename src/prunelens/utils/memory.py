@@ -3,10 +3,11 @@
 glibc serves allocations above ``M_MMAP_THRESHOLD`` (128 KiB, then adjusted dynamically) with fresh
 ``mmap`` pages and returns them to the system on free, so a loop that allocates and frees the same
 tens-of-megabytes activations every step pays page faults and zeroing each time. Inside
-:func:`reuse_freed_memory` freed blocks stay in the heap and are reused: on a 2-core CPU the
-element-wise parts of a transformer block (SiLU, products) ran about 2× faster and a whole block
-forward about 10 % faster. The process keeps its peak heap until the context ends, when the defaults
-are restored and the free memory is handed back (``malloc_trim``). Elsewhere than glibc it does nothing.
+:func:`reuse_freed_memory` freed blocks stay in the heap and are reused, which speeds up the element-wise
+parts of a transformer block (SiLU, products) and a whole block forward (benchmarks/README.md,
+§ Measurements behind choices in the code). The process keeps its peak heap until the context ends, when
+the defaults are restored and the free memory is handed back (``malloc_trim``). Elsewhere than glibc it
+does nothing.
 """
 
 from __future__ import annotations
