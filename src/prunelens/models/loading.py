@@ -29,6 +29,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from prunelens import DEFAULT_MODEL
 from prunelens.models.adapter import apply_structure, spec_for
+from prunelens.models.gguf_header import check_gguf
 from prunelens.plan import PLAN_FILE, PrunePlan
 from prunelens.utils.artifacts import ArtifactError, check_checkpoint_files, read_json
 from prunelens.utils.errors import InputError
@@ -147,14 +148,16 @@ def gguf_checkpoint(path: str | Path, *, name: str | None = None) -> Path:
     """The cached safetensors checkpoint of a GGUF file, converting it the first time it is seen.
 
     Cached by content (a hash of the file), so the same file under another path or name is found again
-    and an edited file is converted anew. Concurrent runs are safe: each converts into its own temporary
-    directory and the first rename wins; a run that loses the race uses the winner's copy.
+    and an edited file is converted anew; a file not seen before has its header checked first
+    (:func:`~prunelens.models.gguf_header.check_gguf`). Concurrent runs are safe: each converts into its
+    own temporary directory and the first rename wins; a run that loses the race uses the winner's copy.
     """
     path = Path(path)
     digest = _file_digest(path)
     out = gguf_cache_root() / f"{name or path.stem.lower()}-{digest[:16]}"
     if (out / SOURCE_FILE).exists():
         return out
+    check_gguf(path)  # not a GGUF file, or cut short: one line naming the file, before the conversion
     model, tok = load_gguf(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
