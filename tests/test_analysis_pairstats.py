@@ -73,7 +73,7 @@ def test_identical_logits_give_zero_perturbation_and_nan_ratios():
         assert torch.isnan(st[key]).all() and torch.isnan(ref[key]).all()
 
 
-def test_theorem2_split_sums_to_var_r():
+def test_var_r_split_sums_to_var_r():
     z, y = _case("scale", 0.3)
     st = logit_stats(z, y, 1.0)
     total = st["var_r_par"] + st["var_r_perp"] + st["var_r_cross"]

@@ -142,7 +142,7 @@ def test_geometry_vs_reference(dt):
     check(dec.perp, per_vector(lambda a, d: r_decomp(a, d)[1], xn, dxn), dt)
     check(dec.alpha, per_vector(lambda a, d: r_decomp(a, d)[2], xn, dxn), dt)
     check(
-        M.theorem1_estimate(x, y),
+        M.one_minus_cos_estimate(x, y),
         per_vector(
             lambda a, b: np.dot(r_decomp(a, b - a)[1], r_decomp(a, b - a)[1]) / (2 * np.dot(a, a)), xn, yn
         ),
@@ -204,15 +204,15 @@ def test_probability_space_vs_reference(dt, T):
     )
     check(M.kl(z, y, T), per_vector(lambda a, b: r_kl(a, b, T), zn, yn), dt)
     check(M.reverse_kl(z, y, T), per_vector(lambda a, b: r_kl(b, a, T), zn, yn), dt)
-    check(M.theorem2_weights(z, T), per_vector(lambda a: r_r(a, T), zn), dt)
+    check(M.squared_prob_weights(z, T), per_vector(lambda a: r_r(a, T), zn), dt)
     check(M.topk_weights(z, 5, T), per_vector(lambda a: r_topk_w(a, 5, T), zn), dt)
     check(
-        M.theorem2_estimate(z, y, T),
+        M.prob_one_minus_cos_estimate(z, y, T),
         per_vector(lambda a, b: r_wvar(b - a, r_r(a, T)) / (2 * T * T), zn, yn),
         dt,
     )
     check(
-        M.theorem3_estimate(z, y, T),
+        M.kl_estimate(z, y, T),
         per_vector(lambda a, b: r_wvar(b - a, r_softmax(a, T)) / (2 * T * T), zn, yn),
         dt,
     )
@@ -222,7 +222,7 @@ def test_probability_space_vs_reference(dt, T):
         par, perp, _ = r_decomp(a, b - a)
         return [r_wvar(b - a, r), r_wvar(par, r), r_wvar(perp, r), 2 * r_wcov(par, perp, r)]
 
-    split = M.theorem2_split(z, y, T)
+    split = M.var_r_split(z, y, T)
     ref = per_vector(ref_split, zn, yn)
     for j, key in enumerate(["var_r", "var_r_par", "var_r_perp", "var_r_cross"]):
         check(split[key], ref[..., j], dt)
@@ -308,11 +308,11 @@ def test_logit_space_stats_consistent(dt):
         "prob_one_minus_cos": M.prob_one_minus_cos(z, y, T),
         "kl": M.kl(z, y, T),
         "kl_reverse": M.reverse_kl(z, y, T),
-        **M.theorem2_split(z, y, T),
-        "theorem2": M.theorem2_estimate(z, y, T),
-        "theorem2_ratio": M.theorem2_estimate(z, y, T) / M.prob_one_minus_cos(z, y, T),
-        "theorem3": M.theorem3_estimate(z, y, T),
-        "theorem3_ratio": M.theorem3_estimate(z, y, T) / M.kl(z, y, T),
+        **M.var_r_split(z, y, T),
+        "theorem2": M.prob_one_minus_cos_estimate(z, y, T),
+        "theorem2_ratio": M.prob_one_minus_cos_estimate(z, y, T) / M.prob_one_minus_cos(z, y, T),
+        "theorem3": M.kl_estimate(z, y, T),
+        "theorem3_ratio": M.kl_estimate(z, y, T) / M.kl(z, y, T),
         **M.dz_variances(z, y, T),
         "top1_match": M.top1_match(z, y),
         "top5_overlap": M.topk_overlap(z, y, 5),
@@ -450,15 +450,15 @@ def test_shift_invariance(dt):
         lambda a, b: M.reverse_kl(a, b, T),
         M.centered_cosine,
         M.centered_one_minus_cos,
-        lambda a, b: M.theorem2_estimate(a, b, T),
-        lambda a, b: M.theorem3_estimate(a, b, T),
-        lambda a, b: M.theorem2_weights(a, T),
+        lambda a, b: M.prob_one_minus_cos_estimate(a, b, T),
+        lambda a, b: M.kl_estimate(a, b, T),
+        lambda a, b: M.squared_prob_weights(a, T),
         lambda a, b: M.topk_weights(a, 5, T),
         *[
             (lambda key: lambda a, b: M.dz_variances(a, b, T)[key])(k)
             for k in ("var_p", "var_r", "var_uniform", "var_top5", "var_top10")
         ],
-        lambda a, b: M.theorem2_split(a, b, T)["var_r"],
+        lambda a, b: M.var_r_split(a, b, T)["var_r"],
     ]
     for fn in fns:
         base = fn(z, y)
@@ -473,13 +473,13 @@ def test_var_r_split_sums():
     for seed in range(3):
         z, y, _, _ = pair(torch.float64, lead=(5, 7), n=50, scale=3.0, seed=seed)
         for zz, yy in [(z, y), (z + 4.0, y - 2.0), (z, 1.3 * z), (z, z + 0.7)]:
-            s = M.theorem2_split(zz, yy, 0.9)
+            s = M.var_r_split(zz, yy, 0.9)
             total = s["var_r_par"] + s["var_r_perp"] + s["var_r_cross"]
             scale = s["var_r_par"] + s["var_r_perp"] + s["var_r_cross"].abs() + 1e-300
             assert ((total - s["var_r"]).abs() <= 1e-12 * scale).all()
     # pure scaling z' = (1+a) z: everything is parallel
     z, _, _, _ = pair(torch.float64, lead=(4,), n=20)
-    s = M.theorem2_split(z, 1.2 * z, 1.0)
+    s = M.var_r_split(z, 1.2 * z, 1.0)
     torch.testing.assert_close(s["var_r_par"], s["var_r"])
     assert (s["var_r_perp"].abs() < 1e-20).all()
 
@@ -494,11 +494,11 @@ def test_bad_temperature(T):
         lambda: M.prob_one_minus_cos(z, y, T),
         lambda: M.kl(z, y, T),
         lambda: M.reverse_kl(z, y, T),
-        lambda: M.theorem2_weights(z, T),
+        lambda: M.squared_prob_weights(z, T),
         lambda: M.topk_weights(z, 3, T),
-        lambda: M.theorem2_estimate(z, y, T),
-        lambda: M.theorem2_split(z, y, T),
-        lambda: M.theorem3_estimate(z, y, T),
+        lambda: M.prob_one_minus_cos_estimate(z, y, T),
+        lambda: M.var_r_split(z, y, T),
+        lambda: M.kl_estimate(z, y, T),
         lambda: M.dz_variances(z, y, T),
         lambda: M.logit_space_stats(z, y, T),
     ]
@@ -593,7 +593,7 @@ def test_theorem1_taylor(seed, n, scale):
     est, real = [], []
     for e in EPS:
         y = x + e * u
-        est.append(M.theorem1_estimate(x, y).item())
+        est.append(M.one_minus_cos_estimate(x, y).item())
         real.append(M.one_minus_cos(x, y).item())
     # est/real = ‖x+εu‖²(1+cos)/(2‖x‖²) = 1 + 2α + O(ε²): est − real ≈ α ‖εu_⊥‖²/‖x‖²
     dec = M.decompose(x, u)
@@ -626,13 +626,13 @@ def _std_direction(u, w):
 )
 def test_theorem2_taylor(seed, n, zscale, T):
     z, u = _logit_case(seed, n, zscale)
-    r = M.theorem2_weights(z, T)
+    r = M.squared_prob_weights(z, T)
     u, k2, k3 = _std_direction(u, r)
     assume(k2 >= 1e-3 and abs(k3) >= 0.1 * k2)  # non-degenerate variance and third-order term
     est, real = [], []
     for e in EPS:
         y = z + e * T * u  # δ = Δz/T = e·u
-        est.append(M.theorem2_estimate(z, y, T).item())
+        est.append(M.prob_one_minus_cos_estimate(z, y, T).item())
         real.append(M.prob_one_minus_cos(z, y, T).item())
     # 1 − cos(p,p') = (κ₂ + κ₃)/2 + O(ε⁴) with the cumulants of δ = εu under r
     _check_order(est, real, EPS, lead=lambda e: -k3 * e**3 / 2)
@@ -650,7 +650,7 @@ def test_theorem3_taylor(seed, n, zscale, T):
     est, real, rev = [], [], []
     for e in EPS:
         y = z + e * T * u
-        est.append(M.theorem3_estimate(z, y, T).item())
+        est.append(M.kl_estimate(z, y, T).item())
         real.append(M.kl(z, y, T).item())
         rev.append(M.reverse_kl(z, y, T).item())
     # KL(p‖p') = κ₂/2 + κ₃/6 + O(ε⁴) with the cumulants of δ = εu under p

@@ -419,7 +419,7 @@ def _run_predictor(bench: Workbench, unit: Unit) -> dict[str, Any]:
     """
     import numpy as np
 
-    from prunelens.analysis.metrics import kl, theorem3_estimate
+    from prunelens.analysis.metrics import kl, kl_estimate
     from prunelens.evaluation.generation import format_prompt
     from prunelens.models.adapter import input_device
 
@@ -445,7 +445,7 @@ def _run_predictor(bench: Workbench, unit: Unit) -> dict[str, Any]:
         z_dense = model(ids, use_cache=False).logits[0, start - 1 : -1].float()
         with variant.active(model):
             z_pruned = model(ids, use_cache=False).logits[0, start - 1 : -1].float()
-        est.append(theorem3_estimate(z_dense, z_pruned, T).cpu().numpy())
+        est.append(kl_estimate(z_dense, z_pruned, T).cpu().numpy())
         exact.append(kl(z_dense, z_pruned, T).cpu().numpy())
     est_all, kl_all = np.concatenate(est), np.concatenate(exact)
     result = {
