@@ -109,9 +109,15 @@ def test_sparsify(model_dir, tmp_path, args):
     "args,message",
     [
         (["prune", "drop", "--target", "attn", "--n", "4"], "n must be between 1 and 3"),
-        (["prune", "drop", "--target", "attn", "--n", "0"], "must be positive"),
-        (["prune", "drop", "--target", "heads", "--n", "1"], "unknown target"),
-        (["prune", "drop", "--target", "mlp", "--n", "1", "--window"], "--window only applies"),
+        (["prune", "drop", "--target", "attn", "--n", "0"], "--n: must be a positive integer (got 0)"),
+        (
+            ["prune", "drop", "--target", "heads", "--n", "1"],
+            "--target: must be one of attn, mlp, block, joint",
+        ),
+        (
+            ["prune", "drop", "--target", "mlp", "--n", "1", "--window"],
+            "--window: only applies to --target block",
+        ),
         (
             ["prune", "drop", "--target", "attn", "--n", "1", "--objective", "loss"],
             "--objective: must be one of hidden, generation, choice (got 'loss')",
@@ -152,7 +158,7 @@ def test_sparsify(model_dir, tmp_path, args):
         ),
         (
             ["prune", "drop", "--target", "attn", "--n", "1", "--objective", "choice", "--choice-limit", "0"],
-            "--choice-limit must be positive",
+            "--choice-limit: must be a positive integer",
         ),
         (
             [

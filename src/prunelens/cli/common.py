@@ -8,6 +8,7 @@ import functools
 import typer
 from rich.console import Console
 
+from prunelens.prune.specs import SpecError, option_name
 from prunelens.utils.cli_output import err_console
 from prunelens.utils.cli_output import fail as fail
 from prunelens.utils.errors import InputError
@@ -62,6 +63,8 @@ def refusals_exit_2(command):
     def run(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except SpecError as exc:  # a spec's field, spelled as the option that set it
+            fail(exc.render(option_name))
         except InputError as exc:
             fail(str(exc))
 

@@ -1,7 +1,8 @@
 """``prunelens prune drop`` and ``prunelens prune sparsify``: check the request, load, prune, save, show.
 
-Each command's option checks are one function (:func:`check_drop_options`, :func:`check_sparsify_options`)
-run before any model loads, so that a refused request writes nothing.
+Each command's options become a spec (:class:`~prunelens.prune.specs.DropSpec`, :class:`SparsifySpec`)
+whose check runs before any model loads, so that a refused request writes nothing; its refusals name
+the options (``--score-windows: ...``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from prunelens.cli.common import (
     set_threads,
 )
 from prunelens.cli.render import print_plan
+from prunelens.prune.specs import CHOICE_LIMIT, CHOICE_SPLIT, CHOICE_TASK, DropSpec, SparsifySpec
 from prunelens.utils.errors import InputError
 
 ALREADY_PRUNED = "the model is already pruned; prune its dense parent instead (plans do not stack yet)"
@@ -65,12 +67,14 @@ def prune_drop(
         "--search-evaluations",
         help="Stop the swap search after this many set evaluations (reproducible on any machine).",
     ),
-    choice_task: str = typer.Option(
-        "arc_easy",
+    choice_task: str | None = typer.Option(
+        None,
         "--choice-task",
-        help="choice objective: multiple-choice task whose validation split is read.",
+        help=f"choice objective: multiple-choice task whose validation split is read (default {CHOICE_TASK})",
     ),
-    choice_limit: int = typer.Option(64, "--choice-limit", help="choice objective: number of questions."),
+    choice_limit: int | None = typer.Option(
+        None, "--choice-limit", help=f"choice objective: number of questions (default {CHOICE_LIMIT})."
+    ),
     score_windows: int | None = typer.Option(
         None,
         "--score-windows",
@@ -92,112 +96,50 @@ def prune_drop(
 input/output cosine similarity; with --objective generation or choice, the smallest exact effect on the \
 next-token or option distribution."""
     from prunelens.data.calibration import get_calibration
-    from prunelens.prune.drop import drop, validate_drop
+    from prunelens.prune.drop import drop
     from prunelens.prune.save import save_pruned
     from prunelens.utils.io import check_output_dir
 
     set_threads(threads)
-    check_drop_options(
+    spec = DropSpec(
         target,
         n,
-        window,
-        temperature,
-        objective,
-        estimator,
-        search_budget,
-        search_evaluations,
-        score_windows,
-        nsamples,
-    )
-    choice_examples = None
-    if objective == "choice":
-        choice_examples = choice_examples_for(choice_task, choice_limit, seed)
+        iterative=iterative,
+        window=window,
+        objective=objective,
+        estimator=estimator,
+        temperature=temperature,
+        search_budget=search_budget,
+        search_evaluations=search_evaluations,
+        choice_task=choice_task,
+        choice_limit=choice_limit,
+        score_windows=score_windows,
+    ).check(nsamples=nsamples)
+    choice_examples = choice_examples_for(spec, seed) if spec.objective == "choice" else None
     check_output_dir(out, overwrite)
     t0 = time.perf_counter()
     src = resolve_model(model)
     if src.plan is not None:
         fail(ALREADY_PRUNED)
-    validate_drop(src.num_layers, target, n)
+    spec.check(nsamples=nsamples, num_layers=src.num_layers)
     texts = check_calibration_request(src, calib, nsamples, seqlen)
     m, tok, _ = load_model(src, dtype, device)
     cal = get_calibration(tok, calib, nsamples, seqlen, seed, texts=texts)
     choices = None
     if choice_examples is not None:
-        choices = _choice_set(tok, choice_task, choice_limit, seed, choice_examples)
+        choices = _choice_set(tok, spec, seed, choice_examples)
     plan = drop(
-        m,
-        cal,
-        target=target,
-        n=n,
-        iterative=iterative,
-        window=window,
-        batch_size=batch_size,
-        base_model=model or DEFAULT_MODEL,
-        objective=objective,
-        temperature=temperature,
-        choices=choices,
-        search_budget=search_budget,
-        search_evaluations=search_evaluations,
-        estimator=estimator,
-        seed=seed,
-        score_windows=score_windows,
+        m, cal, spec, batch_size=batch_size, base_model=model or DEFAULT_MODEL, choices=choices, seed=seed
     )
     save_pruned(m, tok, plan, out, overwrite=overwrite)
     print_plan(plan, out, time.perf_counter() - t0)
 
 
-def check_drop_options(
-    target: str,
-    n: int,
-    window: bool,
-    temperature: float,
-    objective: str,
-    estimator: str,
-    search_budget: float | None,
-    search_evaluations: int | None,
-    score_windows: int | None,
-    nsamples: int,
-) -> None:
-    """Every check of ``prune drop``'s options that needs no model (its layer count is checked later)."""
-    from prunelens.plan import DROP_TARGETS
-    from prunelens.prune.drop import validate_objective, validate_score_windows
-
-    if target not in DROP_TARGETS:
-        fail(f"unknown target {target!r}; choose one of {', '.join(DROP_TARGETS)}")
-    if n <= 0:
-        fail(f"--n must be positive (got {n})")
-    if window and target != "block":
-        fail("--window only applies to --target block")
-    if not temperature > 0:
-        fail(f"--temperature must be positive (got {temperature})")
-    validate_objective(
-        objective,
-        window=window,
-        search_budget=search_budget,
-        search_evaluations=search_evaluations,
-        estimator=estimator,
-        need_choices=False,
-    )
-    validate_score_windows(
-        score_windows,
-        objective,
-        nsamples,
-        option="--score-windows",
-        objective_option="--objective",
-        nsamples_option="--nsamples",
-    )
-
-
-def choice_examples_for(task: str, limit: int, seed: int):
+def choice_examples_for(spec: DropSpec, seed: int):
     """The choice objective's questions (the task's validation split), read before any model loads."""
-    from prunelens.analysis.subspace import CHOICE_SPLIT
-    from prunelens.data.tasks import TASKS, load_task
+    from prunelens.data.tasks import load_task
 
-    mc = sorted(k for k, v in TASKS.items() if v.kind == "mc")
-    if task not in mc:
-        fail(f"--choice-task must be a multiple-choice task ({', '.join(mc)}), got {task!r}")
-    if limit <= 0:
-        fail(f"--choice-limit must be positive (got {limit})")
+    task, limit = spec.questions
     try:
         examples = load_task(task, split=CHOICE_SPLIT, limit=limit, seed=seed)
     except (OSError, InputError) as exc:  # no data, or a data file that cannot be read
@@ -207,10 +149,11 @@ def choice_examples_for(task: str, limit: int, seed: int):
     return examples
 
 
-def _choice_set(tok, task: str, limit: int, seed: int, examples):
+def _choice_set(tok, spec: DropSpec, seed: int, examples):
     """The choice objective's questions as option-token ids; a tokenizer without them is refused."""
     from prunelens.analysis.subspace import OptionTokenError, choice_set
 
+    task, limit = spec.questions
     try:
         return choice_set(tok, task, limit=limit, seed=seed, examples=examples)
     except OptionTokenError as exc:
@@ -274,7 +217,16 @@ def prune_sparsify(
     from prunelens.utils.io import check_output_dir
 
     set_threads(threads)
-    check_sparsify_options(method, sparsity, pattern, allocation, allocation_lambda)
+    spec = SparsifySpec(
+        method,
+        sparsity,
+        pattern,
+        true_sequential=true_sequential,
+        allocation=allocation,
+        allocation_lambda=allocation_lambda,
+        blocksize=blocksize,
+        percdamp=percdamp,
+    ).check()
     check_output_dir(out, overwrite)
     t0 = time.perf_counter()
     exec_device = None
@@ -291,41 +243,7 @@ def prune_sparsify(
     m, tok, _ = load_model(src, dtype, device)
     cal = get_calibration(tok, calib, nsamples, seqlen, seed, texts=texts) if calibrate else None
     plan = sparsify(
-        m,
-        cal,
-        method=method,
-        sparsity=sparsity,
-        pattern=pattern,
-        batch_size=batch_size,
-        blocksize=blocksize,
-        percdamp=percdamp,
-        device=exec_device,
-        base_model=model or DEFAULT_MODEL,
-        true_sequential=true_sequential,
-        allocation=allocation,
-        allocation_lambda=allocation_lambda,
+        m, cal, spec, batch_size=batch_size, device=exec_device, base_model=model or DEFAULT_MODEL
     )
     save_pruned(m, tok, plan, out, overwrite=overwrite)
     print_plan(plan, out, time.perf_counter() - t0)
-
-
-def check_sparsify_options(
-    method: str,
-    sparsity: float | None,
-    pattern: str | None,
-    allocation: str,
-    allocation_lambda: float | None,
-) -> None:
-    """Every check of ``prune sparsify``'s options, made before any model loads."""
-    from prunelens.plan import ALLOCATIONS
-    from prunelens.prune.sparsify import validate_sparsity
-
-    if allocation not in ALLOCATIONS:
-        fail(f"--allocation must be one of {', '.join(ALLOCATIONS)} (got {allocation!r})")
-    if allocation != "uniform" and pattern is not None:
-        fail(f"--allocation {allocation} needs --sparsity: N:M patterns (--pattern) stay uniform")
-    if allocation == "uniform" and allocation_lambda is not None:
-        fail("--allocation-lambda only applies with --allocation owl or kl")
-    if allocation_lambda is not None and not 0.0 <= allocation_lambda < 1.0:
-        fail(f"--allocation-lambda must be in [0, 1) (got {allocation_lambda})")
-    validate_sparsity(method, sparsity, pattern, allocation, allocation_lambda)
