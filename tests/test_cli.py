@@ -115,6 +115,11 @@ def test_sparsify(model_dir, tmp_path, args):
             "--target: must be one of attn, mlp, block, joint",
         ),
         (
+            ["prune", "drop", "--target", "attn", "--n", "1", "--choice-task", "piqa"],
+            "--choice-task: belongs to --objective choice",
+        ),
+        (["prune", "drop", "--target", "attn", "--n", "1", "--temperature", "0"], "--temperature: must be"),
+        (
             ["prune", "drop", "--target", "mlp", "--n", "1", "--window"],
             "--window: only applies to --target block",
         ),
