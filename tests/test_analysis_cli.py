@@ -174,6 +174,37 @@ def test_analyze_bad_input_exits_2(tiny_dir, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_an_empty_prompt_file_is_refused_before_any_model_loads(tiny_dir, tmp_path, monkeypatch):
+    import prunelens.models.loading as loading
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was resolved or loaded before the prompts were checked")
+
+    monkeypatch.setattr(loading, "resolve", no_model)
+    monkeypatch.setattr(loading, "load", no_model)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    out = tmp_path / "out"
+    r = runner.invoke(
+        app,
+        [
+            "analyze",
+            str(tiny_dir / "dense"),
+            "drop-1a",
+            "--prompts",
+            str(empty),
+            "--mc",
+            "none",
+            "--out",
+            str(out),
+        ],
+    )
+    assert r.exit_code == 2, r.output
+    assert len(r.output.strip().splitlines()) == 1 and str(empty) in " ".join(r.output.split())
+    assert "prompt set is empty" in r.output
+    assert not out.exists()
+
+
 def test_write_table_roundtrip(tmp_path):
     df = pd.DataFrame({"variant": pd.Categorical(["a", "b"]), "value": [0.5, float("nan")]})
     paths = write_table(df, tmp_path, "t")

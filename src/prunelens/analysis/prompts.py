@@ -86,7 +86,7 @@ def load_prompts(
             raise PromptError(f"the prompt limit must be positive, got {limit}")
         prompts = prompts[:limit]
     if not prompts:
-        raise PromptError("the prompt set is empty")
+        raise PromptError(f"--prompts {spec}: the prompt set is empty" if spec else "the prompt set is empty")
     return prompts, notes
 
 

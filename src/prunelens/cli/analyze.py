@@ -12,8 +12,8 @@ redundant units as ``prunelens prune drop`` would. Bad input (non-positive tempe
 output directory without ``--overwrite``, mismatched models, unknown data) exits with code 2 and a
 one-line reason before any work.
 
-The command reads as its steps: check the options (:func:`analysis_config`), load the dense model, read
-the prompts and multiple-choice questions, resolve the pruned variants, run, show the headline table.
+The command reads as its steps: check the options (:func:`analysis_config`), read the prompts, load the
+dense model, read the multiple-choice questions, resolve the pruned variants, run, show the headline table.
 """
 
 from __future__ import annotations
@@ -137,8 +137,9 @@ def analyze(
         threads=threads,
     )
     t0 = time.perf_counter()
-    model, tok = load_dense(dense, seqlen, dtype, device)
+    # the prompts before the model: an empty or malformed prompt file is refused without loading anything
     prompt_set, notes = load_prompt_set(prompts, limit, seed)
+    model, tok = load_dense(dense, seqlen, dtype, device)
     mc_examples, mc_task = multiple_choice(mc, mc_limit, seed, config, tok, notes)
     calib_args = (calib, nsamples, seqlen, seed)
     variants = resolve_variants(model, tok, dense, pruned, calib_args)
