@@ -137,7 +137,8 @@ def test_winogrande_per_choice_contexts(llama, tok):
 
 
 def test_auto_shares_long_contexts_with_short_answers_only(tok):
-    from prunelens.evaluation.multiple_choice import _plan, _Req
+    from prunelens.evaluation.loglikelihood import Request as _Req
+    from prunelens.evaluation.loglikelihood import plan_requests as _plan
 
     def reqs(ex, lc, lks):
         return [_Req(ex, i, list(range(lc)), list(range(100, 100 + k))) for i, k in enumerate(lks)]

@@ -46,25 +46,21 @@ Two ways to compute the same numbers, mixed per context by ``method="auto"`` (de
 ``"auto"`` shares a context when that reads at most 70 % of the tokens the row path would, counting
 padding (so WinoGrande's one-choice contexts take the single-pass row path). Shared batches are
 ordered by continuation length, then context length, which keeps the padding of both passes small.
-Measured on the embedded SmolLM2-135M (2-core CPU, one torch thread, 40 examples, CPU seconds, batch
-16): ARC-Easy rows 13.3 s vs shared 7.0 s (1.9x), BoolQ 36.6 s vs 16.5 s (2.2x), PIQA (short
-question, long answers) 11.6 s vs 11.3 s.
+What sharing saves on ARC-Easy, BoolQ and PIQA: benchmarks/README.md, § Measurements behind choices in
+the code.
 """
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from prunelens.data.tasks import TASKS
+from prunelens.evaluation.loglikelihood import ContextGroup, Request, Scorer, pad_token_id, plan_requests
 from prunelens.evaluation.results import TaskResult
-from prunelens.models.adapter import input_device
-from prunelens.models.compat import cache_kwargs, output_cache
 from prunelens.utils.progress import progress_bar
 
 __all__ = [
@@ -199,168 +195,110 @@ def mc_predictions(
 
 
 # --------------------------------------------------------------------------------------------------
-# Scoring
+# Evaluation (the log-likelihoods: prunelens.evaluation.loglikelihood)
 
 
-@dataclass
-class _Req:
-    example: int
-    choice: int
-    ctx: list[int]
-    cont: list[int]
+def _requests(
+    examples: list[Any], tokenizer, name: str, add_bos_token: bool | None, max_len: int
+) -> list[Request]:
+    """One request per (example, choice), tokenised as lm-eval does; choices that cannot be scored refused."""
+    reqs: list[Request] = []
+    for ei, ex in enumerate(examples):
+        pairs = ex.pairs()
+        if not pairs:
+            raise ValueError(f"{name}/{getattr(ex, 'id', ei)}: example has no choices")
+        for ci, (ctx, cont) in enumerate(pairs):
+            c_enc, k_enc = encode_pair(tokenizer, ctx, cont, add_bos_token=add_bos_token)
+            if not k_enc:
+                raise ValueError(
+                    f"{name}/{getattr(ex, 'id', ei)}: choice {ci} ({cont!r}) encodes to no tokens"
+                )
+            if len(k_enc) > max_len:
+                raise ValueError(
+                    f"{name}/{getattr(ex, 'id', ei)}: choice {ci} is longer than max_length={max_len}"
+                )
+            reqs.append(Request(ei, ci, c_enc, k_enc))
+    return reqs
 
 
-def _supports_logits_to_keep(model) -> bool:
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return False
+def _score_requests(
+    scorer: Scorer, reqs: list[Request], method: str, batch_size: int, label: str
+) -> dict[tuple[int, int], tuple[float, bool]]:
+    """``(log-prob, is greedy)`` of every request by ``(example, choice)``: the row path in batches of
+    ``batch_size`` rows, then shared contexts packed whole until their choices reach ``batch_size``."""
+    results: dict[tuple[int, int], tuple[float, bool]] = {}
+    with progress_bar(label, total=len(reqs)) as bar:
+        row_reqs, shared_groups = plan_requests(reqs, method, scorer.max_length)
+        row_reqs.sort(key=lambda r: (-(len(r.ctx) + len(r.cont)), r.ctx + r.cont))
+        for i in range(0, len(row_reqs), batch_size):
+            chunk = row_reqs[i : i + batch_size]
+            for r, res in zip(chunk, scorer.rows(chunk)):
+                results[(r.example, r.choice)] = res
+            bar.advance(len(chunk))
+        # longest continuations first, then longest contexts: little padding in either pass
+        shared_groups.sort(key=lambda g: (-max(len(r.cont) for r in g[1]), -len(g[0]), g[0]))
+        batch: list[ContextGroup] = []
+        n_rows = 0
+        for ctx, rs in [*shared_groups, (None, [])]:
+            if batch and (ctx is None or n_rows + len(rs) > batch_size):
+                for (_, brs), res in zip(batch, scorer.shared(batch)):
+                    for r, x in zip(brs, res):
+                        results[(r.example, r.choice)] = x
+                bar.advance(n_rows)
+                batch, n_rows = [], 0
+            if ctx is None:
+                break
+            batch.append((ctx, rs))
+            n_rows += len(rs)
+    return results
 
 
-def _score_positions(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob (float32 log-softmax) of ``targets`` and whether each is the argmax.
-
-    Shapes: ``logits`` (..., V), ``targets`` (...).
-    """
-    logits = logits.float()
-    lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    greedy = logits.argmax(dim=-1) == targets
-    return lp, greedy
-
-
-class _Scorer:
-    def __init__(self, model, pad_id: int, max_length: int):
-        self.model = model
-        self.pad_id = pad_id
-        self.max_length = max_length
-        self.device = input_device(model)
-        self.keep = _supports_logits_to_keep(model)
-
-    # ---- lm-eval style: one row per (context, continuation), right padding, no attention mask ----
-    def rows(self, reqs: list[_Req]) -> list[tuple[float, bool]]:
-        inps, starts = [], []
-        for r in reqs:
-            inp = (r.ctx + r.cont)[-(self.max_length + 1) :][:-1]
-            inps.append(inp)
-            starts.append(len(inp) - len(r.cont))  # logit index predicting cont[0]
-        L = max(map(len, inps))
-        ids = torch.full((len(inps), L), self.pad_id, dtype=torch.long)
-        for i, inp in enumerate(inps):
-            ids[i, : len(inp)] = torch.tensor(inp, dtype=torch.long)
-        kw: dict[str, Any] = {}
-        offset = 0
-        if self.keep:
-            n_keep = L - min(starts)
-            kw["logits_to_keep"] = n_keep
-            offset = L - n_keep
-        logits = self.model(input_ids=ids.to(self.device), use_cache=False, **kw).logits
-        out = []
-        for i, r in enumerate(reqs):
-            s = starts[i] - offset
-            tgt = torch.tensor(r.cont, dtype=torch.long, device=logits.device)
-            lp, greedy = _score_positions(logits[i, s : s + len(r.cont)], tgt)
-            out.append((float(lp.sum()), bool(greedy.all())))
-        return out
-
-    # ---- shared KV: each distinct context once, its cache copied to its continuations ------------
-    def shared(self, groups: list[tuple[list[int], list[_Req]]]) -> list[list[tuple[float, bool]]]:
-        G = len(groups)
-        Lc = max(len(ctx) for ctx, _ in groups)
-        ids = torch.full((G, Lc), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((G, Lc), dtype=torch.long)
-        for g, (ctx, _) in enumerate(groups):  # left padding: every context ends at column Lc - 1
-            ids[g, Lc - len(ctx) :] = torch.tensor(ctx, dtype=torch.long)
-            mask[g, Lc - len(ctx) :] = 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        need_more = any(len(r.cont) > 1 for _, rs in groups for r in rs)
-        kw: dict[str, Any] = {"logits_to_keep": 1} if self.keep else {}
-        out = self.model(
-            input_ids=ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            position_ids=pos.to(self.device),
-            use_cache=need_more,
-            **kw,
+def _records(
+    examples: list[Any],
+    results: dict[tuple[int, int], tuple[float, bool]],
+    n_tok: dict[tuple[int, int], int],
+    main: str,
+    target_delimiter: str,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The decisions per example (records) and the accuracies over all of them (metrics)."""
+    records = []
+    sums = {"acc": 0.0, "acc_norm": 0.0, "acc_bytes": 0.0}
+    for ei, ex in enumerate(examples):
+        n = len(ex.choices)
+        lps = [results[(ei, ci)][0] for ci in range(n)]
+        greedy = [results[(ei, ci)][1] for ci in range(n)]
+        chars, nbytes = normalisation_lengths(ex, target_delimiter)
+        pred, pred_norm, pred_bytes = mc_predictions(lps, chars, nbytes)
+        label = int(ex.label)
+        m = {
+            "acc": float(pred == label),
+            "acc_norm": float(pred_norm == label),
+            "acc_bytes": float(pred_bytes == label),
+        }
+        for k in sums:
+            sums[k] += m[k]
+        contexts = getattr(ex, "contexts", None)
+        records.append(
+            {
+                "id": str(getattr(ex, "id", ei)),
+                "prompt": ex.context,
+                **({"contexts": list(contexts)} if contexts is not None else {}),
+                "choices": list(ex.choices),
+                "target": label,
+                "prediction": pred,
+                "prediction_norm": pred_norm,
+                "logprobs": lps,
+                "is_greedy": greedy,
+                "n_tokens": [n_tok[(ei, ci)] for ci in range(n)],
+                "acc": m["acc"],
+                "acc_norm": m["acc_norm"],
+                "score": m[main],
+            }
         )
-        last = out.logits[:, -1, :]  # (G, V): predicts the first continuation token
-        rows = [(g, r) for g, (_, rs) in enumerate(groups) for r in rs]
-        first_tok = torch.tensor([r.cont[0] for _, r in rows], dtype=torch.long, device=last.device)
-        gidx = torch.tensor([g for g, _ in rows], dtype=torch.long, device=last.device)
-        lp0, greedy0 = _score_positions(last[gidx], first_tok)
-        lps, greedys = lp0.clone(), greedy0.clone()
-        if need_more:
-            cache = output_cache(out)
-            cache.reorder_cache(gidx.to(self.device))
-            Lk = max(len(r.cont) - 1 for _, r in rows) or 1
-            R = len(rows)
-            cids = torch.full((R, Lk), self.pad_id, dtype=torch.long)
-            tgts = torch.full((R, Lk), 0, dtype=torch.long)
-            valid = torch.zeros((R, Lk), dtype=torch.bool)
-            for i, (_, r) in enumerate(rows):
-                k = len(r.cont) - 1
-                if k:
-                    cids[i, :k] = torch.tensor(r.cont[:-1], dtype=torch.long)
-                    tgts[i, :k] = torch.tensor(r.cont[1:], dtype=torch.long)
-                    valid[i, :k] = True
-            ctx_len = mask.sum(-1)[gidx.cpu()]
-            mask2 = torch.cat([mask[gidx.cpu()], torch.ones((R, Lk), dtype=torch.long)], dim=1)
-            pos2 = ctx_len[:, None] + torch.arange(Lk)[None, :]
-            logits = self.model(
-                input_ids=cids.to(self.device),
-                attention_mask=mask2.to(self.device),
-                position_ids=pos2.to(self.device),
-                **cache_kwargs(cache),
-                use_cache=True,
-            ).logits
-            lp, greedy = _score_positions(logits, tgts.to(logits.device))
-            valid = valid.to(logits.device)
-            lps = lps + (lp * valid).sum(-1).to(lps.device)
-            greedys = greedys & (greedy | ~valid).all(-1).to(greedys.device)
-            del cache
-        res: list[list[tuple[float, bool]]] = [[] for _ in range(G)]
-        for i, (g, _) in enumerate(rows):
-            res[g].append((float(lps[i]), bool(greedys[i])))
-        return res
-
-
-_SHARE_IF = 0.7  # share a context's KV cache when that reads at most this share of the row path's tokens
-
-
-_Group = tuple[list[int], list[_Req]]  # (context tokens, the requests that share them)
-
-
-def _plan(reqs: list[_Req], method: str, max_len: int) -> tuple[list[_Req], list[_Group]]:
-    """Split requests into (row-path requests, shared-context groups).
-
-    Requests that need left truncation always take the row path (lm-eval's truncation). ``auto``
-    shares a context when that reads at most ``_SHARE_IF`` of the tokens the row path would (counting
-    the padding of the group's continuations): long contexts with short answers (ARC, BoolQ, MMLU,
-    HellaSwag) share, short questions with long answers (PIQA) and one-choice groups (WinoGrande's
-    per-choice contexts) do not.
-    """
-    rows = [r for r in reqs if len(r.ctx) + len(r.cont) > max_len + 1]
-    rest = [r for r in reqs if len(r.ctx) + len(r.cont) <= max_len + 1]
-    if method == "rows":
-        return rows + rest, []
-    groups: dict[tuple[int, ...], list[_Req]] = {}
-    for r in rest:
-        groups.setdefault(tuple(r.ctx), []).append(r)
-    shared = []
-    for ctx, rs in groups.items():
-        if method == "auto":
-            row_cost = sum(len(ctx) + len(r.cont) - 1 for r in rs)
-            shared_cost = len(ctx) + len(rs) * max(len(r.cont) - 1 for r in rs)
-            if len(rs) == 1 or shared_cost > _SHARE_IF * row_cost:
-                rows.extend(rs)
-                continue
-        shared.append((list(ctx), rs))
-    return rows, shared
-
-
-def _pad_id(tokenizer) -> int:
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id):
-        if tid is not None:
-            return int(tid)
-    return 0
+    metrics = {k: v / len(examples) for k, v in sums.items()}
+    # the expected accuracy of a uniform random guess: a score near it says nothing about pruning
+    metrics["chance"] = sum(1.0 / len(ex.choices) for ex in examples) / len(examples)
+    return records, metrics
 
 
 @torch.no_grad()
@@ -405,95 +343,16 @@ def evaluate_multiple_choice(
     main = main_metric_for(name)
     max_len = max_length or default_max_length(model, tokenizer)
     t0 = time.perf_counter()
-
-    # 1. requests, tokenised as lm-eval does
-    reqs: list[_Req] = []
-    for ei, ex in enumerate(examples):
-        pairs = ex.pairs()
-        if not pairs:
-            raise ValueError(f"{name}/{getattr(ex, 'id', ei)}: example has no choices")
-        for ci, (ctx, cont) in enumerate(pairs):
-            c_enc, k_enc = encode_pair(tokenizer, ctx, cont, add_bos_token=add_bos_token)
-            if not k_enc:
-                raise ValueError(
-                    f"{name}/{getattr(ex, 'id', ei)}: choice {ci} ({cont!r}) encodes to no tokens"
-                )
-            if len(k_enc) > max_len:
-                raise ValueError(
-                    f"{name}/{getattr(ex, 'id', ei)}: choice {ci} is longer than max_length={max_len}"
-                )
-            reqs.append(_Req(ei, ci, c_enc, k_enc))
+    reqs = _requests(examples, tokenizer, name, add_bos_token, max_len)
     n_tok = {(r.example, r.choice): len(r.cont) for r in reqs}
-
-    scorer = _Scorer(model, _pad_id(tokenizer), max_len)
-    results: dict[tuple[int, int], tuple[float, bool]] = {}
+    scorer = Scorer(model, pad_token_id(tokenizer), max_len)
     was_training = model.training
     model.eval()
     try:
-        with progress_bar(desc or f"{name} ({method})", total=len(reqs)) as bar:
-            row_reqs, shared_groups = _plan(reqs, method, max_len)
-            row_reqs.sort(key=lambda r: (-(len(r.ctx) + len(r.cont)), r.ctx + r.cont))
-            for i in range(0, len(row_reqs), batch_size):
-                chunk = row_reqs[i : i + batch_size]
-                for r, res in zip(chunk, scorer.rows(chunk)):
-                    results[(r.example, r.choice)] = res
-                bar.advance(len(chunk))
-            # longest continuations first, then longest contexts: little padding in either pass
-            shared_groups.sort(key=lambda g: (-max(len(r.cont) for r in g[1]), -len(g[0]), g[0]))
-            batch: list[tuple[list[int], list[_Req]]] = []
-            n_rows = 0
-            for ctx, rs in [*shared_groups, (None, [])]:
-                if batch and (ctx is None or n_rows + len(rs) > batch_size):
-                    for (_, brs), res in zip(batch, scorer.shared(batch)):
-                        for r, x in zip(brs, res):
-                            results[(r.example, r.choice)] = x
-                    bar.advance(n_rows)
-                    batch, n_rows = [], 0
-                if ctx is None:
-                    break
-                batch.append((ctx, rs))
-                n_rows += len(rs)
+        results = _score_requests(scorer, reqs, method, batch_size, desc or f"{name} ({method})")
     finally:
         model.train(was_training)
-
-    # 2. decisions and records
-    records = []
-    sums = {"acc": 0.0, "acc_norm": 0.0, "acc_bytes": 0.0}
-    for ei, ex in enumerate(examples):
-        n = len(ex.choices)
-        lps = [results[(ei, ci)][0] for ci in range(n)]
-        greedy = [results[(ei, ci)][1] for ci in range(n)]
-        chars, nbytes = normalisation_lengths(ex, target_delimiter)
-        pred, pred_norm, pred_bytes = mc_predictions(lps, chars, nbytes)
-        label = int(ex.label)
-        m = {
-            "acc": float(pred == label),
-            "acc_norm": float(pred_norm == label),
-            "acc_bytes": float(pred_bytes == label),
-        }
-        for k in sums:
-            sums[k] += m[k]
-        contexts = getattr(ex, "contexts", None)
-        records.append(
-            {
-                "id": str(getattr(ex, "id", ei)),
-                "prompt": ex.context,
-                **({"contexts": list(contexts)} if contexts is not None else {}),
-                "choices": list(ex.choices),
-                "target": label,
-                "prediction": pred,
-                "prediction_norm": pred_norm,
-                "logprobs": lps,
-                "is_greedy": greedy,
-                "n_tokens": [n_tok[(ei, ci)] for ci in range(n)],
-                "acc": m["acc"],
-                "acc_norm": m["acc_norm"],
-                "score": m[main],
-            }
-        )
-    metrics = {k: v / len(examples) for k, v in sums.items()}
-    # the expected accuracy of a uniform random guess: a score near it says nothing about pruning
-    metrics["chance"] = sum(1.0 / len(ex.choices) for ex in examples) / len(examples)
+    records, metrics = _records(examples, results, n_tok, main, target_delimiter)
     seconds = time.perf_counter() - t0
     return TaskResult(
         task=name,
