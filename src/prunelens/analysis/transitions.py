@@ -208,6 +208,19 @@ def check_temperatures(temperatures) -> tuple[float, ...]:
     return temps
 
 
+@dataclass(frozen=True)
+class _ChunkSettings:
+    """How one batch's traced states are measured: temperatures, top-k, and the logit-lens chunking."""
+
+    temps: tuple[float, ...]
+    ks: tuple[int, ...]
+    K: int  # top-K each LogitState caches
+    exact: bool
+    final_norm: bool
+    chunk_tokens: int
+    unembed_rows: int
+
+
 @torch.no_grad()
 def transitions(
     model,
@@ -244,16 +257,11 @@ def transitions(
     plan, notes = plan_counterfactuals(adapter, variant, scope=scope, layers=layers)
     if not plan:
         raise ValueError("nothing to analyse: the variant prunes no sublayer in the selected layers")
-    entries_key = sorted(plan, key=lambda k: (k[0], 0 if k[1] == "attn" else 1))
-    entries = [
-        TracedSublayer(layer, k, plan[(layer, k)].kind, plan[(layer, k)].in_variant)
-        for layer, k in entries_key
-    ]
-    index = {(e.layer, e.kind): j for j, e in enumerate(entries)}
+    entries = _traced_sublayers(plan)
     V = adapter.unembed.weight.shape[0]
     for k in ks:
         M._check_k(k, V)
-    K = default_k(ks, V)
+    settings = _ChunkSettings(temps, ks, default_k(ks, V), exact, final_norm, chunk_tokens, unembed_rows)
 
     chunks_vals: dict[tuple, list[np.ndarray]] = {}
     tok_cols: dict[str, list[np.ndarray]] = {
@@ -264,111 +272,24 @@ def transitions(
     }
     state_bytes = 0
     n_unembed = 0
-    order = list(range(len(sequences)))
-    with progress_bar(desc, total=len(order)) as bar:
-        for b0 in range(0, len(order), batch_size):
-            idx = order[b0 : b0 + batch_size]
+    with progress_bar(desc, total=len(sequences)) as bar:
+        for b0 in range(0, len(sequences), batch_size):
+            idx = list(range(b0, min(b0 + batch_size, len(sequences))))
             ids, mask = sequences.batch(idx, pad_id, side="right")
             ids = ids.to(input_device(model))
             mask = mask.to(ids.device)
             tr = trace(model, ids, mask, counterfactuals=plan)
             notes = list(dict.fromkeys(notes + tr.notes))
             state_bytes = max(state_bytes, tr.state_bytes)
-            # analysed tokens of this batch
-            sel = mask.clone()
-            for r, i in enumerate(idx):
-                P = len(sequences.prompt_ids[i])
-                n = len(sequences.full(i))
-                if positions == "prompt":
-                    sel[r, P:n] = False
-                elif positions == "generated":
-                    sel[r, :P] = False
-            flat = sel.flatten().nonzero().flatten()
-            if flat.numel() == 0:
-                bar.advance(len(idx))
-                continue
-            rows, cols = flat // ids.shape[1], flat % ids.shape[1]
-            pidx = torch.tensor(idx)[rows.cpu()]
-            plen = torch.tensor([len(sequences.prompt_ids[i]) for i in idx])[rows.cpu()]
-            tok_cols["prompt"].append(pidx.numpy().astype(np.int32))
-            tok_cols["position"].append(cols.cpu().numpy().astype(np.int32))
-            tok_cols["position_kind"].append(
-                np.where(cols.cpu().numpy() < plen.numpy(), "prompt", "generated")
-            )
-            tok_cols["token_id"].append(ids[rows, cols].cpu().numpy().astype(np.int32))
-            flat_states = {}
-
-            def rows_of(t: Tensor, c0: int, c1: int, flat_states=flat_states, flat=flat) -> Tensor:
-                key = id(t)
-                ft = flat_states.get(key)
-                if ft is None:
-                    ft = flat_states[key] = t.reshape(-1, t.shape[-1])
-                return ft.index_select(0, flat[c0:c1])
-
-            n_tok = flat.numel()
-            buf = {
-                key: np.empty((len(entries), n_tok), dtype=np.float32)
-                for key in [("h", m, None) for m in H_METRICS]
-            }
-            # distinct states in first-use order, and the last sublayer that needs each
-            state_order: list[Tensor] = []
-            last_use: dict[int, int] = {}
-            for si, st in enumerate(tr.sublayers):
-                for t in (st.dense, st.pruned):
-                    if id(t) not in last_use:
-                        state_order.append(t)
-                    last_use[id(t)] = si
-            group = max(1, unembed_rows // chunk_tokens)
-            for c0 in range(0, n_tok, chunk_tokens):
-                c1 = min(n_tok, c0 + chunk_tokens)
-                cache: dict[int, LogitState] = {}
-                zraw: dict[int, Tensor] = {}
-                nxt = 0
-                for si, st in enumerate(tr.sublayers):
-                    j = index[(st.layer, st.kind)]
-                    hd, hp = rows_of(st.dense, c0, c1), rows_of(st.pruned, c0, c1)
-                    hs = M.perturbation_stats(hd, hp)
-                    for m in H_METRICS:
-                        buf[("h", m, None)][j, c0:c1] = hs[m].float().cpu().numpy()
-                    for t in (st.dense, st.pruned):
-                        if id(t) not in cache:
-                            # unembed the next few states in one matrix product (small products are slow)
-                            todo = state_order[nxt : nxt + group]
-                            nxt += len(todo)
-                            H = torch.cat([rows_of(u, c0, c1) for u in todo])
-                            Z = logit_lens(adapter, H, final_norm)
-                            n_unembed += len(todo)
-                            c = c1 - c0
-                            for g, u in enumerate(todo):
-                                z = Z[g * c : (g + 1) * c]
-                                cache[id(u)] = LogitState(z, K)
-                                if exact:
-                                    zraw[id(u)] = z
-                    sd, sp = cache[id(st.dense)], cache[id(st.pruned)]
-                    res = stats_rows(
-                        sd,
-                        sp,
-                        temps,
-                        ks,
-                        exact=exact,
-                        z_dense=zraw.get(id(st.dense)),
-                        z_pruned=zraw.get(id(st.pruned)),
-                    )
-                    for key, v in res.items():
-                        arr = buf.get(key)
-                        if arr is None:
-                            arr = buf[key] = np.empty((len(entries), n_tok), dtype=np.float32)
-                        arr[j, c0:c1] = v.float().cpu().numpy()
-                    for t in (st.dense, st.pruned):
-                        if last_use[id(t)] == si and id(t) in cache:
-                            cache.pop(id(t)).release()
-                            zraw.pop(id(t), None)
-                for s_ in cache.values():
-                    s_.release()
-            # entries not traced in this batch cannot happen (same plan for every batch)
-            for key, arr in buf.items():
-                chunks_vals.setdefault(key, []).append(arr)
-            del tr, flat_states
+            flat = _analysed_positions(sequences, idx, mask, positions)
+            if flat.numel() > 0:
+                _append_tokens(tok_cols, sequences, idx, ids, flat)
+                buf, n = _measure_batch(adapter, tr, flat, entries, settings)
+                n_unembed += n
+                # entries not traced in this batch cannot happen (same plan for every batch)
+                for key, arr in buf.items():
+                    chunks_vals.setdefault(key, []).append(arr)
+            del tr
             bar.advance(len(idx))
     if not tok_cols["prompt"]:
         raise ValueError("no token to analyse (empty sequences or positions filter)")
@@ -376,3 +297,127 @@ def transitions(
     values = {k: np.concatenate(v, axis=1) for k, v in chunks_vals.items()}
     name = variant.name if variant is not None else "drop-each"
     return TransitionsResult(name, tokens, entries, values, temps, final_norm, notes, state_bytes, n_unembed)
+
+
+def _traced_sublayers(plan) -> list[TracedSublayer]:
+    """The planned sublayers in model order (attention before the MLP of each layer)."""
+    keys = sorted(plan, key=lambda k: (k[0], 0 if k[1] == "attn" else 1))
+    return [TracedSublayer(layer, k, plan[(layer, k)].kind, plan[(layer, k)].in_variant) for layer, k in keys]
+
+
+def _analysed_positions(sequences: Sequences, idx: list[int], mask: Tensor, positions: str) -> Tensor:
+    """Flat indices (into the batch's ``rows × length``) of the tokens the ``positions`` filter keeps."""
+    sel = mask.clone()
+    for r, i in enumerate(idx):
+        P = len(sequences.prompt_ids[i])
+        n = len(sequences.full(i))
+        if positions == "prompt":
+            sel[r, P:n] = False
+        elif positions == "generated":
+            sel[r, :P] = False
+    return sel.flatten().nonzero().flatten()
+
+
+def _append_tokens(
+    tok_cols: dict[str, list[np.ndarray]], sequences: Sequences, idx, ids: Tensor, flat
+) -> None:
+    """Add the batch's analysed tokens (prompt index, position, prompt/generated, token id) to the columns."""
+    rows, cols = flat // ids.shape[1], flat % ids.shape[1]
+    pidx = torch.tensor(idx)[rows.cpu()]
+    plen = torch.tensor([len(sequences.prompt_ids[i]) for i in idx])[rows.cpu()]
+    tok_cols["prompt"].append(pidx.numpy().astype(np.int32))
+    tok_cols["position"].append(cols.cpu().numpy().astype(np.int32))
+    tok_cols["position_kind"].append(np.where(cols.cpu().numpy() < plen.numpy(), "prompt", "generated"))
+    tok_cols["token_id"].append(ids[rows, cols].cpu().numpy().astype(np.int32))
+
+
+def _measure_batch(
+    adapter: Adapter, tr, flat: Tensor, entries: list[TracedSublayer], s: _ChunkSettings
+) -> tuple[dict[tuple, np.ndarray], int]:
+    """Every metric of every traced sublayer at the batch's analysed tokens, chunk by chunk of tokens.
+
+    Returns ``{(space, metric, T): (n_entries, n_tokens) array}`` and how many states were unembedded."""
+    batch = _BatchMeasure(adapter, tr, flat, {(e.layer, e.kind): j for j, e in enumerate(entries)}, s)
+    n_unembed = 0
+    for c0 in range(0, batch.n_tok, s.chunk_tokens):
+        n_unembed += batch.chunk(c0, min(batch.n_tok, c0 + s.chunk_tokens))
+    return batch.buf, n_unembed
+
+
+class _BatchMeasure:
+    """One traced batch: its states flattened to the analysed tokens, the order in which the sublayers use
+    them, and the ``(n_entries, n_tokens)`` buffers the chunks fill."""
+
+    def __init__(
+        self, adapter: Adapter, tr, flat: Tensor, index: dict[tuple[int, str], int], s: _ChunkSettings
+    ):
+        self.adapter, self.tr, self.flat, self.index, self.s = adapter, tr, flat, index, s
+        self.n_tok = flat.numel()
+        self.flat_states: dict[int, Tensor] = {}
+        self.buf = {("h", m, None): self.new_buffer() for m in H_METRICS}
+        # distinct states in first-use order, and the last sublayer that needs each
+        self.state_order: list[Tensor] = []
+        self.last_use: dict[int, int] = {}
+        for si, st in enumerate(tr.sublayers):
+            for t in (st.dense, st.pruned):
+                if id(t) not in self.last_use:
+                    self.state_order.append(t)
+                self.last_use[id(t)] = si
+
+    def new_buffer(self) -> np.ndarray:
+        return np.empty((len(self.index), self.n_tok), dtype=np.float32)
+
+    def rows_of(self, t: Tensor, c0: int, c1: int) -> Tensor:
+        """Analysed tokens ``c0:c1`` of state ``t`` (``(rows, length, d)``), as ``(c1 − c0, d)``."""
+        ft = self.flat_states.get(id(t))
+        if ft is None:
+            ft = self.flat_states[id(t)] = t.reshape(-1, t.shape[-1])
+        return ft.index_select(0, self.flat[c0:c1])
+
+    def chunk(self, c0: int, c1: int) -> int:
+        """Tokens ``c0:c1``: each distinct state unembedded once (a few states per matrix product) and
+        released after the last sublayer that needs it. Returns how many states were unembedded."""
+        s, buf = self.s, self.buf
+        cache: dict[int, LogitState] = {}
+        zraw: dict[int, Tensor] = {}
+        nxt = 0
+        group = max(1, s.unembed_rows // s.chunk_tokens)
+        for si, st in enumerate(self.tr.sublayers):
+            j = self.index[(st.layer, st.kind)]
+            hs = M.perturbation_stats(self.rows_of(st.dense, c0, c1), self.rows_of(st.pruned, c0, c1))
+            for m in H_METRICS:
+                buf[("h", m, None)][j, c0:c1] = hs[m].float().cpu().numpy()
+            for t in (st.dense, st.pruned):
+                if id(t) not in cache:
+                    # unembed the next few states in one matrix product (small products are slow)
+                    todo = self.state_order[nxt : nxt + group]
+                    nxt += len(todo)
+                    H = torch.cat([self.rows_of(u, c0, c1) for u in todo])
+                    Z = logit_lens(self.adapter, H, s.final_norm)
+                    c = c1 - c0
+                    for g, u in enumerate(todo):
+                        z = Z[g * c : (g + 1) * c]
+                        cache[id(u)] = LogitState(z, s.K)
+                        if s.exact:
+                            zraw[id(u)] = z
+            res = stats_rows(
+                cache[id(st.dense)],
+                cache[id(st.pruned)],
+                s.temps,
+                s.ks,
+                exact=s.exact,
+                z_dense=zraw.get(id(st.dense)),
+                z_pruned=zraw.get(id(st.pruned)),
+            )
+            for key, v in res.items():
+                arr = buf.get(key)
+                if arr is None:
+                    arr = buf[key] = self.new_buffer()
+                arr[j, c0:c1] = v.float().cpu().numpy()
+            for t in (st.dense, st.pruned):
+                if self.last_use[id(t)] == si and id(t) in cache:
+                    cache.pop(id(t)).release()
+                    zraw.pop(id(t), None)
+        for s_ in cache.values():
+            s_.release()
+        return nxt
