@@ -190,8 +190,8 @@ def _no_model_load(monkeypatch):
 @pytest.mark.parametrize(
     "args, needles",
     [
-        (["--nsamples", "0"], ["--nsamples must be positive"]),
-        (["--seqlen", "0"], ["--seqlen must be positive"]),
+        (["--nsamples", "0"], ["--nsamples: must be a positive integer"]),
+        (["--seqlen", "0"], ["--seqlen: must be a positive integer"]),
         (["--seqlen", "100000"], ["--seqlen 100000", "context length of 256"]),
         (["--calib", "missing-file.txt"], ["missing-file.txt", "does not exist"]),
     ],

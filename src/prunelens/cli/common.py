@@ -8,7 +8,7 @@ import functools
 import typer
 from rich.console import Console
 
-from prunelens.prune.specs import SpecError, option_name
+from prunelens.prune.specs import CalibrationSpec, SpecError, option_name
 from prunelens.utils.cli_output import err_console
 from prunelens.utils.cli_output import fail as fail
 from prunelens.utils.errors import InputError
@@ -26,15 +26,15 @@ class CommonOptions:
     """Options shared by the prune commands (and some of the others)."""
 
     calib = typer.Option(
-        "c4",
+        CalibrationSpec.source,
         "--calib",
         help=(
             "Calibration: c4, c4-heldout, wikitext2, a .txt/.json/.jsonl file, or hub:NAME[:CONFIG[:SPLIT]]."
         ),
     )
-    nsamples = typer.Option(64, "--nsamples", help="Number of calibration windows.")
-    seqlen = typer.Option(256, "--seqlen", help="Tokens per calibration window.")
-    seed = typer.Option(0, "--seed", help="Seed for calibration sampling.")
+    nsamples = typer.Option(CalibrationSpec.nsamples, "--nsamples", help="Number of calibration windows.")
+    seqlen = typer.Option(CalibrationSpec.seqlen, "--seqlen", help="Tokens per calibration window.")
+    seed = typer.Option(CalibrationSpec.seed, "--seed", help="Seed for calibration sampling.")
     dtype = typer.Option("float32", "--dtype", help="Model dtype: float32, bfloat16, float16 or auto.")
     device = typer.Option(
         "cpu", "--device", help="Device: cpu, cuda, cuda:N, or auto (accelerate device map over all devices)."
@@ -100,9 +100,6 @@ def check_calibration_request(src, calib: str, nsamples: int, seqlen: int):
     from prunelens.data.calibration import load_texts
     from prunelens.models.loading import check_seqlen
 
-    if nsamples <= 0:
-        fail(f"--nsamples must be positive (got {nsamples})")
-    if seqlen <= 0:
-        fail(f"--seqlen must be positive (got {seqlen})")
+    CalibrationSpec(calib, nsamples, seqlen).check()
     check_seqlen(seqlen, src.config)
     return load_texts(calib)

@@ -47,10 +47,13 @@ class SpecError(PruneConfigError):
         self.message = message
         super().__init__(self.render())
 
-    def render(self, spell: Callable[[str], str] = str, sep: str = ": ") -> str:
-        """The message with every field spelled by ``spell`` (``"score_windows"`` → ``"--score-windows"``)."""
-        names = {f: spell(f) for f in _FIELD_NAMES}
-        return f"{spell(self.field)}{sep}{self.message.format_map(names)}"
+    def text(self, spell: Callable[[str], str] = str) -> str:
+        """The message alone, other fields spelled by ``spell``."""
+        return self.message.format_map({f: spell(f) for f in _FIELD_NAMES})
+
+    def render(self, spell: Callable[[str], str] = str) -> str:
+        """``field: message``, every field spelled by ``spell`` (``score_windows`` → ``--score-windows``)."""
+        return f"{spell(self.field)}: {self.text(spell)}"
 
 
 def option_name(field: str) -> str:
@@ -305,6 +308,26 @@ class SparsifySpec(_Spec):
             raise SpecError("allocation_lambda", f"must be a number in [0, 1); got {lam!r}")
 
 
+@dataclass(frozen=True)
+class CalibrationSpec(_Spec):
+    """The calibration text a pruning is scored on: ``nsamples`` windows of ``seqlen`` tokens drawn at
+    seeded random offsets from ``source`` (``c4``, ``c4-heldout``, ``wikitext2``, a ``.txt`` / ``.json`` /
+    ``.jsonl`` file, or ``hub:NAME[:CONFIG[:SPLIT]]``). The defaults of ``prune drop|sparsify`` and of
+    :func:`prunelens.drop` / :func:`prunelens.sparsify` (a study has its own, in its config)."""
+
+    source: str = "c4"
+    nsamples: int = 64
+    seqlen: int = 256
+    seed: int = 0
+
+    def check(self):
+        _positive_int("nsamples", self.nsamples)
+        _positive_int("seqlen", self.seqlen)
+        if not _is_int(self.seed):
+            raise SpecError("seed", f"must be an integer (got {self.seed!r})")
+        return self
+
+
 def parse_nm(pattern: Any) -> tuple[int, int]:
     """``"2:4"`` → ``(2, 4)`` (:func:`~prunelens.prune.sparse_math.parse_pattern`), refused as a field."""
     try:
@@ -314,5 +337,5 @@ def parse_nm(pattern: Any) -> tuple[int, int]:
 
 
 _FIELD_NAMES = tuple(
-    dict.fromkeys([*(f.name for f in fields(DropSpec)), *(f.name for f in fields(SparsifySpec)), "nsamples"])
+    dict.fromkeys(f.name for spec in (DropSpec, SparsifySpec, CalibrationSpec) for f in fields(spec))
 )
