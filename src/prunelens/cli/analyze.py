@@ -12,7 +12,7 @@ redundant units as ``prunelens prune drop`` would. Bad input (non-positive tempe
 output directory without ``--overwrite``, mismatched models, unknown data) exits with code 2 and a
 one-line reason before any work.
 
-The command reads as its steps: check the options (:func:`analysis_config`), read the prompts, load the
+The command reads as its steps: check the options (:func:`check_options`), read the prompts, load the
 dense model, read the multiple-choice questions, resolve the pruned variants, run, show the headline table.
 """
 
@@ -113,12 +113,33 @@ def analyze(
 ):
     """Measure a pruning perturbation in hidden, logit and probability space: sublayer transitions, decoding
     trajectories (teacher-forced and free-running) and the multiple-choice option subspace."""
-    config = analysis_config(
-        temperatures=temperature,
-        max_new_tokens=max_new_tokens,
+    from prunelens.analysis.pipeline import AnalysisConfig, run_analysis
+    from prunelens.utils.io import check_output_dir
+
+    chosen, layer_list = check_options(
+        temperatures=[*temperature, sample_temperature],
         analyses=analyses,
         scope=scope,
-        no_final_norm=no_final_norm,
+        positions=positions,
+        positive={
+            "--max-new-tokens": max_new_tokens,
+            "--batch-size": batch_size,
+            "--chunk-tokens": chunk_tokens,
+            "--mc-limit": mc_limit,
+            "--nsamples": nsamples,
+            "--seqlen": seqlen,
+        },
+        limit=limit,
+        layers=layers,
+    )
+    check_output_dir(out, overwrite)
+    set_threads(threads)
+    config = AnalysisConfig(
+        temperatures=tuple(temperature),
+        max_new_tokens=max_new_tokens,
+        analyses=tuple(chosen),
+        scope=scope,
+        final_norm=not no_final_norm,
         sample=sample,
         sample_temperature=sample_temperature,
         seed=seed,
@@ -126,15 +147,10 @@ def analyze(
         batch_size=batch_size,
         chunk_tokens=chunk_tokens,
         exact=exact,
-        layers=layers,
-        option_labels=option_labels,
-        no_csv=no_csv,
-        no_figures=no_figures,
-        counts={"--mc-limit": mc_limit, "--nsamples": nsamples, "--seqlen": seqlen},
-        limit=limit,
-        out=out,
-        overwrite=overwrite,
-        threads=threads,
+        layers=layer_list,
+        option_labels=tuple(csv_list(option_labels)) or None,
+        csv=not no_csv,
+        figures=not no_figures,
     )
     t0 = time.perf_counter()
     # the prompts before the model: an empty or malformed prompt file is refused without loading anything
@@ -143,9 +159,6 @@ def analyze(
     mc_examples, mc_task = multiple_choice(mc, mc_limit, seed, config, tok, notes)
     calib_args = (calib, nsamples, seqlen, seed)
     variants = resolve_variants(model, tok, dense, pruned, calib_args)
-
-    from prunelens.analysis.pipeline import run_analysis
-
     report = run_analysis(
         model,
         tok,
@@ -163,40 +176,23 @@ def analyze(
     print_analysis(report, dense, config, out, time.perf_counter() - t0)
 
 
-def analysis_config(
+def check_options(
     *,
-    temperatures,
-    max_new_tokens,
-    analyses,
-    scope,
-    no_final_norm,
-    sample,
-    sample_temperature,
-    seed,
-    positions,
-    batch_size,
-    chunk_tokens,
-    exact,
-    layers,
-    option_labels,
-    no_csv,
-    no_figures,
-    counts: dict,
-    limit,
-    out: Path,
-    overwrite: bool,
-    threads,
-):
-    """Every cheap check of the options, made before anything loads; returns the analysis config.
-
-    ``counts`` are the other options that must be positive (option name → value).
-    """
+    temperatures: list[float],
+    analyses: str,
+    scope: str,
+    positions: str,
+    positive: dict[str, int],
+    limit: int | None,
+    layers: str | None,
+) -> tuple[list[str], tuple[int, ...] | None]:
+    """Every cheap check of the options, made before anything loads; returns the chosen analyses and the
+    layer indices. ``positive`` maps the options that must be positive to their values."""
     import math
 
-    from prunelens.analysis.pipeline import ANALYSES, AnalysisConfig
-    from prunelens.utils.io import check_output_dir
+    from prunelens.analysis.pipeline import ANALYSES
 
-    for t in list(temperatures) + [sample_temperature]:
+    for t in temperatures:
         if not (t > 0) or not math.isfinite(t):
             fail(f"temperatures must be positive and finite (got {t})")
     chosen = csv_list(analyses)
@@ -207,12 +203,7 @@ def analysis_config(
         fail(f"--scope must be 'all' or 'variant' (got {scope!r})")
     if positions not in ("all", "prompt", "generated"):
         fail(f"--positions must be all, prompt or generated (got {positions!r})")
-    for name, val in (
-        ("--max-new-tokens", max_new_tokens),
-        ("--batch-size", batch_size),
-        ("--chunk-tokens", chunk_tokens),
-        *counts.items(),
-    ):
+    for name, val in positive.items():
         if val < 1:
             fail(f"{name} must be positive (got {val})")
     if limit is not None and limit < 1:
@@ -221,26 +212,7 @@ def analysis_config(
         layer_list = tuple(int(x) for x in csv_list(layers)) or None
     except ValueError:
         fail(f"--layers must be comma-separated integers (got {layers!r})")
-    check_output_dir(out, overwrite)
-    set_threads(threads)
-    return AnalysisConfig(
-        temperatures=tuple(temperatures),
-        max_new_tokens=max_new_tokens,
-        analyses=tuple(chosen),
-        scope=scope,
-        final_norm=not no_final_norm,
-        sample=sample,
-        sample_temperature=sample_temperature,
-        seed=seed,
-        positions=positions,
-        batch_size=batch_size,
-        chunk_tokens=chunk_tokens,
-        exact=exact,
-        layers=layer_list,
-        option_labels=tuple(csv_list(option_labels)) or None,
-        csv=not no_csv,
-        figures=not no_figures,
-    )
+    return chosen, layer_list
 
 
 def load_dense(dense: str, seqlen: int, dtype: str, device: str):

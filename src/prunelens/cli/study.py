@@ -148,6 +148,7 @@ def csv_numbers(text: str | None, option: str, kind: type) -> list | None:
     return values
 
 
+# Longer than 80 lines only because typer declares its options in the signature.
 def sweep(
     config: Path | None = typer.Option(
         None, "--config", help="Sweep config (YAML, see --print-config). Options below override it."
