@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from prunelens.report import AnalysisHeadline, build_report, load_study, rankdata, spearman
-from prunelens.studies import guidance as G
-from prunelens.studies.guidance import VariantFacts
+from prunelens.report import guidance as G
+from prunelens.report.answer import answer_for_model
+from prunelens.studies import verdicts as V
+from prunelens.studies.facts import TaskTest, VariantFacts
 
 from conftest import missing
 
@@ -384,45 +386,45 @@ def test_spearman_matches_scipy():
 
 
 def test_score_verdict_thresholds():
-    assert G.score_verdict(G.SAFE_RETAINED) == G.SAFE
-    assert G.score_verdict(1.2) == G.SAFE
-    assert G.score_verdict(G.SAFE_RETAINED - 1e-9) == G.CARE
-    assert G.score_verdict(G.CARE_RETAINED) == G.CARE
-    assert G.score_verdict(G.CARE_RETAINED - 1e-9) == G.UNSAFE
-    assert G.score_verdict(None) == G.NOT_MEASURED
-    assert G.score_verdict(float("nan")) == G.NOT_MEASURED
+    assert V.score_verdict(V.SAFE_RETAINED) == V.SAFE
+    assert V.score_verdict(1.2) == V.SAFE
+    assert V.score_verdict(V.SAFE_RETAINED - 1e-9) == V.CARE
+    assert V.score_verdict(V.CARE_RETAINED) == V.CARE
+    assert V.score_verdict(V.CARE_RETAINED - 1e-9) == V.UNSAFE
+    assert V.score_verdict(None) == V.NOT_MEASURED
+    assert V.score_verdict(float("nan")) == V.NOT_MEASURED
 
 
 def test_generative_verdict_fidelity_lowers_never_raises():
     f = VariantFacts("V", retained_gen=0.99, dense_gen=0.3)
-    assert G.generative_verdict(f).verdict == G.SAFE
-    f.exact_match = G.FIDELITY_CARE_EXACT_MATCH - 0.01
+    assert G.generative_verdict(f).verdict == V.SAFE
+    f.exact_match = V.FIDELITY_CARE_EXACT_MATCH - 0.01
     v = G.generative_verdict(f)
-    assert v.verdict == G.CARE and any("the worse of the two decides" in r for r in v.reasons)
-    f.exact_match = G.FIDELITY_UNSAFE_EXACT_MATCH - 0.01
-    assert G.generative_verdict(f).verdict == G.UNSAFE
+    assert v.verdict == V.CARE and any("the worse of the two decides" in r for r in v.reasons)
+    f.exact_match = V.FIDELITY_UNSAFE_EXACT_MATCH - 0.01
+    assert G.generative_verdict(f).verdict == V.UNSAFE
     bad = VariantFacts("W", retained_gen=0.5, dense_gen=0.3, exact_match=1.0)
-    assert G.generative_verdict(bad).verdict == G.UNSAFE  # perfect fidelity does not rescue a lost score
+    assert G.generative_verdict(bad).verdict == V.UNSAFE  # perfect fidelity does not rescue a lost score
     only_fid = VariantFacts("X", retained_gen=None, exact_match=0.9)
-    assert G.generative_verdict(only_fid).verdict == G.SAFE
-    assert G.generative_verdict(VariantFacts("Y")).verdict == G.NOT_MEASURED
+    assert G.generative_verdict(only_fid).verdict == V.SAFE
+    assert G.generative_verdict(VariantFacts("Y")).verdict == V.NOT_MEASURED
 
 
 def _test(task, diff, p, n=200, ref=0.6):
-    return G.TaskTest(task, n, ref, ref + diff, diff, (diff - 0.05, diff + 0.05), p, "exact McNemar")
+    return TaskTest(task, n, ref, ref + diff, diff, (diff - 0.05, diff + 0.05), p, "exact McNemar")
 
 
 @pytest.mark.parametrize(
     "tests,interval,grade,finding",
     [
-        ([_test("a", -0.01, 0.6), _test("b", 0.0, 1.0)], (0.9, 1.05), G.SAFE, G.INDISTINGUISHABLE),
-        ([_test("a", -0.3, 1e-6)], (0.4, 0.6), G.UNSAFE, G.LOWER),
-        ([_test("a", -0.05, 0.001)], (0.85, 0.97), G.CARE, G.LOWER),
-        ([_test("a", -0.05, 0.3)], (0.7, 1.1), G.CARE, G.UNCLEAR),
+        ([_test("a", -0.01, 0.6), _test("b", 0.0, 1.0)], (0.9, 1.05), V.SAFE, G.INDISTINGUISHABLE),
+        ([_test("a", -0.3, 1e-6)], (0.4, 0.6), V.UNSAFE, G.LOWER),
+        ([_test("a", -0.05, 0.001)], (0.85, 0.97), V.CARE, G.LOWER),
+        ([_test("a", -0.05, 0.3)], (0.7, 1.1), V.CARE, G.UNCLEAR),
         # two tasks at p = 0.03 each: Holm makes both 0.06, not significant
-        ([_test("a", -0.1, 0.03), _test("b", -0.1, 0.03)], (0.86, 1.0), G.SAFE, G.INDISTINGUISHABLE),
+        ([_test("a", -0.1, 0.03), _test("b", -0.1, 0.03)], (0.86, 1.0), V.SAFE, G.INDISTINGUISHABLE),
         # a significant *gain* is no loss
-        ([_test("a", 0.1, 1e-4)], (1.05, 1.3), G.SAFE, G.INDISTINGUISHABLE),
+        ([_test("a", 0.1, 1e-4)], (1.05, 1.3), V.SAFE, G.INDISTINGUISHABLE),
     ],
 )
 def test_interval_verdict_rule(tests, interval, grade, finding):
@@ -448,32 +450,32 @@ def test_generation_is_judged_against_the_control_and_the_worse_decides():
     f.control, f.control_rouge_l = "Control", 0.8
     f.fidelity_tests, f.fidelity_ratio, f.fidelity_ratio_interval = bad, 0.25, (0.15, 0.35)
     v = G.generative_verdict(f)
-    assert v.verdict == G.UNSAFE and "lower than the Control" in v.finding
+    assert v.verdict == V.UNSAFE and "lower than the Control" in v.finding
     assert any("the control's 0.80" in r for r in v.reasons) and any("worse" in r for r in v.reasons)
     f.fidelity_tests, f.fidelity_ratio, f.fidelity_ratio_interval = ok, 0.98, (0.9, 1.05)
     v = G.generative_verdict(f)
-    assert v.verdict == G.SAFE and "indistinguishable from the Control" in v.finding
+    assert v.verdict == V.SAFE and "indistinguishable from the Control" in v.finding
     control = VariantFacts("Control", group="control", rouge_l=0.8)
     assert G.generative_verdict(control).finding == G.FLOOR
     # the control is judged for non-generative use but is not a pruned variant in the answer
-    text = G.answer_for_model("tiny", [VariantFacts("Full", group="dense"), control, f])
+    text = answer_for_model("tiny", [VariantFacts("Full", group="dense"), control, f])
     assert "Control" not in text
 
 
 def test_tiny_dense_score_is_not_judged():
-    f = VariantFacts("V", retained_nongen=0.5, dense_nongen=G.MIN_DENSE_SCORE / 2)
+    f = VariantFacts("V", retained_nongen=0.5, dense_nongen=V.MIN_DENSE_SCORE / 2)
     v = G.non_generative_verdict(f)
-    assert v.verdict == G.NOT_MEASURED and "mean nothing" in v.reasons[0]
+    assert v.verdict == V.NOT_MEASURED and "mean nothing" in v.reasons[0]
 
 
 def test_rule_text_is_written_from_the_constants(monkeypatch):
     text = " ".join(G.rule_text())
     assert "95%" in text and "85%" in text and "50%" in text and "10%" in text
-    monkeypatch.setattr(G, "SAFE_RETAINED", 0.9)
-    monkeypatch.setattr(G, "FIDELITY_UNSAFE_EXACT_MATCH", 0.2)
+    monkeypatch.setattr(V, "SAFE_RETAINED", 0.9)
+    monkeypatch.setattr(V, "FIDELITY_UNSAFE_EXACT_MATCH", 0.2)
     text = " ".join(G.rule_text())
     assert "90% ('safe')" in text and "20%" in text and "95% ('safe')" not in text
-    assert G.score_verdict(0.92) == G.SAFE  # the verdicts use the same constants
+    assert V.score_verdict(0.92) == V.SAFE  # the verdicts use the same constants
 
 
 def _facts(**over):
@@ -505,7 +507,7 @@ def _facts(**over):
 
 
 def test_answer_agrees_with_the_paper():
-    text = G.answer_for_model("tiny", _facts())
+    text = answer_for_model("tiny", _facts())
     assert text.startswith(
         "On tiny, attention drops (Drop-8A) keep 99% of the non-generative and 70% of the generative"
     )
@@ -516,7 +518,7 @@ def test_answer_agrees_with_the_paper():
 
 
 def test_answer_says_plainly_where_the_model_differs():
-    text = G.answer_for_model(
+    text = answer_for_model(
         "tiny",
         _facts(
             **{
@@ -535,22 +537,22 @@ def test_answer_warns_when_the_dense_generative_score_is_tiny():
     facts = _facts()
     for f in facts:
         f.dense_gen = 0.01
-    assert "Caution: the dense model's generative score (0.010)" in G.answer_for_model("tiny", facts)
+    assert "Caution: the dense model's generative score (0.010)" in answer_for_model("tiny", facts)
 
 
 def test_generative_axis_prefers_scores_then_fidelity():
     facts = _facts()
     for f in facts:
         f.dense_gen = 0.3
-    ax = G.generative_axis(facts)
+    ax = V.generative_axis(facts)
     assert ax.kind == "score" and ax.value(facts[1]) == 0.7 and ax.value(facts[0]) == 1.0
     for f in facts:  # the dense model answers (almost) nothing: a retained fraction means nothing ...
         f.dense_gen = 0.01
-    assert G.generative_axis(facts).kind == "none"
+    assert V.generative_axis(facts).kind == "none"
     facts[1].rouge_l, facts[2].rouge_l = 0.4, 0.05  # ... but fidelity to the dense outputs was measured
-    ax = G.generative_axis(facts)
+    ax = V.generative_axis(facts)
     assert ax.kind == "fidelity" and ax.value(facts[1]) == 0.4 and ax.value(facts[0]) == 1.0
-    assert "0.010" in ax.reason and "ROUGE-L" in ax.label
+    assert "0.010" in G.axis_reason(ax) and "ROUGE-L" in G.axis_label(ax)
     facts[1].rouge_l = float("nan")
     assert ax.value(facts[1]) is None
 
@@ -559,7 +561,7 @@ def test_answer_uses_fidelity_when_the_dense_model_cannot_answer():
     facts = _facts(**{"Drop-8A": {"rouge_l": 0.41}, "Drop-8M": {"rouge_l": 0.08}})
     for f in facts:
         f.dense_gen = 0.0
-    text = G.answer_for_model("tiny", facts)
+    text = answer_for_model("tiny", facts)
     assert (
         "attention drops (Drop-8A) keep 99% of the dense model's non-generative score "
         "and reach a ROUGE-L of 0.41" in text
@@ -587,7 +589,7 @@ def test_report_falls_back_to_fidelity(tmp_path):
 
 
 def test_answer_without_results():
-    assert "nothing to answer" in G.answer_for_model("m", [VariantFacts("Full", group="dense")])
+    assert "nothing to answer" in answer_for_model("m", [VariantFacts("Full", group="dense")])
 
 
 def test_analysis_headline_reads_the_pipeline_summary():
@@ -754,7 +756,7 @@ def test_tasks_near_chance_are_flagged_and_not_judged(built, tmp_path):
     )
     # judged without PIQA, Drop-2M keeps (0.48 + 0.64) / (0.60 + 0.70) = 86% (84% with it): care, not unsafe
     v = {x["variant"]: x for x in g["variants"]}
-    assert v["Drop-2M"]["non_generative"]["verdict"] == G.CARE
+    assert v["Drop-2M"]["non_generative"]["verdict"] == V.CARE
     assert "keeps 86% of the dense non-generative score" in v["Drop-2M"]["non_generative"]["reasons"][0]
     assert "86%" in text
 
@@ -894,10 +896,10 @@ def test_guidance_verdicts(built):
     # the synthetic study stores one record per task: no paired interval can be trusted, so every score
     # verdict is "not enough data to tell"; only the fixed fidelity threshold (no control here) can say more
     assert verdict == {
-        "Drop-2A": (G.CARE, G.CARE),
-        "Drop-2M": (G.CARE, G.CARE),
-        "Drop-4M": (G.CARE, G.UNSAFE),  # under 10% identical generations
-        "Wanda-50%": (G.CARE, G.CARE),
+        "Drop-2A": (V.CARE, V.CARE),
+        "Drop-2M": (V.CARE, V.CARE),
+        "Drop-4M": (V.CARE, V.UNSAFE),  # under 10% identical generations
+        "Wanda-50%": (V.CARE, V.CARE),
     }
     assert all(v["non_generative"]["finding"] == G.UNCLEAR for v in g.values())
     assert "fewer than 10" in g["Drop-2A"]["non_generative"]["reasons"][0]
@@ -969,6 +971,7 @@ def chromium():
     missing(f"Chromium for the browser check could not be provided: {why}")
 
 
+@pytest.mark.slow
 def test_report_in_headless_chromium(built, chromium, tmp_path):
     from browser_check import check_page
 
@@ -983,6 +986,7 @@ def test_report_in_headless_chromium(built, chromium, tmp_path):
     assert r.page_height > 2000
 
 
+@pytest.mark.slow
 def test_browser_check_catches_problems(chromium, tmp_path):
     """The checker itself: a console error, a broken image and an external request are all reported."""
     from browser_check import check_page

@@ -131,17 +131,23 @@ def test_largest_indistinguishable_stops_at_the_first_failure():
     assert largest_indistinguishable([]) is None
 
 
-def test_guidance_findings_map_to_three_verdicts():
-    from prunelens.report.sweep import guidance_finding_verdict as v
+def test_verdict_outcomes_map_to_three_verdicts():
+    """The sweep reads the verdict rules' outcome fields, never their sentences."""
+    from prunelens.studies.verdicts import CARE, NOT_MEASURED, SAFE, UNSAFE, Finding, PartOutcome, UseOutcome
 
-    ind = "indistinguishable from dense at this n"
-    assert v(ind, "safe", ind) is True
-    assert v(f"{ind}; indistinguishable from the control at this n", "safe", ind) is True
-    assert v("indistinguishable from the control at this n", "safe", ind) is True
-    assert v(f"{ind}; lower than the control (p < 0.05)", "use with care", ind) is False
-    assert v("lower than dense (p < 0.05)", "unsafe", ind) is False
-    assert v("not enough data to tell", "use with care", ind) is None
-    assert v(ind, "not measured", ind) is None and v("", "safe", ind) is None
+    def use(grade, *findings):
+        parts = tuple(PartOutcome("generative", "dense", grade, f) for f in findings)
+        return UseOutcome("generative", grade, parts).indistinguishable
+
+    ind, lower = Finding.INDISTINGUISHABLE, Finding.LOWER
+    assert use(SAFE, ind) is True
+    assert use(SAFE, ind, ind) is True  # the score and the fidelity against the control
+    assert use(SAFE, Finding.NOT_MEASURED, ind) is True  # a part that judged nothing is left out
+    assert use(CARE, ind, lower) is False
+    assert use(UNSAFE, lower) is False
+    assert use(CARE, Finding.UNCLEAR) is None and use(CARE, Finding.POINT_ONLY) is None
+    assert use(CARE, Finding.FIXED_THRESHOLDS) is None
+    assert use(NOT_MEASURED, ind) is None and use(SAFE) is None
 
 
 def test_nongen_rule_reads_the_paired_tests_of_the_table():
@@ -204,6 +210,7 @@ def swept(tiny_dir, tmp_path_factory):
     return sc, out, page, first, list(seen), [u.id for u in plan_units(study_config(sc))]
 
 
+@pytest.mark.slow
 def test_sweep_runs_every_unit_once_and_resumes(swept):
     sc, out, _, first, second, ids = swept
     assert [u for u, c in first if not c] == ids
@@ -227,6 +234,7 @@ def test_sweep_runs_every_unit_once_and_resumes(swept):
     assert all(i["plan"] is not None for i in infos.values())
 
 
+@pytest.mark.slow
 def test_sweep_json_aggregates_each_ratio_over_its_seeds(swept):
     _, out, _, _, _, _ = swept
     s = json.loads((out / "report" / "sweep.json").read_text())
@@ -258,6 +266,7 @@ def test_sweep_json_aggregates_each_ratio_over_its_seeds(swept):
     assert len(rows) == 2 * 4 and {r["n_seeds"] for r in rows} == {"2"}
 
 
+@pytest.mark.slow
 def test_report_has_the_sweep_section_and_its_figure(swept):
     _, out, page, _, _, _ = swept
     html = page.read_text()
@@ -312,6 +321,7 @@ def _cli(args):
     return CliRunner().invoke(app, args)
 
 
+@pytest.mark.slow
 def test_cli_resumes_a_finished_sweep_and_prints_the_report(swept, tmp_path):
     _, out, _, _, _, _ = swept
     cfg = tmp_path / "sweep.yaml"
@@ -374,6 +384,7 @@ def chromium():
     missing(f"Chromium for the browser check could not be provided: {why}")
 
 
+@pytest.mark.slow
 def test_sweep_report_in_headless_chromium(swept, chromium, tmp_path):
     from browser_check import check_page
 
@@ -386,6 +397,7 @@ def test_sweep_report_in_headless_chromium(swept, chromium, tmp_path):
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_ray_runs_the_same_sweep_units(tiny_dir, tmp_path):
     """The Ray engine runs each variant (ratio × seed) as a task and the sweep is recorded as with local."""
     pytest.importorskip("ray")

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prunelens.report.guidance import pct
 from prunelens.report.stats import chance_bound, finite_or_none, is_finite
-from prunelens.studies.guidance import pct
 
 __all__ = [
     "AnalysisHeadline",

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prunelens.report.answer import answer_for_model
 from prunelens.report.figures import predictor_caption, predictor_figure, story_caption, story_figure
+from prunelens.report.guidance import axis_label, axis_reason, guidance, rule_text
 from prunelens.report.load import load_study
 from prunelens.report.page import render_html
 from prunelens.report.tables import build_tables, near_chance, twin_facts, variant_facts
-from prunelens.studies import guidance as G
+from prunelens.report.twins import TwinGuidance, twin_guidance
+from prunelens.studies.facts import TwinFacts
+from prunelens.studies.verdicts import generative_axis
 
 __all__ = ["REPORT_DIR", "build_report"]
 
@@ -36,13 +40,13 @@ def build_report(study_dir: str | Path) -> Path:
         problems.append(f"the table could not be built ({type(exc).__name__}: {exc})")
     flags = near_chance(st)
     facts = variant_facts(st, table, flags)
-    axis = G.generative_axis(facts)
+    axis = generative_axis(facts)
     figures: list[tuple[Path, str, str]] = []
     rho, n_rho = None, 0
     if table is not None:
         try:
             paths = story_figure(facts, out / "figures", axis)
-            alt = f"Retained non-generative score vs {axis.label} per variant, and median KL"
+            alt = f"Retained non-generative score vs {axis_label(axis)} per variant, and median KL"
             figures.append((paths[0], alt, story_caption(facts, axis)))
         except Exception as exc:  # noqa: BLE001
             problems.append(f"the summary figure could not be drawn ({type(exc).__name__}: {exc})")
@@ -63,22 +67,22 @@ def build_report(study_dir: str | Path) -> Path:
                 )
         except Exception as exc:  # noqa: BLE001
             problems.append(f"the predictor figure could not be drawn ({type(exc).__name__}: {exc})")
-    twins: list[tuple[G.TwinFacts, G.TwinGuidance]] = []
+    twins: list[tuple[TwinFacts, TwinGuidance]] = []
     try:
         tf = twin_facts(st, table, facts, flags)
-        twins = list(zip(tf, G.twin_guidance(tf, facts, axis)))
+        twins = list(zip(tf, twin_guidance(tf, facts, axis)))
     except Exception as exc:  # noqa: BLE001
         problems.append(f"the twin comparisons could not be built ({type(exc).__name__}: {exc})")
     try:
         atomic_write_json(
             out / "guidance.json",
             {
-                "rule": G.rule_text(),
-                "answer": G.answer_for_model(st.model, facts, [f["task"] for f in flags]),
+                "rule": rule_text(),
+                "answer": answer_for_model(st.model, facts, [f["task"] for f in flags]),
                 "near_chance": flags,
-                "generative_measure": {"kind": axis.kind, "reason": axis.reason},
+                "generative_measure": {"kind": axis.kind, "reason": axis_reason(axis)},
                 "predictor_spearman": {"rho": rho, "variants": n_rho},
-                "variants": [g.to_dict() for g in G.guidance(facts)],
+                "variants": [g.to_dict() for g in guidance(facts)],
                 "twins": [g.to_dict() for _, g in twins],
             },
         )

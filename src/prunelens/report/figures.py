@@ -8,10 +8,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from prunelens.report.guidance import GROUP_LABELS, axis_cause, axis_label, pct
 from prunelens.report.stats import finite_or_none, is_finite, spearman
-from prunelens.studies import guidance as G
 from prunelens.studies.config import DENSE
-from prunelens.studies.guidance import VariantFacts, pct
+from prunelens.studies.facts import VariantFacts
+from prunelens.studies.verdicts import GenerativeAxis, generative_axis
 
 __all__ = ["story_figure", "predictor_figure", "story_caption", "predictor_caption"]
 
@@ -80,14 +81,14 @@ def _error_bars(ax, x: float, y: float, xiv, yiv, group: str) -> None:
 
 
 def story_figure(
-    facts: list[VariantFacts], directory: str | Path, axis: G.GenerativeAxis | None = None
+    facts: list[VariantFacts], directory: str | Path, axis: GenerativeAxis | None = None
 ) -> list[Path]:
     """Left: retained non-generative (x) vs the generative measure (y, see :func:`generative_axis`) per
     variant, ``y = x``, dense at (1, 1). Right: median probability-space KL per variant (sublayer transitions,
     teacher-forced, free-running)."""
     from prunelens.analysis.figures import pyplot, save
 
-    axis = axis or G.generative_axis(facts)
+    axis = axis or generative_axis(facts)
     plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1, 1.25]})
     gen = {f.name: axis.value(f) for f in facts}
@@ -103,7 +104,7 @@ def story_figure(
     ax.scatter([1], [1], marker="*", s=220, color=_COLORS["dense"], zorder=5, label=f"{DENSE} (dense)")
     seen = set()
     for f in pts:
-        lab = G.GROUP_LABELS.get(f.group, f.group) if f.group not in seen else None
+        lab = GROUP_LABELS.get(f.group, f.group) if f.group not in seen else None
         seen.add(f.group)
         _error_bars(ax, f.retained_nongen, gen[f.name], f.retained_nongen_interval, axis.interval(f), f.group)
         ax.scatter(
@@ -120,7 +121,7 @@ def story_figure(
     ax.set_ylim(ylo, yhi)
     _label_points(ax, [(f.name, f.retained_nongen, gen[f.name]) for f in pts], near=(0.12, 0.05))
     ax.set_xlabel("retained non-generative score (pruned / dense)")
-    ax.set_ylabel(axis.label)
+    ax.set_ylabel(axis_label(axis))
     ax.set_title("What pruning keeps: non-generative vs generative", fontsize=10.5)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7.5, loc="best")
@@ -166,7 +167,7 @@ def story_figure(
 
 
 def predictor_figure(
-    facts: list[VariantFacts], directory: str | Path, axis: G.GenerativeAxis | None = None
+    facts: list[VariantFacts], directory: str | Path, axis: GenerativeAxis | None = None
 ) -> tuple[list[Path], float | None, int]:
     """The one-pass predictor ``Var_p(Δz)/(2T²)`` (x, log) against generative degradation
     ``1 − the generative measure`` (y: retained score, or ROUGE-L fidelity to dense; see
@@ -176,7 +177,7 @@ def predictor_figure(
     """
     from prunelens.analysis.figures import pyplot, save
 
-    axis = axis or G.generative_axis(facts)
+    axis = axis or generative_axis(facts)
     loss = {f.name: 1 - v for f in facts if (v := axis.value(f)) is not None}
     pts = [
         f for f in facts if not f.is_dense and is_finite(f.predictor) and f.predictor > 0 and f.name in loss
@@ -221,8 +222,8 @@ def predictor_figure(
 # captions (one sentence from the data)
 
 
-def story_caption(facts: list[VariantFacts], axis: G.GenerativeAxis | None = None) -> str:
-    axis = axis or G.generative_axis(facts)
+def story_caption(facts: list[VariantFacts], axis: GenerativeAxis | None = None) -> str:
+    axis = axis or generative_axis(facts)
     gen = {f.name: axis.value(f) for f in facts}
     pts = [f for f in facts if not f.is_dense and gen[f.name] is not None]
     if not pts:
@@ -245,7 +246,8 @@ def story_caption(facts: list[VariantFacts], axis: G.GenerativeAxis | None = Non
     both = [f for f in pts if is_finite(f.retained_nongen)]
     below = sum(1 for f in both if gen[f.name] < f.retained_nongen)
     tail = f"; {below} of {len(both)} variants lie below y = x, losing more on generation" if both else ""
-    lead = f"Generation is measured as fidelity to the dense outputs because {axis.cause}. " if fid else ""
+    because = f"because {axis_cause(axis)}. "
+    lead = f"Generation is measured as fidelity to the dense outputs {because}" if fid else ""
     bars = (
         " Bars: 95% intervals (paired bootstrap over the shared examples; prompts resampled within each "
         "generative task)."
@@ -262,11 +264,11 @@ def predictor_caption(
     rho: float | None,
     n: int,
     predictor: dict[str, Any] | None = None,
-    axis: G.GenerativeAxis | None = None,
+    axis: GenerativeAxis | None = None,
 ) -> str:
     if n == 0:
         return ""
-    axis = axis or G.generative_axis(facts)
+    axis = axis or generative_axis(facts)
     pts = sorted(
         (f for f in facts if not f.is_dense and is_finite(f.predictor) and axis.value(f) is not None),
         key=lambda f: f.predictor,

@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from prunelens.report.analysis_results import analysis_caption, subspace_chance_note
+from prunelens.report.answer import answer_for_model
+from prunelens.report.guidance import Verdict, guidance, pct, rule_text
 from prunelens.report.load import Study
 from prunelens.report.stats import is_finite
 from prunelens.report.tables import near_chance
-from prunelens.studies import guidance as G
+from prunelens.report.twins import TwinGuidance, changed_rule_words, twin_difference
+from prunelens.studies import verdicts as V
 from prunelens.studies.config import DENSE
-from prunelens.studies.guidance import VariantFacts, pct
+from prunelens.studies.facts import TaskTest, TwinFacts, VariantFacts
 
 __all__ = ["render_html"]
 
@@ -31,7 +34,7 @@ def _css() -> str:
     return Path(__file__).with_name("report.css").read_text(encoding="utf-8")
 
 
-_VERDICT_CLASS = {G.SAFE: "safe", G.CARE: "care", G.UNSAFE: "unsafe"}
+_VERDICT_CLASS = {V.SAFE: "safe", V.CARE: "care", V.UNSAFE: "unsafe"}
 
 
 def _e(s: Any) -> str:
@@ -55,7 +58,7 @@ def _params(v: Any) -> str:
 
 
 def _retained_class(v: float | None) -> str:
-    return _VERDICT_CLASS.get(G.score_verdict(v), "")
+    return _VERDICT_CLASS.get(V.score_verdict(v), "")
 
 
 def _num(v: float) -> str:
@@ -195,7 +198,7 @@ def _table_section(table: dict[str, Any] | None, flags: list[dict[str, Any]] | N
         + _chance_note(flags or [])
         + '<p class="sub">Each pruned cell gives the score and, below it, the retained fraction '
         "of the dense score (pruned / dense; for perplexity dense / pruned), coloured by the guidance "
-        f"thresholds ({pct(G.SAFE_RETAINED)}, {pct(G.CARE_RETAINED)}); then the score's 95 % interval "
+        f"thresholds ({pct(V.SAFE_RETAINED)}, {pct(V.CARE_RETAINED)}); then the score's 95 % interval "
         "(Wilson for accuracies, bootstrap over examples or perplexity windows) and the p-value of a paired "
         "test against Full on the same examples (exact McNemar for accuracies, a paired sign-flip test "
         "otherwise; "
@@ -261,14 +264,14 @@ def _badge(v: str) -> str:
     return f'<span class="badge {_VERDICT_CLASS.get(v, "none")}">{_e(v)}</span>'
 
 
-def _verdict_cell(v: G.Verdict) -> str:
+def _verdict_cell(v: Verdict) -> str:
     """Badge, what the paired tests found, the retained fraction with its interval and the n per task."""
     bits = [_badge(v.verdict)]
     if v.finding:
         bits.append(f'<div class="finding">{_e(v.finding)}</div>')
     if v.retained is not None and v.interval is not None:
         bits.append(
-            f'<div class="ci">{G.pct(v.retained)} [{G.pct(v.interval[0])[:-1]}–{G.pct(v.interval[1])}]'
+            f'<div class="ci">{pct(v.retained)} [{pct(v.interval[0])[:-1]}–{pct(v.interval[1])}]'
             + (f" · n = {', '.join(str(n) for n in v.n.values())}" if v.n else "")
             + "</div>"
         )
@@ -277,7 +280,7 @@ def _verdict_cell(v: G.Verdict) -> str:
 
 def _grid_html(facts: list[VariantFacts]) -> str:
     """The verdict grid at the top of the page: variant × use, each cell with its interval and n."""
-    gs = G.guidance(facts)
+    gs = guidance(facts)
     if not gs:
         return "<p>No pruned variant to judge yet.</p>"
     rows = "".join(
@@ -296,8 +299,8 @@ def _grid_html(facts: list[VariantFacts]) -> str:
 
 
 def _guidance_html(facts: list[VariantFacts]) -> str:
-    gs = G.guidance(facts)
-    out = ['<ol class="rule">'] + [f"<li>{_e(s)}</li>" for s in G.rule_text()] + ["</ol>"]
+    gs = guidance(facts)
+    out = ['<ol class="rule">'] + [f"<li>{_e(s)}</li>" for s in rule_text()] + ["</ol>"]
     if not gs:
         return "".join(out) + "<p>No pruned variant to judge.</p>"
     out.append(
@@ -328,12 +331,12 @@ _TWIN_NUMBERS = [  # (TwinFacts.numbers key, row label, format)
 ]
 
 
-def _twin_test_cells(x: G.TaskTest | None, p_holm: float | None = None) -> str:
+def _twin_test_cells(x: TaskTest | None, p_holm: float | None = None) -> str:
     if x is None:
         return "<td>—</td><td>—</td><td>—</td>"
     p = f"p = {x.p_value:.2g}" + (f'<span class="ci">Holm {p_holm:.2g}</span>' if p_holm is not None else "")
     return (
-        f'<td>{_e(G.twin_difference(x))}</td><td class="l">{_e(x.test)}</td>'
+        f'<td>{_e(twin_difference(x))}</td><td class="l">{_e(x.test)}</td>'
         f'<td>{p}<span class="ci">n = {x.n}</span></td>'
     )
 
@@ -344,13 +347,13 @@ def _twin_value(x: float | None, fmt: str) -> str:
     return pct(x) if fmt == "pct" else fmt.format(x)
 
 
-def _twin_html(t: G.TwinFacts, g: G.TwinGuidance, kinds: dict[str, str]) -> str:
+def _twin_html(t: TwinFacts, g: TwinGuidance, kinds: dict[str, str]) -> str:
     """One twin pair: per task both scores and the paired difference (variant − twin), the generation
     fidelity and the hierarchy numbers of both, their grades, and the guidance sentences."""
     a, b = t.name, t.twin
     out = [
         f'<div class="twin"><h3>{_e(a)} beside its twin {_e(b)}</h3>'
-        f'<p class="sub">Changed rule: {_e(t.rule)}.</p>'
+        f'<p class="sub">Changed rule: {_e(changed_rule_words(t))}.</p>'
         '<div class="tablewrap"><table><thead><tr><th class="l">task · measure</th>'
         f"<th>{_e(b)}</th><th>{_e(a)}</th><th>{_e(a)} − {_e(b)} [95% interval]</th>"
         '<th class="l">paired test</th><th>p</th></tr></thead><tbody>'
@@ -395,8 +398,8 @@ def _twin_html(t: G.TwinFacts, g: G.TwinGuidance, kinds: dict[str, str]) -> str:
     for use in (g.non_generative, g.generative):
         out.append(
             f'<tr><td class="l">verdict, {_e(use.use)} use</td>'
-            f"<td>{_badge(use.verdicts.get(b, G.NOT_MEASURED))}</td>"
-            f"<td>{_badge(use.verdicts.get(a, G.NOT_MEASURED))}</td>"
+            f"<td>{_badge(use.verdicts.get(b, V.NOT_MEASURED))}</td>"
+            f"<td>{_badge(use.verdicts.get(a, V.NOT_MEASURED))}</td>"
             f'<td colspan="3" class="l note">{_e("moved" if use.moved else "same grade")}</td></tr>'
         )
     out.append("</tbody></table></div>")
@@ -408,7 +411,7 @@ def _twin_html(t: G.TwinFacts, g: G.TwinGuidance, kinds: dict[str, str]) -> str:
     return "".join(out)
 
 
-def _twins_html(twins: list[tuple[G.TwinFacts, G.TwinGuidance]], table: dict[str, Any] | None) -> str:
+def _twins_html(twins: list[tuple[TwinFacts, TwinGuidance]], table: dict[str, Any] | None) -> str:
     kinds = {r["task"]: r["kind"] for r in (table or {}).get("rows", [])}
     intro = (
         '<p class="sub">A twin is the same pruning as another variant but for one changed rule (the '
@@ -523,7 +526,7 @@ def render_html(
     problems: list[str] | None = None,
     flags: list[dict[str, Any]] | None = None,
     sweep_section: str | None = None,
-    twins: list[tuple[G.TwinFacts, G.TwinGuidance]] | None = None,
+    twins: list[tuple[TwinFacts, TwinGuidance]] | None = None,
 ) -> str:
     """The report page. ``figures``: ``(png, alt, caption)`` for the study figures; the analysis figures are
     taken from ``st``. Each section is built on its own: one that fails says so instead of breaking the
@@ -561,7 +564,7 @@ def render_html(
         return "".join(parts)
 
     def answer_html() -> str:
-        return f'<p class="answer">{_e(G.answer_for_model(st.model, facts, chance))}</p>'
+        return f'<p class="answer">{_e(answer_for_model(st.model, facts, chance))}</p>'
 
     sections = [
         _Section("question", "The question", guard(lambda: _question_html(st), "question")),

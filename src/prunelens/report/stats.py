@@ -91,7 +91,7 @@ def pooled_paired_difference(
     ``w_i = (other_i − reference_i) · N / (k · n_t)``, whose mean is ``Δ``: under "no difference" every
     pair's difference is as likely to have either sign (exact for ``N ≤ 12``). Returns the keys of a
     :class:`~prunelens.evaluation.uncertainty.PairedComparison` (``dense`` = the reference's pooled value,
-    ``pruned`` = the other's), so a :class:`~prunelens.studies.guidance.TaskTest` reads it.
+    ``pruned`` = the other's), so a :class:`~prunelens.studies.facts.TaskTest` reads it.
     """
     import numpy as np
     from numpy.typing import ArrayLike

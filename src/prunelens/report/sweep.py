@@ -5,7 +5,7 @@ A sweep study (see :mod:`prunelens.studies.sweep`) records in ``study.json`` whi
 (ratio, calibration seed). Per ratio, over its seeds, four measures are aggregated:
 
 * ``retained_nongen`` — pruned / dense, averaged over the multiple-choice + retrieval tasks (the report's
-  :class:`~prunelens.studies.guidance.VariantFacts`);
+  :class:`~prunelens.studies.facts.VariantFacts`);
 * ``rouge_l`` — generation fidelity: mean ROUGE-L F1 of the pruned greedy outputs against the dense ones
   (``eval/fidelity.json``), drawn beside the control's, the noise floor of a harmless perturbation;
 * ``kl_teacher_forced`` — the median teacher-forced KL(p_dense ‖ p_pruned) along the dense continuation;
@@ -16,14 +16,13 @@ degrees of freedom; none for one seed). The seeds are few, so the t-interval is 
 spread of what one calibration draw would give, not of the examples.
 
 Verdict per use and ratio (:func:`ratio_verdict`): "indistinguishable from dense" when, at *every* seed,
-no paired test on the same examples is significant (p ≥ :data:`ALPHA`) — non-generative: each mc /
-retrieval task's paired test against Full (McNemar / paired bootstrap, from the comparison table);
-generative: each generative task's per-prompt ROUGE-L to the dense outputs against the control's
-(:func:`~prunelens.evaluation.uncertainty.compare_paired`). The p-values are not adjusted for the several
-tasks: any one task telling the variant apart is enough to withhold the claim (conservative for a claim
-of "no difference"). When :mod:`prunelens.studies.guidance` exposes ``INDISTINGUISHABLE``, its per-variant
-findings are used instead (:func:`guidance_finding_verdict`; that rule also asks the retained fraction's
-interval to exclude a large loss, and enough examples per task) and the page prints which rule decided.
+the verdict rules (:mod:`prunelens.studies.verdicts`, read as the field
+:attr:`~prunelens.studies.verdicts.UseOutcome.indistinguishable`) find the variant indistinguishable —
+from dense on the Holm-adjusted paired task tests with an interval that excludes a large loss and enough
+examples per task, and for generation also from the control's fidelity. Beside it, ``sweep.json`` records
+the raw per-task evidence at each seed (:func:`nongen_indistinguishable`,
+:func:`generative_indistinguishable`: the smallest unadjusted p of a paired test on the same examples,
+p ≥ :data:`ALPHA` meaning no task tells the variant apart).
 A verdict is three-valued: indistinguishable, told apart, or cannot tell.
 :func:`largest_indistinguishable` walks the ratios upwards and stops at the first that is not
 indistinguishable (told apart, or cannot tell).
@@ -43,11 +42,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+from prunelens.report.guidance import INDISTINGUISHABLE, describe
 from prunelens.report.load import Study
 from prunelens.report.stats import finite_or_none, is_finite
-from prunelens.studies import guidance as G
 from prunelens.studies.config import CONTROL, DENSE
-from prunelens.studies.guidance import VariantFacts
+from prunelens.studies.facts import VariantFacts
+from prunelens.studies.verdicts import ALPHA, judge
 
 __all__ = [
     "ALPHA",
@@ -58,7 +58,6 @@ __all__ = [
     "ratio_verdict",
     "largest_indistinguishable",
     "nongen_indistinguishable",
-    "guidance_finding_verdict",
     "generative_indistinguishable",
     "sweep_summary",
     "sweep_figure",
@@ -66,8 +65,6 @@ __all__ = [
     "build_sweep",
 ]
 
-#: a paired test with p below this tells the variant apart from the reference
-ALPHA = 0.05
 #: (key, label, log-y) of the aggregated measures, in the figure's panel order
 METRICS: tuple[tuple[str, str, bool], ...] = (
     ("retained_nongen", "retained non-generative score (pruned / dense)", False),
@@ -229,35 +226,16 @@ def _control_rouge_band(root: Path, control: str, tasks: list[str]) -> dict[str,
     }
 
 
-def guidance_finding_verdict(finding: str, grade: str, indistinguishable: str) -> bool | None:
-    """One use's verdict from the guidance module's ``finding``: ``True`` when every part of it (the
-    generative finding joins score and fidelity parts with "; ") is "indistinguishable" — from dense (exactly
-    ``indistinguishable``) or from the control; ``False`` when a part found the variant lower; ``None``
-    otherwise (not enough data to tell, point values only, not measured)."""
-    parts = [p.strip() for p in (finding or "").split(";") if p.strip()]
-    if grade == G.NOT_MEASURED or not parts:
-        return None
-    if any(p.startswith("lower than") for p in parts):
-        return False
-    ok = all(
-        p == indistinguishable or (p.startswith("indistinguishable from the ") and p.endswith(" at this n"))
-        for p in parts
-    )
-    return True if ok else None
-
-
-def _guidance_verdicts(facts: list[VariantFacts]) -> dict[str, dict[str, Any]] | None:
-    """Per variant and use, the guidance module's verdict and finding, if it defines ``INDISTINGUISHABLE``."""
-    ind = getattr(G, "INDISTINGUISHABLE", None)
-    if ind is None:
-        return None
-    out: dict[str, dict[str, Any]] = {}
-    for g in G.guidance(facts):
-        out[g.name] = {}
+def _guidance_verdicts(facts: list[VariantFacts]) -> dict[str, dict[str, tuple[bool | None, str]]]:
+    """Per variant and use, the verdict rules' three-valued reading
+    (:attr:`~prunelens.studies.verdicts.UseOutcome.indistinguishable`) and, for ``sweep.json``, the finding
+    in the words of the guidance (or the grade where nothing was found)."""
+    out: dict[str, dict[str, tuple[bool | None, str]]] = {}
+    for o in judge(facts):
+        out[o.name] = {}
         for key, _ in USES:
-            v = getattr(g, key)
-            finding = str(getattr(v, "finding", "") or "")
-            out[g.name][key] = (guidance_finding_verdict(finding, v.verdict, ind), finding or v.verdict)
+            use = o.use(key)
+            out[o.name][key] = (use.indistinguishable, describe(use).finding or use.grade)
     return out
 
 
@@ -291,10 +269,9 @@ def sweep_summary(
             gen, gen_detail = generative_indistinguishable(st.root, v["name"], control, gen_tasks)
             if control not in st.variants:
                 gen, gen_detail = None, {"tasks": 0, "why": "the study has no control variant"}
-            if from_guidance is not None:
-                mine = from_guidance.get(v["name"], {})
-                ng, ng_detail["guidance"] = mine.get("non_generative", (None, "not judged"))
-                gen, gen_detail["guidance"] = mine.get("generative", (None, "not judged"))
+            mine = from_guidance.get(v["name"], {})
+            ng, ng_detail["guidance"] = mine.get("non_generative", (None, "not judged"))
+            gen, gen_detail["guidance"] = mine.get("generative", (None, "not judged"))
             seeds.append(
                 {
                     "variant": v["name"],
@@ -332,13 +309,9 @@ def sweep_summary(
         "control": control,
         "interval": INTERVAL_METHOD,
         "rule": (
-            f"the report's guidance at every seed: the finding is '{getattr(G, 'INDISTINGUISHABLE', '')}' "
+            f"the report's guidance at every seed: the finding is '{INDISTINGUISHABLE}' "
             "(for generation also indistinguishable from the control's fidelity); 'lower than' at any seed "
             "is told apart, anything else (too few examples, not measured) cannot tell"
-            if from_guidance is not None
-            else f"every seed: no paired test on the same examples significant (p ≥ {ALPHA}); "
-            "non-generative: each mc / retrieval task against Full; generative: each generative task's "
-            "per-prompt ROUGE-L to the dense outputs against the control's"
         ),
         "rows": rows,
         "control_reference": ctrl,

@@ -11,7 +11,7 @@ from prunelens.report.analysis_results import AnalysisHeadline
 from prunelens.report.load import Study
 from prunelens.report.stats import finite_or_none, is_finite, pooled_paired_difference
 from prunelens.studies.config import DENSE, twin_pairs
-from prunelens.studies.guidance import TaskTest, TwinFacts, VariantFacts
+from prunelens.studies.facts import TaskTest, TwinFacts, VariantFacts
 
 __all__ = ["build_tables", "near_chance", "variant_facts", "twin_facts", "changed_rule"]
 
