@@ -431,6 +431,7 @@ def test_study_config_refuses_bad_allocations(sparsify_spec, message):
     assert message in str(exc.value)
 
 
+@pytest.mark.slow
 def test_study_builds_the_allocated_variant_and_the_analysis_rebuilds_it(tmp_path):
     """A study variant with ``allocation: owl`` is built non-uniform (magnitude calibrates for it), and
     the analysis rebuilding a magnitude variant from the plan alone keeps the per-block sparsities."""

@@ -123,6 +123,7 @@ def test_subspace_stores_what_the_chance_flag_needs(analysed):
     assert sub["dense_accuracy"] == pytest.approx(float(c["dense_correct"].mean()))
 
 
+@pytest.mark.slow
 def test_dense_cache_reuses_the_dense_side_and_changes_no_number(tmp_path, monkeypatch):
     """The study analyses one variant per call; a shared ``dense_cache`` computes the dense decoding, its
     teacher-forced states and the option-subspace dense logits once, with identical results."""

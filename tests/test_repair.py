@@ -486,6 +486,7 @@ def test_study_config_validates_repair_blocks():
         cfg({"name": "R", "control": {"round_to": "auto"}, "repair": {"steps": 2}})
 
 
+@pytest.mark.slow
 def test_study_runs_a_repaired_twin(tmp_path):
     """A repaired variant in a study: built, saved as a checkpoint (masks kept), evaluated beside its
     unrepaired twin, and the fingerprint changes with the repair settings."""
@@ -590,6 +591,7 @@ def test_bfloat16_autocast_trains(calib):
     assert next(res.model.parameters()).dtype == torch.float32  # weights stay in the model's dtype
 
 
+@pytest.mark.slow
 def test_a_killed_cli_repair_resumes(pruned_dirs, tmp_path):
     """SIGKILL a running `prunelens repair` once it has checkpointed; the same command then finishes
     from the checkpoint with the weights of an uninterrupted run."""

@@ -65,6 +65,7 @@ def _config(model_dir):
     )
 
 
+@pytest.mark.slow
 def test_local_study_runs_resumes_and_reports(tiny_dir, tmp_path):
     need_data("c4/c4_demo.json")
     cfg = _config(tiny_dir)
@@ -144,6 +145,7 @@ def test_local_study_runs_resumes_and_reports(tiny_dir, tmp_path):
         assert a.first_divergence is not None or name == "Control"
 
 
+@pytest.mark.slow
 def test_ray_local_cluster_runs_units_once_and_retries(tiny_dir, tmp_path, monkeypatch):
     pytest.importorskip("ray")
     need_data("c4/c4_demo.json")

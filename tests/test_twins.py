@@ -432,6 +432,7 @@ def test_twin_sentences_are_finite_numbers_only(tmp_path):
             assert all(math.isfinite(t[k]) for k in ("reference", "value", "difference", "p_value"))
 
 
+@pytest.mark.slow
 def test_a_tiny_study_with_twins_runs_and_reports_them(tmp_path):
     """End to end on a tiny random model: the twin scores on the first window only, the plan says so, and
     the report and guidance.json carry the pair."""
