@@ -32,6 +32,7 @@ from prunelens.analysis.pairstats import DEFAULT_KS, LogitState, default_k, p_ke
 from prunelens.analysis.tracing import model_forward
 from prunelens.analysis.transitions import P_RENAME, check_temperatures, stats_rows
 from prunelens.models.adapter import input_device
+from prunelens.prune.specs import CHOICE_LIMIT, CHOICE_SPLIT, CHOICE_TASK  # the choice objective's defaults
 from prunelens.utils.errors import InputError
 from prunelens.utils.progress import progress_bar
 
@@ -105,10 +106,6 @@ def encode_prompt(tokenizer, text: str, chat: bool = True) -> list[int]:
     templated = bool(chat and getattr(tokenizer, "chat_template", None))
     s = format_prompt(tokenizer, text, chat)
     return tokenizer.encode(s, add_special_tokens=not templated)
-
-
-#: where the choice objective's questions come from by default: a split no default evaluation reads
-CHOICE_TASK, CHOICE_SPLIT, CHOICE_LIMIT = "arc_easy", "validation", 64
 
 
 def choice_set(
@@ -230,16 +227,38 @@ def option_subspace(
         z_p = final_logits(
             model, prompts, pad_id=pad_id, batch_size=batch_size, desc=f"option subspace ({variant.name})"
         )
-    N, V = z_d.shape
-    values: dict[tuple[str, str, float | None], np.ndarray] = {}
+    values = _PerExample(len(examples))
+    _full_vocabulary(values, z_d, z_p, temps, ks, exact)
+    choices = _option_subspace(values, examples, n_opts, groups_all, z_d, z_p, temps)
+    return SubspaceResult(
+        variant.name,
+        [str(ex.id) for ex in examples],
+        [ex.task for ex in examples],
+        values.values,
+        choices,
+        _top_token_rows(tokenizer, examples, z_d, z_p, temps[0], top_k),
+        temps,
+        groups_all,
+    )
 
-    def put(key, idx, v):
-        arr = values.get(key)
+
+class _PerExample:
+    """``values[(space, metric, T)]``: one float32 per example, NaN until measured."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.values: dict[tuple[str, str, float | None], np.ndarray] = {}
+
+    def put(self, key: tuple[str, str, float | None], idx, v: Tensor) -> None:
+        arr = self.values.get(key)
         if arr is None:
-            arr = values[key] = np.full(N, np.nan, dtype=np.float32)
+            arr = self.values[key] = np.full(self.n, np.nan, dtype=np.float32)
         arr[idx] = v.float().numpy()
 
-    # full vocabulary: probability-space metrics (space p_full)
+
+def _full_vocabulary(values: _PerExample, z_d: Tensor, z_p: Tensor, temps, ks, exact: bool) -> None:
+    """Probability-space metrics over the whole vocabulary (space ``p_full``), 32 questions at a time."""
+    N, V = z_d.shape
     K = default_k(ks, V)
     for c0 in range(0, N, 32):
         sl = slice(c0, min(N, c0 + 32))
@@ -250,8 +269,12 @@ def option_subspace(
         idx = np.arange(sl.start, sl.stop)
         for (space, metric, T), v in res.items():
             if space == "p":
-                put(("p_full", metric, T), idx, v)
-    # option subspace, per number of options
+                values.put(("p_full", metric, T), idx, v)
+
+
+def _option_subspace(values: _PerExample, examples, n_opts, groups_all, z_d, z_p, temps) -> list[dict]:
+    """Metrics of the options' distribution (space ``p_options``), per number of options; returns the
+    chosen option of each question at each temperature, dense and pruned (one row per question × T)."""
     by_k: dict[int, list[int]] = {}
     for j, k in enumerate(n_opts):
         by_k.setdefault(k, []).append(j)
@@ -264,7 +287,7 @@ def option_subspace(
             zo, zpo = option_logits(z_d[sel], groups, T), option_logits(z_p[sel], groups, T)
             st = M.logit_space_stats(zo, zpo, T, ks=())
             for key in pk:
-                put(("p_options", P_RENAME.get(key, key), T), np.array(idx), st[key])
+                values.put(("p_options", P_RENAME.get(key, key), T), np.array(idx), st[key])
             lp_d, lp_p = (
                 torch.log_softmax(z_d[sel].double() / T, -1),
                 torch.log_softmax(z_p[sel].double() / T, -1),
@@ -289,9 +312,12 @@ def option_subspace(
                     "option_mass_dense": float(mass_d[r]),
                     "option_mass_pruned": float(mass_p[r]),
                 }
-    choices = [choice_rows[(j, T)] for j in range(N) for T in temps]
-    # dense top tokens with their pruned probabilities (first temperature)
-    T0 = temps[0]
+    return [choice_rows[(j, T)] for j in range(len(examples)) for T in temps]
+
+
+def _top_token_rows(tokenizer, examples, z_d: Tensor, z_p: Tensor, T0: float, top_k: int) -> list[dict]:
+    """The dense top tokens of each question with their pruned probabilities and ranks (at ``T0``)."""
+    N, V = z_d.shape
     p_d = torch.softmax(z_d.double() / T0, -1)
     p_p = torch.softmax(z_p.double() / T0, -1)
     kk = min(top_k, V)
@@ -313,13 +339,37 @@ def option_subspace(
                     "rank_pruned": int((z_p[j] > z_p[j, tid]).sum()) + 1,
                 }
             )
-    return SubspaceResult(
-        variant.name,
-        [str(ex.id) for ex in examples],
-        [ex.task for ex in examples],
-        values,
-        choices,
-        top_rows,
-        temps,
-        groups_all,
-    )
+    return top_rows
+
+
+def analysis_questions(tokenizer, task: str | None, limit: int, seed: int, labels, notes: list[str]):
+    """The option-subspace analysis's questions: ``(examples, task)``, or ``(None, None)`` when it is
+    skipped. ``task`` ``None`` means the default (:data:`CHOICE_TASK`), skipped with a line in ``notes`` when
+    its data or single-token option labels are missing; a task asked for by name must work
+    (:class:`OptionTokenError` / the data error otherwise); ``"none"`` skips it."""
+    from prunelens.data.paths import DataNotFoundError
+    from prunelens.data.tasks import TASKS, load_task
+
+    if (task or "").lower() == "none":
+        return None, None
+    name = task or CHOICE_TASK
+    if name not in TASKS or TASKS[name].kind != "mc":
+        mc = ", ".join(sorted(k for k, s in TASKS.items() if s.kind == "mc"))
+        raise OptionTokenError(f"--mc {name!r} is not a multiple-choice task ({mc})")
+    try:
+        examples = load_task(name, limit=limit, seed=seed)
+    except (DataNotFoundError, OSError) as exc:
+        if task:
+            raise DataNotFoundError(str(exc).splitlines()[0]) from None
+        notes.append(f"option subspace skipped: {name} data not available")
+        return None, None
+    if examples:
+        try:
+            n_opts = max(len(e.choices) for e in examples)
+            option_token_ids(tokenizer, list(labels or DEFAULT_LABELS)[:n_opts])
+        except OptionTokenError as exc:
+            if task:
+                raise OptionTokenError(f"{exc} (or skip the option subspace with --mc none)") from None
+            notes.append(f"option subspace skipped: {exc}")
+            return None, name
+    return examples, name
