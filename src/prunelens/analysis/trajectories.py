@@ -299,72 +299,43 @@ def trajectories(
         if r not in REGIMES:
             raise ValueError(f"unknown regime {r!r}; expected {REGIMES}")
     adapter = Adapter(model)
+    decoding = dict(
+        max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id, sampler=sampler, batch_size=batch_size
+    )
     if dense is None:
-        dense = decode(
-            model,
-            prompt_ids,
-            max_new_tokens=max_new_tokens,
-            eos_ids=eos_ids,
-            pad_id=pad_id,
-            sampler=sampler,
-            batch_size=batch_size,
-            desc="decoding (dense)",
-        )
+        dense = decode(model, prompt_ids, **decoding, desc="decoding (dense)")
     seqs = Sequences(prompt_ids, dense.tokens)
     values: dict[tuple, list[np.ndarray]] = {}
     pruned_tokens: dict[str, list[list[int]]] = {}
     divergence: dict[str, list[int | None]] = {}
 
-    def put(regime: str, i: int, res: dict, n_prompts: int):
-        for (space, metric, T), arr in res.items():
-            values.setdefault((regime, space, metric, T), [np.empty(0, np.float32)] * n_prompts)[i] = arr
+    def compare(h_dense: Tensor, h_pruned: Tensor) -> dict:
+        return compare_steps(adapter, h_dense, h_pruned, temps, ks=ks, exact=exact)
 
-    n_p = len(prompt_ids)
     if "teacher_forced" in regimes:
-        h_dense = (
-            dense_hidden_tf
-            if dense_hidden_tf is not None
-            else teacher_forced_hidden(model, seqs, pad_id=pad_id, batch_size=batch_size)
-        )
+        if dense_hidden_tf is None:
+            dense_hidden_tf = teacher_forced_hidden(model, seqs, pad_id=pad_id, batch_size=batch_size)
         with variant.active(model):
             h_pruned = teacher_forced_hidden(model, seqs, pad_id=pad_id, batch_size=batch_size)
-        toks, div = [], []
-        for i in range(n_p):
-            res = compare_steps(adapter, h_dense[i], h_pruned[i], temps, ks=ks, exact=exact)
-            put("teacher_forced", i, res, n_p)
-            if h_pruned[i].shape[0]:
-                z = logit_lens(adapter, h_pruned[i])
-                choice = (
-                    [int(sampler.choose(z[t : t + 1], [i], t + 1)[0]) for t in range(z.shape[0])]
-                    if not sampler.greedy
-                    else z.argmax(-1).tolist()
-                )
-            else:
-                choice = []
-            toks.append(choice)
-            div.append(first_divergence(dense.tokens[i], choice))
+        _put(
+            values,
+            "teacher_forced",
+            [compare(h, hp) for h, hp in zip(dense_hidden_tf, h_pruned)],
+        )
+        toks = [_teacher_forced_choices(adapter, sampler, i, h) for i, h in enumerate(h_pruned)]
         pruned_tokens["teacher_forced"] = toks
-        divergence["teacher_forced"] = div
+        divergence["teacher_forced"] = [first_divergence(d, t) for d, t in zip(dense.tokens, toks)]
     if "free_running" in regimes:
         with variant.active(model):
-            pr = decode(
-                model,
-                prompt_ids,
-                max_new_tokens=max_new_tokens,
-                eos_ids=eos_ids,
-                pad_id=pad_id,
-                sampler=sampler,
-                batch_size=batch_size,
-                desc=f"decoding ({variant.name})",
-            )
-        div = []
-        for i in range(n_p):
-            n = min(len(dense.tokens[i]), len(pr.tokens[i]))
-            res = compare_steps(adapter, dense.hidden[i][:n], pr.hidden[i][:n], temps, ks=ks, exact=exact)
-            put("free_running", i, res, n_p)
-            div.append(first_divergence(dense.tokens[i], pr.tokens[i]))
+            pr = decode(model, prompt_ids, **decoding, desc=f"decoding ({variant.name})")
+        steps = [min(len(d), len(p)) for d, p in zip(dense.tokens, pr.tokens)]
+        _put(
+            values,
+            "free_running",
+            [compare(dense.hidden[i][:n], pr.hidden[i][:n]) for i, n in enumerate(steps)],
+        )
         pruned_tokens["free_running"] = pr.tokens
-        divergence["free_running"] = div
+        divergence["free_running"] = [first_divergence(d, p) for d, p in zip(dense.tokens, pr.tokens)]
     return TrajectoriesResult(
         variant.name,
         values,
@@ -373,5 +344,25 @@ def trajectories(
         divergence,
         temps,
         sampler,
-        labels or [str(i) for i in range(n_p)],
+        labels or [str(i) for i in range(len(prompt_ids))],
     )
+
+
+def _put(values: dict[tuple, list[np.ndarray]], regime: str, per_prompt: list[dict]) -> None:
+    """File each prompt's per-step arrays under ``(regime, space, metric, T)`` (an empty array where a
+    prompt has none)."""
+    for i, res in enumerate(per_prompt):
+        for (space, metric, T), arr in res.items():
+            values.setdefault((regime, space, metric, T), [np.empty(0, np.float32)] * len(per_prompt))[i] = (
+                arr
+            )
+
+
+def _teacher_forced_choices(adapter: Adapter, sampler: Sampler, i: int, h_pruned: Tensor) -> list[int]:
+    """The tokens the pruned model would pick at each teacher-forced step of prompt ``i`` (same sampler)."""
+    if not h_pruned.shape[0]:
+        return []
+    z = logit_lens(adapter, h_pruned)
+    if sampler.greedy:
+        return z.argmax(-1).tolist()
+    return [int(sampler.choose(z[t : t + 1], [i], t + 1)[0]) for t in range(z.shape[0])]
