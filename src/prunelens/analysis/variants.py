@@ -400,8 +400,6 @@ def resolve_variant(
     ``calibration`` / ``calibration_factory()``: calibration windows for the ``drop-N{a,m,j,b}`` shorthands;
     ``sims_cache``: a dict shared between calls so several shorthands score the model once.
     """
-    from prunelens.models.loading import is_prunelens_dir
-
     if isinstance(spec, Variant):
         spec.check(Adapter(model))
         return spec
@@ -418,64 +416,78 @@ def resolve_variant(
     spec = str(spec)
     m = SHORTHAND.match(spec)
     if m:
-        n, target = int(m.group(1)), _TARGETS[m.group(2).lower()]
         if calibration is None:
             if calibration_factory is None:
                 raise ValueError(f"{spec!r} needs calibration data to choose what to drop")
             calibration = calibration_factory()
-        sims = None
-        key = tuple(calibration.describe().items())
-        if sims_cache is not None and key in sims_cache:
-            sims = sims_cache[key]
-        if sims is None:
-            from prunelens.prune.scoring import similarities
-
-            sims = similarities(model, calibration.input_ids)
-            if sims_cache is not None:
-                sims_cache[key] = sims
-        from prunelens.prune.drop import drop
-
-        plan = drop(model, calibration, target=target, n=n, base_model=base_model, sims=sims, dry_run=True)
-        v = variant_from_plan(model, plan, source=f"shorthand {spec} (scored on {calibration.source})")
-        return v
+        n, target = int(m.group(1)), _TARGETS[m.group(2).lower()]
+        return _shorthand_variant(model, spec, n, target, calibration, sims_cache, base_model)
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".json":
         plan = PrunePlan.load(path)
         return variant_from_plan(model, plan, source=str(path))
     if path.is_dir():
-        from transformers import AutoConfig
+        return _checkpoint_variant(model, path, tokenizer, name)
+    return _loaded_variant(model, spec, tokenizer, name)
 
-        plan = PrunePlan.load(path) if is_prunelens_dir(path) else None
-        if not (path / "config.json").exists():
-            if plan is not None:
-                return variant_from_plan(model, plan, source=str(path))
-            raise VariantMismatchError(f"{path} has no config.json: not a checkpoint directory")
-        cfg = AutoConfig.from_pretrained(path)
-        blocks = list(plan.dropped_blocks) if plan is not None else []
-        check_compatible(
-            model.config, cfg, num_layers=Adapter(model).num_layers - len(blocks), what=f"checkpoint {path}"
+
+def _shorthand_variant(model, spec: str, n: int, target: str, calibration, sims_cache, base_model) -> Variant:
+    """``drop-N{a,m,j,b}``: the drop the library would choose on ``calibration``, as a plan (dry run)."""
+    sims = None
+    key = tuple(calibration.describe().items())
+    if sims_cache is not None and key in sims_cache:
+        sims = sims_cache[key]
+    if sims is None:
+        from prunelens.prune.scoring import similarities
+
+        sims = similarities(model, calibration.input_ids)
+        if sims_cache is not None:
+            sims_cache[key] = sims
+    from prunelens.prune.drop import drop
+
+    plan = drop(model, calibration, target=target, n=n, base_model=base_model, sims=sims, dry_run=True)
+    return variant_from_plan(model, plan, source=f"shorthand {spec} (scored on {calibration.source})")
+
+
+def _checkpoint_variant(model: nn.Module, path: Path, tokenizer, name: str | None) -> Variant:
+    """A checkpoint directory (a prunelens output or any Hugging Face checkpoint), checked against the
+    dense model (architecture, layer count, tokenizer) before its weights are compared."""
+    from transformers import AutoConfig
+
+    from prunelens.models.loading import is_prunelens_dir
+
+    plan = PrunePlan.load(path) if is_prunelens_dir(path) else None
+    if not (path / "config.json").exists():
+        if plan is not None:
+            return variant_from_plan(model, plan, source=str(path))
+        raise VariantMismatchError(f"{path} has no config.json: not a checkpoint directory")
+    cfg = AutoConfig.from_pretrained(path)
+    blocks = list(plan.dropped_blocks) if plan is not None else []
+    check_compatible(
+        model.config, cfg, num_layers=Adapter(model).num_layers - len(blocks), what=f"checkpoint {path}"
+    )
+    if plan is not None and plan.num_layers_before not in (None, Adapter(model).num_layers):
+        raise VariantMismatchError(
+            f"{path} was pruned from a model with {plan.num_layers_before} layers; "
+            f"the dense model has {Adapter(model).num_layers}"
         )
-        if plan is not None and plan.num_layers_before not in (None, Adapter(model).num_layers):
-            raise VariantMismatchError(
-                f"{path} was pruned from a model with {plan.num_layers_before} layers; "
-                f"the dense model has {Adapter(model).num_layers}"
-            )
-        if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
-            if tokenizer is not None:
-                from transformers import AutoTokenizer
+    if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
+        if tokenizer is not None:
+            from transformers import AutoTokenizer
 
-                check_tokenizers(tokenizer, AutoTokenizer.from_pretrained(path), f"checkpoint {path}")
-        tensors = _checkpoint_tensors(path)
-        if tensors is None:
-            from prunelens.models.loading import load
+            check_tokenizers(tokenizer, AutoTokenizer.from_pretrained(path), f"checkpoint {path}")
+    tensors = _checkpoint_tensors(path)
+    if tensors is None:
+        from prunelens.models.loading import load
 
-            other, _ = load(str(path), dtype=next(model.parameters()).dtype, device="cpu")
-            tensors = other.state_dict().items()
-        vname = name or (plan.name if plan is not None else path.name)
-        return variant_from_state(
-            model, tensors, name=vname, source=str(path), plan=plan, dropped_blocks=blocks
-        )
-    # a hub id or a .gguf file: load it whole, then compare
+        other, _ = load(str(path), dtype=next(model.parameters()).dtype, device="cpu")
+        tensors = other.state_dict().items()
+    vname = name or (plan.name if plan is not None else path.name)
+    return variant_from_state(model, tensors, name=vname, source=str(path), plan=plan, dropped_blocks=blocks)
+
+
+def _loaded_variant(model: nn.Module, spec: str, tokenizer, name: str | None) -> Variant:
+    """A hub id or a ``.gguf`` file: load it whole, then compare."""
     from prunelens.models.adapter import UnsupportedArchitectureError
     from prunelens.models.loading import load
 
