@@ -1,4 +1,4 @@
-"""Generation helper and generative evaluators (prunelens.evaluation.generation / .generative).
+"""Generation helper and generative evaluators (prunelens.evaluation.decoding / .generative).
 
 Structure on a tiny random Llama with the tiny word-level tokenizer; scoring on real benchmark files
 (canonical solutions must pass the sandbox, wrong ones fail); one small end-to-end run on the embedded
@@ -12,7 +12,7 @@ import torch
 
 from prunelens.data.tasks import GenExample, load_task
 from prunelens.evaluation.fidelity import fidelity
-from prunelens.evaluation.generation import format_prompt, generate, generate_batch
+from prunelens.evaluation.decoding import format_prompt, generate, generate_batch
 from prunelens.evaluation.generative import (
     HUMANEVAL_STOPS,
     evaluate_generative,

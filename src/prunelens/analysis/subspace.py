@@ -101,7 +101,7 @@ def mc_prompt(ex, labels=DEFAULT_LABELS, instruction: str = INSTRUCTION) -> str:
 
 
 def encode_prompt(tokenizer, text: str, chat: bool = True) -> list[int]:
-    from prunelens.evaluation.generation import format_prompt
+    from prunelens.evaluation.decoding import format_prompt
 
     templated = bool(chat and getattr(tokenizer, "chat_template", None))
     s = format_prompt(tokenizer, text, chat)

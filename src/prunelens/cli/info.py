@@ -73,7 +73,7 @@ sublayers of the
     embedded model, save it, and print a before/after summary (parameters, perplexity on held-out C4,
     one greedy generation from each)."""
     from prunelens.data.calibration import bos_prefix, get_calibration, load_texts, token_stream
-    from prunelens.evaluation.generation import generate
+    from prunelens.evaluation.decoding import generate
     from prunelens.evaluation.perplexity import perplexity
     from prunelens.models.adapter import param_count
     from prunelens.prune.drop import drop

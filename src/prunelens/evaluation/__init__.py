@@ -6,7 +6,7 @@
   choice by log-likelihood, as lm-evaluation-harness computes it;
 * :mod:`~prunelens.evaluation.perplexity` — perplexity over a token stream;
 * :mod:`~prunelens.evaluation.retrieval` — dense retrieval (nDCG, recall);
-* :mod:`~prunelens.evaluation.generation` — batched decoding; :mod:`~prunelens.evaluation.generative` —
+* :mod:`~prunelens.evaluation.decoding` — batched decoding; :mod:`~prunelens.evaluation.generative` —
   the generative tasks (GSM8K, NQ-Open, HumanEval, MBPP); :mod:`~prunelens.evaluation.answers` — answer
   extraction and per-example metrics; :mod:`~prunelens.evaluation.fidelity` — pruned against dense
   outputs;

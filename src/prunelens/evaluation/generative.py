@@ -16,7 +16,7 @@ Usage::
 
 Each task builds its prompts (chat template when the model has one, unless ``chat=False``; optional
 few-shot examples as earlier turns), generates greedily in batches with a KV cache
-(:func:`prunelens.evaluation.generation.generate_batch`), cuts outputs at the task's stop strings and scores
+(:func:`prunelens.evaluation.decoding.generate_batch`), cuts outputs at the task's stop strings and scores
 them:
 
 * **gsm8k** - exact match of the final number (:func:`~prunelens.evaluation.answers.extract_number`, compared
@@ -88,7 +88,7 @@ from prunelens.evaluation.answers import (
     token_f1,
 )
 from prunelens.evaluation.fidelity import degeneration
-from prunelens.evaluation.generation import generate_batch, has_chat_template
+from prunelens.evaluation.decoding import generate_batch, has_chat_template
 from prunelens.evaluation.results import TaskResult
 
 __all__ = [

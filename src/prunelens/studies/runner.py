@@ -420,7 +420,7 @@ def _run_predictor(bench: Workbench, unit: Unit) -> dict[str, Any]:
     import numpy as np
 
     from prunelens.analysis.metrics import kl, kl_estimate
-    from prunelens.evaluation.generation import format_prompt
+    from prunelens.evaluation.decoding import format_prompt
     from prunelens.models.adapter import input_device
 
     cfg = bench.cfg
@@ -462,7 +462,7 @@ def _run_predictor(bench: Workbench, unit: Unit) -> dict[str, Any]:
 
 def _run_case_study(bench: Workbench, unit: Unit) -> dict[str, Any]:
     from prunelens.data.tasks import load_task
-    from prunelens.evaluation.generation import generate
+    from prunelens.evaluation.decoding import generate
 
     cfg = bench.cfg
     cs = cfg.case_study

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from prunelens.evaluation.generation import generate, generate_batch
+    from prunelens.evaluation.decoding import generate, generate_batch
 
     texts = generate(model, tok, ["What is 2+2?"], max_new_tokens=32)            # list[str], stripped
     gens = generate_batch(model, tok, prompts, max_new_tokens=192, stop=["\\n\\n"], batch_size=8)
