@@ -251,8 +251,8 @@ def test_owl_scores_are_the_dense_outlier_ratios():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"pattern": "2:4", "allocation": "owl"}, "N:M patterns stay uniform"),
-        ({"sparsity": 0.5, "allocation": "greedy"}, "unknown allocation"),
+        ({"pattern": "2:4", "allocation": "owl"}, "needs sparsity: N:M patterns"),
+        ({"sparsity": 0.5, "allocation": "greedy"}, "must be one of uniform, owl, kl"),
         ({"sparsity": 0.5, "allocation": "kl", "allocation_lambda": 1.2}, "lambda"),
         ({"sparsity": 0.5, "allocation_lambda": 0.1}, "non-uniform"),
     ],
@@ -366,17 +366,20 @@ def test_cli_records_the_allocation(model_dir, tmp_path, args):
     [
         (
             ["--method", "wanda", "--pattern", "2:4", "--allocation", "owl"],
-            "--allocation owl needs --sparsity",
+            "--allocation: owl needs --sparsity",
         ),
         (["--method", "sparsegpt", "--pattern", "2:4", "--allocation", "kl"], "N:M patterns (--pattern)"),
-        (["--method", "wanda", "--sparsity", "0.5", "--allocation", "greedy"], "--allocation must be one of"),
+        (
+            ["--method", "wanda", "--sparsity", "0.5", "--allocation", "greedy"],
+            "--allocation: must be one of",
+        ),
         (
             ["--method", "wanda", "--sparsity", "0.5", "--allocation-lambda", "0.1"],
-            "--allocation-lambda only",
+            "--allocation-lambda: only",
         ),
         (
             ["--method", "wanda", "--sparsity", "0.5", "--allocation", "owl", "--allocation-lambda", "1"],
-            "--allocation-lambda must be in [0, 1)",
+            "--allocation-lambda: must be a number in [0, 1)",
         ),
     ],
 )
@@ -399,7 +402,7 @@ def test_cli_refuses_before_the_model_loads(tmp_path):
         ["prune", "sparsify", str(tmp_path / "missing"), "--method", "wanda", "--pattern", "2:4"]
         + ["--allocation", "owl", "--out", str(out)],
     )
-    assert res.exit_code == 2 and "--allocation owl" in res.output
+    assert res.exit_code == 2 and "--allocation: owl needs --sparsity" in res.output
     assert not out.exists()
 
 
@@ -419,8 +422,8 @@ def test_study_variant_takes_an_allocation():
 @pytest.mark.parametrize(
     "sparsify_spec,message",
     [
-        ({"method": "sparsegpt", "pattern": "2:4", "allocation": "owl"}, "N:M patterns stay uniform"),
-        ({"method": "wanda", "sparsity": 0.7, "allocation": "best"}, "unknown allocation"),
+        ({"method": "sparsegpt", "pattern": "2:4", "allocation": "owl"}, "needs sparsity: N:M patterns"),
+        ({"method": "wanda", "sparsity": 0.7, "allocation": "best"}, "must be one of uniform, owl, kl"),
         ({"method": "wanda", "sparsity": 0.7, "allocation": "kl", "allocation_lambda": -1}, "lambda"),
         ({"method": "wanda", "sparsity": 0.7, "allocation_lambda": 0.1}, "non-uniform"),
     ],

@@ -94,6 +94,12 @@ class AnalysisReport:
     out: Path | None = None
     figures: list[Path] = field(default_factory=list)
 
+    @property
+    def headline(self) -> pd.DataFrame:
+        """The medians ``prunelens analyze`` prints: one column per variant, one row per number."""
+        rows = headline(self.summary)
+        return pd.DataFrame(rows).set_index("variant").T if rows else pd.DataFrame()
+
 
 def run_analysis(
     model,

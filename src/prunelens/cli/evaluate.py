@@ -64,25 +64,10 @@ def eval_cmd(
     threads: int | None = CommonOptions.threads,
 ):
     """Evaluate a (pruned) model on non-generative and generative tasks; per-example JSONL + summary JSON."""
-    from prunelens.evaluation.runner import EvalSettings, evaluate_model, task_kind
+    from prunelens.evaluation.runner import EvalSettings, evaluate_model
 
     set_threads(threads)
     names = [t.strip() for t in tasks.split(",") if t.strip()]
-    if not names:
-        fail("--tasks is empty")
-    try:
-        for t in names:
-            task_kind(t)
-    except ValueError as exc:  # task_kind's refusal of an unknown task name (a lookup, nothing else)
-        fail(str(exc))
-    if limit is not None and limit <= 0:
-        fail(f"--limit must be positive (got {limit})")
-    if max_new_tokens <= 0:
-        fail(f"--max-new-tokens must be positive (got {max_new_tokens})")
-    if batch_size <= 0:
-        fail(f"--batch-size must be positive (got {batch_size})")
-    m, tok, plan = load_model(resolve_model(model), dtype, device)
-    info = model_info(model, m, plan)
     settings = EvalSettings(
         limit=limit,
         seed=seed,
@@ -90,7 +75,9 @@ def eval_cmd(
         max_new_tokens=max_new_tokens,
         num_fewshot=num_fewshot,
         embedder=embedder,
-    )
+    ).check(names)
+    m, tok, plan = load_model(resolve_model(model), dtype, device)
+    info = model_info(model, m, plan)
     summary = evaluate_model(
         m,
         tok,

@@ -28,6 +28,7 @@ __all__ = [
     "RepairSettingsError",
     "RepairStateError",
     "repair",
+    "repair_in_memory",
     "repair_model",
     "state_dir_for",
 ]
@@ -179,3 +180,28 @@ def repair(
     _save_repaired(result, tok, out, overwrite, config)
     shutil.rmtree(state, ignore_errors=True)
     return result
+
+
+def repair_in_memory(
+    student,
+    teacher,
+    tokenizer,
+    plan,
+    *,
+    teacher_name: str,
+    settings: RepairSettings | None = None,
+    calib: str = "c4",
+    nsamples: int = 64,
+    seqlen: int = 256,
+    calib_seed: int = 0,
+    **overrides: Any,
+) -> RepairResult:
+    """Repair ``student`` (pruned as ``plan`` says, modified in place) towards ``teacher``, both already in
+    memory; the same settings, checks and calibration split as :func:`repair`, nothing written."""
+    from prunelens.data.calibration import split_calibration
+    from prunelens.distill.trainer import check_pair
+
+    settings = _checked_settings(settings, overrides, nsamples, seqlen)
+    check_pair(student, teacher)
+    train, held = split_calibration(tokenizer, calib, nsamples, seqlen, calib_seed, settings.heldout)
+    return repair_model(student, teacher, train, held, settings, plan=plan, teacher_name=teacher_name)

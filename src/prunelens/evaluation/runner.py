@@ -24,6 +24,8 @@ from typing import Any
 
 from prunelens import __version__
 from prunelens.evaluation.results import TaskResult
+from prunelens.prune.specs import SpecError
+from prunelens.utils.errors import InputError
 from prunelens.utils.io import OutputExistsError, atomic_write_json, atomic_write_text
 
 NON_GENERATIVE_KINDS = ("mc", "retrieval", "ppl")
@@ -43,6 +45,19 @@ class EvalSettings:
     embedder: str | None = None  # retrieval: embedding model spec (default: the evaluated model)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def check(self, tasks: list[str]) -> EvalSettings:
+        """Refuse unknown task names and impossible counts before any model loads (the one check of
+        ``prunelens eval``'s options and :func:`prunelens.evaluate`'s arguments)."""
+        if not tasks:
+            raise SpecError("tasks", "is empty")
+        for t in tasks:
+            task_kind(t)
+        for name in ("limit", "batch_size", "max_new_tokens"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+                raise SpecError(name, f"must be a positive integer (got {v!r})")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "limit": self.limit,
@@ -61,7 +76,7 @@ def task_kind(name: str) -> str:
     from prunelens.data.tasks import TASKS
 
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
+        raise InputError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
     return TASKS[name].kind
 
 
@@ -191,7 +206,7 @@ def score_interval_of(r: TaskResult) -> dict[str, Any] | None:
     return score_interval([float(x["score"]) for x in r.records])
 
 
-def _result_dict(r: TaskResult) -> dict[str, Any]:
+def result_dict(r: TaskResult) -> dict[str, Any]:
     return {
         "kind": r.kind,
         "main_metric": r.main_metric,
@@ -263,8 +278,19 @@ def store_task_result(out: str | Path, result: TaskResult, summary: dict[str, An
         "".join(json.dumps(r, default=str) + "\n" for r in result.records),
     )
     atomic_write_json(out / "tasks" / f"{result.task}.json", result.summary())
-    summary.setdefault("results", {})[result.task] = _result_dict(result)
+    summary.setdefault("results", {})[result.task] = result_dict(result)
     atomic_write_json(out / "summary.json", summary)
+
+
+def load_task_results(directory: str | Path, tasks: list[str]) -> dict[str, TaskResult]:
+    """The stored results of ``tasks`` (summary and records) from an evaluation directory."""
+    out = Path(directory)
+    results = {}
+    for t in tasks:
+        r = TaskResult(**json.loads((out / "tasks" / f"{t}.json").read_text()))
+        r.records = load_records(out, t)
+        results[t] = r
+    return results
 
 
 def load_summary(directory: str | Path) -> dict[str, Any]:

@@ -302,7 +302,7 @@ class SparsifySpec(_Spec):
             return
         if self.pattern is not None:
             raise SpecError(
-                "allocation", f"{self.allocation!r} needs an unstructured sparsity: N:M patterns stay uniform"
+                "allocation", f"{self.allocation} needs {{sparsity}}: N:M patterns ({{pattern}}) stay uniform"
             )
         if lam is not None and not (_is_number(lam) and 0.0 <= float(lam) < 1.0):
             raise SpecError("allocation_lambda", f"must be a number in [0, 1); got {lam!r}")
