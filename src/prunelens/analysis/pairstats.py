@@ -265,6 +265,77 @@ def _ranks_outside(y: Tensor, vals: Tensor, need: Tensor) -> Tensor:
     return out
 
 
+def _check_pair(dense: LogitState, pruned: LogitState, ks: tuple[int, ...]) -> int:
+    """Refuse states of different shapes or too small a cached top-K; returns the largest k (1 if none)."""
+    if pruned.z.shape != dense.z.shape:
+        raise ValueError(
+            f"dense and pruned logits must have the same shape, got {tuple(dense.z.shape)} and "
+            f"{tuple(pruned.z.shape)}"
+        )
+    kmax = max(ks) if ks else 1
+    if ks and (kmax > dense.K or kmax > pruned.K):
+        raise ValueError(
+            f"the states cache the top-{min(dense.K, pruned.K)}; top-{kmax} metrics need K >= {kmax}"
+        )
+    for k in ks:
+        M._check_k(k, dense.V)
+    return kmax
+
+
+def _var_topk(dense: LogitState, dz: Tensor, ks: tuple[int, ...], T: float) -> dict[str, Tensor]:
+    """``var_top{k}``: the variance of ``Δz`` under ``p`` restricted to the dense top-k tokens."""
+    out = {}
+    for k in ks:
+        d = dz.gather(-1, dense.top_idx[..., :k])
+        wk = torch.softmax(dense.top_vals[..., :k] / T, -1)
+        m = (wk * d).sum(-1, keepdim=True)
+        out[f"var_top{k}"] = (wk * (d - m) ** 2).sum(-1)
+    return out
+
+
+def _logit_geometry(g: dict[str, Tensor], alpha: Tensor, nperp2: Tensor) -> dict[str, Tensor]:
+    """The :data:`GEOMETRY_KEYS` of the logit pair from its :func:`_geometry` and ``‖Δz_⊥‖²``."""
+    nx_safe = _nz(g["nx"])
+    perp_n = nperp2.sqrt()
+    par_n = alpha.abs() * g["nx"]
+    theorem1 = nperp2 / (2.0 * _nz(g["nx2"]))
+    return {
+        "cos": g["cos"],
+        "one_minus_cos": g["omc"],
+        "rel_norm": g["nd2"].sqrt() / nx_safe,
+        "rel_par": par_n / nx_safe,
+        "rel_perp": perp_n / nx_safe,
+        "par_perp_ratio": par_n / perp_n,
+        "alpha": alpha,
+        "theorem1": theorem1,
+        "theorem1_ratio": theorem1 / g["omc"],
+    }
+
+
+def _top_tokens(dense: LogitState, pruned: LogitState, ks: tuple[int, ...], kmax: int) -> dict[str, Tensor]:
+    """``top{k}_overlap`` and ``top{k}_rank_shift``: ranks in ``z'`` from the pruned state's cached top-K,
+    counted over the vocabulary only for the tokens that fell out of it."""
+    out: dict[str, Tensor] = {}
+    if not ks:
+        return out
+    zd, ze = dense.z, pruned.z
+    dvals = dense.top_vals[..., :kmax]
+    didx = dense.top_idx[..., :kmax]
+    r0 = (dvals.unsqueeze(-2) > dvals.unsqueeze(-1)).sum(-1)
+    v = ze.gather(-1, didx)
+    inside = v >= pruned.top_vals[..., -1:]
+    r1 = (pruned.top_vals.unsqueeze(-2) > v.unsqueeze(-1)).sum(-1)
+    if not bool(inside.all()):
+        far = _ranks_outside(ze.reshape(-1, dense.V), v.reshape(-1, kmax), (~inside).reshape(-1, kmax))
+        r1 = torch.where(inside, r1, far.reshape(r1.shape))
+    shift = (r1 - r0).abs().to(zd.dtype)
+    for k in ks:
+        hit = (dense.top_idx[..., :k].unsqueeze(-1) == pruned.top_idx[..., :k].unsqueeze(-2)).any(-1)
+        out[f"top{k}_overlap"] = hit.to(zd.dtype).mean(-1)
+        out[f"top{k}_rank_shift"] = shift[..., :k].mean(-1)
+    return out
+
+
 def pair_stats(
     dense: LogitState,
     pruned: LogitState,
@@ -280,21 +351,13 @@ def pair_stats(
     Per position (leading shape of the states). ``want_z=False`` skips the temperature-independent
     logit-space keys (for a second temperature), ``want_p=False`` the probability-space ones.
     """
+    # One function on purpose: the passes share scratch buffers in place and their order matters (A holds
+    # Δz, then Δz_⊥, then Δz_⊥ centred at the top-1 token; B holds Δz_c⊥, then Δz − Δz[i*], then Δp), so
+    # splitting the probability-space part off would hand a dozen live buffers across a call.
     T = M.check_temperature(T)
     ks = tuple(int(k) for k in ks)
     V = dense.V
-    if pruned.z.shape != dense.z.shape:
-        raise ValueError(
-            f"dense and pruned logits must have the same shape, got {tuple(dense.z.shape)} and "
-            f"{tuple(pruned.z.shape)}"
-        )
-    kmax = max(ks) if ks else 1
-    if ks and (kmax > dense.K or kmax > pruned.K):
-        raise ValueError(
-            f"the states cache the top-{min(dense.K, pruned.K)}; top-{kmax} metrics need K >= {kmax}"
-        )
-    for k in ks:
-        M._check_k(k, V)
+    kmax = _check_pair(dense, pruned, ks)
     out: dict[str, Tensor] = {}
     zd, ze = dense.z, pruned.z
     A = torch.sub(ze, zd, out=_SCRATCH.get("A", zd))  # Δz
@@ -305,13 +368,7 @@ def pair_stats(
     alpha = zdz / _nz(dense.nz2)
     top1 = dense.top_idx[..., :1]
     ref = A.gather(-1, top1)  # Δz at the dense top-1 token
-    var_top = {}
-    if want_p:
-        for k in ks:  # Var of Δz under p restricted to the dense top-k tokens
-            d = A.gather(-1, dense.top_idx[..., :k])
-            wk = torch.softmax(dense.top_vals[..., :k] / T, -1)
-            m = (wk * d).sum(-1, keepdim=True)
-            var_top[f"var_top{k}"] = (wk * (d - m) ** 2).sum(-1)
+    var_top = _var_topk(dense, A, ks, T) if want_p else {}
     # centred logits: x = z_c, Δ = Δz_c = Δz − mean(Δz); its part orthogonal to z_c, explicit
     zcdz = _dot(dense.zc, A)
     ac = zcdz / _nz(dense.nzc2)
@@ -333,41 +390,11 @@ def pair_stats(
     nperp2 = _sq(perp)
     g = _geometry(dense.nz2, pruned.nz2, zdz, nperp2 + alpha * zdz, perp2=nperp2)
     if want_z:
-        nx_safe = _nz(g["nx"])
-        perp_n = nperp2.sqrt()
-        par_n = alpha.abs() * g["nx"]
-        theorem1 = nperp2 / (2.0 * _nz(g["nx2"]))
-        out.update(
-            {
-                "cos": g["cos"],
-                "one_minus_cos": g["omc"],
-                "rel_norm": g["nd2"].sqrt() / nx_safe,
-                "rel_par": par_n / nx_safe,
-                "rel_perp": perp_n / nx_safe,
-                "par_perp_ratio": par_n / perp_n,
-                "alpha": alpha,
-                "theorem1": theorem1,
-                "theorem1_ratio": theorem1 / g["omc"],
-            }
-        )
+        out.update(_logit_geometry(g, alpha, nperp2))
         gc = _geometry(dense.nzc2, pruned.nzc2, zcdz, ndzc2, perp2=nperpc2)
         out["centered_cos"], out["centered_one_minus_cos"] = gc["cos"], gc["omc"]
         out["top1_match"] = (dense.top_idx[..., 0] == pruned.top_idx[..., 0]).to(zd.dtype)
-        if ks:
-            dvals = dense.top_vals[..., :kmax]
-            didx = dense.top_idx[..., :kmax]
-            r0 = (dvals.unsqueeze(-2) > dvals.unsqueeze(-1)).sum(-1)
-            v = ze.gather(-1, didx)
-            inside = v >= pruned.top_vals[..., -1:]
-            r1 = (pruned.top_vals.unsqueeze(-2) > v.unsqueeze(-1)).sum(-1)
-            if not bool(inside.all()):
-                far = _ranks_outside(ze.reshape(-1, V), v.reshape(-1, kmax), (~inside).reshape(-1, kmax))
-                r1 = torch.where(inside, r1, far.reshape(r1.shape))
-            shift = (r1 - r0).abs().to(zd.dtype)
-            for k in ks:
-                hit = (dense.top_idx[..., :k].unsqueeze(-1) == pruned.top_idx[..., :k].unsqueeze(-2)).any(-1)
-                out[f"top{k}_overlap"] = hit.to(zd.dtype).mean(-1)
-                out[f"top{k}_rank_shift"] = shift[..., :k].mean(-1)
+        out.update(_top_tokens(dense, pruned, ks, kmax))
     if want_p:
         var_r = (er2 - er1 * er1).clamp_min(0.0)
         var_p = (ep2 - ep1 * ep1).clamp_min(0.0)
