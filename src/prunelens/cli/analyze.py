@@ -242,37 +242,13 @@ def load_prompt_set(prompts: str | None, limit: int | None, seed: int):
 
 
 def multiple_choice(mc: str | None, mc_limit: int, seed: int, config, tok, notes: list):
-    """The option subspace's questions and task, or ``(None, None)`` when it is skipped (``--mc none``,
-    or no data / no single-token option labels for the default task, noted in ``notes``)."""
-    if "subspace" not in config.analyses or (mc or "").lower() == "none":
+    """The option subspace's questions and task, or ``(None, None)`` when it is skipped
+    (:func:`prunelens.analysis.subspace.analysis_questions`, which the Python API calls too)."""
+    if "subspace" not in config.analyses:
         return None, None
-    from prunelens.analysis.subspace import DEFAULT_LABELS, OptionTokenError, option_token_ids
-    from prunelens.data.paths import DataNotFoundError
-    from prunelens.data.tasks import TASKS, load_task
+    from prunelens.analysis.subspace import analysis_questions
 
-    task = mc or "arc_easy"
-    if task not in TASKS or TASKS[task].kind != "mc":
-        fail(
-            f"--mc {task!r} is not a multiple-choice task "
-            f"({', '.join(sorted(k for k, s in TASKS.items() if s.kind == 'mc'))})"
-        )
-    try:
-        mc_examples = load_task(task, limit=mc_limit, seed=seed)
-    except (DataNotFoundError, OSError) as exc:
-        if mc:
-            fail(str(exc).splitlines()[0])
-        notes.append(f"option subspace skipped: {task} data not available")
-        return None, None
-    if mc_examples:
-        try:
-            n_opts = max(len(e.choices) for e in mc_examples)
-            option_token_ids(tok, list(config.option_labels or DEFAULT_LABELS)[:n_opts])
-        except OptionTokenError as exc:
-            if mc:
-                fail(f"{exc} (or skip the option subspace with --mc none)")
-            notes.append(f"option subspace skipped: {exc}")
-            return None, task
-    return mc_examples, task
+    return analysis_questions(tok, mc, mc_limit, seed, config.option_labels, notes)
 
 
 def resolve_variants(model, tok, dense: str, pruned: list[str], calib_args: tuple):
