@@ -8,6 +8,12 @@ cheap first (settings, calibration text, output directory, the student's plan), 
 its teacher (by default the model the student was pruned from), repairs
 (:func:`prunelens.distill.trainer.repair_model`) and writes a normal prunelens checkpoint whose
 ``prune_plan.json`` records the repair, with the loss curves beside it.
+
+Modules: :mod:`~prunelens.distill.settings` (:class:`RepairSettings`, one validated settings object with
+its defaults), :mod:`~prunelens.distill.losses` (the distillation losses: kl, reverse-kl, jsd, and the ce
+baseline), :mod:`~prunelens.distill.trainable` (what trains — LoRA adapters masked to a sparse weight's
+pattern, or the norms — and how it is merged back into a plain model) and :mod:`~prunelens.distill.trainer`
+(the training loop: schedule, accumulation, held-out KL, early stopping, resumable checkpoints).
 """
 
 from __future__ import annotations
