@@ -3,6 +3,9 @@
 Modules (import what you need; nothing heavy is imported here):
 
 * :mod:`~prunelens.analysis.metrics` — pure tensor functions: cosines, decompositions, KL, Theorems 1–3;
+  it re-exports its parts: :mod:`~prunelens.analysis.geometry` (cosines, parallel and perpendicular
+  parts, Theorem 1), :mod:`~prunelens.analysis.moments` (the weighted moments of the Theorem 2 and 3
+  estimates) and :mod:`~prunelens.analysis.top_tokens` (top-token agreement);
 * :mod:`~prunelens.analysis.pairstats` — the same statistics streamed for many (dense, pruned) pairs
   that share states (the fast path of the analyses, checked against ``metrics``);
 * :mod:`~prunelens.analysis.variants` — the pruned side as drops and parameter overrides on the dense
@@ -13,6 +16,7 @@ Modules (import what you need; nothing heavy is imported here):
 * :mod:`~prunelens.analysis.trajectories` — decoding, teacher-forced and free-running comparisons;
 * :mod:`~prunelens.analysis.subspace` — multiple-choice answer options versus the full vocabulary;
 * :mod:`~prunelens.analysis.tables`, :mod:`~prunelens.analysis.figures` — tidy tables and figures;
+  :mod:`~prunelens.analysis.headlines` — one variant's headline numbers (``summary.json``);
 * :mod:`~prunelens.analysis.prompts`, :mod:`~prunelens.analysis.pipeline` — prompt sets and the whole
   run (the ``prunelens analyze`` command is :mod:`prunelens.cli.analyze`).
 
