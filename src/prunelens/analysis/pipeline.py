@@ -238,6 +238,14 @@ class _Run:
             vs["subspace"] = self.subspace(v, mc_examples)
         self.variants[v.name] = vs
 
+    @property
+    def measure_options(self) -> dict[str, Any]:
+        """The settings every analysis of a variant takes alike."""
+        c = self.config
+        return dict(
+            temperatures=c.temperatures, batch_size=c.batch_size, ks=c.ks, exact=c.exact, pad_id=self.pad_id
+        )
+
     def add_frames(self, frames: dict[str, pd.DataFrame]) -> None:
         for name, df in frames.items():
             self.frames.setdefault(name, []).append(df)
@@ -257,17 +265,13 @@ class _Run:
                 self.model,
                 self.sequences,
                 v,
-                temperatures=c.temperatures,
                 scope=c.scope,
                 layers=c.layers,
                 final_norm=c.final_norm,
-                batch_size=c.batch_size,
                 chunk_tokens=c.chunk_tokens,
-                ks=c.ks,
-                exact=c.exact,
                 positions=c.positions,
-                pad_id=self.pad_id,
                 desc=f"transitions ({v.name})",
+                **self.measure_options,
             )
         self.timings[f"transitions/{v.name}"] = time.perf_counter() - t0
         self.memory[f"trace_states_bytes/{v.name}"] = res.state_bytes
@@ -295,15 +299,11 @@ class _Run:
             self.prompt_ids,
             dense=self.dense,
             max_new_tokens=c.max_new_tokens,
-            temperatures=c.temperatures,
             sampler=c.sampler,
             eos_ids=self.eos,
-            pad_id=self.pad_id,
-            batch_size=c.batch_size,
-            ks=c.ks,
-            exact=c.exact,
             labels=self.labels,
             dense_hidden_tf=self.dense_tf,
+            **self.measure_options,
         )
         self.timings[f"trajectories/{v.name}"] = time.perf_counter() - t0
         self.add_frames(tr.frames())
@@ -320,14 +320,10 @@ class _Run:
             self.tokenizer,
             v,
             mc_examples,
-            temperatures=c.temperatures,
             labels=c.option_labels or DEFAULT_LABELS,
-            batch_size=c.batch_size,
             chat=c.chat,
-            exact=c.exact,
-            ks=c.ks,
-            pad_id=self.pad_id,
             dense_cache=self.dense_cache,
+            **self.measure_options,
         )
         self.timings[f"subspace/{v.name}"] = time.perf_counter() - t0
         self.add_frames(sub.frames())

@@ -314,10 +314,18 @@ def summarize_frame(df: pd.DataFrame, by: list[str], value: str = "value") -> pd
     return pd.DataFrame(rows, columns=[*by, *STAT_COLUMNS])
 
 
-def _tmp_path(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def _write_atomically(path: Path, write) -> Path:
+    """``write(tmp)`` to a temporary sibling of ``path``, renamed into place: never a half-written file."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
-    return Path(tmp)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def write_table(
@@ -328,25 +336,11 @@ def write_table(
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     if parquet:
-        path = directory / f"{name}.parquet"
-        tmp = _tmp_path(path)
-        try:
-            df.to_parquet(tmp, index=False)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        written.append(path)
+        written.append(
+            _write_atomically(directory / f"{name}.parquet", lambda p: df.to_parquet(p, index=False))
+        )
     if csv:
-        path = directory / f"{name}.csv"
-        tmp = _tmp_path(path)
-        try:
-            df.to_csv(tmp, index=False)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        written.append(path)
+        written.append(_write_atomically(directory / f"{name}.csv", lambda p: df.to_csv(p, index=False)))
     return written
 
 
