@@ -136,6 +136,43 @@ def _prefix_for(tokenizer, ids: list[int], n_chars: int) -> list[int]:
     return ids[:lo]
 
 
+def _left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of ``rows`` padded on the left to the longest."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        n = len(row)
+        if n:
+            input_ids[r, width - n :] = torch.tensor(row, dtype=torch.long)
+            mask[r, width - n :] = 1
+    return input_ids, mask
+
+
+def _generation(
+    tokenizer, ids: list[int], end_ids: set[int], stops: list[str], input_text: str, n_prompt: int
+) -> Generation:
+    """The record of one row's new tokens: cut at the first end token, then before the first stop string."""
+    cut = next((k for k, t in enumerate(ids) if t in end_ids), None)
+    hit_eos = cut is not None
+    ids = ids[:cut] if hit_eos else ids
+    raw = tokenizer.decode(ids, skip_special_tokens=True)
+    pos, which = find_stop(raw, stops)
+    if which is not None:
+        text, reason, tok_ids = raw[:pos], "stop", _prefix_for(tokenizer, ids, pos)
+    else:
+        text, reason, tok_ids = raw, ("eos" if hit_eos else "length"), ids
+    return Generation(
+        text=text,
+        raw_text=raw,
+        token_ids=tok_ids,
+        finish_reason=reason,
+        stop=which,
+        input_text=input_text,
+        num_prompt_tokens=n_prompt,
+    )
+
+
 @torch.no_grad()
 def generate_batch(
     model,
@@ -188,14 +225,8 @@ def generate_batch(
     with progress_bar(progress or "", total=len(prompts) if progress else None) as bar:
         for b, start in enumerate(range(0, len(order), bs)):
             idx = order[start : start + bs]
-            width = max(len(encoded[i]) for i in idx)
-            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):
-                n = len(encoded[i])
-                if n:
-                    input_ids[r, width - n :] = torch.tensor(encoded[i], dtype=torch.long)
-                    mask[r, width - n :] = 1
+            input_ids, mask = _left_padded([encoded[i] for i in idx], pad_id)
+            width = input_ids.shape[1]
             criteria = StoppingCriteriaList([StopOnStrings(tokenizer, stops, width)]) if stops else None
             kwargs = dict(
                 max_new_tokens=max_new_tokens,
@@ -215,25 +246,7 @@ def generate_batch(
                 out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs)
             new = out[:, width:].tolist()
             for r, i in enumerate(idx):
-                ids = new[r]
-                cut = next((k for k, t in enumerate(ids) if t in end_ids), None)
-                hit_eos = cut is not None
-                ids = ids[:cut] if hit_eos else ids
-                raw = tokenizer.decode(ids, skip_special_tokens=True)
-                pos, which = find_stop(raw, stops)
-                if which is not None:
-                    text, reason, tok_ids = raw[:pos], "stop", _prefix_for(tokenizer, ids, pos)
-                else:
-                    text, reason, tok_ids = raw, ("eos" if hit_eos else "length"), ids
-                results[i] = Generation(
-                    text=text,
-                    raw_text=raw,
-                    token_ids=tok_ids,
-                    finish_reason=reason,
-                    stop=which,
-                    input_text=texts[i],
-                    num_prompt_tokens=len(encoded[i]),
-                )
+                results[i] = _generation(tokenizer, new[r], end_ids, stops, texts[i], len(encoded[i]))
             bar.advance(len(idx))
     return results  # type: ignore[return-value]
 

@@ -28,6 +28,7 @@ import re
 import statistics
 import time
 from collections.abc import Hashable, Iterable, Sequence
+from typing import Any
 
 from prunelens.evaluation.results import TaskResult
 
@@ -177,6 +178,48 @@ def degeneration(
     return {prefix + k: v for k, v in out.items()}
 
 
+def _pruned_by_dense_id(dense: list[dict], pruned: list[dict]) -> dict[str, dict]:
+    """The pruned records by id, once both sides are known to hold the same unique ids."""
+    by_id = {str(r["id"]): r for r in pruned}
+    ids = [str(r["id"]) for r in dense]
+    if len(by_id) != len(pruned) or len(set(ids)) != len(ids):
+        raise ValueError("fidelity: record ids must be unique on each side")
+    if set(ids) != set(by_id):
+        missing, extra = set(ids) - set(by_id), set(by_id) - set(ids)
+        raise ValueError(
+            f"fidelity: the two runs hold different examples (only dense: "
+            f"{sorted(missing)[:5]}, only pruned: {sorted(extra)[:5]})"
+        )
+    return by_id
+
+
+def _compare(d: dict, p: dict, tokenizer, n_rep: int) -> dict[str, Any]:
+    """The fidelity record of one example: dense record ``d`` against pruned record ``p``."""
+    td, tp = record_tokens(d, tokenizer), record_tokens(p, tokenizer)
+    dtext, ptext = d.get("text") or "", p.get("text") or ""
+    cp = common_prefix_len(td, tp)
+    longest = max(len(td), len(tp))
+    row = {
+        "id": d["id"],
+        "prompt": d.get("prompt"),
+        "target": dtext,
+        "prediction": ptext,
+        "exact": float(dtext == ptext),
+        "prefix_tokens": cp,
+        "prefix_frac": cp / longest if longest else 1.0,
+        "rouge_l": rouge_l(ptext, dtext),
+        "rouge_l_tokens": rouge_l(tp, td),
+        "dense_len": len(td),
+        "pruned_len": len(tp),
+        "dense_rep": repeated_ngram_rate(td, n_rep),
+        "pruned_rep": repeated_ngram_rate(tp, n_rep),
+    }
+    if d.get("score") is not None and p.get("score") is not None:
+        row["same_score"] = float(d["score"] == p["score"])
+    row["score"] = row["rouge_l"]
+    return row
+
+
 def fidelity(
     dense: Sequence[dict] | TaskResult,
     pruned: Sequence[dict] | TaskResult,
@@ -208,42 +251,8 @@ def fidelity(
     if isinstance(pruned, TaskResult):
         pruned = pruned.records
     dense, pruned = list(dense), list(pruned)
-    by_id = {str(r["id"]): r for r in pruned}
-    ids = [str(r["id"]) for r in dense]
-    if len(by_id) != len(pruned) or len(set(ids)) != len(ids):
-        raise ValueError("fidelity: record ids must be unique on each side")
-    if set(ids) != set(by_id):
-        missing, extra = set(ids) - set(by_id), set(by_id) - set(ids)
-        raise ValueError(
-            f"fidelity: the two runs hold different examples (only dense: "
-            f"{sorted(missing)[:5]}, only pruned: {sorted(extra)[:5]})"
-        )
-    rows = []
-    for d in dense:
-        p = by_id[str(d["id"])]
-        td, tp = record_tokens(d, tokenizer), record_tokens(p, tokenizer)
-        dtext, ptext = d.get("text") or "", p.get("text") or ""
-        cp = common_prefix_len(td, tp)
-        longest = max(len(td), len(tp))
-        row = {
-            "id": d["id"],
-            "prompt": d.get("prompt"),
-            "target": dtext,
-            "prediction": ptext,
-            "exact": float(dtext == ptext),
-            "prefix_tokens": cp,
-            "prefix_frac": cp / longest if longest else 1.0,
-            "rouge_l": rouge_l(ptext, dtext),
-            "rouge_l_tokens": rouge_l(tp, td),
-            "dense_len": len(td),
-            "pruned_len": len(tp),
-            "dense_rep": repeated_ngram_rate(td, n_rep),
-            "pruned_rep": repeated_ngram_rate(tp, n_rep),
-        }
-        if d.get("score") is not None and p.get("score") is not None:
-            row["same_score"] = float(d["score"] == p["score"])
-        row["score"] = row["rouge_l"]
-        rows.append(row)
+    by_id = _pruned_by_dense_id(dense, pruned)
+    rows = [_compare(d, by_id[str(d["id"])], tokenizer, n_rep) for d in dense]
     metrics: dict[str, float] = {}
     if rows:
         metrics["exact_match"] = sum(r["exact"] for r in rows) / len(rows)

@@ -87,8 +87,8 @@ from prunelens.evaluation.answers import (
     parse_number,
     token_f1,
 )
+from prunelens.evaluation.decoding import Generation, generate_batch, has_chat_template
 from prunelens.evaluation.fidelity import degeneration
-from prunelens.evaluation.decoding import generate_batch, has_chat_template
 from prunelens.evaluation.results import TaskResult
 
 __all__ = [
@@ -255,6 +255,54 @@ EXTRA_METRICS: dict[str, Callable[[Sequence[dict[str, Any]]], float]] = {
 }
 
 
+def _records(
+    examples: Sequence[GenExample], gens: Sequence[Generation], scored: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One record per example: what was asked, the scorer's fields, then what was generated."""
+    records = []
+    for ex, g, fields in zip(examples, gens, scored):
+        rec = {"id": ex.id, "prompt": ex.prompt, "input_text": g.input_text, "target": ex.target}
+        rec.update(fields)
+        rec.update(
+            {
+                "text": g.text,
+                "token_ids": g.token_ids,
+                "finish_reason": g.finish_reason,
+                "n_tokens": len(g.token_ids),
+                "n_prompt_tokens": g.num_prompt_tokens,
+            }
+        )
+        records.append(rec)
+    return records
+
+
+def _metrics(
+    records: list[dict[str, Any]], spec: TaskSpec, tokenizer, gen_s: float, score_s: float
+) -> dict[str, float]:
+    """The main metric (mean score), the spec's extra averages, sandbox statuses, generation statistics
+    and degeneration, and the two timings (the main metric alone, NaN, when there is no record)."""
+    n = len(records)
+    main = spec.main_metric
+    metrics: dict[str, float] = {}
+    if not n:
+        metrics[main] = float("nan")
+        return metrics
+    metrics[main] = sum(r["score"] for r in records) / n
+    for name in spec.extra_metrics:
+        metrics[name] = EXTRA_METRICS[name](records)
+    if spec.sandbox:
+        for status in sorted({r["status"] for r in records}):
+            metrics[f"status_{status}"] = sum(r["status"] == status for r in records) / n
+    metrics["gen_tokens_mean"] = sum(r["n_tokens"] for r in records) / n
+    metrics["prompt_tokens_mean"] = sum(r["n_prompt_tokens"] for r in records) / n
+    for reason in ("eos", "stop", "length"):
+        metrics[f"finish_{reason}"] = sum(r["finish_reason"] == reason for r in records) / n
+    metrics.update(degeneration(records, tokenizer, prefix="degen_"))
+    metrics["generation_s"] = gen_s
+    metrics["scoring_s"] = score_s
+    return metrics
+
+
 # --------------------------------------------------------------------------------------------------
 # The evaluator
 
@@ -290,6 +338,8 @@ def evaluate_generative(
     default). Greedy unless ``do_sample`` (seeded by ``seed``). ``timeout_s`` and ``workers``: sandbox
     wall-clock limit per program and parallel programs (code tasks).
     """
+    # Over ~80 lines only by its sixteen documented options: the body is the steps (prompts, generation,
+    # scoring, records and metrics, the result with its config), each a call.
     task = task_name.lower()
     spec = _gen_spec(task, task_name)
     if examples is None:
@@ -324,40 +374,10 @@ def evaluate_generative(
     )
     score_s = time.perf_counter() - t1
 
-    records = []
-    for ex, g, fields in zip(examples, gens, scored):
-        rec = {"id": ex.id, "prompt": ex.prompt, "input_text": g.input_text, "target": ex.target}
-        rec.update(fields)
-        rec.update(
-            {
-                "text": g.text,
-                "token_ids": g.token_ids,
-                "finish_reason": g.finish_reason,
-                "n_tokens": len(g.token_ids),
-                "n_prompt_tokens": g.num_prompt_tokens,
-            }
-        )
-        records.append(rec)
-
+    records = _records(examples, gens, scored)
     n = len(records)
     main = spec.main_metric
-    metrics: dict[str, float] = {}
-    if n:
-        metrics[main] = sum(r["score"] for r in records) / n
-        for name in spec.extra_metrics:
-            metrics[name] = EXTRA_METRICS[name](records)
-        if spec.sandbox:
-            for status in sorted({r["status"] for r in records}):
-                metrics[f"status_{status}"] = sum(r["status"] == status for r in records) / n
-        metrics["gen_tokens_mean"] = sum(r["n_tokens"] for r in records) / n
-        metrics["prompt_tokens_mean"] = sum(r["n_prompt_tokens"] for r in records) / n
-        for reason in ("eos", "stop", "length"):
-            metrics[f"finish_{reason}"] = sum(r["finish_reason"] == reason for r in records) / n
-        metrics.update(degeneration(records, tokenizer, prefix="degen_"))
-        metrics["generation_s"] = gen_s
-        metrics["scoring_s"] = score_s
-    else:
-        metrics[main] = float("nan")
+    metrics = _metrics(records, spec, tokenizer, gen_s, score_s)
     config = {
         "task": task,
         "chat": use_chat,
