@@ -93,7 +93,8 @@ def allocate(
     xbar = weighted_mean(x, w)
     dev = [v - xbar for v in x]
     spread = max(abs(d) for d in dev)
-    if spread == 0.0 or lam == 0.0:
+    # equal scores (one block, say) are uniform: what rounding leaves in dev is no signal
+    if spread == 0.0 or lam == 0.0 or max(x) == min(x):
         return [float(target)] * len(x)
     c = lam / spread
     ceiling = sparsity_ceiling(target)
