@@ -10,6 +10,7 @@ from torch import nn
 
 from prunelens.data.calibration import Calibration
 from prunelens.models.adapter import Adapter
+from prunelens.models.capture import capture_block_inputs, run_block
 from prunelens.models.tiny import TINY_FAMILIES, tiny_model
 from prunelens.prune import sparsify as sparsify_module
 from prunelens.prune.lockstep import LockstepError, run_in_lockstep
@@ -18,11 +19,9 @@ from prunelens.prune.sparsify import (
     TRUE_SEQUENTIAL_DEFAULT,
     CalibrationMemoryError,
     _collect_stats,
-    _run_block,
     _SharedStats,
     _sparsegpt_group,
     _zero,
-    capture_block_inputs,
     linear_groups,
     sparsify,
 )
@@ -213,7 +212,7 @@ def _group_by_group(model, method):
                         )
                 else:
                     _sparsegpt_group([linears[n].weight for n in names], stats[owner].H, 0.5, None, 128, 0.01)
-            _run_block(block, inps, outs, kwargs[i], 4)
+            run_block(block, inps, outs, kwargs[i], 4)
             inps, outs = outs, inps
     return model
 

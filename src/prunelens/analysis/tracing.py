@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from prunelens.models.adapter import SUBLAYERS, Adapter, block_output
-from prunelens.models.compat import CACHE_KWARGS
+from prunelens.models.capture import block_input_hooks, without_cache
 
 __all__ = [
     "SublayerTrace",
@@ -248,12 +248,7 @@ def trace(
 
     def rerun(layer: int, kind: str, module: nn.Module, args, kwargs) -> Tensor:
         cf = counterfactuals[(layer, kind)]
-        kw = dict(kwargs)
-        for key in CACHE_KWARGS:
-            if key in kw:
-                kw[key] = None
-        if "use_cache" in kw:
-            kw["use_cache"] = False
+        kw = without_cache(kwargs)
         args = list(args)
         if cf.pre_norm:
             st = store[layer]
@@ -280,10 +275,6 @@ def trace(
         if not planned:
             continue
         store[i] = {}
-
-        def pre_hook(mod, args, kwargs, i=i):
-            if not busy[0]:
-                store[i]["pre"] = args[0] if args else kwargs["hidden_states"]
 
         def out_hook(mod, args, out, i=i, kind=None):
             if not busy[0]:
@@ -313,7 +304,6 @@ def trace(
                 entries.append(SublayerTrace(i, kind, cf.kind, cf.in_variant, before, dense, pruned))
             st.clear()
 
-        handles.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))
         for kind in SUBLAYERS:
             handles.append(
                 adapter.sublayer_out(i, kind).register_forward_hook(
@@ -334,9 +324,14 @@ def trace(
         if not busy[0]:
             final["h"] = args[0]
 
+    def on_input(i: int, h: Tensor, args: tuple, kwargs: dict) -> None:
+        if not busy[0]:
+            store[i]["pre"] = h
+
     handles.append(adapter.final_norm.register_forward_pre_hook(final_hook))
     try:
-        model_forward(model, input_ids, mask)
+        with block_input_hooks(adapter, on_input, list(store)):
+            model_forward(model, input_ids, mask)
     finally:
         for h in handles:
             h.remove()

@@ -378,6 +378,7 @@ class BlockStep:
     outputs: torch.Tensor  # where its outputs go (the next block's inputs)
     kwargs: dict  # the keyword arguments the model gives it
     device: torch.device  # the working device
+    home: torch.device  # where the block's weights live otherwise
     last: bool  # the last block: its outputs feed nothing
     outputs_written: bool = False  # set by a caller that has written ``outputs`` itself
 
@@ -412,7 +413,7 @@ def blocks_in_turn(
                 home = next(block.parameters()).device
                 block.to(work)
                 try:
-                    step = BlockStep(i, block, inps, outs, kwargs[i], work, last=i + 1 == L)
+                    step = BlockStep(i, block, inps, outs, kwargs[i], work, home, last=i + 1 == L)
                     yield step
                     if not step.last and not step.outputs_written:
                         with torch.no_grad():

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from prunelens.models.adapter import Adapter, block_output
+from prunelens.models.capture import block_input_hooks
 
 
 @dataclass
@@ -43,13 +44,15 @@ def record_blocks(
     """Call ``callback(BlockStates)`` after each block's forward while the context is open."""
     handles = []
     parallel = adapter.parallel
-    todo = range(adapter.num_layers) if layers is None else layers
+    todo = list(range(adapter.num_layers) if layers is None else layers)
+    stores: dict[int, dict[str, torch.Tensor]] = {i: {} for i in todo}
+
+    def on_input(i: int, h: torch.Tensor, args: tuple, kwargs: dict) -> None:
+        stores[i]["pre"] = h
+
     for i in todo:
         block = adapter.layers[i]
-        store: dict[str, torch.Tensor] = {}
-
-        def pre_hook(mod, args, kwargs, store=store):
-            store["pre"] = args[0] if args else kwargs["hidden_states"]
+        store = stores[i]
 
         def attn_hook(mod, args, out, store=store):
             store["attn"] = block_output(out)
@@ -63,12 +66,12 @@ def record_blocks(
             )
             callback(states)
 
-        handles.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))
         handles.append(adapter.sublayer_out(i, "attn").register_forward_hook(attn_hook))
         handles.append(adapter.sublayer_out(i, "mlp").register_forward_hook(mlp_hook))
         handles.append(block.register_forward_hook(post_hook, with_kwargs=True))
     try:
-        yield
+        with block_input_hooks(adapter, on_input, todo):
+            yield
     finally:
         for h in handles:
             h.remove()

@@ -43,6 +43,7 @@ from prunelens.models.adapter import (
     set_submodule,
 )
 from prunelens.models.capture import counterfactual_kl_sums, record_forward, suffix_logits
+from prunelens.plan import SUBLAYERS
 from prunelens.utils.kl import kl_divergence, log_probs
 from prunelens.utils.progress import progress_bar
 
@@ -332,6 +333,55 @@ def choice_set_kl(
     return total / len(choices.prompts)
 
 
+@contextmanager
+def _sublayer_outputs_with_grad(model, adapter: Adapter, captured: dict) -> Iterator[None]:
+    """While open, each forward keeps every present sublayer's output in ``captured[(layer, kind)]``, and
+    gradients reach those outputs (the embedding output becomes a leaf that requires grad) while no
+    weight requires grad (only activation gradients are computed)."""
+    handles = []
+    for i in range(adapter.num_layers):
+        for k in SUBLAYERS:
+            if adapter.is_dropped(i, k):
+                continue
+
+            def hook(mod, args, out, key=(i, k)):
+                captured[key] = block_output(out)
+
+            handles.append(adapter.sublayer_out(i, k).register_forward_hook(hook))
+
+    def embed_hook(mod, args, out):
+        return out.detach().requires_grad_(True)
+
+    handles.append(adapter.embed.register_forward_hook(embed_hook))
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@torch.no_grad()
+def _add_fisher_terms(sums: dict, captured: dict, grads: dict, num_layers: int, samples: int) -> None:
+    """Add one sample's ``½·a²/samples`` per unit (module doc of :func:`fisher_kl_estimate`): ``grads``
+    maps each sublayer to the gradient at its output."""
+    for (i, k), g in grads.items():
+        a = (g.float() * captured[(i, k)].float()).sum(dim=(-1, -2))
+        sums[(i, k)] += 0.5 * float((a * a).sum()) / samples
+    for i in range(num_layers):  # a block: both contributions, the gradient at its output
+        parts = [(i, k) for k in SUBLAYERS if (i, k) in grads]
+        if not parts:
+            continue
+        g_out = grads[parts[-1]]  # the last writer's gradient is the block output's
+        delta = sum(captured[p].float() for p in parts)
+        a = (g_out.float() * delta).sum(dim=(-1, -2))
+        sums[(i, "block")] += 0.5 * float((a * a).sum()) / samples
+
+
 def fisher_kl_estimate(
     model,
     input_ids: torch.Tensor,
@@ -364,67 +414,34 @@ def fisher_kl_estimate(
     device = input_device(model)
     L = adapter.num_layers
     want = set(kinds)
-    sub = ("attn", "mlp")
-    sums = {(i, k): 0.0 for i in range(L) for k in (*sub, "block")}
+    sums = {(i, k): 0.0 for i in range(L) for k in (*SUBLAYERS, "block")}
     gen = torch.Generator(device="cpu").manual_seed(seed)
     captured: dict[tuple[int, str], torch.Tensor] = {}
-    handles = []
-    for i in range(L):
-        for k in sub:
-            if adapter.is_dropped(i, k):
-                continue
-
-            def hook(mod, args, out, key=(i, k)):
-                captured[key] = block_output(out)
-
-            handles.append(adapter.sublayer_out(i, k).register_forward_hook(hook))
-
-    def embed_hook(mod, args, out):
-        return out.detach().requires_grad_(True)
-
-    handles.append(adapter.embed.register_forward_hook(embed_hook))
-    flags = [(p, p.requires_grad) for p in model.parameters()]
     tokens = 0
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        batches = list(range(0, input_ids.shape[0], batch_size))
-        with torch.enable_grad(), progress_bar(desc, total=len(batches) * samples) as bar:
-            for start in batches:
-                batch = input_ids[start : start + batch_size].to(device)
-                captured.clear()
-                logits = model(batch, use_cache=False).logits.float()
-                logp = log_probs(logits, temperature)
-                keys = list(captured)
-                outs = [captured[key] for key in keys]
-                with torch.no_grad():
-                    probs = logp.exp().reshape(-1, logp.shape[-1]).cpu()
-                for s in range(samples):
-                    y = torch.multinomial(probs, 1, generator=gen).reshape(logp.shape[:-1]).to(logp.device)
-                    objective = logp.gather(-1, y.unsqueeze(-1)).sum()
-                    grads = torch.autograd.grad(objective, outs, retain_graph=s + 1 < samples)
-                    g_of = dict(zip(keys, grads))
-                    with torch.no_grad():
-                        for (i, k), g in g_of.items():
-                            a = (g.float() * captured[(i, k)].float()).sum(dim=(-1, -2))
-                            sums[(i, k)] += 0.5 * float((a * a).sum()) / samples
-                        for i in range(L):  # a block: both contributions, the gradient at its output
-                            parts = [(i, k) for k in sub if (i, k) in g_of]
-                            if not parts:
-                                continue
-                            g_out = g_of[parts[-1]]  # the last writer's gradient is the block output's
-                            delta = sum(captured[p].float() for p in parts)
-                            a = (g_out.float() * delta).sum(dim=(-1, -2))
-                            sums[(i, "block")] += 0.5 * float((a * a).sum()) / samples
-                    bar.advance(1)
-                tokens += batch.numel()
-                del logits, logp, outs, grads
-                captured.clear()
-    finally:
-        for h in handles:
-            h.remove()
-        for p, flag in flags:
-            p.requires_grad_(flag)
+    batches = list(range(0, input_ids.shape[0], batch_size))
+    with (
+        _sublayer_outputs_with_grad(model, adapter, captured),
+        torch.enable_grad(),
+        progress_bar(desc, total=len(batches) * samples) as bar,
+    ):
+        for start in batches:
+            batch = input_ids[start : start + batch_size].to(device)
+            captured.clear()
+            logits = model(batch, use_cache=False).logits.float()
+            logp = log_probs(logits, temperature)
+            keys = list(captured)
+            outs = [captured[key] for key in keys]
+            with torch.no_grad():
+                probs = logp.exp().reshape(-1, logp.shape[-1]).cpu()
+            for s in range(samples):
+                y = torch.multinomial(probs, 1, generator=gen).reshape(logp.shape[:-1]).to(logp.device)
+                objective = logp.gather(-1, y.unsqueeze(-1)).sum()
+                grads = torch.autograd.grad(objective, outs, retain_graph=s + 1 < samples)
+                _add_fisher_terms(sums, captured, dict(zip(keys, grads)), L, samples)
+                bar.advance(1)
+            tokens += batch.numel()
+            del logits, logp, outs, grads
+            captured.clear()
     div: dict[str, list[float | None]] = {k: [None] * L for k in kinds}
     for (i, k), v in sums.items():
         if k not in want:

@@ -25,14 +25,22 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
 from prunelens.data.calibration import Calibration
-from prunelens.models.adapter import Adapter, block_output, is_offloaded, param_count
-from prunelens.models.compat import CACHE_KWARGS
+from prunelens.models.adapter import Adapter, is_offloaded, param_count
+from prunelens.models.capture import (
+    StopForward,
+    blocks_in_turn,
+    counterfactual_kl_sums,
+    forward_until_stopped,
+    replay_block,
+)
 from prunelens.plan import PrunePlan
 from prunelens.prune.allocation import OWL_LAMBDA, OWL_OUTLIER_M, allocate, kl_scores, outlier_ratio
 from prunelens.prune.lockstep import run_in_lockstep
@@ -46,29 +54,11 @@ from prunelens.prune.sparse_math import (
 )
 from prunelens.prune.specs import TRUE_SEQUENTIAL_DEFAULT, SparsifySpec  # noqa: F401 - re-exported
 from prunelens.utils.errors import InputError
-from prunelens.utils.kl import log_probs
-from prunelens.utils.memory import reuse_freed_memory
 from prunelens.utils.progress import progress_bar
-
-
-class _StopForward(Exception):
-    pass
 
 
 class CalibrationMemoryError(MemoryError, InputError):
     """Calibration ran out of memory; the message says what to change."""
-
-
-def _to(obj: Any, device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, tuple):
-        return tuple(_to(o, device) for o in obj)
-    if isinstance(obj, list):
-        return [_to(o, device) for o in obj]
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj
 
 
 def validate_sparsity(
@@ -83,102 +73,6 @@ def validate_sparsity(
     spec = SparsifySpec(method, sparsity, pattern, allocation=allocation, allocation_lambda=allocation_lambda)
     spec.check()
     return (None, spec.nm) if spec.nm else (float(sparsity), None)  # type: ignore[arg-type]
-
-
-def _kwargs_of(kwargs: dict) -> dict:
-    return {k: v for k, v in kwargs.items() if k != "hidden_states"}
-
-
-@torch.no_grad()
-def layer_kwargs(model, adapter: Adapter, input_ids: torch.Tensor) -> list[dict]:
-    """The keyword arguments (masks, rotary embeddings, positions …) the model gives each block
-    for ``input_ids``.
-
-    The blocks do not need to run for this: each block's forward is swapped for one that records its
-    arguments and passes the hidden states through, and the forward stops at the last block (no final
-    norm, no unembedding). If a model's loop cannot run on such stand-ins, every block runs for real on
-    the one sample instead, with pre-hooks recording the same arguments.
-    """
-    layers = adapter.layers
-    n = len(layers)
-    per_layer: list[dict | None] = [None] * n
-
-    def stand_in(i: int):
-        def forward(*args, **kwargs):
-            per_layer[i] = _kwargs_of(kwargs)
-            if i == n - 1:
-                raise _StopForward
-            return args[0] if args else kwargs["hidden_states"]
-
-        return forward
-
-    saved = [block.__dict__.get("forward") for block in layers]  # e.g. accelerate's device-alignment wrapper
-    for i, block in enumerate(layers):
-        block.forward = stand_in(i)
-    try:
-        model(input_ids, use_cache=False)
-    except _StopForward:
-        pass
-    except Exception:  # noqa: BLE001 - the stand-ins are only a shortcut; the real forward below is the reference
-        per_layer = [None] * n
-    finally:
-        for block, forward in zip(layers, saved):
-            if forward is None:
-                del block.forward
-            else:
-                block.forward = forward
-    if all(kw is not None for kw in per_layer):
-        return per_layer  # type: ignore[return-value]
-
-    def make_hook(i):
-        def hook(mod, args, kwargs):
-            per_layer[i] = _kwargs_of(kwargs)
-
-        return hook
-
-    handles = [
-        block.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, block in enumerate(layers)
-    ]
-    try:
-        model(input_ids, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    return per_layer  # type: ignore[return-value]
-
-
-@torch.no_grad()
-def capture_block_inputs(
-    model, adapter: Adapter, input_ids: torch.Tensor, batch_size: int, device
-) -> tuple[torch.Tensor, list[dict]]:
-    """Inputs of block 0 for every calibration window, and every block's forward kwargs.
-
-    The kwargs are captured from one single-sample forward (they broadcast over the batch); the
-    block-0 inputs from forwards stopped at block 0, so no block runs on the whole calibration set.
-    """
-    layers = adapter.layers
-    embed_device = adapter.embed.weight.device
-    per_layer = layer_kwargs(model, adapter, input_ids[:1].to(embed_device))
-
-    captured: list[torch.Tensor] = []
-
-    def stop_hook(mod, args, kwargs):
-        captured.append((args[0] if args else kwargs["hidden_states"]).to(device))
-        raise _StopForward
-
-    h = layers[0].register_forward_pre_hook(stop_hook, with_kwargs=True)
-    try:
-        for i in range(0, input_ids.shape[0], batch_size):
-            try:
-                model(input_ids[i : i + batch_size].to(embed_device), use_cache=False)
-            except _StopForward:
-                pass
-    finally:
-        h.remove()
-    kwargs = [_to({k: v for k, v in kw.items() if k not in CACHE_KWARGS}, device) for kw in per_layer]
-    for kw in kwargs:
-        kw["use_cache"] = False
-    return torch.cat(captured), kwargs
 
 
 def _collect_stats(
@@ -199,7 +93,7 @@ def _collect_stats(
             stats.add(name, args[0])
             seen.add(name)
             if len(seen) == len(linears):
-                raise _StopForward
+                raise StopForward
 
         return pre
 
@@ -208,21 +102,11 @@ def _collect_stats(
         for i in range(0, inps.shape[0], batch_size):
             seen.clear()
             stats.new_call()
-            try:
-                block(inps[i : i + batch_size], **kwargs)
-            except _StopForward:
-                pass
+            forward_until_stopped(block, inps[i : i + batch_size], **kwargs)
     finally:
         for h in handles:
             h.remove()
         stats.new_call()
-
-
-def _run_block(
-    block: nn.Module, inps: torch.Tensor, outs: torch.Tensor, kwargs: dict, batch_size: int
-) -> None:
-    for i in range(0, inps.shape[0], batch_size):
-        outs[i : i + batch_size] = block_output(block(inps[i : i + batch_size], **kwargs))
 
 
 class _Stats:
@@ -304,13 +188,13 @@ class _SharedStats:
 
 
 def _zero(weight: torch.Tensor, mask: torch.Tensor) -> None:
-    """Zero ``weight`` where ``mask`` is True, in place, as a product with the kept mask (4× faster than
-    ``masked_fill_`` on a 2-core CPU; weights are finite, so ``w·0`` is zero, its sign bit immaterial).
+    """Zero ``weight`` where ``mask`` is True, in place, as a product with the kept mask (faster than
+    ``masked_fill_``; weights are finite, so ``w·0`` is zero, its sign bit immaterial).
 
     In place on purpose: weights loaded from safetensors are memory-mapped, and the first write to each
-    page copies it (about 1.4 s over the embedded model's block weights on this machine). Giving the
-    weight fresh storage instead skips that copy but keeps the mapped file pages resident beside the new
-    ones: it raised the peak memory of a Wanda run by 45 % (measured), so it is not done.
+    page copies it. Giving the weight fresh storage instead skips that copy but keeps the mapped file
+    pages resident beside the new ones, which raises the peak memory of a run, so it is not done
+    (both measured: benchmarks/README.md, § Measurements behind choices in the code).
     """
     weight.mul_(~mask)
 
@@ -378,7 +262,7 @@ def _true_sequential_block(
 
     def run_batch(j: int) -> None:
         sl = slice(starts[j], starts[j] + batch_size)
-        outs[sl] = block_output(block(inps[sl], **kwargs))
+        outs[sl] = replay_block(block, inps[sl], (), kwargs)
 
     def on_arrive(owner: str, x: torch.Tensor) -> None:
         if owner not in stats:
@@ -489,8 +373,9 @@ def _block_pruned_state(method, linears, stats, ratio, blocksize, percdamp) -> d
     return out
 
 
-def _swap_in(linears: dict[str, nn.Module], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Put a pruned state (see :func:`_block_pruned_state`) into the linears; returns the dense weights."""
+@contextmanager
+def _swapped_in(linears: dict[str, nn.Module], state: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Inside, the linears hold a pruned state (see :func:`_block_pruned_state`); dense again after."""
     saved = {}
     for n, lin in linears.items():
         st = state[n].to(lin.weight.device)
@@ -499,7 +384,11 @@ def _swap_in(linears: dict[str, nn.Module], state: dict[str, torch.Tensor]) -> d
             _zero(lin.weight, st)
         else:
             lin.weight.copy_(st)
-    return saved
+    try:
+        yield
+    finally:
+        for n, lin in linears.items():
+            lin.weight.copy_(saved[n])
 
 
 @torch.no_grad()
@@ -530,47 +419,26 @@ def block_sensitivity(
 
     Returns ``{"scores", "tokens", "seconds", "score"}``.
     """
-    from prunelens.models.adapter import input_device
-    from prunelens.models.capture import record_forward, suffix_kl_sum
-
     t0 = time.perf_counter()
     adapter = Adapter(model)
     L = adapter.num_layers
     states: list[dict[str, torch.Tensor]] = []
     ratios: list[float] = []
-    need_stats = rule == "owl" or method != "magnitude"
-    if need_stats:
-        work_device = torch.device(device) if device is not None else adapter.embed.weight.device
-        with reuse_freed_memory():
-            inps, kwargs = capture_block_inputs(
-                model, adapter, calibration.input_ids, batch_size, work_device
-            )
-            outs = torch.empty_like(inps)
-            with progress_bar(f"{rule} scores", total=L) as bar:
-                for i in range(L):
-                    block = adapter.layers[i]
-                    home = next(block.parameters()).device
-                    block.to(work_device)
-                    linears = adapter.block_linears(i)
-                    stats = _SharedStats(work_device, rule == "kl" and method == "sparsegpt")
-                    _collect_stats(block, linears, stats, inps, kwargs[i], batch_size)
-                    if rule == "owl":
-                        ratios.append(
-                            outlier_ratio(
-                                (wanda_scores(lin.weight, stats[n].sq) for n, lin in linears.items()),
-                                outlier_threshold,
-                            )
-                        )
-                    else:
-                        st = _block_pruned_state(method, linears, stats, sparsity, blocksize, percdamp)
-                        states.append({n: t.to(home) for n, t in st.items()})
-                    del stats
-                    if i + 1 < L:
-                        _run_block(block, inps, outs, kwargs[i], batch_size)  # dense: the next block's input
-                    block.to(home)
-                    inps, outs = outs, inps
-                    bar.advance()
-            del inps, outs
+    if rule == "owl" or method != "magnitude":
+        ids = calibration.input_ids
+        for step in blocks_in_turn(
+            model, adapter, ids, batch_size=batch_size, device=device, desc=f"{rule} scores"
+        ):
+            linears = adapter.block_linears(step.index)
+            stats = _SharedStats(step.device, rule == "kl" and method == "sparsegpt")
+            _collect_stats(step.block, linears, stats, step.inputs, step.kwargs, batch_size)
+            if rule == "owl":
+                scores = (wanda_scores(lin.weight, stats[n].sq) for n, lin in linears.items())
+                ratios.append(outlier_ratio(scores, outlier_threshold))
+            else:
+                st = _block_pruned_state(method, linears, stats, sparsity, blocksize, percdamp)
+                states.append({n: t.to(step.home) for n, t in st.items()})
+            del stats  # the block then runs dense: the next block's inputs
     if rule == "owl":
         return {
             "scores": ratios,
@@ -585,30 +453,13 @@ def block_sensitivity(
             for i in range(L)
         ]
     ids = calibration.input_ids if windows is None else calibration.input_ids[:windows]
-    dev = input_device(model)
-    sums = [0.0] * L
-    tokens = 0
-    starts = list(range(0, ids.shape[0], batch_size))
-    with progress_bar("kl scores", total=len(starts) * L) as bar:
-        for start in starts:
-            batch = ids[start : start + batch_size].to(dev)
-            rec = record_forward(model, adapter, batch)
-            logp_ref = log_probs(rec.logits).reshape(-1, rec.logits.shape[-1])
-            rec.logits = rec.logits.new_empty(0)  # only the reference is needed from the dense logits
-            p_ref = logp_ref.exp()  # once per batch, not once per block
-            for i in range(L):
-                linears = adapter.block_linears(i)
-                saved = _swap_in(linears, states[i])
-                try:
-                    sums[i] += suffix_kl_sum(adapter, rec, i, logp_ref, p_ref, 1.0)
-                finally:
-                    for n, lin in linears.items():
-                        lin.weight.copy_(saved[n])
-                bar.advance()
-            tokens += batch.numel()
-            del rec, logp_ref, p_ref
+    changes = [(i, lambda i=i: _swapped_in(adapter.block_linears(i), states[i])) for i in range(L)]
+    measured = counterfactual_kl_sums(
+        model, adapter, ids, changes, batch_size=batch_size, keep_reference=False, desc="kl scores"
+    )
+    tokens = measured.tokens
     return {
-        "scores": [s / tokens for s in sums],
+        "scores": [s / tokens for s in measured.sums],
         "tokens": tokens,
         "seconds": time.perf_counter() - t0,
         "score": f"exact KL(p_dense ‖ p with only this block {method}-sparsified at {sparsity:g}), "
@@ -640,8 +491,8 @@ def sparsify(
     passes. True (as GPTQ's ``--true-sequential``) prunes the block's linears group by group in the
     order the forward reaches them (q/k/v, o, gate/up, down), each on the inputs it receives from the
     already-pruned groups before it, in one pass over the block (:mod:`prunelens.prune.lockstep`); it
-    holds every calibration batch's activations inside the block at once (on a 7B model with 128 × 2048
-    calibration tokens, a peak of 44 GiB of GPU memory instead of 31). None (default) takes the method's
+    holds every calibration batch's activations inside the block at once (its peak memory on a 7B model:
+    benchmarks/README.md, § Pruning on one GPU). None (default) takes the method's
     default, :data:`~prunelens.prune.specs.TRUE_SEQUENTIAL_DEFAULT`: on for Wanda, off for SparseGPT.
 
     ``allocation``: how the overall ``sparsity`` is shared among the blocks
@@ -738,43 +589,30 @@ def sparsify(
                     _zero(lin.weight, mask)
                 bar.advance()
     else:
-        with reuse_freed_memory():  # the same large activations are allocated and freed every batch
-            work_device = torch.device(device) if device is not None else adapter.embed.weight.device
-            inps, kwargs = capture_block_inputs(
-                model, adapter, calibration.input_ids, batch_size, work_device
-            )
-            outs = torch.empty_like(inps)
-            with progress_bar(method, total=adapter.num_layers) as bar:
-                for i in range(adapter.num_layers):
-                    block = adapter.layers[i]
-                    home = next(block.parameters()).device
-                    block.to(work_device)
-                    linears = adapter.block_linears(i)
-                    last = i + 1 == adapter.num_layers  # the last block's outputs feed nothing
-                    prune = _group_pruner(method, linears, ratios[i], nm, blocksize, percdamp)
-                    if true_sequential:
-                        _true_sequential_block(
-                            block,
-                            linears,
-                            prune,
-                            inps,
-                            outs,
-                            kwargs[i],
-                            batch_size,
-                            method == "sparsegpt",
-                            need_outputs=not last,
-                        )
-                    else:
-                        stats = _SharedStats(work_device, method == "sparsegpt")
-                        _collect_stats(block, linears, stats, inps, kwargs[i], batch_size)
-                        for owner, names in stats.groups().items():
-                            prune(names, stats[owner])
-                        del stats
-                        if not last:
-                            _run_block(block, inps, outs, kwargs[i], batch_size)
-                    block.to(home)
-                    inps, outs = outs, inps
-                    bar.advance()
+        for step in blocks_in_turn(
+            model, adapter, calibration.input_ids, batch_size=batch_size, device=device, desc=method
+        ):
+            linears = adapter.block_linears(step.index)
+            prune = _group_pruner(method, linears, ratios[step.index], nm, blocksize, percdamp)
+            if true_sequential:  # the pruned block's outputs come out of the same pass
+                _true_sequential_block(
+                    step.block,
+                    linears,
+                    prune,
+                    step.inputs,
+                    step.outputs,
+                    step.kwargs,
+                    batch_size,
+                    method == "sparsegpt",
+                    need_outputs=not step.last,
+                )
+                step.outputs_written = True
+            else:  # then the pruned block runs for the next block's inputs
+                stats = _SharedStats(step.device, method == "sparsegpt")
+                _collect_stats(step.block, linears, stats, step.inputs, step.kwargs, batch_size)
+                for owner, names in stats.groups().items():
+                    prune(names, stats[owner])
+                del stats
     plan.sparsity["achieved"] = _sparsity_report(adapter)
     plan.params_after = param_count(model)
     return plan
