@@ -29,20 +29,25 @@ def _labels_beside(path: Path) -> Path:
     return path.with_name(f"{path.name.split('.')[0]}-labels.lst")
 
 
+def _ai2_row(r: dict, stem_field: str) -> dict:
+    """An AI2 record (``question: {stem, choices: [{text, label}]}``) in the hub layout, the stem under
+    ``stem_field``."""
+    stem, texts, labels = ai2_question(r["question"])
+    return {
+        "id": r.get("id"),
+        stem_field: stem,
+        "choices": {"text": texts, "label": labels},
+        "answerKey": r["answerKey"],
+    }
+
+
 def rows_arc(path: Path) -> list[dict]:
     # AI2 layout {"id", "question": {"stem", "choices": [{"text", "label"}]}, "answerKey"}
     # -> allenai/ai2_arc {"id", "question", "choices": {"text": [...], "label": [...]}, "answerKey"}
     out = []
     for r in _read_jsonl(path):
-        q = r["question"]
-        if isinstance(q, dict):
-            stem, texts, labels = ai2_question(q)
-            r = {
-                "id": r.get("id"),
-                "question": stem,
-                "choices": {"text": texts, "label": labels},
-                "answerKey": r["answerKey"],
-            }
+        if isinstance(r["question"], dict):
+            r = _ai2_row(r, "question")
         out.append(r)
     return out
 
@@ -99,13 +104,7 @@ def rows_openbookqa(path: Path) -> list[dict]:
         out = []
         for r in _read_jsonl(path):
             if "question_stem" not in r:
-                stem, texts, labels = ai2_question(r["question"])
-                r = {
-                    "id": r.get("id"),
-                    "question_stem": stem,
-                    "choices": {"text": texts, "label": labels},
-                    "answerKey": r["answerKey"],
-                }
+                r = _ai2_row(r, "question_stem")
             out.append(r)
         return out
     out = []
