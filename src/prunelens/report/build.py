@@ -102,7 +102,7 @@ def _sweep_section(st, table, facts, out: Path, problems: list[str]) -> str | No
     is listed in "What is missing" instead of breaking the report."""
     if not isinstance(st.meta.get("sweep"), dict):
         return None
-    from prunelens.report.sweep import build_sweep
+    from prunelens.report.sweep_page import build_sweep
 
     try:
         built = build_sweep(st, table, facts, out)
