@@ -91,6 +91,14 @@ def story_figure(
     axis = axis or generative_axis(facts)
     plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1, 1.25]})
+    _retained_panel(ax, facts, axis)
+    _divergence_panel(bx, facts)
+    fig.tight_layout()
+    return save(fig, directory, "retained_and_divergence")
+
+
+def _retained_panel(ax, facts: list[VariantFacts], axis: GenerativeAxis) -> None:
+    """Retained non-generative (x) against the generative measure (y) per variant, with ``y = x``."""
     gen = {f.name: axis.value(f) for f in facts}
     pts = [f for f in facts if not f.is_dense and is_finite(f.retained_nongen) and gen[f.name] is not None]
     # each axis spans its own data (and the dense point at 1): clustered variants spread out; y = x is kept
@@ -128,6 +136,9 @@ def story_figure(
     if not pts:
         ax.text(0.5, 0.5, "no variant has both scores", transform=ax.transAxes, ha="center", color="#777")
 
+
+def _divergence_panel(bx, facts: list[VariantFacts]) -> None:
+    """Median probability-space KL per variant: sublayer transitions, teacher-forced, free-running."""
     kl = [
         f
         for f in facts
@@ -162,8 +173,6 @@ def story_figure(
     else:
         bx.text(0.5, 0.5, "no analysis results", transform=bx.transAxes, ha="center", color="#777")
         bx.set_xticks([])
-    fig.tight_layout()
-    return save(fig, directory, "retained_and_divergence")
 
 
 def predictor_figure(

@@ -323,6 +323,26 @@ def _question_html(st: Study) -> str:
     )
 
 
+def _figures_html(figures: list[tuple[Path, str, str]]) -> str:
+    if not figures:
+        return "<p>No study figure could be drawn (no scores stored).</p>"
+    return "".join(
+        f"<figure>{img(p, alt)}<figcaption>{esc(cap)}</figcaption></figure>" for p, alt, cap in figures
+    )
+
+
+def _analysis_html(st: Study) -> str:
+    """The hierarchy table, then each variant's analysis figures (twins side by side)."""
+    parts = [_hierarchy_html(st)]
+    for n in twin_order(st):
+        if st.analysis_figures.get(n):
+            parts.append(f"<h3>{esc(n)}</h3>")
+        for p in st.analysis_figures.get(n, []):
+            cap = analysis_caption(p, n, st.analysis.get(n))
+            parts.append(f"<figure>{img(p, cap)}<figcaption>{esc(cap)}</figcaption></figure>")
+    return "".join(parts)
+
+
 @dataclass
 class _Section:
     id: str
@@ -357,23 +377,6 @@ def render_html(
             what_failed = f"{esc(type(exc).__name__)}: {esc(exc)}"
             return f'<p class="missing">This section could not be built: {what_failed}</p>'
 
-    def figs_html() -> str:
-        if not figures:
-            return "<p>No study figure could be drawn (no scores stored).</p>"
-        return "".join(
-            f"<figure>{img(p, alt)}<figcaption>{esc(cap)}</figcaption></figure>" for p, alt, cap in figures
-        )
-
-    def analysis_figs_html() -> str:
-        parts = [_hierarchy_html(st)]
-        for n in twin_order(st):
-            if st.analysis_figures.get(n):
-                parts.append(f"<h3>{esc(n)}</h3>")
-            for p in st.analysis_figures.get(n, []):
-                cap = analysis_caption(p, n, st.analysis.get(n))
-                parts.append(f"<figure>{img(p, cap)}<figcaption>{esc(cap)}</figcaption></figure>")
-        return "".join(parts)
-
     def answer_html() -> str:
         return f'<p class="answer">{esc(answer_for_model(st.model, facts, chance))}</p>'
 
@@ -382,7 +385,7 @@ def render_html(
         _Section("verdicts", "Verdicts at a glance", guard(lambda: grid_html(facts), "verdicts")),
         _Section("answer", f"The answer for {st.model}", guard(answer_html, "answer")),
         _Section("table", "Scores: tasks × variants", guard(lambda: _table_section(table, flags), "table")),
-        _Section("figures", "Figures", guard(figs_html, "figures")),
+        _Section("figures", "Figures", guard(lambda: _figures_html(figures), "figures")),
     ]
     if sweep_section is not None:  # a sweep study: its curves and marked ratios right after the figures
         sections.append(_Section("sweep", "Sweep: ratio × calibration seeds", sweep_section))
@@ -395,7 +398,9 @@ def render_html(
             )
         )
     sections += [
-        _Section("hierarchy", "Representation hierarchy (analysis)", guard(analysis_figs_html, "analysis")),
+        _Section(
+            "hierarchy", "Representation hierarchy (analysis)", guard(lambda: _analysis_html(st), "analysis")
+        ),
         _Section(
             "case-study",
             "Case study: the same prompts, every variant",
@@ -404,7 +409,12 @@ def render_html(
         _Section("guidance", "Guidance", guard(lambda: guidance_html(facts), "guidance")),
         _Section("how-run", "How it was run", guard(lambda: _run_html(st), "how it was run")),
     ]
-    missing = list(st.missing) + problems
+    return _document(st, sections, list(st.missing) + problems)
+
+
+def _document(st: Study, sections: list[_Section], missing: list[str]) -> str:
+    """The page around its sections: head, navigation, the "What is missing" list after the first three
+    sections, the footer."""
     missing_html = ""
     if missing:
         missing_html = (
