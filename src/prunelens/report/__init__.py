@@ -25,8 +25,12 @@ Modules, each one job: :mod:`~prunelens.report.stats` (ranks, Spearman), :mod:`~
 (the study directory → :class:`Study`), :mod:`~prunelens.report.analysis_results` (the analysis summary's
 headline numbers, figure order and captions), :mod:`~prunelens.report.tables` (the comparison table and
 per-variant facts), :mod:`~prunelens.report.figures` (the study figures and their captions),
-:mod:`~prunelens.report.page` (the HTML page, styled by ``report.css``) and :mod:`~prunelens.report.build`
-(the whole report).
+:mod:`~prunelens.report.guidance`, :mod:`~prunelens.report.twins` and :mod:`~prunelens.report.answer` (the
+verdicts, the twin comparisons and the answer in words; the rules that decide them are
+:mod:`prunelens.studies.verdicts` and :mod:`prunelens.studies.twins`), :mod:`~prunelens.report.sweep` (a
+sweep's seed statistics and summary) and :mod:`~prunelens.report.sweep_page` (its figure and section),
+:mod:`~prunelens.report.markup`, :mod:`~prunelens.report.verdict_html` and :mod:`~prunelens.report.page`
+(the HTML page, styled by ``report.css``) and :mod:`~prunelens.report.build` (the whole report).
 """
 
 from prunelens.report.analysis_results import AnalysisHeadline, analysis_caption
