@@ -462,6 +462,20 @@ def test_generation_is_judged_against_the_control_and_the_worse_decides():
     assert "Control" not in text
 
 
+def test_outcomes_are_fields_the_words_are_written_from():
+    f = VariantFacts("V", retained_nongen=0.5, dense_nongen=0.6, nongen_tests=[_test("a", -0.3, 1e-6)])
+    f.retained_nongen_interval = (0.4, 0.6)
+    o = V.non_generative_outcome(f)
+    (part,) = o.parts
+    assert o.grade == V.UNSAFE and part.finding is V.Finding.LOWER and o.indistinguishable is False
+    assert part.worst is not None and part.worst[0].task == "a" and part.reference == V.DENSE_REFERENCE
+    assert G.describe(o).finding == f"{G.LOWER} (p < 0.05)"
+    few = VariantFacts("W", retained_nongen=1.0, dense_nongen=0.6, nongen_tests=[_test("a", 0.0, 1.0, n=4)])
+    few.retained_nongen_interval = (0.9, 1.1)
+    (part,) = V.non_generative_outcome(few).parts
+    assert part.finding is V.Finding.UNCLEAR and [t.n for t in part.few] == [4]
+
+
 def test_tiny_dense_score_is_not_judged():
     f = VariantFacts("V", retained_nongen=0.5, dense_nongen=V.MIN_DENSE_SCORE / 2)
     v = G.non_generative_verdict(f)

@@ -255,6 +255,21 @@ def test_twin_sentences_from_the_measured_numbers():
     )
 
 
+def test_twin_outcomes_are_fields_the_sentences_are_written_from():
+    from prunelens.studies.twins import SCORES, TwinFinding, judge_twins
+
+    t = TwinFacts("X", "Y", ["repair: unset → {steps: 10}"], nongen_tests=[_tt("piqa", 0.55, 0.62, 0.004)])
+    (o,) = judge_twins([t], _facts())
+    ng = o.non_generative
+    assert ng.finding is TwinFinding.BETTER and ng.finding.told_apart and ng.measure == SCORES
+    assert [(x.task, p) for x, p in ng.significant] == [("piqa", pytest.approx(0.004))]
+    assert list(ng.grades) == ["X", "Y"] and ng.kept == (0.97, 0.95)
+    # the fidelity axis without a pooled comparison: the scores cannot tell the twins apart
+    assert o.generative.finding is TwinFinding.NOT_MEASURED and o.generative.same
+    (g,) = TW.twin_guidance([t], _facts())
+    assert g.non_generative.finding == TW.TWIN_BETTER and g.generative.finding == "not measured"
+
+
 def test_changed_rule_reads_omitted_drop_keys_as_their_defaults():
     from prunelens.report.tables import changed_rule
 
