@@ -34,12 +34,12 @@ from prunelens.studies.config import (
     StudyTask,
     _err,
     _expect,
-    _flow,
     _int,
     _section,
     _task,
     parse_config,
 )
+from prunelens.studies.schema import flow_yaml
 
 __all__ = [
     "SweepConfig",
@@ -158,10 +158,10 @@ def _default_sweep_yaml() -> str:
         "sweep:",
         "  family: drop                # drop | sparsify",
         f"  target: {sc.target:<19} # drop: {' | '.join(DROP_TARGETS)}",
-        f"  ns: {_flow(list(DEFAULT_NS)):<23} # drop: how many to drop (each < the model's layers)",
+        f"  ns: {flow_yaml(list(DEFAULT_NS)):<23} # drop: how many to drop (each < the model's layers)",
         f"  # method: wanda            # sparsify: {' | '.join(SPARSE_METHODS)}",
-        f"  # sparsities: {_flow(list(DEFAULT_SPARSITIES))}  # sparsify: fractions in (0, 1)",
-        f"  seeds: {_flow(list(DEFAULT_SEEDS)):<20} # calibration seeds per ratio (magnitude needs one)",
+        f"  # sparsities: {flow_yaml(list(DEFAULT_SPARSITIES))}  # sparsify: fractions in (0, 1)",
+        f"  seeds: {flow_yaml(list(DEFAULT_SEEDS)):<20} # calibration seeds per ratio (magnitude needs one)",
         f"model: {sc.model:<22} # hub id, local dir, .gguf, or alias",
         f"dtype: {sc.dtype:<22} # float32 | bfloat16 | float16",
         f"device: {sc.device:<21} # cpu | cuda | cuda:N | mps | auto",
@@ -173,7 +173,7 @@ def _default_sweep_yaml() -> str:
         "tasks:                        # mc / retrieval: retained score; gen: fidelity to the dense outputs",
     ]
     for t, comment in DEFAULT_SWEEP_TASKS:
-        lines.append(f"  - {_flow(t):<52} # {comment}" if comment else f"  - {_flow(t)}")
+        lines.append(f"  - {flow_yaml(t):<52} # {comment}" if comment else f"  - {flow_yaml(t)}")
     lines.append(f"batch_size: {sc.batch_size}")
     lines.append(f"eval_batch_size: {sc.eval_batch_size}")
     return "\n".join(lines) + "\n"
