@@ -189,6 +189,19 @@ def _check_fields(data: Any, source: Path) -> None:
         if not isinstance(data.get(key, {}), dict):
             raise PlanError(source, "must be a JSON object", key)
     _check_repair(data.get("repair", {}), source)
+    _check_drops(data, method, source)
+    if method in SPARSE_METHODS:
+        _check_sparsity(data.get("sparsity", {}), data.get("num_layers_before"), source)
+
+
+def _check_layer(layer: Any, n: Any, source: Path, where: str) -> None:
+    if not _is_int(layer) or layer < 0 or (n is not None and layer >= n):
+        bound = f"[0, {n})" if n is not None else "a non-negative integer"
+        raise PlanError(source, f"is {layer!r}; must be in {bound}", where)
+
+
+def _check_drops(data: dict[str, Any], method: Any, source: Path) -> None:
+    """``dropped_sublayers`` and ``dropped_blocks``: in range, none twice, not every block."""
     n = data.get("num_layers_before")
     subs = data.get("dropped_sublayers", [])
     if not isinstance(subs, list):
@@ -201,9 +214,7 @@ def _check_fields(data: Any, source: Path) -> None:
         if not isinstance(item, dict):
             raise PlanError(source, "must be an object with 'layer' and 'sublayer'", where)
         layer, kind = item.get("layer"), item.get("sublayer")
-        if not _is_int(layer) or layer < 0 or (n is not None and layer >= n):
-            bound = f"[0, {n})" if n is not None else "a non-negative integer"
-            raise PlanError(source, f"is {layer!r}; must be in {bound}", f"{where}.layer")
+        _check_layer(layer, n, source, f"{where}.layer")
         if kind not in SUBLAYERS:
             raise PlanError(
                 source, f"is {kind!r}; expected one of {', '.join(SUBLAYERS)}", f"{where}.sublayer"
@@ -215,9 +226,7 @@ def _check_fields(data: Any, source: Path) -> None:
     if not isinstance(blocks, list):
         raise PlanError(source, "must be a list of block indices", "dropped_blocks")
     for i, layer in enumerate(blocks):
-        if not _is_int(layer) or layer < 0 or (n is not None and layer >= n):
-            bound = f"[0, {n})" if n is not None else "a non-negative integer"
-            raise PlanError(source, f"is {layer!r}; must be in {bound}", f"dropped_blocks[{i}]")
+        _check_layer(layer, n, source, f"dropped_blocks[{i}]")
     if len(set(blocks)) != len(blocks):
         raise PlanError(source, "names a block twice", "dropped_blocks")
     if n is not None and blocks and len(blocks) >= n:
@@ -226,27 +235,23 @@ def _check_fields(data: Any, source: Path) -> None:
         raise PlanError(
             source, "a drop plan must name at least one dropped sublayer or block", "dropped_sublayers"
         )
-    sparsity = data.get("sparsity", {})
-    if method in SPARSE_METHODS:
-        if "sparsity" not in sparsity and "pattern" not in sparsity:
-            raise PlanError(source, "a sparsity plan needs 'sparsity' or 'pattern'", "sparsity")
-        if "sparsity" in sparsity:
-            v = sparsity["sparsity"]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
-                raise PlanError(source, f"is {v!r}; must be a number in [0, 1)", "sparsity.sparsity")
-        if "pattern" in sparsity and sparsity["pattern"] is not None:
-            pat = sparsity["pattern"]
-            parts = pat.split(":") if isinstance(pat, str) else []
-            if (
-                len(parts) != 2
-                or not all(p.isdigit() for p in parts)
-                or not 0 < int(parts[0]) < int(parts[1])
-            ):
-                raise PlanError(
-                    source, f"is {pat!r}; must be N:M with 0 < N < M (e.g. 2:4)", "sparsity.pattern"
-                )
-        if "allocation" in sparsity:
-            _check_allocation(sparsity, n, source)
+
+
+def _check_sparsity(sparsity: dict[str, Any], n: Any, source: Path) -> None:
+    """A sparsity plan's ``sparsity``: an unstructured fraction or an N:M pattern, and its allocation."""
+    if "sparsity" not in sparsity and "pattern" not in sparsity:
+        raise PlanError(source, "a sparsity plan needs 'sparsity' or 'pattern'", "sparsity")
+    if "sparsity" in sparsity:
+        v = sparsity["sparsity"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise PlanError(source, f"is {v!r}; must be a number in [0, 1)", "sparsity.sparsity")
+    if "pattern" in sparsity and sparsity["pattern"] is not None:
+        pat = sparsity["pattern"]
+        parts = pat.split(":") if isinstance(pat, str) else []
+        if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 0 < int(parts[0]) < int(parts[1]):
+            raise PlanError(source, f"is {pat!r}; must be N:M with 0 < N < M (e.g. 2:4)", "sparsity.pattern")
+    if "allocation" in sparsity:
+        _check_allocation(sparsity, n, source)
 
 
 REPAIR_LOSSES = ("kl", "reverse-kl", "jsd", "ce")
