@@ -85,7 +85,7 @@ def _choose(name: str, v: Any, allowed: tuple[str, ...]) -> None:
 
 
 class _Spec:
-    """What the two specs share: building from a mapping with unknown keys refused, and a plain dict."""
+    """What the specs share: their field names and a plain dict."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # type: ignore[call-overload]
@@ -93,16 +93,6 @@ class _Spec:
     @classmethod
     def keys(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], **check: Any):
-        """A checked spec from a mapping (a study variant's block); unknown keys are refused."""
-        unknown = sorted(set(data) - set(cls.keys()))
-        if unknown:
-            raise SpecError(unknown[0], f"is not a setting; allowed: {', '.join(cls.keys())}")
-        spec = cls(**data)
-        spec.check(**check)
-        return spec
 
 
 @dataclass(frozen=True)
