@@ -3,9 +3,9 @@
     import prunelens
 
     model, tok = prunelens.load()                       # the embedded SmolLM2-135M-Instruct
-    before = prunelens.evaluate(model, tok, tasks=["arc_easy"], limit=50)
+    before = prunelens.evaluate(model, tok, tasks=["arc_easy"], limit=50, name="dense")
     pruned = prunelens.drop(model, tok, target="attn", n=4, nsamples=8)   # in place; .plan says what
-    after = prunelens.evaluate(model, tok, tasks=["arc_easy"], limit=50)
+    after = prunelens.evaluate(pruned, tasks=["arc_easy"], limit=50)
     print(prunelens.compare(before, after))             # paired test on the shared questions
 
 Every function takes a loaded model (with its tokenizer) or a model spec (hub id, directory, ``.gguf``,

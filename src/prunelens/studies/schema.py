@@ -13,6 +13,7 @@ import yaml
 
 from prunelens import DEFAULT_MODEL
 from prunelens.analysis import ANALYSES
+from prunelens.prune.specs import CHOICE_TASK
 
 #: the name of the unpruned model in every study table, figure and directory
 DENSE = "Full"
@@ -81,7 +82,7 @@ class TrajectoriesConfig:
 
 @dataclass(frozen=True)
 class SubspaceConfig:
-    task: str = "arc_easy"
+    task: str = CHOICE_TASK
     limit: int = 24
 
 
