@@ -31,8 +31,9 @@ from prunelens.prune.allocation import (
     sparsity_ceiling,
     weighted_mean,
 )
+from prunelens.prune.sensitivity import block_params, block_sensitivity
 from prunelens.prune.sparse_math import magnitude_scores, score_mask, wanda_scores
-from prunelens.prune.sparsify import block_params, block_sensitivity, block_sparsities, sparsify
+from prunelens.prune.sparsify import block_sparsities, sparsify
 from prunelens.studies.config import StudyConfigError, parse_config
 
 from conftest import random_text

@@ -12,19 +12,12 @@ from prunelens.data.calibration import Calibration
 from prunelens.models.adapter import Adapter
 from prunelens.models.capture import capture_block_inputs, run_block
 from prunelens.models.tiny import TINY_FAMILIES, tiny_model
-from prunelens.prune import sparsify as sparsify_module
+from prunelens.prune import block_prune
+from prunelens.prune.block_prune import CalibrationMemoryError, _sparsegpt_group, _zero
+from prunelens.prune.linear_stats import SharedInputStats, collect_input_stats, linear_groups
 from prunelens.prune.lockstep import LockstepError, run_in_lockstep
 from prunelens.prune.sparse_math import score_mask, wanda_scores
-from prunelens.prune.sparsify import (
-    TRUE_SEQUENTIAL_DEFAULT,
-    CalibrationMemoryError,
-    _collect_stats,
-    _SharedStats,
-    _sparsegpt_group,
-    _zero,
-    linear_groups,
-    sparsify,
-)
+from prunelens.prune.sparsify import TRUE_SEQUENTIAL_DEFAULT, sparsify
 
 IDS = torch.randint(3, 256, (6, 16), generator=torch.Generator().manual_seed(2))
 CAL = Calibration(IDS, "random", 0, IDS.numel())
@@ -201,8 +194,8 @@ def _group_by_group(model, method):
         for i in range(adapter.num_layers):
             block, linears = adapter.layers[i], adapter.block_linears(i)
             for owner, names in linear_groups(block, linears, inps, kwargs[i]).items():
-                stats = _SharedStats("cpu", hessian=method == "sparsegpt")
-                _collect_stats(block, {n: linears[n] for n in names}, stats, inps, kwargs[i], 4)
+                stats = SharedInputStats("cpu", hessian=method == "sparsegpt")
+                collect_input_stats(block, {n: linears[n] for n in names}, stats, inps, kwargs[i], 4)
                 if method == "wanda":
                     for n in names:
                         w = linears[n].weight
@@ -262,7 +255,7 @@ def test_running_out_of_memory_says_what_to_change(monkeypatch, error):
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(sparsify_module, "run_in_lockstep", fail)
+    monkeypatch.setattr(block_prune, "run_in_lockstep", fail)
     with pytest.raises(
         CalibrationMemoryError,
         match="true_sequential=False.*--dense-block-stats.*6 calibration windows"
@@ -270,7 +263,7 @@ def test_running_out_of_memory_says_what_to_change(monkeypatch, error):
     ):
         sparsify(tiny_model("llama"), CAL, method="wanda", sparsity=0.5, batch_size=4, true_sequential=True)
     monkeypatch.setattr(
-        sparsify_module, "run_in_lockstep", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("other"))
+        block_prune, "run_in_lockstep", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("other"))
     )
     with pytest.raises(RuntimeError, match="^other$"):
         sparsify(tiny_model("llama"), CAL, method="wanda", sparsity=0.5, batch_size=4, true_sequential=True)

@@ -12,12 +12,8 @@ from prunelens.models.adapter import Adapter
 from prunelens.models.capture import capture_block_inputs, layer_kwargs, run_block
 from prunelens.models.residual import record_blocks
 from prunelens.models.tiny import TINY_FAMILIES, tiny_model
-from prunelens.prune.sparsify import (
-    _collect_stats,
-    _SharedStats,
-    _Stats,
-    sparsify,
-)
+from prunelens.prune.linear_stats import InputStats, SharedInputStats, collect_input_stats
+from prunelens.prune.sparsify import sparsify
 from prunelens.prune.specs import SparsifySpec, SpecError
 
 IDS = torch.randint(3, 256, (6, 16), generator=torch.Generator().manual_seed(1))
@@ -134,8 +130,8 @@ def _first_block(family):
 def test_linears_reading_one_tensor_share_their_statistics(family):
     """q/k/v (and gate/up) read the same tensor: one accumulator, equal to what each would compute alone."""
     block, linears, inps, kw = _first_block(family)
-    shared = _SharedStats("cpu", hessian=True)
-    alone = {n: _Stats(lin.in_features, "cpu", True) for n, lin in linears.items()}
+    shared = SharedInputStats("cpu", hessian=True)
+    alone = {n: InputStats(lin.in_features, "cpu", True) for n, lin in linears.items()}
 
     def both(n, x):
         shared.add(n, x)
@@ -160,7 +156,7 @@ def test_linears_reading_one_tensor_share_their_statistics(family):
 
 
 def test_shared_statistics_refuse_a_changed_sharing():
-    st = _SharedStats("cpu", hessian=False)
+    st = SharedInputStats("cpu", hessian=False)
     x, y = torch.randn(2, 3), torch.randn(2, 3)
     st.add("a", x)
     st.add("b", x)  # b shares a's input in the first call
@@ -175,7 +171,7 @@ def test_statistics_pass_stops_after_the_last_linear_input(family):
     """The statistics pass records every linear's input and skips the last product
     (its output is not needed)."""
     block, linears, inps, kw = _first_block(family)
-    full = {n: _Stats(lin.in_features, "cpu", True) for n, lin in linears.items()}
+    full = {n: InputStats(lin.in_features, "cpu", True) for n, lin in linears.items()}
     ran: list[str] = []
     hooks = [lin.register_forward_pre_hook(lambda m, a, n=n: full[n].add(a[0])) for n, lin in linears.items()]
     with torch.no_grad():
@@ -183,9 +179,9 @@ def test_statistics_pass_stops_after_the_last_linear_input(family):
     for h in hooks:
         h.remove()
     hooks = [lin.register_forward_hook(lambda m, a, o, n=n: ran.append(n)) for n, lin in linears.items()]
-    shared = _SharedStats("cpu", hessian=True)
+    shared = SharedInputStats("cpu", hessian=True)
     with torch.no_grad():
-        _collect_stats(block, linears, shared, inps, kw, batch_size=2)
+        collect_input_stats(block, linears, shared, inps, kw, batch_size=2)
     for h in hooks:
         h.remove()
     for n in linears:

@@ -272,8 +272,9 @@ def variant_from_plan(model: nn.Module, plan: PrunePlan, *, source: str = "plan"
 
 @torch.no_grad()
 def _magnitude_overrides(model, adapter: Adapter, plan: PrunePlan) -> dict[str, Tensor]:
+    from prunelens.prune.block_prune import magnitude_masks
     from prunelens.prune.sparse_math import parse_pattern
-    from prunelens.prune.sparsify import block_sparsities, magnitude_masks
+    from prunelens.prune.sparsify import block_sparsities
 
     pattern = plan.sparsity.get("pattern")
     nm = parse_pattern(pattern) if pattern else None
