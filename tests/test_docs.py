@@ -85,3 +85,23 @@ def test_the_check_catches_a_wrong_command_and_option(tmp_path):
     assert command.name == "drop" and "--no-such-option" in rest
     assert "--no-such-option" not in {o for p in command.params for o in p.opts}
     assert _resolve(cli, ["frobnicate"])[0] is cli
+
+
+def test_every_package_says_which_module_does_what():
+    """Each package's ``__init__`` docstring names every module and subpackage in it (``__main__`` aside),
+    so a newcomer can find where a job lives; a new module has to be placed there too."""
+    import ast
+
+    import prunelens
+
+    root = Path(prunelens.__file__).parent
+    unnamed = []
+    for init in sorted(root.rglob("__init__.py")):
+        package = init.parent
+        doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))) or ""
+        parts = [p.stem for p in package.glob("*.py") if not p.stem.startswith("__")]
+        parts += [p.name for p in package.iterdir() if (p / "__init__.py").is_file()]
+        unnamed += [
+            f"{init.relative_to(root)}: {part}" for part in parts if not re.search(rf"\b{part}\b", doc)
+        ]
+    assert not unnamed, "modules their package's docstring does not name:\n" + "\n".join(sorted(unnamed))
