@@ -33,6 +33,8 @@ so a left-padded prompt gives the same states as the prompt alone.
 from __future__ import annotations
 
 import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,6 +223,110 @@ def model_forward(model, input_ids: Tensor, mask: Tensor, **kw):
         return model(input_ids=input_ids, attention_mask=mask.long(), position_ids=pos, use_cache=False, **kw)
 
 
+class _Tracer:
+    """The hooks of one :func:`trace` and what they record. ``busy``: a counterfactual re-run is under way,
+    whose module calls are not the dense forward's and record nothing."""
+
+    def __init__(self, adapter: Adapter, counterfactuals: dict[tuple[int, str], Counterfactual]):
+        self.adapter, self.counterfactuals = adapter, counterfactuals
+        self.busy = False
+        self.store: dict[int, dict[str, Any]] = {}  # per traced block: what its forward has produced so far
+        self.entries: list[SublayerTrace] = []
+        self.final: dict[str, Tensor] = {}
+
+    def rerun(self, layer: int, kind: str, module: nn.Module, args, kwargs) -> Tensor:
+        """The overridden sublayer's contribution on the very arguments the dense forward passed it."""
+        adapter, cf = self.adapter, self.counterfactuals[(layer, kind)]
+        kw = without_cache(kwargs)
+        args = list(args)
+        if cf.pre_norm:
+            st = self.store[layer]
+            x_in = st["pre"] if (kind == "attn" or adapter.parallel) else st["pre"] + st["d_attn"]
+            norm_mod = adapter.layers[layer].get_submodule(adapter.sublayer_norms(kind)[0])
+            normed = functional_call(norm_mod, cf.pre_norm, (x_in,), strict=False)
+            if args:
+                args[0] = normed
+            else:
+                kw["hidden_states"] = normed
+        self.busy = True
+        try:
+            out = _first(functional_call(module, cf.params, tuple(args), kw, strict=False))
+            out_mod = adapter.sublayer_out(layer, kind)
+            if out_mod is not module:
+                out = functional_call(out_mod, cf.post_norm, (out,), strict=False)
+        finally:
+            self.busy = False
+        return out
+
+    def on_input(self, i: int, h: Tensor, args: tuple, kwargs: dict) -> None:
+        if not self.busy:
+            self.store[i]["pre"] = h
+
+    def on_sublayer_out(self, i: int, kind: str, out) -> None:
+        if not self.busy:
+            self.store[i]["d_" + kind] = _first(out)
+
+    def on_sublayer(self, i: int, kind: str, module: nn.Module, args, kwargs) -> None:
+        if not self.busy:
+            self.store[i]["cf_" + kind] = self.rerun(i, kind, module, args, kwargs)
+
+    def on_block_out(self, i: int, out) -> None:
+        if self.busy:
+            return
+        st = self.store[i]
+        pre = st.pop("pre")
+        d_attn = st.pop("d_attn")
+        st.pop("d_mlp", None)  # the MLP's own output is not needed: post − mid is its effect
+        post = block_output(out)
+        mid = pre + d_attn
+        for kind, before, dense in (("attn", pre, mid), ("mlp", mid, post)):
+            cf = self.counterfactuals.get((i, kind))
+            if cf is None:
+                continue
+            pruned = before if cf.kind == "drop" else before + st.pop("cf_" + kind)
+            self.entries.append(SublayerTrace(i, kind, cf.kind, cf.in_variant, before, dense, pruned))
+        st.clear()
+
+    def on_final(self, h: Tensor) -> None:
+        if not self.busy:
+            self.final["h"] = h
+
+    @contextmanager
+    def hooks(self) -> Iterator[None]:
+        """The hooks on every block with a planned sublayer, its sublayers and the final norm."""
+        adapter, handles = self.adapter, []
+        for i in range(adapter.num_layers):
+            if not any((i, k) in self.counterfactuals for k in SUBLAYERS):
+                continue
+            self.store[i] = {}
+            for kind in SUBLAYERS:
+                handles.append(
+                    adapter.sublayer_out(i, kind).register_forward_hook(
+                        lambda m, a, o, i=i, kind=kind: self.on_sublayer_out(i, kind, o)
+                    )
+                )
+                cf = self.counterfactuals.get((i, kind))
+                if cf is not None and cf.kind == "override":
+                    handles.append(
+                        adapter.sublayer(i, kind).register_forward_hook(
+                            lambda m, a, k, o, i=i, kind=kind: self.on_sublayer(i, kind, m, a, k),
+                            with_kwargs=True,
+                        )
+                    )
+            handles.append(
+                adapter.layers[i].register_forward_hook(
+                    lambda m, a, k, o, i=i: self.on_block_out(i, o), with_kwargs=True
+                )
+            )
+        handles.append(adapter.final_norm.register_forward_pre_hook(lambda m, a: self.on_final(a[0])))
+        try:
+            with block_input_hooks(adapter, self.on_input, list(self.store)):
+                yield
+        finally:
+            for h in handles:
+                h.remove()
+
+
 @torch.no_grad()
 def trace(
     model: nn.Module,
@@ -239,104 +345,11 @@ def trace(
     mask = attention_mask.bool()
     if counterfactuals is None:
         counterfactuals, _ = plan_counterfactuals(adapter)
-    parallel = adapter.parallel
-    busy = [False]
-    store: dict[int, dict[str, Any]] = {}
-    entries: list[SublayerTrace] = []
-    final: dict[str, Tensor] = {}
-    handles = []
-
-    def rerun(layer: int, kind: str, module: nn.Module, args, kwargs) -> Tensor:
-        cf = counterfactuals[(layer, kind)]
-        kw = without_cache(kwargs)
-        args = list(args)
-        if cf.pre_norm:
-            st = store[layer]
-            x_in = st["pre"] if (kind == "attn" or parallel) else st["pre"] + st["d_attn"]
-            norm_mod = adapter.layers[layer].get_submodule(adapter.sublayer_norms(kind)[0])
-            normed = functional_call(norm_mod, cf.pre_norm, (x_in,), strict=False)
-            if args:
-                args[0] = normed
-            else:
-                kw["hidden_states"] = normed
-        busy[0] = True
-        try:
-            out = _first(functional_call(module, cf.params, tuple(args), kw, strict=False))
-            out_mod = adapter.sublayer_out(layer, kind)
-            if out_mod is not module:
-                out = functional_call(out_mod, cf.post_norm, (out,), strict=False)
-        finally:
-            busy[0] = False
-        return out
-
-    for i in range(adapter.num_layers):
-        block = adapter.layers[i]
-        planned = {k for k in SUBLAYERS if (i, k) in counterfactuals}
-        if not planned:
-            continue
-        store[i] = {}
-
-        def out_hook(mod, args, out, i=i, kind=None):
-            if not busy[0]:
-                store[i]["d_" + kind] = _first(out)
-
-        def sub_hook(mod, args, kwargs, out, i=i, kind=None):
-            if not busy[0]:
-                store[i]["cf_" + kind] = rerun(i, kind, mod, args, kwargs)
-
-        def post_hook(mod, args, kwargs, out, i=i):
-            if busy[0]:
-                return
-            st = store[i]
-            pre = st.pop("pre")
-            d_attn = st.pop("d_attn")
-            st.pop("d_mlp", None)  # the MLP's own output is not needed: post − mid is its effect
-            post = block_output(out)
-            mid = pre + d_attn
-            for kind, before, dense in (("attn", pre, mid), ("mlp", mid, post)):
-                cf = counterfactuals.get((i, kind))
-                if cf is None:
-                    continue
-                if cf.kind == "drop":
-                    pruned = before
-                else:
-                    pruned = before + st.pop("cf_" + kind)
-                entries.append(SublayerTrace(i, kind, cf.kind, cf.in_variant, before, dense, pruned))
-            st.clear()
-
-        for kind in SUBLAYERS:
-            handles.append(
-                adapter.sublayer_out(i, kind).register_forward_hook(
-                    lambda m, a, o, i=i, kind=kind: out_hook(m, a, o, i=i, kind=kind)
-                )
-            )
-            cf = counterfactuals.get((i, kind))
-            if cf is not None and cf.kind == "override":
-                handles.append(
-                    adapter.sublayer(i, kind).register_forward_hook(
-                        lambda m, a, k, o, i=i, kind=kind: sub_hook(m, a, k, o, i=i, kind=kind),
-                        with_kwargs=True,
-                    )
-                )
-        handles.append(block.register_forward_hook(post_hook, with_kwargs=True))
-
-    def final_hook(mod, args):
-        if not busy[0]:
-            final["h"] = args[0]
-
-    def on_input(i: int, h: Tensor, args: tuple, kwargs: dict) -> None:
-        if not busy[0]:
-            store[i]["pre"] = h
-
-    handles.append(adapter.final_norm.register_forward_pre_hook(final_hook))
-    try:
-        with block_input_hooks(adapter, on_input, list(store)):
-            model_forward(model, input_ids, mask)
-    finally:
-        for h in handles:
-            h.remove()
-    entries.sort(key=lambda e: (e.layer, SUBLAYERS.index(e.kind)))
-    return Trace(entries, mask, final["h"])
+    tracer = _Tracer(adapter, counterfactuals)
+    with tracer.hooks():
+        model_forward(model, input_ids, mask)
+    tracer.entries.sort(key=lambda e: (e.layer, SUBLAYERS.index(e.kind)))
+    return Trace(tracer.entries, mask, tracer.final["h"])
 
 
 @torch.no_grad()
