@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from prunelens.models.adapter import block_output, param_count
+from prunelens.models.capture import block_input
 from prunelens.models.embedders import Embedder
 from prunelens.models.encoder_adapter import (
     DROP_MODES,
@@ -53,7 +54,7 @@ def encoder_similarities(
     handles = []
 
     def attn_hook(mod, args, kwargs, out, i):
-        x = args[0] if args else kwargs["hidden_states"]
+        x = block_input(args, kwargs)
         sums["attn"][i] += cosine_sum(x, block_output(out), state["mask"])
 
     def mlp_hook(mod, args, kwargs, out, i):
@@ -61,7 +62,7 @@ def encoder_similarities(
         sums["mlp"][i] += cosine_sum(x, block_output(out), state["mask"])
 
     def layer_hook(mod, args, kwargs, out, i):
-        x = args[0] if args else kwargs["hidden_states"]
+        x = block_input(args, kwargs)
         sums["block"][i] += cosine_sum(x, block_output(out), state["mask"])
 
     try:
