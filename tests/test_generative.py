@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from prunelens.data.tasks import GenExample, load_task
-from prunelens.evaluation.fidelity import fidelity
 from prunelens.evaluation.decoding import format_prompt, generate, generate_batch
+from prunelens.evaluation.fidelity import fidelity
 from prunelens.evaluation.generative import (
     HUMANEVAL_STOPS,
     evaluate_generative,
