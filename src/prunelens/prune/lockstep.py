@@ -30,6 +30,27 @@ class LockstepError(RuntimeError):
     """The batches did not all stop at the same place, so a group's statistics would be incomplete."""
 
 
+def _check_member(mod: nn.Module, key: Hashable, first: torch.Tensor | None, x: torch.Tensor) -> None:
+    """A module behind gate ``key`` must read the very tensor the gate's module read (``first``)."""
+    if first is None or (
+        first is not x
+        and (first.data_ptr(), first.shape, first.stride()) != (x.data_ptr(), x.shape, x.stride())
+    ):
+        raise LockstepError(
+            f"{type(mod).__name__} behind gate {key!r} does not read the tensor the gate's own "
+            "module read, so it cannot be pruned on that tensor's statistics"
+        )
+
+
+def _diverged(keys: set, parked: int, running: int) -> LockstepError:
+    return LockstepError(
+        "the batches took different paths through the block "
+        "(data-dependent control flow, such as "
+        f"mixture-of-experts routing): {parked} of {running} stopped at "
+        f"{', '.join(map(repr, sorted(keys, key=repr)))}; calibrate with true_sequential=False"
+    )
+
+
 def run_in_lockstep(
     run_batch: Callable[[int], None],
     n: int,
@@ -77,17 +98,7 @@ def run_in_lockstep(
                 parked[b] = key
                 caller.switch()  # back to the loop below; resumed when the gate has opened
             return None
-        key = members[mod]
-        first = read[b].get(key)
-        if (
-            first is None
-            or first is not x
-            and (first.data_ptr(), first.shape, first.stride()) != (x.data_ptr(), x.shape, x.stride())
-        ):
-            raise LockstepError(
-                f"{type(mod).__name__} behind gate {key!r} does not read the tensor the gate's own "
-                "module read, so it cannot be pruned on that tensor's statistics"
-            )
+        _check_member(mod, members[mod], read[b].get(members[mod]), x)
         return None
 
     def body(b: int) -> None:
@@ -108,12 +119,7 @@ def run_in_lockstep(
                 break
             keys = set(parked.values())
             if len(keys) > 1 or len(parked) < len(running):
-                raise LockstepError(
-                    "the batches took different paths through the block "
-                    "(data-dependent control flow, such as "
-                    f"mixture-of-experts routing): {len(parked)} of {len(running)} stopped at "
-                    f"{', '.join(map(repr, sorted(keys, key=repr)))}; calibrate with true_sequential=False"
-                )
+                raise _diverged(keys, len(parked), len(running))
             key = keys.pop()
             on_gate(key)
             opened.add(key)
