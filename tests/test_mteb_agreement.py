@@ -31,11 +31,15 @@ def _packages():
         need_package(name)
 
 
-# MTEB's own deprecation notices about sentence-transformers 6 (not ours to fix)
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:.*(fill_missing|get_sentence_embedding_dimension).*:DeprecationWarning",
-    "ignore:.*(fill_missing|get_sentence_embedding_dimension).*:FutureWarning",
-)
+pytestmark = [
+    # a whole retrieval evaluation embedded and scored twice (ours and MTEB's): out of the fast lane
+    pytest.mark.slow,
+    # MTEB's own deprecation notices about sentence-transformers 6 (not ours to fix)
+    pytest.mark.filterwarnings(
+        "ignore:.*(fill_missing|get_sentence_embedding_dimension).*:DeprecationWarning",
+        "ignore:.*(fill_missing|get_sentence_embedding_dimension).*:FutureWarning",
+    ),
+]
 
 N_QUERIES, N_DISTRACTORS = 150, 100
 TOL = 0.005
