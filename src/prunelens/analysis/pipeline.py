@@ -68,19 +68,31 @@ class AnalysisConfig:
     figures: bool = True
 
     def __post_init__(self):
-        bad = [a for a in self.analyses if a not in ANALYSES]
-        if bad:
-            raise ValueError(f"unknown analyses {bad}; choose from {', '.join(ANALYSES)}")
+        """The one check of an analysis request (``prunelens analyze``, :func:`prunelens.analyze`, a study's
+        analyses): a :class:`~prunelens.prune.specs.SpecError` naming the field."""
         from prunelens.analysis.metrics import check_temperature
+        from prunelens.prune.specs import SpecError
 
-        self.temperatures = tuple(float(check_temperature(t)) for t in self.temperatures)
+        def temperature(name: str, t) -> float:
+            try:
+                return float(check_temperature(t))
+            except ValueError:
+                raise SpecError(name, f"must be a positive finite number (got {t!r})") from None
+
+        bad = [a for a in self.analyses if a not in ANALYSES]
+        if bad or not self.analyses:
+            raise SpecError("analyses", f"must be among {', '.join(ANALYSES)} (got {list(self.analyses)})")
         if not self.temperatures:
-            raise ValueError("at least one temperature is needed")
-        check_temperature(self.sample_temperature)
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
-        if self.batch_size < 1 or self.chunk_tokens < 1:
-            raise ValueError("batch_size and chunk_tokens must be positive")
+            raise SpecError("temperature", "needs at least one value")
+        self.temperatures = tuple(temperature("temperature", t) for t in self.temperatures)
+        temperature("sample_temperature", self.sample_temperature)
+        for name, allowed in (("scope", ("all", "variant")), ("positions", ("all", "prompt", "generated"))):
+            if getattr(self, name) not in allowed:
+                raise SpecError(name, f"must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
+        for name in ("max_new_tokens", "batch_size", "chunk_tokens"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+                raise SpecError(name, f"must be a positive integer (got {v!r})")
 
     @property
     def sampler(self) -> Sampler:

@@ -419,7 +419,7 @@ def resolve_variant(
     if m:
         if calibration is None:
             if calibration_factory is None:
-                raise ValueError(f"{spec!r} needs calibration data to choose what to drop")
+                raise InputError(f"{spec!r} needs calibration data to choose what to drop")
             calibration = calibration_factory()
         n, target = int(m.group(1)), _TARGETS[m.group(2).lower()]
         return _shorthand_variant(model, spec, n, target, calibration, sims_cache, base_model)

@@ -116,28 +116,15 @@ def analyze(
     from prunelens.analysis.pipeline import AnalysisConfig, run_analysis
     from prunelens.utils.io import check_output_dir
 
-    chosen, layer_list = check_options(
-        temperatures=[*temperature, sample_temperature],
-        analyses=analyses,
-        scope=scope,
-        positions=positions,
-        positive={
-            "--max-new-tokens": max_new_tokens,
-            "--batch-size": batch_size,
-            "--chunk-tokens": chunk_tokens,
-            "--mc-limit": mc_limit,
-            "--nsamples": nsamples,
-            "--seqlen": seqlen,
-        },
+    layer_list = check_options(
+        positive={"--mc-limit": mc_limit, "--nsamples": nsamples, "--seqlen": seqlen},
         limit=limit,
         layers=layers,
     )
-    check_output_dir(out, overwrite)
-    set_threads(threads)
-    config = AnalysisConfig(
+    config = AnalysisConfig(  # its own check refuses bad temperatures, analyses, scope, positions, counts
         temperatures=tuple(temperature),
         max_new_tokens=max_new_tokens,
-        analyses=tuple(chosen),
+        analyses=tuple(csv_list(analyses)),
         scope=scope,
         final_norm=not no_final_norm,
         sample=sample,
@@ -152,6 +139,8 @@ def analyze(
         csv=not no_csv,
         figures=not no_figures,
     )
+    check_output_dir(out, overwrite)
+    set_threads(threads)
     t0 = time.perf_counter()
     # the prompts before the model: an empty or malformed prompt file is refused without loading anything
     prompt_set, notes = load_prompt_set(prompts, limit, seed)
@@ -177,32 +166,10 @@ def analyze(
 
 
 def check_options(
-    *,
-    temperatures: list[float],
-    analyses: str,
-    scope: str,
-    positions: str,
-    positive: dict[str, int],
-    limit: int | None,
-    layers: str | None,
-) -> tuple[list[str], tuple[int, ...] | None]:
-    """Every cheap check of the options, made before anything loads; returns the chosen analyses and the
-    layer indices. ``positive`` maps the options that must be positive to their values."""
-    import math
-
-    from prunelens.analysis.pipeline import ANALYSES
-
-    for t in temperatures:
-        if not (t > 0) or not math.isfinite(t):
-            fail(f"temperatures must be positive and finite (got {t})")
-    chosen = csv_list(analyses)
-    bad = [a for a in chosen if a not in ANALYSES]
-    if bad or not chosen:
-        fail(f"unknown analyses {bad or analyses!r}; choose from {', '.join(ANALYSES)}")
-    if scope not in ("all", "variant"):
-        fail(f"--scope must be 'all' or 'variant' (got {scope!r})")
-    if positions not in ("all", "prompt", "generated"):
-        fail(f"--positions must be all, prompt or generated (got {positions!r})")
+    *, positive: dict[str, int], limit: int | None, layers: str | None
+) -> tuple[int, ...] | None:
+    """The cheap checks of the options that are not the analysis's own (those are
+    :class:`~prunelens.analysis.pipeline.AnalysisConfig`'s); returns the layer indices."""
     for name, val in positive.items():
         if val < 1:
             fail(f"{name} must be positive (got {val})")
@@ -212,7 +179,7 @@ def check_options(
         layer_list = tuple(int(x) for x in csv_list(layers)) or None
     except ValueError:
         fail(f"--layers must be comma-separated integers (got {layers!r})")
-    return chosen, layer_list
+    return layer_list
 
 
 def load_dense(dense: str, seqlen: int, dtype: str, device: str):
