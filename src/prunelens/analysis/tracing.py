@@ -43,7 +43,12 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from prunelens.models.adapter import SUBLAYERS, Adapter, block_output
-from prunelens.models.capture import block_input_hooks, without_cache
+from prunelens.models.capture import (
+    block_input_hooks,
+    final_hidden_hook,
+    sublayer_output_hooks,
+    without_cache,
+)
 
 __all__ = [
     "SublayerTrace",
@@ -204,10 +209,6 @@ def plan_counterfactuals(
     return plan, notes
 
 
-def _first(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 def model_forward(model, input_ids: Tensor, mask: Tensor, **kw):
     pos = position_ids(mask)
     try:
@@ -250,7 +251,7 @@ class _Tracer:
                 kw["hidden_states"] = normed
         self.busy = True
         try:
-            out = _first(functional_call(module, cf.params, tuple(args), kw, strict=False))
+            out = block_output(functional_call(module, cf.params, tuple(args), kw, strict=False))
             out_mod = adapter.sublayer_out(layer, kind)
             if out_mod is not module:
                 out = functional_call(out_mod, cf.post_norm, (out,), strict=False)
@@ -262,9 +263,9 @@ class _Tracer:
         if not self.busy:
             self.store[i]["pre"] = h
 
-    def on_sublayer_out(self, i: int, kind: str, out) -> None:
+    def on_sublayer_out(self, i: int, kind: str, out: Tensor) -> None:
         if not self.busy:
-            self.store[i]["d_" + kind] = _first(out)
+            self.store[i]["d_" + kind] = out
 
     def on_sublayer(self, i: int, kind: str, module: nn.Module, args, kwargs) -> None:
         if not self.busy:
@@ -300,11 +301,6 @@ class _Tracer:
                 continue
             self.store[i] = {}
             for kind in SUBLAYERS:
-                handles.append(
-                    adapter.sublayer_out(i, kind).register_forward_hook(
-                        lambda m, a, o, i=i, kind=kind: self.on_sublayer_out(i, kind, o)
-                    )
-                )
                 cf = self.counterfactuals.get((i, kind))
                 if cf is not None and cf.kind == "override":
                     handles.append(
@@ -318,9 +314,15 @@ class _Tracer:
                     lambda m, a, k, o, i=i: self.on_block_out(i, o), with_kwargs=True
                 )
             )
-        handles.append(adapter.final_norm.register_forward_pre_hook(lambda m, a: self.on_final(a[0])))
+        traced = list(self.store)
         try:
-            with block_input_hooks(adapter, self.on_input, list(self.store)):
+            with (
+                block_input_hooks(adapter, self.on_input, traced),
+                sublayer_output_hooks(
+                    adapter, self.on_sublayer_out, [(i, k) for i in traced for k in SUBLAYERS]
+                ),
+                final_hidden_hook(adapter, self.on_final),
+            ):
                 yield
         finally:
             for h in handles:
@@ -359,9 +361,6 @@ def forward_final_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Te
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
     got: dict[str, Tensor] = {}
-    h = adapter.final_norm.register_forward_pre_hook(lambda m, a: got.__setitem__("h", a[0]))
-    try:
+    with final_hidden_hook(adapter, lambda h: got.__setitem__("h", h)):
         model_forward(model, input_ids, attention_mask.bool())
-    finally:
-        h.remove()
     return got["h"]

@@ -7,7 +7,9 @@ pre-hook with ``with_kwargs=True`` on the block sees them all; this module is th
 installs such hooks and replays blocks on what they recorded:
 
 * :func:`block_input_hooks` — the hooks themselves (a callback per block call; it may raise
-  :class:`StopForward` to end the forward there, caught by :func:`forward_until_stopped`);
+  :class:`StopForward` to end the forward there, caught by :func:`forward_until_stopped`), and beside
+  them :func:`sublayer_output_hooks` (what each sublayer adds to the residual stream) and
+  :func:`final_hidden_hook` (the last residual stream);
 * :func:`record_forward` — one full forward recording every block's input and call, and the logits;
   :func:`suffix_hidden` / :func:`suffix_logits` re-run blocks ``start … L−1`` from it, and
   :func:`counterfactual_kl_sums` scores temporary changes of the model by the exact KL of such
@@ -24,7 +26,7 @@ The suffix KL's unembedding and full-vocabulary terms are computed a chunk of po
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +36,7 @@ from torch import nn
 
 from prunelens.models.adapter import Adapter, block_output, input_device
 from prunelens.models.compat import CACHE_KWARGS
+from prunelens.plan import SUBLAYERS
 from prunelens.utils.kl import kl_divergence, log_probs
 from prunelens.utils.memory import reuse_freed_memory
 from prunelens.utils.progress import progress_bar
@@ -49,6 +52,7 @@ __all__ = [
     "blocks_in_turn",
     "capture_block_inputs",
     "counterfactual_kl_sums",
+    "final_hidden_hook",
     "forward_until_stopped",
     "head_kl_sum",
     "layer_kwargs",
@@ -58,6 +62,7 @@ __all__ = [
     "suffix_hidden",
     "suffix_kl_sum",
     "suffix_logits",
+    "sublayer_output_hooks",
     "without_cache",
 ]
 
@@ -116,6 +121,42 @@ def block_input_hooks(
     finally:
         for h in handles:
             h.remove()
+
+
+@contextmanager
+def sublayer_output_hooks(
+    adapter: Adapter,
+    on_output: Callable[[int, str, torch.Tensor], None],
+    units: Iterable[tuple[int, str]] | None = None,
+) -> Iterator[None]:
+    """While open, ``on_output(layer, kind, contribution)`` runs after each call of the sublayers ``units``
+    (default: attention and MLP of every block), with what the sublayer adds to the residual stream (the
+    output of the adapter's ``attn_out`` / ``mlp_out`` module: after a post-norm where the family has one)."""
+    todo = [(i, k) for i in range(adapter.num_layers) for k in SUBLAYERS] if units is None else units
+
+    def make(i: int, kind: str):
+        def hook(mod, args, out):
+            on_output(i, kind, block_output(out))
+
+        return hook
+
+    handles = [adapter.sublayer_out(i, k).register_forward_hook(make(i, k)) for i, k in todo]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def final_hidden_hook(adapter: Adapter, on_hidden: Callable[[torch.Tensor], None]) -> Iterator[None]:
+    """While open, ``on_hidden(h_L)`` runs with the last residual stream (the final norm's input) of each
+    forward."""
+    handle = adapter.final_norm.register_forward_pre_hook(lambda mod, args: on_hidden(args[0]))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def replay_block(

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from prunelens.models.adapter import Adapter, block_output
-from prunelens.models.capture import block_input_hooks
+from prunelens.models.capture import block_input_hooks, sublayer_output_hooks
+from prunelens.plan import SUBLAYERS
 
 
 @dataclass
@@ -50,15 +51,12 @@ def record_blocks(
     def on_input(i: int, h: torch.Tensor, args: tuple, kwargs: dict) -> None:
         stores[i]["pre"] = h
 
+    def on_output(i: int, kind: str, out: torch.Tensor) -> None:
+        stores[i][kind] = out
+
     for i in todo:
         block = adapter.layers[i]
         store = stores[i]
-
-        def attn_hook(mod, args, out, store=store):
-            store["attn"] = block_output(out)
-
-        def mlp_hook(mod, args, out, store=store):
-            store["mlp"] = block_output(out)
 
         def post_hook(mod, args, kwargs, out, store=store, i=i):
             states = BlockStates(
@@ -66,11 +64,12 @@ def record_blocks(
             )
             callback(states)
 
-        handles.append(adapter.sublayer_out(i, "attn").register_forward_hook(attn_hook))
-        handles.append(adapter.sublayer_out(i, "mlp").register_forward_hook(mlp_hook))
         handles.append(block.register_forward_hook(post_hook, with_kwargs=True))
     try:
-        with block_input_hooks(adapter, on_input, todo):
+        with (
+            block_input_hooks(adapter, on_input, todo),
+            sublayer_output_hooks(adapter, on_output, [(i, k) for i in todo for k in SUBLAYERS]),
+        ):
             yield
     finally:
         for h in handles:

@@ -36,13 +36,17 @@ import torch
 
 from prunelens.models.adapter import (
     Adapter,
-    block_output,
     drop_sublayer,
     get_submodule,
     input_device,
     set_submodule,
 )
-from prunelens.models.capture import counterfactual_kl_sums, record_forward, suffix_logits
+from prunelens.models.capture import (
+    counterfactual_kl_sums,
+    record_forward,
+    sublayer_output_hooks,
+    suffix_logits,
+)
 from prunelens.plan import SUBLAYERS
 from prunelens.utils.kl import kl_divergence, log_probs
 from prunelens.utils.progress import progress_bar
@@ -338,29 +342,23 @@ def _sublayer_outputs_with_grad(model, adapter: Adapter, captured: dict) -> Iter
     """While open, each forward keeps every present sublayer's output in ``captured[(layer, kind)]``, and
     gradients reach those outputs (the embedding output becomes a leaf that requires grad) while no
     weight requires grad (only activation gradients are computed)."""
-    handles = []
-    for i in range(adapter.num_layers):
-        for k in SUBLAYERS:
-            if adapter.is_dropped(i, k):
-                continue
+    present = [(i, k) for i in range(adapter.num_layers) for k in SUBLAYERS if not adapter.is_dropped(i, k)]
 
-            def hook(mod, args, out, key=(i, k)):
-                captured[key] = block_output(out)
-
-            handles.append(adapter.sublayer_out(i, k).register_forward_hook(hook))
+    def keep(layer: int, kind: str, out: torch.Tensor) -> None:
+        captured[(layer, kind)] = out
 
     def embed_hook(mod, args, out):
         return out.detach().requires_grad_(True)
 
-    handles.append(adapter.embed.register_forward_hook(embed_hook))
+    handle = adapter.embed.register_forward_hook(embed_hook)
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         for p, _ in flags:
             p.requires_grad_(False)
-        yield
+        with sublayer_output_hooks(adapter, keep, present):
+            yield
     finally:
-        for h in handles:
-            h.remove()
+        handle.remove()
         for p, flag in flags:
             p.requires_grad_(flag)
 
