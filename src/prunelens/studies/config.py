@@ -266,13 +266,7 @@ def _analyses(raw: Any) -> AnalysesConfig:
         )
         _int(k, f"analyses.prompts.{task}", minimum=0)
     scope = raw.get("scope", d.scope)
-    _expect(scope in ("variant", "all"), "analyses.scope", f"must be variant or all, got {scope!r}")
     positions = raw.get("positions", d.positions)
-    _expect(
-        positions in ("generated", "prompt", "all"),
-        "analyses.positions",
-        f"must be generated, prompt or all, got {positions!r}",
-    )
     listed = [a for a in ANALYSES if raw.get(a) is not None]
     if not listed:
         listed = ["transitions"]
@@ -281,9 +275,7 @@ def _analyses(raw: Any) -> AnalysesConfig:
         t = _section(raw.get("transitions") or {}, TransitionsConfig, "analyses.transitions")
         temps = t.get("temperatures", list(TransitionsConfig().temperatures))
         _expect(
-            isinstance(temps, list)
-            and temps
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in temps),
+            isinstance(temps, list) and temps and not any(isinstance(x, bool) for x in temps),
             "analyses.transitions.temperatures",
             f"must be a non-empty list of positive numbers, got {temps!r}",
         )
@@ -308,9 +300,30 @@ def _analyses(raw: Any) -> AnalysesConfig:
             f"must be a multiple-choice task ({', '.join(mc)}), got {task!r}",
         )
         sub = SubspaceConfig(task, _int(t.get("limit", SubspaceConfig().limit), "analyses.subspace.limit"))
+    _check_analysis_rules(scope, positions, tr, tj)
     return AnalysesConfig(
         prompts=dict(prompts), scope=scope, positions=positions, transitions=tr, trajectories=tj, subspace=sub
     )
+
+
+def _check_analysis_rules(scope: Any, positions: Any, tr, tj) -> None:
+    """Scope, positions, temperatures and token counts are the analysis's own rules
+    (:class:`~prunelens.analysis.pipeline.AnalysisConfig`); a refusal names the config's field."""
+    from prunelens.analysis.pipeline import AnalysisConfig
+
+    where = {
+        "temperature": "analyses.transitions.temperatures",
+        "max_new_tokens": "analyses.trajectories.max_new_tokens",
+    }
+    try:
+        AnalysisConfig(
+            temperatures=tr.temperatures if tr else (1.0,),
+            max_new_tokens=tj.max_new_tokens if tj else 1,
+            scope=scope,
+            positions=positions,
+        )
+    except SpecError as exc:
+        raise _err(where.get(exc.field, f"analyses.{exc.field}"), exc.text()) from None
 
 
 def _twins_and_windows(cfg: StudyConfig, raw_variants: list[Any]) -> None:
