@@ -577,7 +577,7 @@ def test_every_task_is_one_complete_spec():
         elif s.kind == "gen":
             assert s.main_metric and callable(s.prompt) and isinstance(s.max_new_tokens, int)
             assert isinstance(s.stops, tuple) and isinstance(s.chat_stops, tuple)
-            assert re.fullmatch(r"prunelens\.evaluate\.[\w.]+:\w+", s.scorer), s.scorer
+            assert re.fullmatch(r"prunelens\.evaluation\.[\w.]+:\w+", s.scorer), s.scorer
             assert s.fewshot_split is None or s.fewshot_split in s.splits
         else:
             assert s.main_metric is None and s.scorer is None

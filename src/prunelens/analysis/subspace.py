@@ -348,13 +348,13 @@ def analysis_questions(tokenizer, task: str | None, limit: int, seed: int, label
     its data or single-token option labels are missing; a task asked for by name must work
     (:class:`OptionTokenError` / the data error otherwise); ``"none"`` skips it."""
     from prunelens.data.paths import DataNotFoundError
-    from prunelens.data.tasks import TASKS, load_task
+    from prunelens.data.tasks import TASKS, load_task, tasks_of_kind
 
     if (task or "").lower() == "none":
         return None, None
     name = task or CHOICE_TASK
     if name not in TASKS or TASKS[name].kind != "mc":
-        mc = ", ".join(sorted(k for k, s in TASKS.items() if s.kind == "mc"))
+        mc = ", ".join(tasks_of_kind("mc"))
         raise OptionTokenError(f"--mc {name!r} is not a multiple-choice task ({mc})")
     try:
         examples = load_task(name, limit=limit, seed=seed)

@@ -176,7 +176,7 @@ class DropSpec(_Spec):
             )
 
     def _check_choice(self) -> None:
-        from prunelens.data.tasks import TASKS
+        from prunelens.data.tasks import tasks_of_kind
 
         if self.objective != "choice":
             given = [f for f in ("choice_task", "choice_limit") if getattr(self, f) is not None]
@@ -184,7 +184,7 @@ class DropSpec(_Spec):
                 raise SpecError(given[0], "belongs to {objective} choice")
             return
         task, limit = self.questions
-        mc = sorted(k for k, v in TASKS.items() if v.kind == "mc")
+        mc = tasks_of_kind("mc")
         if task not in mc:
             raise SpecError("choice_task", f"must be a multiple-choice task ({', '.join(mc)}), got {task!r}")
         _positive_int("choice_limit", limit)

@@ -289,11 +289,11 @@ def _analyses(raw: Any) -> AnalysesConfig:
             )
         )
     if "subspace" in listed:
-        from prunelens.data.tasks import TASKS
+        from prunelens.data.tasks import tasks_of_kind
 
         t = _section(raw["subspace"], SubspaceConfig, "analyses.subspace")
         task = t.get("task", SubspaceConfig().task)
-        mc = sorted(k for k, v in TASKS.items() if v.kind == "mc")
+        mc = tasks_of_kind("mc")
         _expect(
             task in mc,
             "analyses.subspace.task",

@@ -58,6 +58,7 @@ from prunelens.data.tasks.spec import (
     TaskSpec,
     load_task,
     resolve_task_path,
+    tasks_of_kind,
 )
 
 __all__ = [
@@ -68,6 +69,7 @@ __all__ = [
     "TASKS",
     "HubUnavailableError",
     "load_task",
+    "tasks_of_kind",
     "resolve_task_path",
     "select_subset",
     "ai2_question",

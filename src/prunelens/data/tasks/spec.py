@@ -25,6 +25,7 @@ __all__ = [
     "HubUnavailableError",
     "register",
     "get_spec",
+    "tasks_of_kind",
     "row_task",
     "hf_parquet",
     "hub_dataset",
@@ -137,6 +138,12 @@ def get_spec(name: str) -> TaskSpec:
         return TASKS[name]
     except KeyError:
         raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
+
+
+def tasks_of_kind(kind: str) -> list[str]:
+    """The registered task names of one kind (``mc``, ``gen``, ``retrieval``, ``ppl``), sorted: what a
+    refusal lists when an option needs, say, a multiple-choice task."""
+    return sorted(name for name, spec in TASKS.items() if spec.kind == kind)
 
 
 # --------------------------------------------------------------------------------------------------
