@@ -400,7 +400,7 @@ def analyze(
 def study(config=None, *, out: str | Path, engine: str = "local", overwrite: bool = False, **overrides: Any):
     """Run a whole study (prune several ways, evaluate, analyse, report) and return its report's path.
 
-        report = prunelens.study("configs/study-tiny.yaml", out="runs/tiny")
+        report = prunelens.study("configs/study-repair.yaml", out="runs/repair")
 
     ``config``: a YAML path, a mapping in the config's format, or ``None`` for the built-in study;
     ``overrides``: top-level fields (``model``, ``dtype``, ``device``). A study loads its own model (it
