@@ -160,3 +160,22 @@ def test_the_readme_example_runs_as_written(capsys):
     exec(compile(_readme_example(), str(README), "exec"), {})
     printed = capsys.readouterr().out
     assert "arc_easy" in printed
+
+
+@pytest.mark.slow
+def test_study_from_python_writes_its_report_and_resumes(tmp_path, calib):
+    model_dir = tmp_path / "dense"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    config = {
+        "model": str(model_dir),
+        "calibration": {"source": calib, "nsamples": 2, "seqlen": 16},
+        "variants": [{"name": "Drop-1A", "drop": {"target": "attn", "n": 1}}],
+        "tasks": [{"task": "wikitext2", "limit": 1}],
+        "analyses": {"prompts": {"nq_open": 1}, "transitions": {"temperatures": [1.0]}},
+        "case_study": {"gsm8k": 0, "nq_open": 1, "max_new_tokens": 2},
+    }
+    report = prunelens.study(config, out=tmp_path / "s")
+    assert Path(report).name == "report.html" and "Drop-1A" in Path(report).read_text()
+    again = prunelens.study(config, out=tmp_path / "s")  # every unit cached: the same report
+    assert again == report
