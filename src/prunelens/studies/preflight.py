@@ -12,33 +12,28 @@ __all__ = ["check_variants", "preflight"]
 def check_variants(cfg: StudyConfig, num_layers: int | None) -> None:
     """Refuse drop counts the model cannot satisfy before any unit runs (:class:`PruneConfigError`, naming
     the variant). ``num_layers=None`` (not known without loading the model) checks nothing."""
-    from prunelens.prune.drop import PruneConfigError, validate_drop
+    from prunelens.prune.specs import CHOICE_SPLIT, DropSpec, PruneConfigError, SpecError, check_drop_count
 
     if not num_layers:
         return
     for v in cfg.variants:
-        if v.drop is not None:
-            try:
-                validate_drop(int(num_layers), v.drop["target"], int(v.drop["n"]))
-            except PruneConfigError as exc:
-                raise PruneConfigError(f"variant {v.name}: {exc}") from None
-            if v.drop.get("objective") == "choice":  # its questions must be readable before anything runs
-                from prunelens.analysis.subspace import CHOICE_LIMIT, CHOICE_SPLIT, CHOICE_TASK
-                from prunelens.data.tasks import load_task
+        if v.drop is None:
+            continue
+        try:
+            check_drop_count(int(num_layers), v.drop["target"], int(v.drop["n"]))
+        except SpecError as exc:
+            raise PruneConfigError(f"variant {v.name}: {exc.text()}") from None
+        spec = DropSpec(**v.drop)
+        if spec.objective == "choice":  # its questions must be readable before anything runs
+            from prunelens.data.tasks import load_task
 
-                task = v.drop.get("choice_task", CHOICE_TASK)
-                try:
-                    load_task(
-                        task,
-                        split=CHOICE_SPLIT,
-                        limit=v.drop.get("choice_limit", CHOICE_LIMIT),
-                        seed=cfg.seed,
-                    )
-                except (OSError, ValueError) as exc:
-                    raise PruneConfigError(
-                        f"variant {v.name}: the choice objective has no {task} {CHOICE_SPLIT} "
-                        f"questions ({exc})"
-                    ) from None
+            task, limit = spec.questions
+            try:
+                load_task(task, split=CHOICE_SPLIT, limit=limit, seed=cfg.seed)
+            except (OSError, ValueError) as exc:
+                raise PruneConfigError(
+                    f"variant {v.name}: the choice objective has no {task} {CHOICE_SPLIT} questions ({exc})"
+                ) from None
 
 
 def preflight(cfg: StudyConfig) -> None:

@@ -371,13 +371,13 @@ def check_sweep(sc: SweepConfig, num_layers: int | None) -> None:
     (``num_layers=None``: not known without loading the model, nothing is checked)."""
     if sc.family != "drop" or not num_layers:
         return
-    from prunelens.prune.drop import PruneConfigError, validate_drop
+    from prunelens.prune.specs import SpecError, check_drop_count
 
     for i, n in enumerate(sc.ratios):
         try:
-            validate_drop(int(num_layers), str(sc.target), int(n))
-        except PruneConfigError as exc:
-            raise _err(f"sweep.ns[{i}]", str(exc)) from None
+            check_drop_count(int(num_layers), str(sc.target), int(n))
+        except SpecError as exc:
+            raise _err(f"sweep.ns[{i}]", exc.text()) from None
 
 
 def preflight(sc: SweepConfig) -> None:

@@ -5,6 +5,7 @@ back from the study directory, swapped into the dense weights while its units ru
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -108,40 +109,31 @@ class Workbench:
         return info
 
     def _build_drop(self, spec, seed: int, out: Path):
-        """Drop as ``spec.drop`` says (omitted keys take the drop defaults) on a copy of the dense model,
-        scored on the calibration windows drawn with ``seed``; store the plan (or the repaired checkpoint).
-        Returns the plan and the parameter count as pruned."""
-        from prunelens.analysis.subspace import CHOICE_LIMIT, CHOICE_TASK
+        """Drop as ``spec.drop`` says (a :class:`~prunelens.prune.specs.DropSpec`'s fields; omitted ones take
+        its defaults) on a copy of the dense model, scored on the calibration windows drawn with ``seed``;
+        store the plan (or the repaired checkpoint). Returns the plan and the parameter count as pruned."""
         from prunelens.prune.drop import drop
+        from prunelens.prune.specs import DropSpec
 
         model, tok = self.dense
         calibration = self.calibration_for(seed)
         pruned = copy.deepcopy(model)
-        d = spec.drop
+        d = DropSpec(**spec.drop)
+        d = dataclasses.replace(d, temperature=float(d.temperature))  # the plan records a float
         choices = None
-        if d.get("objective") == "choice":
+        if d.objective == "choice":
             from prunelens.analysis.subspace import choice_set
 
-            choices = choice_set(
-                tok, d.get("choice_task", CHOICE_TASK), limit=d.get("choice_limit", CHOICE_LIMIT), seed=seed
-            )
+            task, limit = d.questions
+            choices = choice_set(tok, task, limit=limit, seed=seed)
         plan = drop(
             pruned,
             calibration,
-            target=d["target"],
-            n=d["n"],
-            iterative=d.get("iterative", False),
-            window=d.get("window", False),
+            d,
             batch_size=self.cfg.batch_size,
             base_model=self.cfg.model,
-            objective=d.get("objective", "hidden"),
-            temperature=float(d.get("temperature", 1.0)),
             choices=choices,
-            search_budget=d.get("search_budget"),
-            search_evaluations=d.get("search_evaluations"),
-            estimator=d.get("estimator", "exact"),
             seed=seed,
-            score_windows=d.get("score_windows"),
         )
         params = plan.params_after  # recorded as pruned, before any repair
         if spec.repair is not None:
