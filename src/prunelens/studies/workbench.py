@@ -144,29 +144,25 @@ class Workbench:
         return plan, params
 
     def _build_sparsify(self, spec, seed: int, out: Path):
-        """Sparsify as ``spec.sparsify`` says on a copy of the dense model (calibrated on the windows drawn
-        with ``seed`` unless magnitude with a uniform allocation, which reads none); store the checkpoint.
-        Returns the plan and the parameter count as pruned."""
+        """Sparsify as ``spec.sparsify`` says (a :class:`~prunelens.prune.specs.SparsifySpec`'s fields) on a
+        copy of the dense model, calibrated on the windows drawn with ``seed`` unless magnitude with a
+        uniform allocation, which reads none; store the checkpoint. Returns the plan and the parameter
+        count as pruned."""
         from prunelens.prune.save import save_pruned
         from prunelens.prune.sparsify import sparsify
+        from prunelens.prune.specs import SparsifySpec
 
         model, tok = self.dense
         calibration = self.calibration_for(seed)
         pruned = copy.deepcopy(model)
-        s = spec.sparsify
-        allocation = s.get("allocation", "uniform")
-        calibrate = s["method"] != "magnitude" or allocation != "uniform"
+        s = SparsifySpec(**spec.sparsify)
+        calibrate = s.method != "magnitude" or s.allocation != "uniform"
         plan = sparsify(
             pruned,
             calibration if calibrate else None,
-            method=s["method"],
-            sparsity=s.get("sparsity"),
-            pattern=s.get("pattern"),
+            s,
             batch_size=self.cfg.batch_size,
             base_model=self.cfg.model,
-            true_sequential=s.get("true_sequential"),
-            allocation=allocation,
-            allocation_lambda=s.get("allocation_lambda"),
         )
         params = plan.params_after
         if spec.repair is not None:
