@@ -26,7 +26,7 @@ def _run_eval(bench: Workbench, unit: Unit) -> dict[str, Any]:
         limit=t.limit,
         seed=cfg.seed,
         batch_size=cfg.eval_batch_size,
-        max_new_tokens=t.max_new_tokens or 192,
+        max_new_tokens=t.max_new_tokens or EvalSettings.max_new_tokens,  # unset: the evaluation default
         num_fewshot=t.num_fewshot,
     )
     _, tok = bench.dense
