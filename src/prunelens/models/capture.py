@@ -395,7 +395,7 @@ def capture_block_inputs(
     with block_input_hooks(adapter, stop, layers=[0]):
         for i in range(0, input_ids.shape[0], batch_size):
             forward_until_stopped(model, input_ids[i : i + batch_size].to(embed_device), use_cache=False)
-    kwargs = [_to({k: v for k, v in kw.items() if k not in CACHE_KWARGS}, device) for kw in per_layer]
+    kwargs = [_to(without_cache(kw), device) for kw in per_layer]
     for kw in kwargs:
         kw["use_cache"] = False
     return torch.cat(captured), kwargs
