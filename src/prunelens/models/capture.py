@@ -99,6 +99,16 @@ def without_cache(kwargs: dict) -> dict:
 
 
 @contextmanager
+def _removed_after(handles: list) -> Iterator[None]:
+    """The hooks of ``handles`` stay while open and are removed after, whatever happens."""
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
 def block_input_hooks(
     adapter: Adapter,
     on_input: Callable[[int, torch.Tensor, tuple, dict], None],
@@ -115,12 +125,10 @@ def block_input_hooks(
         return hook
 
     todo = range(adapter.num_layers) if layers is None else layers
-    handles = [adapter.layers[i].register_forward_pre_hook(make(i), with_kwargs=True) for i in todo]
-    try:
+    with _removed_after(
+        [adapter.layers[i].register_forward_pre_hook(make(i), with_kwargs=True) for i in todo]
+    ):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @contextmanager
@@ -140,23 +148,16 @@ def sublayer_output_hooks(
 
         return hook
 
-    handles = [adapter.sublayer_out(i, k).register_forward_hook(make(i, k)) for i, k in todo]
-    try:
+    with _removed_after([adapter.sublayer_out(i, k).register_forward_hook(make(i, k)) for i, k in todo]):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @contextmanager
 def final_hidden_hook(adapter: Adapter, on_hidden: Callable[[torch.Tensor], None]) -> Iterator[None]:
     """While open, ``on_hidden(h_L)`` runs with the last residual stream (the final norm's input) of each
     forward."""
-    handle = adapter.final_norm.register_forward_pre_hook(lambda mod, args: on_hidden(args[0]))
-    try:
+    with _removed_after([adapter.final_norm.register_forward_pre_hook(lambda mod, args: on_hidden(args[0]))]):
         yield
-    finally:
-        handle.remove()
 
 
 def replay_block(
