@@ -10,8 +10,8 @@
   :mod:`~prunelens.prune.linear_stats` — the linears' input statistics; :mod:`~prunelens.prune.block_prune`
   — one block's linears pruned from them; :mod:`~prunelens.prune.sparse_math` — the pure maths (scores,
   masks, the SparseGPT update); :mod:`~prunelens.prune.allocation` — per-block
-  sparsity (OWL, KL sensitivity); :mod:`~prunelens.prune.lockstep` — batches run in lockstep
-  (true-sequential calibration);
+  sparsity (OWL, KL sensitivity), from the blocks' scores that :mod:`~prunelens.prune.sensitivity`
+  measures; :mod:`~prunelens.prune.lockstep` — batches run in lockstep (true-sequential calibration);
 * :mod:`~prunelens.prune.encoder_drop` — the same for encoder embedders;
 * :mod:`~prunelens.prune.save` — a pruned model saved as a reloadable checkpoint.
 """
