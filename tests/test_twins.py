@@ -55,7 +55,7 @@ def test_default_study_has_the_kl_twin_of_drop_8a():
         (
             (A, {**B, "drop": {**B["drop"], "score_windows": 0}}),
             "variants[1].drop.score_windows",
-            "integer ≥ 1",
+            "must be a positive integer (got 0)",
         ),
         (
             (A, {**B, "drop": {**B["drop"], "score_windows": 99}}),
@@ -146,7 +146,7 @@ def test_score_windows_scores_on_the_first_windows_and_is_recorded(objective):
     assert sub.calibration["nsamples"] == 2 and sub.dropped_sublayers == direct.dropped_sublayers
     if objective == "generation":
         assert sub.scores["tokens"] == 2 * 12 and sub.scores["kl"] == direct.scores["kl"]
-    with pytest.raises(PruneConfigError, match="exceeds the 6 calibration windows"):
+    with pytest.raises(PruneConfigError, match="score_windows: 7 exceeds nsamples 6"):
         drop(copy.deepcopy(model), full, score_windows=7, **kw)
 
 

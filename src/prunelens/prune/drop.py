@@ -34,7 +34,7 @@ from prunelens.prune.objectives import (
     temporarily_dropped,
 )
 from prunelens.prune.scoring import Similarities, similarities
-from prunelens.prune.specs import DropSpec, PruneConfigError, SpecError, check_drop_count, option_name
+from prunelens.prune.specs import DropSpec, PruneConfigError
 
 __all__ = ["PruneConfigError", "drop"]  # PruneConfigError: where callers have always imported it from
 
@@ -337,47 +337,3 @@ class _DryRun:
 
     def drop_block_set(self, layers: list[int]) -> None:
         self.removed += sum(p.numel() for i in layers for p in self.adapter.layers[i].parameters())
-
-
-# --- transitional: the command line and the study runner still call these while they move to DropSpec;
-# each is the spec's own check, spelled with command-line option names. Removed once no caller is left.
-
-
-def _as_option_error(check) -> None:
-    try:
-        check()
-    except SpecError as exc:
-        raise PruneConfigError(exc.render(option_name)) from None
-
-
-def validate_drop(num_layers: int, target: str, n: int, already_dropped: int = 0) -> None:
-    _as_option_error(lambda: check_drop_count(num_layers, target, n, already_dropped))
-
-
-def validate_objective(
-    objective: str,
-    *,
-    window: bool = False,
-    choices=None,
-    search_budget=None,
-    search_evaluations=None,
-    estimator: str = "exact",
-    need_choices: bool = True,
-) -> None:
-    spec = DropSpec(
-        "block" if window else "attn",
-        1,
-        window=window,
-        objective=objective,
-        estimator=estimator,
-        search_budget=search_budget,
-        search_evaluations=search_evaluations,
-    )
-    _as_option_error(spec.check)
-    if objective == "choice" and choices is None and need_choices:
-        raise PruneConfigError("the choice objective needs multiple-choice questions to score on")
-
-
-def validate_score_windows(score_windows, objective: str, nsamples: int, **_options) -> None:
-    spec = DropSpec("attn", 1, objective=objective, score_windows=score_windows)
-    _as_option_error(lambda: spec._check_windows(nsamples))

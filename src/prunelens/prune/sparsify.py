@@ -41,21 +41,7 @@ from prunelens.prune.block_prune import prune_block_by_block, prune_magnitude
 from prunelens.prune.sensitivity import block_params, block_sensitivity
 from prunelens.prune.specs import TRUE_SEQUENTIAL_DEFAULT, SparsifySpec  # noqa: F401 - re-exported
 
-__all__ = ["block_sparsities", "sparsify", "validate_sparsity"]
-
-
-def validate_sparsity(
-    method: str,
-    sparsity: float | None,
-    pattern: str | None,
-    allocation: str = "uniform",
-    allocation_lambda: float | None = None,
-) -> tuple[float | None, tuple[int, int] | None]:
-    """Transitional (the command line calls it until it builds a :class:`SparsifySpec`): the spec's check,
-    returning ``(sparsity, (N, M))``."""
-    spec = SparsifySpec(method, sparsity, pattern, allocation=allocation, allocation_lambda=allocation_lambda)
-    spec.check()
-    return (None, spec.nm) if spec.nm else (float(sparsity), None)  # type: ignore[arg-type]
+__all__ = ["block_sparsities", "sparsify"]
 
 
 def _sparsity_report(adapter: Adapter) -> dict:
