@@ -12,10 +12,9 @@ then computed once, with the weights it will have in the pruned model.
 Greenlets rather than threads: only one batch computes at any moment anyway, and in the caller's
 thread the batches keep its grad mode, its OpenMP team and its malloc arena (worker threads made each
 block forward slower, as fresh arenas fault their pages in again: benchmarks/README.md, § Sparsifying).
-The batches run in
-batch order between gates, so the arithmetic and its order are those of a plain loop over the batches.
-The price is memory: every batch's activations inside the block are alive at once (the whole calibration
-set's, instead of one batch's).
+The batches run in batch order between gates, so the arithmetic and its order are those of a plain loop
+over the batches. The price is memory: every batch's activations inside the block are alive at once (the
+whole calibration set's, instead of one batch's).
 """
 
 from __future__ import annotations
