@@ -26,6 +26,7 @@ import yaml
 
 from prunelens import DEFAULT_MODEL
 from prunelens.plan import DROP_TARGETS, SPARSE_METHODS
+from prunelens.prune.specs import DropSpec, SparsifySpec, SpecError
 from prunelens.studies.config import (
     CONTROL,
     CalibrationConfig,
@@ -200,6 +201,15 @@ def _number_list(raw: Any, where: str, *, integer: bool) -> list[Any]:
     return out
 
 
+def _spec_rules(check) -> None:
+    """The target or method is the pruning spec's rule (:mod:`prunelens.prune.specs`), named as the
+    sweep's field."""
+    try:
+        check()
+    except SpecError as exc:
+        raise _err(f"sweep.{exc.field}", exc.text()) from None
+
+
 def _sweep_block(raw: Any) -> dict[str, Any]:
     if raw is None:
         raw = {}
@@ -213,22 +223,14 @@ def _sweep_block(raw: Any) -> dict[str, Any]:
         for k in ("method", "sparsities"):
             _expect(k not in raw, f"sweep.{k}", "belongs to a sparsify sweep; this one is family: drop")
         target = raw.get("target", "attn")
-        _expect(
-            target in DROP_TARGETS,
-            "sweep.target",
-            f"must be one of {', '.join(DROP_TARGETS)}, got {target!r}",
-        )
+        _spec_rules(lambda: DropSpec(target, 1).check())
         out["target"], out["method"] = target, None
         out["ratios"] = tuple(_number_list(raw.get("ns", list(DEFAULT_NS)), "sweep.ns", integer=True))
     else:
         for k in ("target", "ns"):
             _expect(k not in raw, f"sweep.{k}", "belongs to a drop sweep; this one is family: sparsify")
         method = raw.get("method", "wanda")
-        _expect(
-            method in SPARSE_METHODS,
-            "sweep.method",
-            f"must be one of {', '.join(SPARSE_METHODS)}, got {method!r}",
-        )
+        _spec_rules(lambda: SparsifySpec(method, 0.5).check())
         out["target"], out["method"] = None, method
         out["ratios"] = tuple(
             _number_list(raw.get("sparsities", list(DEFAULT_SPARSITIES)), "sweep.sparsities", integer=False)
