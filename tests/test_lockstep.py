@@ -17,7 +17,8 @@ from prunelens.prune.block_prune import CalibrationMemoryError, _sparsegpt_group
 from prunelens.prune.linear_stats import SharedInputStats, collect_input_stats, linear_groups
 from prunelens.prune.lockstep import LockstepError, run_in_lockstep
 from prunelens.prune.sparse_math import score_mask, wanda_scores
-from prunelens.prune.sparsify import TRUE_SEQUENTIAL_DEFAULT, sparsify
+from prunelens.prune.sparsify import sparsify
+from prunelens.prune.specs import TRUE_SEQUENTIAL_DEFAULT
 
 IDS = torch.randint(3, 256, (6, 16), generator=torch.Generator().manual_seed(2))
 CAL = Calibration(IDS, "random", 0, IDS.numel())

@@ -39,7 +39,7 @@ from prunelens.plan import PrunePlan
 from prunelens.prune.allocation import OWL_LAMBDA, OWL_OUTLIER_M, allocate, kl_scores
 from prunelens.prune.block_prune import prune_block_by_block, prune_magnitude
 from prunelens.prune.sensitivity import block_params, block_sensitivity
-from prunelens.prune.specs import TRUE_SEQUENTIAL_DEFAULT, SparsifySpec  # noqa: F401 - re-exported
+from prunelens.prune.specs import PruneConfigError, SparsifySpec
 
 __all__ = ["block_sparsities", "sparsify"]
 
@@ -182,17 +182,17 @@ def sparsify(
         raise TypeError(f"give a SparsifySpec or its fields, not both (got {sorted(fields)})")
     spec.check()
     method, nm = spec.method, spec.nm
-    if is_offloaded(model):
-        raise ValueError(
+    if is_offloaded(model):  # how the user loaded the model: their choice to change
+        raise PruneConfigError(
             "sparsifying rewrites the weights in place, so they must be in memory: this model has "
             "weights offloaded to disk or CPU by accelerate. Load it on the CPU (device='cpu') and pass "
             "device='cuda' to prune block by block on one GPU (memory: one block plus activations)"
         )
     adapter = Adapter(model)
     if method != "magnitude" and calibration is None:
-        raise ValueError(f"{method} needs calibration data")
+        raise PruneConfigError(f"{method} needs calibration data")
     if spec.allocation != "uniform" and calibration is None:
-        raise ValueError(f"allocation {spec.allocation!r} needs calibration data (also for magnitude)")
+        raise PruneConfigError(f"allocation {spec.allocation!r} needs calibration data (also for magnitude)")
     plan = _new_plan(model, adapter, spec, calibration, base_model)
     ratios: list[float | None] = [None if nm else float(spec.sparsity)] * adapter.num_layers  # type: ignore[arg-type]
     if spec.allocation != "uniform":
