@@ -157,23 +157,10 @@ def sparsify(
     ``sparsity=`` or ``pattern=``, ...), checked before any work. ``magnitude`` needs no calibration
     (``calibration`` may be None); Wanda and SparseGPT do.
 
-    ``true_sequential``: False is the published procedure: every linear's statistics come from one pass
-    over the *dense* block, all are pruned, then the pruned block runs for the next block's inputs — two
-    passes. True (as GPTQ's ``--true-sequential``) prunes the block's linears group by group in the
-    order the forward reaches them (q/k/v, o, gate/up, down), each on the inputs it receives from the
-    already-pruned groups before it, in one pass over the block (:mod:`prunelens.prune.lockstep`); it
-    holds every calibration batch's activations inside the block at once (its peak memory on a 7B model:
-    benchmarks/README.md, § Pruning on one GPU). None (default) takes the method's
-    default, :data:`~prunelens.prune.specs.TRUE_SEQUENTIAL_DEFAULT`: on for Wanda, off for SparseGPT.
-
-    ``allocation``: how the overall ``sparsity`` is shared among the blocks
-    (:mod:`prunelens.prune.allocation`).
-    ``uniform`` (default): every block at ``sparsity``. ``owl``: by each block's outlier ratio
-    (``outlier_threshold`` × the mean Wanda score); ``kl``: by each block's exact KL sensitivity, measured
-    on the first ``sensitivity_windows`` calibration windows (:func:`block_sensitivity`). Both keep the
-    parameter-weighted mean at ``sparsity`` and every block within ``allocation_lambda`` (default
-    :data:`~prunelens.prune.allocation.OWL_LAMBDA`, 0.08) of it; both need calibration, magnitude too.
-    N:M patterns stay uniform. The plan's ``sparsity.allocation`` records the rule, lambda, every block's
+    What each field means (the calibration order, the per-block allocation): the spec's docstring.
+    ``device``: run each block there while the model stays where it is. ``outlier_threshold`` and
+    ``sensitivity_windows``: the OWL outlier threshold (× the mean Wanda score) and the windows the KL
+    sensitivity is measured on. The plan's ``sparsity.allocation`` records the rule, lambda, every block's
     sparsity, score and weight count, and the seconds the scores took.
     """
     if spec is None:

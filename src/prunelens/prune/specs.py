@@ -232,11 +232,20 @@ class SparsifySpec(_Spec):
     """Zero weights inside every block's linears by ``method`` (magnitude, Wanda or SparseGPT), either an
     unstructured ``sparsity`` or an N:M ``pattern``.
 
-    ``true_sequential`` calibrates a block's linears group by group on the inputs the already-pruned
-    groups give (``None``: the method's default, :data:`TRUE_SEQUENTIAL_DEFAULT`). ``allocation`` spreads
-    an unstructured sparsity unevenly over blocks (``owl`` by outlier ratio, ``kl`` by measured
-    sensitivity; ``allocation_lambda`` is the spread, default :data:`OWL_LAMBDA`). ``blocksize`` and
-    ``percdamp`` are SparseGPT's column block and Hessian dampening.
+    ``true_sequential``: False is the published procedure: every linear's statistics come from one pass
+    over the *dense* block, all are pruned, then the pruned block runs for the next block's inputs — two
+    passes. True (as GPTQ's ``--true-sequential``) prunes the block's linears group by group in the order
+    the forward reaches them (q/k/v, o, gate/up, down), each on the inputs the already-pruned groups give
+    it, in one pass (:mod:`prunelens.prune.lockstep`), holding every calibration batch's activations inside
+    the block at once (its peak memory on a 7B model: benchmarks/README.md, § Pruning on one GPU).
+    ``None``: the method's default, :data:`TRUE_SEQUENTIAL_DEFAULT`.
+
+    ``allocation``: how the overall ``sparsity`` is shared among the blocks
+    (:mod:`prunelens.prune.allocation`): ``uniform`` (every block alike), ``owl`` (by each block's outlier
+    ratio) or ``kl`` (by each block's exact KL sensitivity). Both keep the parameter-weighted mean at
+    ``sparsity`` and every block within ``allocation_lambda`` (default :data:`OWL_LAMBDA`) of it; both need
+    calibration, magnitude too; N:M patterns stay uniform. ``blocksize`` and ``percdamp`` are SparseGPT's
+    column block and Hessian dampening.
     """
 
     method: str
