@@ -84,28 +84,14 @@ def study(
 def run_units(label: str, total: int, run, out: Path, extra: str = "") -> None:
     """Run a study's units (``run(report)``) under one overall progress bar, one line per unit, then build
     the report; a refused input anywhere inside is exit 2 and one line."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import Progress
     from transformers.utils import logging as hf_logging
+
+    from prunelens.utils.progress import bar_columns
 
     hf_logging.disable_progress_bar()  # one overall bar; transformers' per-load bars would interleave with it
     t0 = time.perf_counter()
-    with Progress(
-        TextColumn(f"[bold]{label}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=False,
-    ) as progress:
+    with Progress(*bar_columns(), console=err_console, transient=False) as progress:
         task = progress.add_task(label, total=total)
 
         def report(unit_id: str, seconds: float, cached: bool) -> None:

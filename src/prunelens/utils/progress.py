@@ -37,13 +37,9 @@ def _enabled() -> bool:
     return not os.environ.get("PRUNELENS_QUIET") and sys.stderr.isatty()
 
 
-@contextmanager
-def progress_bar(desc: str, total: int | None) -> Iterator[_Bar]:
-    """A rich progress bar with ETA on stderr (no-op when stderr is not a terminal)."""
-    if not _enabled():
-        yield _Bar(None, None)
-        return
-    cols = [
+def bar_columns() -> list:
+    """The columns of every prunelens bar: description, bar, done/total, elapsed, time remaining."""
+    return [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -51,5 +47,13 @@ def progress_bar(desc: str, total: int | None) -> Iterator[_Bar]:
         TextColumn("eta"),
         TimeRemainingColumn(),
     ]
-    with Progress(*cols, console=console, transient=True) as p:
+
+
+@contextmanager
+def progress_bar(desc: str, total: int | None) -> Iterator[_Bar]:
+    """A rich progress bar with ETA on stderr (no-op when stderr is not a terminal)."""
+    if not _enabled():
+        yield _Bar(None, None)
+        return
+    with Progress(*bar_columns(), console=console, transient=True) as p:
         yield _Bar(p, p.add_task(desc, total=total))
