@@ -12,6 +12,8 @@
   masks, the SparseGPT update); :mod:`~prunelens.prune.allocation` — per-block
   sparsity (OWL, KL sensitivity), from the blocks' scores that :mod:`~prunelens.prune.sensitivity`
   measures; :mod:`~prunelens.prune.lockstep` — batches run in lockstep (true-sequential calibration);
+* :mod:`~prunelens.prune.quant_math` — weight quantization round trips (GGUF types through the ``gguf``
+  package, round to nearest) held as de-quantized weights;
 * :mod:`~prunelens.prune.encoder_drop` — the same for encoder embedders;
 * :mod:`~prunelens.prune.save` — a pruned model saved as a reloadable checkpoint.
 """
