@@ -9,7 +9,8 @@ The Python API (:mod:`prunelens.api`), on a model in memory or a model spec::
 
     load      a model and tokenizer (hub id, directory, .gguf, prunelens checkpoint, alias)
     drop      remove sublayers or blocks        sparsify  zero weights (magnitude, Wanda, SparseGPT)
-    repair    distil the dense model back in    evaluate  score tasks, every example recorded
+    quantize  GGUF types or round to nearest    repair    distil the dense model back in
+    evaluate  score tasks, every example recorded
     compare   paired table across evaluations   analyze   the hidden → logit → probability hierarchy
     study     the whole job, resumable, with its HTML report
 
@@ -29,7 +30,7 @@ __version__ = "0.1.0"
 DEFAULT_MODEL = "smollm2-135m"
 
 #: the API's functions, imported on first use so that ``import prunelens`` stays light
-_API = ("drop", "sparsify", "repair", "evaluate", "compare", "analyze", "study")
+_API = ("drop", "sparsify", "quantize", "repair", "evaluate", "compare", "analyze", "study")
 
 __all__ = ["__version__", "DEFAULT_MODEL", "load", *_API]
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from prunelens import DEFAULT_MODEL
 from prunelens.plan import PrunePlan
-from prunelens.prune.specs import CalibrationSpec, DropSpec, SparsifySpec
+from prunelens.prune.specs import CalibrationSpec, DropSpec, QuantizeSpec, SparsifySpec
 from prunelens.utils.errors import InputError
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "compare",
     "drop",
     "evaluate",
+    "quantize",
     "repair",
     "sparsify",
     "study",
@@ -156,6 +157,34 @@ def sparsify(
     cal = _calibration(tok, cal_spec) if needs_calibration else None
     plan = sparsify_blocks(m, cal, spec, batch_size=batch_size, device=device, base_model=name)
     return PruneResult(m, tok, plan)
+
+
+def quantize(model=None, tokenizer=None, spec: QuantizeSpec | None = None, **fields: Any) -> PruneResult:
+    """Quantize the block linears (held as de-quantized weights, so everything runs on the result
+    unchanged); ``model`` is changed in place. A :class:`PruneResult` or a pruned checkpoint is quantized
+    after its pruning, its exact zeros kept.
+
+        q4 = prunelens.quantize(model, tok, type="Q4_0")
+        w4 = prunelens.quantize(pruned, method="rtn", bits=4, group_size=128)
+
+    ``spec``: a :class:`~prunelens.prune.specs.QuantizeSpec`, or its fields as keywords.
+    """
+    from prunelens.prune.quantize import quantize as quantize_weights
+
+    spec = (spec or QuantizeSpec(**fields)).check()
+    plan = None
+    if isinstance(model, PruneResult):
+        model, tokenizer, plan = model.model, tokenizer or model.tokenizer, model.plan
+    if model is None or isinstance(model, str | Path):
+        from prunelens.models.loading import load
+
+        name = DEFAULT_MODEL if model is None else str(model)
+        model, tok, plan = load(None if model is None else str(model), return_plan=True)
+        tokenizer = tokenizer or tok
+    else:
+        model, tokenizer, name = _model_and_tokenizer(model, tokenizer)
+    base = plan.base_model if plan is not None else name
+    return PruneResult(model, tokenizer, quantize_weights(model, spec, plan=plan, base_model=base))
 
 
 def repair(pruned, *, teacher=None, tokenizer=None, out: str | Path | None = None, **kwargs: Any):
@@ -329,7 +358,7 @@ def _variant(dense, tok, variant, name: str | None):
     from prunelens.analysis.variants import resolve_variant, variant_from_plan, variant_from_state
 
     if isinstance(variant, PruneResult):
-        if variant.plan.is_drop or variant.plan.method == "magnitude":
+        if (variant.plan.is_drop or variant.plan.method == "magnitude") and not variant.plan.quantization:
             variant = variant.plan
         else:
             variant = variant.model

@@ -24,6 +24,8 @@ PLAN_FORMAT = "prunelens.plan/1"
 SUBLAYERS = ("attn", "mlp")
 DROP_TARGETS = ("attn", "mlp", "block", "joint")
 SPARSE_METHODS = ("magnitude", "wanda", "sparsegpt")
+#: the method of a plan whose model was only quantized (a pruned model quantized keeps its method)
+QUANTIZE_METHOD = "quantize"
 #: per-block sparsity allocation rules (:mod:`prunelens.prune.allocation`); a plan without
 #: ``sparsity.allocation`` is uniform
 ALLOCATIONS = ("uniform", "owl", "kl")
@@ -33,7 +35,7 @@ ALLOCATIONS = ("uniform", "owl", "kl")
 class PrunePlan:
     """Everything needed to understand (and, for drops, re-apply) a pruning."""
 
-    method: str  # "drop" | "magnitude" | "wanda" | "sparsegpt"
+    method: str  # "drop" | "magnitude" | "wanda" | "sparsegpt" | "quantize"
     base_model: str
     family: str
     target: str | None = None  # drop target: attn | mlp | block | joint
@@ -49,6 +51,9 @@ class PrunePlan:
     # a repair after pruning (``prunelens repair``): loss, temperature, steps, tokens, learning rate, LoRA
     # rank, teacher, held-out KL before/after; empty when the weights are as pruning left them
     repair: dict[str, Any] = field(default_factory=dict)
+    # a weight quantization (after any pruning; ``prunelens quantize``): its spec, label, scope, the
+    # number of tensors and the library versions; empty when the weights are not quantized
+    quantization: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
     params_before: int | None = None
     params_after: int | None = None
@@ -65,7 +70,14 @@ class PrunePlan:
 
     @property
     def name(self) -> str:
-        """Short label in the paper's style, e.g. ``Drop-8A``, ``Drop-4M``, ``Drop-2B``, ``Wanda-50%``."""
+        """Short label in the paper's style, e.g. ``Drop-8A``, ``Drop-4M``, ``Drop-2B``, ``Wanda-50%``;
+        a quantization follows as ``+Q4_0`` (alone: ``Q4_0``)."""
+        quant = str(self.quantization.get("label", "")) if self.quantization else ""
+        if self.method == QUANTIZE_METHOD:
+            return quant + self._repair_suffix()
+        return self._pruning_name() + (f"+{quant}" if quant else "")
+
+    def _pruning_name(self) -> str:
         if self.is_drop:
             if self.dropped_blocks:
                 return f"Drop-{len(self.dropped_blocks)}B" + self._repair_suffix()
@@ -162,7 +174,7 @@ def _check_fields(data: Any, source: Path) -> None:
     fmt = data.get("format", PLAN_FORMAT)
     if fmt != PLAN_FORMAT:
         raise PlanError(source, f"is {fmt!r}; this prunelens reads {PLAN_FORMAT!r}", "format")
-    methods = ("drop",) + SPARSE_METHODS
+    methods = ("drop",) + SPARSE_METHODS + (QUANTIZE_METHOD,)
     method = data.get("method")
     if method not in methods:
         raise PlanError(source, f"is {method!r}; expected one of {', '.join(methods)}", "method")
@@ -185,10 +197,13 @@ def _check_fields(data: Any, source: Path) -> None:
             raise PlanError(source, f"must be a positive integer or null (got {v!r})", key)
     if data.get("seed") is not None and not _is_int(data["seed"]):
         raise PlanError(source, f"must be an integer or null (got {data['seed']!r})", "seed")
-    for key in ("sparsity", "scores", "calibration", "options", "repair"):
+    for key in ("sparsity", "scores", "calibration", "options", "repair", "quantization"):
         if not isinstance(data.get(key, {}), dict):
             raise PlanError(source, "must be a JSON object", key)
     _check_repair(data.get("repair", {}), source)
+    quant = data.get("quantization", {})
+    if (method == QUANTIZE_METHOD or quant) and not isinstance(quant.get("label"), str):
+        raise PlanError(source, "must record the quantization's label (e.g. 'Q4_0')", "quantization.label")
     _check_drops(data, method, source)
     if method in SPARSE_METHODS:
         _check_sparsity(data.get("sparsity", {}), data.get("num_layers_before"), source)

@@ -256,6 +256,10 @@ def variant_from_plan(model: nn.Module, plan: PrunePlan, *, source: str = "plan"
             f"the plan was made for a model with {plan.num_layers_before} layers; "
             f"the dense model has {adapter.num_layers}"
         )
+    if plan.quantization:
+        raise VariantMismatchError(
+            "a quantized model's plan does not hold its weights: pass the checkpoint directory instead"
+        )
     if plan.is_drop:
         v = Variant(plan.name, source, tuple(_plan_drops(plan)), {}, plan)
     elif plan.method == "magnitude":

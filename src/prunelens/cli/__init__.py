@@ -13,7 +13,8 @@ What lives where: this module builds the typer app and registers every command (
 load, calibration and output-directory checks) and :func:`~.common.refusals_exit_2`, the one place where
 an :class:`~prunelens.utils.errors.InputError` becomes one line and exit code 2; :mod:`.render` holds the
 tables that show results. One module per command group: :mod:`.prune` (prune drop, prune sparsify),
-:mod:`.evaluate` (eval, compare), :mod:`.study` (study, sweep, report), :mod:`.repair`, :mod:`.analyze`,
+:mod:`.evaluate` (eval, compare), :mod:`.study` (study, sweep, report), :mod:`.quantize`, :mod:`.repair`,
+:mod:`.analyze`,
 :mod:`.info` (info, demo) and :mod:`.cache`.
 """
 
@@ -23,7 +24,7 @@ import os
 
 import typer
 
-from prunelens.cli import analyze, cache, evaluate, info, prune, repair, study
+from prunelens.cli import analyze, cache, evaluate, info, prune, quantize, repair, study
 from prunelens.cli.common import refusals_exit_2
 
 app = typer.Typer(
@@ -50,6 +51,7 @@ COMMANDS = (
     (app, "study", study.study),
     (app, "report", study.report),
     (app, "sweep", study.sweep),
+    (app, "quantize", quantize.quantize),
     (app, "repair", repair.repair),
     (app, "cache", cache.cache_cmd),
     (app, "analyze", analyze.analyze),

@@ -40,6 +40,9 @@ def print_plan(plan, out: Path, seconds: float) -> None:
                 f"{r['evaluations']} sets in {r['seconds']:.0f} s: "
                 f"KL {r['kl_before']:.4g} → {r['kl_after']:.4g} ({len(r['accepted_swaps'])} swaps kept)",
             )
+    if plan.quantization:
+        q = plan.quantization
+        t.add_row("quantization", f"{q['label']} on {q['tensors']} block linears ({q['weights']:,} weights)")
     if "achieved" in plan.sparsity:
         ach = plan.sparsity["achieved"]
         t.add_row(
@@ -69,6 +72,8 @@ def print_info(data: dict, plan) -> None:
             t.add_row("dropped blocks", ", ".join(map(str, plan.dropped_blocks)))
         if "achieved" in plan.sparsity:
             t.add_row("sparsity", f"{plan.sparsity['achieved']['overall']:.4f}")
+        if plan.quantization:
+            t.add_row("quantization", str(plan.quantization["label"]))
         if plan.repair:
             r = plan.repair
             before, after = r.get("heldout_before", {}), r.get("heldout_after", {})

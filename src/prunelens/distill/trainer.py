@@ -427,6 +427,11 @@ def repair_model(
     optimiser step (tests use it to interrupt a run).
     """
     settings.check()
+    if plan.quantization:  # training would move the weights off the quantization grid
+        raise RepairInputError(
+            f"{plan.name} is quantized: a repair would move its weights off the {plan.quantization['label']} "
+            "grid; repair the model before quantizing it"
+        )
     if calibration.nsamples == 0 or heldout.nsamples == 0:
         raise RepairInputError("the calibration set is empty")
     check_pair(student, teacher)

@@ -23,12 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from prunelens.prune.specs import SpecError
+from prunelens.prune.specs import GGUF_TYPES, RTN_BITS, SpecError
 
-#: GGUF types with a quantizer in the ``gguf`` package (the K-quants it can only de-quantize)
-GGUF_TYPES = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
-#: bit widths of the round-to-nearest grids
-RTN_BITS = (8, 4, 3)
+__all__ = ["GGUF_TYPES", "RTN_BITS", "gguf_block_size", "gguf_round_trip", "keep_zeros", "rtn_round_trip"]
 
 
 def gguf_block_size(qtype: str) -> int:

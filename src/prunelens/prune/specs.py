@@ -29,6 +29,11 @@ OBJECTIVES = ("hidden", "generation", "choice")
 ESTIMATORS = ("exact", "fisher")
 #: the choice objective's questions: a multiple-choice task, the split it reads, and how many questions
 CHOICE_TASK, CHOICE_SPLIT, CHOICE_LIMIT = "arc_easy", "validation", 64
+#: GGUF types with a quantizer in the ``gguf`` package (it can only de-quantize the K-quants)
+GGUF_TYPES = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
+#: quantization methods besides the GGUF types, and their bit widths
+QUANT_METHODS = ("rtn",)
+RTN_BITS = (8, 4, 3)
 #: per method, whether a sparsify calibrates true-sequentially unless told otherwise (the measurement
 #: behind these choices: benchmarks/README.md, § true-sequential calibration)
 TRUE_SEQUENTIAL_DEFAULT = {"wanda": True, "sparsegpt": False}
@@ -327,6 +332,48 @@ class CalibrationSpec(_Spec):
         return self
 
 
+@dataclass(frozen=True)
+class QuantizeSpec(_Spec):
+    """Quantize every linear weight inside the blocks, held as the de-quantized weights in the model's
+    float dtype: either a GGUF ``type`` (:data:`GGUF_TYPES`, blocks of 32 along the input width, as
+    llama.cpp stores them) or ``method`` ``rtn`` (round to nearest) at ``bits`` per weight, per output
+    channel or in groups of ``group_size`` input columns, ``symmetric`` (absmax) or not (min–max with a
+    zero point). A sparse model's exact zeros are put back after the round trip."""
+
+    type: str | None = None
+    method: str | None = None
+    bits: int | None = None
+    group_size: int | None = None
+    symmetric: bool = True
+
+    @property
+    def label(self) -> str:
+        """``Q4_0``, ``RTN-W4-g128``, ``RTN-W8`` (per channel), ``RTN-W4-g128-asym``."""
+        if self.type is not None:
+            return self.type
+        group = "" if self.group_size is None else f"-g{self.group_size}"
+        return f"RTN-W{self.bits}{group}" + ("" if self.symmetric else "-asym")
+
+    def check(self):
+        if (self.type is None) == (self.method is None):
+            raise SpecError("type", "give exactly one of {type} (a GGUF type) or {method} (rtn)")
+        if self.type is not None:
+            _choose("type", self.type, GGUF_TYPES)
+            for name in ("bits", "group_size"):
+                if getattr(self, name) is not None:
+                    raise SpecError(name, "belongs to {method} rtn (a GGUF type fixes its own)")
+            if not self.symmetric:
+                raise SpecError("symmetric", "belongs to {method} rtn (a GGUF type fixes its own)")
+            return self
+        _choose("method", self.method, QUANT_METHODS)
+        if self.bits not in RTN_BITS or isinstance(self.bits, bool):
+            raise SpecError("bits", f"must be one of {', '.join(map(str, RTN_BITS))} (got {self.bits!r})")
+        if self.group_size is not None:
+            _positive_int("group_size", self.group_size)
+        _flag("symmetric", self.symmetric)
+        return self
+
+
 def parse_nm(pattern: Any) -> tuple[int, int]:
     """``"2:4"`` → ``(2, 4)`` (:func:`~prunelens.prune.sparse_math.parse_pattern`), refused as a field."""
     try:
@@ -336,5 +383,7 @@ def parse_nm(pattern: Any) -> tuple[int, int]:
 
 
 _FIELD_NAMES = tuple(
-    dict.fromkeys(f.name for spec in (DropSpec, SparsifySpec, CalibrationSpec) for f in fields(spec))
+    dict.fromkeys(
+        f.name for spec in (DropSpec, SparsifySpec, CalibrationSpec, QuantizeSpec) for f in fields(spec)
+    )
 )
