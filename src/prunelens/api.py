@@ -41,18 +41,22 @@ __all__ = [
 ]
 
 
-def _model_and_tokenizer(model, tokenizer, dtype: str = "float32", device: str = "cpu"):
-    """``(model, tokenizer, name)`` from a loaded model and its tokenizer, or a spec loaded here."""
+def _resolved(model, tokenizer):
+    """``(model, tokenizer, name, plan)`` from a :class:`PruneResult`, a loaded model and its tokenizer, or
+    a model spec loaded here (a pruned checkpoint with its plan). ``name`` is the spec, or the in-memory
+    model's ``_name_or_path``; ``plan`` is ``None`` for an unpruned model."""
+    if isinstance(model, PruneResult):
+        return model.model, tokenizer or model.tokenizer, model.plan.base_model, model.plan
     if model is None or isinstance(model, str | Path):
         from prunelens.models.loading import load
 
         spec = None if model is None else str(model)
-        loaded, tok = load(spec, dtype=dtype, device=device)
-        return loaded, tokenizer or tok, spec or DEFAULT_MODEL
+        loaded, tok, plan = load(spec, return_plan=True)
+        return loaded, tokenizer or tok, spec or DEFAULT_MODEL, plan
     if tokenizer is None:
         raise InputError("a model given in memory needs its tokenizer: pass tokenizer=")
     name = getattr(getattr(model, "config", None), "_name_or_path", "") or "model"
-    return model, tokenizer, str(name)
+    return model, tokenizer, str(name), None
 
 
 # --- pruning ------------------------------------------------------------------------------------------
@@ -108,7 +112,7 @@ def drop(
     spec = spec or DropSpec(**fields)
     cal_spec = CalibrationSpec(calib, nsamples, seqlen, seed).check()
     spec.check(nsamples=cal_spec.nsamples)
-    m, tok, name = _model_and_tokenizer(model, tokenizer)
+    m, tok, name, _ = _resolved(model, tokenizer)
     choices = None
     if spec.objective == "choice":
         from prunelens.analysis.subspace import choice_set
@@ -152,7 +156,7 @@ def sparsify(
 
     spec = (spec or SparsifySpec(**fields)).check()
     cal_spec = CalibrationSpec(calib, nsamples, seqlen, seed).check()
-    m, tok, name = _model_and_tokenizer(model, tokenizer)
+    m, tok, name, _ = _resolved(model, tokenizer)
     needs_calibration = spec.method != "magnitude" or spec.allocation != "uniform"
     cal = _calibration(tok, cal_spec) if needs_calibration else None
     plan = sparsify_blocks(m, cal, spec, batch_size=batch_size, device=device, base_model=name)
@@ -172,19 +176,8 @@ def quantize(model=None, tokenizer=None, spec: QuantizeSpec | None = None, **fie
     from prunelens.prune.quantize import quantize as quantize_weights
 
     spec = (spec or QuantizeSpec(**fields)).check()
-    plan = None
-    if isinstance(model, PruneResult):
-        model, tokenizer, plan = model.model, tokenizer or model.tokenizer, model.plan
-    if model is None or isinstance(model, str | Path):
-        from prunelens.models.loading import load
-
-        name = DEFAULT_MODEL if model is None else str(model)
-        model, tok, plan = load(None if model is None else str(model), return_plan=True)
-        tokenizer = tokenizer or tok
-    else:
-        model, tokenizer, name = _model_and_tokenizer(model, tokenizer)
-    base = plan.base_model if plan is not None else name
-    return PruneResult(model, tokenizer, quantize_weights(model, spec, plan=plan, base_model=base))
+    m, tok, name, plan = _resolved(model, tokenizer)
+    return PruneResult(m, tok, quantize_weights(m, spec, plan=plan, base_model=name))
 
 
 def repair(pruned, *, teacher=None, tokenizer=None, out: str | Path | None = None, **kwargs: Any):
@@ -211,7 +204,7 @@ def repair(pruned, *, teacher=None, tokenizer=None, out: str | Path | None = Non
         raise InputError("repair needs a PruneResult (from prunelens.drop / sparsify) or a checkpoint path")
     if teacher is None:
         raise InputError("an in-memory repair needs its dense teacher: pass teacher= (a model or a spec)")
-    teacher_model, _, teacher_name = _model_and_tokenizer(teacher, tokenizer or pruned.tokenizer)
+    teacher_model, _, teacher_name, _ = _resolved(teacher, tokenizer or pruned.tokenizer)
     result = repair_in_memory(
         pruned.model, teacher_model, pruned.tokenizer, pruned.plan, teacher_name=teacher_name, **kwargs
     )
@@ -274,8 +267,13 @@ def evaluate(
     ``limit``: a seeded subset of that many examples per task (perplexity: windows). ``out``: also write
     what ``prunelens eval`` writes there (and resume finished tasks).
     """
-    from prunelens.evaluation.runner import EvalSettings, evaluate_model, load_task_results, run_task
-    from prunelens.models.adapter import param_count
+    from prunelens.evaluation.runner import (
+        EvalSettings,
+        evaluate_model,
+        load_task_results,
+        model_info,
+        run_task,
+    )
 
     names = [tasks] if isinstance(tasks, str) else list(tasks)
     settings = EvalSettings(
@@ -286,26 +284,17 @@ def evaluate(
         num_fewshot=num_fewshot,
         embedder=embedder,
     ).check(names)
-    plan = None
-    if isinstance(model, PruneResult):
-        model, tokenizer, plan = model.model, tokenizer or model.tokenizer, model.plan
-    m, tok, spec = _model_and_tokenizer(model, tokenizer)
-    in_memory = not (model is None or isinstance(model, str | Path))
-    label = name or (
-        plan.name if plan else "model" if in_memory else "dense" if spec == DEFAULT_MODEL else spec
-    )
-    info = {
-        "spec": spec,
-        "name": label,
-        "parameters": param_count(m),
-        "plan": plan.to_dict() if plan else None,
-    }
+    in_memory = not (model is None or isinstance(model, str | Path | PruneResult))
+    m, tok, spec, plan = _resolved(model, tokenizer)
+    info = model_info(m, spec, plan, name=name or ("model" if in_memory else None))
     if out is not None:
         evaluate_model(m, tok, names, out, settings=settings, model_info=info)
         results = load_task_results(out, names)
     else:
         results = {t: run_task(m, tok, t, settings) for t in names}
-    return Evaluation(label, results, settings.to_dict(), {k: v for k, v in info.items() if k != "name"})
+    return Evaluation(
+        info["name"], results, settings.to_dict(), {k: v for k, v in info.items() if k != "name"}
+    )
 
 
 @dataclass

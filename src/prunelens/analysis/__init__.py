@@ -18,7 +18,8 @@ Modules (import what you need; nothing heavy is imported here):
 * :mod:`~prunelens.analysis.tables`, :mod:`~prunelens.analysis.figures` — tidy tables and figures;
   :mod:`~prunelens.analysis.headlines` — one variant's headline numbers (``summary.json``);
 * :mod:`~prunelens.analysis.prompts`, :mod:`~prunelens.analysis.pipeline` — prompt sets and the whole
-  run (the ``prunelens analyze`` command is :mod:`prunelens.cli.analyze`).
+  run, asked for by :mod:`~prunelens.analysis.settings` (``AnalysisConfig``: its defaults and one check;
+  the ``prunelens analyze`` command is :mod:`prunelens.cli.analyze`).
 
 Quick start::
 

@@ -256,20 +256,16 @@ def variant_from_plan(model: nn.Module, plan: PrunePlan, *, source: str = "plan"
             f"the plan was made for a model with {plan.num_layers_before} layers; "
             f"the dense model has {adapter.num_layers}"
         )
-    if plan.quantization:
+    if plan.quantization or not (plan.is_drop or plan.method == "magnitude"):
+        why = "quantized" if plan.quantization else "they depend on calibration activations"
         raise VariantMismatchError(
-            "a quantized model's plan does not hold its weights: pass the checkpoint directory instead"
+            f"a {plan.name} plan does not hold its weights ({why}); "
+            "pass the pruned checkpoint directory instead of the plan file"
         )
     if plan.is_drop:
         v = Variant(plan.name, source, tuple(_plan_drops(plan)), {}, plan)
-    elif plan.method == "magnitude":
-        v = Variant(plan.name, source, (), _magnitude_overrides(model, adapter, plan), plan)
     else:
-        raise VariantMismatchError(
-            f"a {plan.method} plan does not hold its pruned weights "
-            "(they depend on calibration activations); "
-            "pass the pruned checkpoint directory instead of the plan file"
-        )
+        v = Variant(plan.name, source, (), _magnitude_overrides(model, adapter, plan), plan)
     v.check(adapter)
     return v
 

@@ -6,26 +6,8 @@ from pathlib import Path
 
 import typer
 
-from prunelens import DEFAULT_MODEL
 from prunelens.cli.common import MODEL_HELP, CommonOptions, fail, load_model, resolve_model, set_threads
 from prunelens.cli.render import out_console, print_comparison, print_eval, print_task_done
-
-
-def model_info(spec: str | None, model, plan) -> dict:
-    """How an evaluation names the model it ran on (stored in its summary)."""
-    from prunelens.models.adapter import param_count
-
-    name = (
-        plan.name
-        if plan is not None
-        else ("dense" if spec in (None, DEFAULT_MODEL) else Path(str(spec)).name)
-    )
-    return {
-        "spec": spec or DEFAULT_MODEL,
-        "name": name,
-        "parameters": param_count(model),
-        "plan": plan.to_dict() if plan is not None else None,
-    }
 
 
 def eval_cmd(
@@ -64,7 +46,7 @@ def eval_cmd(
     threads: int | None = CommonOptions.threads,
 ):
     """Evaluate a (pruned) model on non-generative and generative tasks; per-example JSONL + summary JSON."""
-    from prunelens.evaluation.runner import EvalSettings, evaluate_model
+    from prunelens.evaluation.runner import EvalSettings, evaluate_model, model_info
 
     set_threads(threads)
     names = [t.strip() for t in tasks.split(",") if t.strip()]
@@ -77,7 +59,7 @@ def eval_cmd(
         embedder=embedder,
     ).check(names)
     m, tok, plan = load_model(resolve_model(model), dtype, device)
-    info = model_info(model, m, plan)
+    info = model_info(m, model, plan)
     summary = evaluate_model(
         m,
         tok,

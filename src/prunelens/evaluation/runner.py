@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prunelens import __version__
+from prunelens import DEFAULT_MODEL, __version__
 from prunelens.evaluation.results import TaskResult
 from prunelens.prune.specs import SpecError
 from prunelens.utils.errors import InputError
@@ -268,6 +268,23 @@ def evaluate_model(
     summary["total_seconds"] = sum(r["seconds"] for r in summary["results"].values())
     atomic_write_json(summary_path, summary)
     return summary
+
+
+def model_info(model, spec: str | None, plan=None, name: str | None = None) -> dict[str, Any]:
+    """How an evaluation names the model it ran on (stored in its summary; ``prunelens eval`` and
+    :func:`prunelens.evaluate`): ``name``, else the plan's name, else ``dense`` for the default model, else
+    the spec's last path part."""
+    from prunelens.models.adapter import param_count
+
+    label = name or (
+        plan.name if plan is not None else "dense" if spec in (None, DEFAULT_MODEL) else Path(str(spec)).name
+    )
+    return {
+        "spec": spec or DEFAULT_MODEL,
+        "name": label,
+        "parameters": param_count(model),
+        "plan": plan.to_dict() if plan is not None else None,
+    }
 
 
 def store_task_result(out: str | Path, result: TaskResult, summary: dict[str, Any]) -> None:
